@@ -1,0 +1,23 @@
+"""dlcore: a readable deep-learning array framework on NumPy (CPU) and CuPy (GPU).
+
+>>> import dlcore
+>>> x = dlcore.tensor([1.0, 2.0, 3.0], requires_grad=True)
+>>> (x * x).sum().backward()
+>>> x.grad.tolist()
+[2.0, 4.0, 6.0]
+"""
+
+from . import _tensor_methods  # noqa: F401  -- binds operators to Tensor
+from . import autograd, cuda, dtypes
+from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy, full,
+                       full_like, linspace, ones, ones_like, rand, rand_like, randint, randn,
+                       randn_like, randperm, tensor, zeros, zeros_like)
+from .device import Device, device, get_default_device, set_default_device
+from .dtypes import (bfloat16, bool, double, float, float16, float32, float64, get_default_dtype,
+                     half, int8, int16, int32, int64, long, set_default_dtype, uint8)
+from .ops import *  # noqa: F403
+from .random import manual_seed
+from .tensor import Tensor
+
+__version__ = "0.1.0"

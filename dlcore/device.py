@@ -1,0 +1,189 @@
+"""Devices: the one place that decides where arrays live and which code runs on them.
+
+A :class:`Device` answers two questions for every operation:
+
+* ``device.xp`` -- the array module (``numpy`` for ``cpu`` and ``emu``, ``cupy`` for ``cuda``);
+* ``device.kernels`` -- the kernel runner for our CUDA sources (``cupy.RawModule`` on
+  ``cuda``, the CPU emulator on ``emu``, ``None`` on ``cpu``).
+
+Operations never test ``isinstance(x, cupy.ndarray)``; they ask the tensor's device.
+This module is the only importer of CuPy (the kernel loader asks :func:`cupy_module`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+_KINDS = ("cpu", "cuda", "emu")
+
+_cupy: Any = None
+_cupy_error: str | None = None
+_cupy_checked = False
+_lock = threading.Lock()
+
+
+def cupy_module() -> Any:
+    """Return the ``cupy`` module, or ``None`` when it cannot be imported (reason in
+    :func:`cupy_import_error`). Importing CuPy works without a GPU; using it does not."""
+    global _cupy, _cupy_error, _cupy_checked
+    if not _cupy_checked:
+        with _lock:
+            if not _cupy_checked:
+                try:
+                    import cupy  # noqa: PLC0415  -- the one guarded import of CuPy
+
+                    _cupy = cupy
+                except Exception as exc:  # ImportError, or a broken CUDA install
+                    _cupy_error = f"{type(exc).__name__}: {exc}"
+                _cupy_checked = True
+    return _cupy
+
+
+def cupy_import_error() -> str | None:
+    cupy_module()
+    return _cupy_error
+
+
+class Device:
+    """A place for tensors: ``cpu``, ``cuda[:i]`` or ``emu`` (NumPy arrays, CUDA kernels
+    run by the CPU emulator). Devices are interned: ``device("cuda") is device("cuda:0")``."""
+
+    __slots__ = ("type", "index", "_xp", "_kernels")
+    _interned: dict[tuple[str, int | None], Device] = {}
+
+    def __new__(cls, spec: str | Device = "cpu", index: int | None = None) -> Device:
+        if isinstance(spec, Device):
+            return spec
+        if not isinstance(spec, str):
+            raise TypeError(f"device: expected a string such as 'cpu' or 'cuda:0', got {spec!r}")
+        kind, _, idx = spec.strip().lower().partition(":")
+        if kind not in _KINDS:
+            raise ValueError(f"device: unknown device type {kind!r} in {spec!r}; "
+                             f"expected one of {', '.join(_KINDS)}")
+        if idx:
+            if not idx.isdigit():
+                raise ValueError(f"device: bad device index in {spec!r}")
+            index = int(idx)
+        if kind == "cuda":
+            index = 0 if index is None else index
+        elif index not in (None, 0):
+            raise ValueError(f"device: {kind} has no device index {index}")
+        else:
+            index = None
+        key = (kind, index)
+        dev = cls._interned.get(key)
+        if dev is None:
+            dev = object.__new__(cls)
+            dev.type, dev.index, dev._xp, dev._kernels = kind, index, None, None
+            cls._interned[key] = dev
+        return dev
+
+    @property
+    def xp(self) -> Any:
+        """The array module for this device."""
+        xp = self._xp
+        if xp is None:
+            if self.type == "cuda":
+                xp = _require_cuda(self)
+            else:
+                xp = np
+            self._xp = xp
+        return xp
+
+    @property
+    def kernels(self) -> Any:
+        """The kernel runner for ``kernels/*.cu`` on this device (``None`` on ``cpu``)."""
+        if self._kernels is None and self.type != "cpu":
+            from . import kernels  # noqa: PLC0415  -- the loader imports this module
+
+            self._kernels = kernels.runner_for(self)
+        return self._kernels
+
+    def use(self) -> Any:
+        """Context manager making this device current for CuPy allocations and launches."""
+        if self.type == "cuda":
+            return self.xp.cuda.Device(self.index)
+        return _NullContext()
+
+    def __repr__(self) -> str:
+        return f"device(type='{self.type}'" + (
+            f", index={self.index})" if self.index is not None else ")")
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def __reduce__(self) -> tuple:
+        return (Device, (str(self),))
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _require_cuda(dev: Device) -> Any:
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError(f"device {dev}: CuPy is not importable ({cupy_import_error()}); "
+                           "install dlcore[cuda12] or dlcore[cuda13]")
+    n = device_count()
+    if dev.index >= n:
+        why = "no CUDA device is usable" if n == 0 else f"only {n} CUDA device(s) present"
+        raise RuntimeError(f"device {dev}: {why}")
+    from . import cuda  # noqa: PLC0415  -- OOM retry and peak tracking over CuPy's pool
+
+    cuda.install_allocator()
+    return cp
+
+
+def device_count() -> int:
+    """Number of usable CUDA devices; 0 (never an exception) without CuPy, driver or GPU."""
+    cp = cupy_module()
+    if cp is None:
+        return 0
+    try:
+        return int(cp.cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def device(spec: str | Device = "cpu", index: int | None = None) -> Device:
+    """``dlcore.device("cpu")``, ``dlcore.device("cuda:1")``, ``dlcore.device("emu")``."""
+    return Device(spec, index)
+
+
+_default: Device | None = None
+
+
+def get_default_device() -> Device:
+    """The device used when none is given: ``$DLCORE_DEVICE`` if set, else ``cpu``."""
+    global _default
+    if _default is None:
+        _default = Device(os.environ.get("DLCORE_DEVICE", "cpu") or "cpu")
+    return _default
+
+
+def set_default_device(dev: str | Device | None) -> None:
+    global _default
+    _default = None if dev is None else Device(dev)
+
+
+def as_device(dev: str | Device | None) -> Device:
+    return get_default_device() if dev is None else Device(dev)
+
+
+def device_of_array(arr: Any) -> Device:
+    """The device that holds a raw array (NumPy arrays are ``cpu``)."""
+    if isinstance(arr, np.ndarray | np.generic):
+        return Device("cpu")
+    cp = cupy_module()
+    if cp is not None and isinstance(arr, cp.ndarray):
+        return Device("cuda", arr.device.id)
+    raise TypeError(f"expected a NumPy or CuPy array, got {type(arr).__name__}")

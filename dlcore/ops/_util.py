@@ -1,0 +1,95 @@
+"""Helpers shared by the ops: operand preparation, broadcasting, dims."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..autograd import Function
+from ..dtypes import promote, scalar_result
+from ..tensor import Tensor
+
+SCALAR_TYPES = (int, float, bool, np.number, np.bool_)
+
+
+def is_scalar(x: Any) -> bool:
+    return isinstance(x, SCALAR_TYPES)
+
+
+def as_tensor_like(x: Any, like: Tensor) -> Tensor:
+    """Non-Tensor operands (lists, arrays) become constant tensors on ``like``'s device."""
+    if isinstance(x, Tensor):
+        return x
+    from ..creation import _to_array  # noqa: PLC0415
+
+    dev = like._device
+    arr = _to_array(x, None, dev, copy=False)
+    return Tensor._make(arr, dev)
+
+
+def cast(t: Tensor, dtype: np.dtype) -> Tensor:
+    if t.data.dtype == dtype:
+        return t
+    from .shape import to_device_dtype  # noqa: PLC0415
+
+    return to_device_dtype(t, None, dtype)
+
+
+def promote_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    da, db = a.data.dtype, b.data.dtype
+    if da == db:
+        return a, b
+    dt = promote(da, db)
+    return cast(a, dt), cast(b, dt)
+
+
+def scalar_operand(t: Tensor, c: Any) -> tuple[Tensor, Any]:
+    """Cast ``t`` to the dtype of ``t op c`` (PyTorch's weak-scalar rules) and return the
+    scalar as a NumPy scalar of that dtype, so no array module widens the result."""
+    dt = scalar_result(t.data.dtype, c)
+    if dt != t.data.dtype:
+        t = cast(t, dt)
+    if isinstance(c, bool | np.bool_) and dt.kind != "b":
+        c = int(c)
+    return t, dt.type(c)
+
+
+def normalize_dim(dim: int, ndim: int, op: str) -> int:
+    n = max(ndim, 1)
+    if not -n <= dim < n:
+        raise IndexError(f"{op}: dim {dim} is out of range for a tensor with {ndim} dims")
+    return dim % n
+
+
+def normalize_dims(dim: Any, ndim: int, op: str) -> tuple[int, ...] | None:
+    """``None`` (all dims), an int or a tuple of ints -> sorted tuple of positive dims."""
+    if dim is None:
+        return None
+    if isinstance(dim, int | np.integer):
+        return (normalize_dim(int(dim), ndim, op),)
+    dims = tuple(sorted(normalize_dim(int(d), ndim, op) for d in dim))
+    if len(set(dims)) != len(dims):
+        raise RuntimeError(f"{op}: dim {tuple(dim)} appears multiple times")
+    return dims if dims else None
+
+
+class SumTo(Function):
+    """Sum a broadcast gradient back to an operand's shape."""
+
+    def forward(self, x: Any, shape: tuple[int, ...]) -> Any:
+        self.in_shape = x.shape
+        lead = x.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(
+            i + lead for i, s in enumerate(shape) if s == 1 and x.shape[i + lead] != 1)
+        out = x.sum(axis=axes, keepdims=True) if axes else x
+        return out.reshape(shape) if lead or out.shape != shape else out
+
+    def backward(self, g: Tensor) -> tuple[Tensor]:
+        return (g.expand(*self.in_shape),)
+
+
+def sum_to(g: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if g.data.shape == shape:
+        return g
+    return SumTo.apply(g, shape=shape)

@@ -1,0 +1,620 @@
+"""Elementwise operations: arithmetic, math functions, activations, comparisons.
+
+Binary ops broadcast like NumPy and reduce gradients back to each operand's shape.
+Tensor-scalar forms are separate Functions (no scalar is ever turned into a tensor), which
+keeps the common ``x * 2 + 1`` lean and the scalar's dtype weak.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..autograd import Function
+from ..tensor import Tensor
+from ._util import as_tensor_like, is_scalar, promote_pair, scalar_operand, sum_to
+
+
+# ---- binary, tensor-tensor -----------------------------------------------------------
+class Add(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        self.shapes = (a.shape, b.shape)
+        return a + b
+
+    def backward(self, g: Tensor) -> tuple:
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (sum_to(g, sa) if na else None, sum_to(g, sb) if nb else None)
+
+
+class Sub(Function):
+    def forward(self, a: Any, b: Any) -> Any:
+        self.shapes = (a.shape, b.shape)
+        return a - b
+
+    def backward(self, g: Tensor) -> tuple:
+        sa, sb = self.shapes
+        na, nb = self.needs_input_grad
+        return (sum_to(g, sa) if na else None, sum_to(-g, sb) if nb else None)
+
+
+class Mul(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, b: Any) -> Any:
+        return a * b
+
+    def backward(self, g: Tensor) -> tuple:
+        a, b = self.saved_tensors
+        na, nb = self.needs_input_grad
+        return (sum_to(g * b, a.shape) if na else None, sum_to(g * a, b.shape) if nb else None)
+
+
+class Div(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, b: Any) -> Any:
+        return a / b
+
+    def backward(self, g: Tensor) -> tuple:
+        a, b = self.saved_tensors
+        na, nb = self.needs_input_grad
+        ga = sum_to(g / b, a.shape) if na else None
+        gb = sum_to(-g * a / (b * b), b.shape) if nb else None
+        return ga, gb
+
+
+class Pow(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, b: Any) -> Any:
+        return a ** b
+
+    def backward(self, g: Tensor) -> tuple:
+        a, b = self.saved_tensors
+        na, nb = self.needs_input_grad
+        ga = sum_to(g * b * a ** (b - 1), a.shape) if na else None
+        gb = None
+        if nb:
+            # d/db a^b = a^b log a; defined as 0 where a == 0 (PyTorch's convention)
+            safe = where(a == 0, 1.0, a)
+            gb = sum_to(where(a == 0, 0.0, g * a ** b * safe.log()), b.shape)
+        return ga, gb
+
+
+class Maximum(Function):
+    save_inputs = True
+    pick = staticmethod(np.greater)
+
+    def forward(self, a: Any, b: Any) -> Any:
+        xp = self.device.xp
+        return xp.maximum(a, b) if type(self) is Maximum else xp.minimum(a, b)
+
+    def backward(self, g: Tensor) -> tuple:
+        a, b = self.saved_tensors
+        xp = self.device.xp
+        first = self.pick(a.data, b.data)
+        # ties split the gradient evenly, as PyTorch does
+        wa = xp.where(first, 1.0, xp.where(a.data == b.data, 0.5, 0.0)).astype(g.dtype)
+        wa_t = Tensor._make(wa, self.device)
+        na, nb = self.needs_input_grad
+        return (sum_to(g * wa_t, a.shape) if na else None,
+                sum_to(g * (1 - wa_t), b.shape) if nb else None)
+
+
+class Minimum(Maximum):
+    pick = staticmethod(np.less)
+
+
+# ---- binary, tensor-scalar -----------------------------------------------------------
+class AddScalar(Function):
+    def forward(self, a: Any, c: Any) -> Any:
+        return a + c
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g,)
+
+
+class MulScalar(Function):
+    def forward(self, a: Any, c: Any) -> Any:
+        self.c = c
+        return a * c
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * self.c,)
+
+
+class DivScalar(Function):
+    def forward(self, a: Any, c: Any) -> Any:
+        self.c = c
+        return a / c
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g / self.c,)
+
+
+class RSubScalar(Function):
+    def forward(self, a: Any, c: Any) -> Any:
+        return c - a
+
+    def backward(self, g: Tensor) -> tuple:
+        return (-g,)
+
+
+class RDivScalar(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, c: Any) -> Any:
+        self.c = c
+        return c / a
+
+    def backward(self, g: Tensor) -> tuple:
+        (a,) = self.saved_tensors
+        return (-g * self.c / (a * a),)
+
+
+class PowScalar(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, c: Any) -> Any:
+        self.c = c
+        return a ** c
+
+    def backward(self, g: Tensor) -> tuple:
+        (a,) = self.saved_tensors
+        c = self.c
+        if c == 0:
+            return (g * 0,)
+        if c == 2:
+            return (g * a * 2,)
+        return (g * c * a ** (c - 1),)
+
+
+class RPowScalar(Function):
+    save_output = True
+
+    def forward(self, a: Any, c: Any) -> Any:
+        self.logc = math.log(c) if c > 0 else float("nan")
+        return c ** a
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * self.output() * self.logc,)
+
+
+def _binary(a: Any, b: Any, tensor_fn: type, scalar_fn: type | None,
+            rscalar_fn: type | None = None) -> Tensor:
+    if isinstance(a, Tensor):
+        if isinstance(b, Tensor):
+            return tensor_fn.apply(*promote_pair(a, b))
+        if scalar_fn is not None and is_scalar(b):
+            t, c = scalar_operand(a, b)
+            return scalar_fn.apply(t, c=c)
+        return tensor_fn.apply(*promote_pair(a, as_tensor_like(b, a)))
+    # a is not a tensor, b is
+    if rscalar_fn is not None and is_scalar(a):
+        t, c = scalar_operand(b, a)
+        return rscalar_fn.apply(t, c=c)
+    return tensor_fn.apply(*promote_pair(as_tensor_like(a, b), b))
+
+
+def add(input: Any, other: Any, alpha: Any = 1) -> Tensor:  # noqa: A002
+    """``input + alpha * other``.
+
+    >>> dlcore.add(dlcore.tensor([1.0, 2.0]), 1).tolist()
+    [2.0, 3.0]
+    """
+    if alpha != 1:
+        other = other * alpha
+    if not isinstance(input, Tensor):
+        input, other = other, input  # addition commutes; keeps the scalar fast path
+    return _binary(input, other, Add, AddScalar)
+
+
+def sub(input: Any, other: Any, alpha: Any = 1) -> Tensor:  # noqa: A002
+    if alpha != 1:
+        other = other * alpha
+    if isinstance(input, Tensor) and is_scalar(other):
+        return add(input, -other)
+    return _binary(input, other, Sub, None, RSubScalar)
+
+
+def mul(input: Any, other: Any) -> Tensor:  # noqa: A002
+    if not isinstance(input, Tensor):
+        input, other = other, input
+    return _binary(input, other, Mul, MulScalar)
+
+
+def div(input: Any, other: Any) -> Tensor:  # noqa: A002
+    """True division; integer inputs give the default float dtype (PyTorch's rule)."""
+    if isinstance(input, Tensor) and input.data.dtype.kind in "biu" and not (
+            isinstance(other, Tensor) and other.data.dtype.kind == "f"):
+        from ..dtypes import get_default_dtype  # noqa: PLC0415
+        from ._util import cast  # noqa: PLC0415
+
+        input = cast(input, get_default_dtype())
+    if not isinstance(input, Tensor) and isinstance(other, Tensor) and \
+            other.data.dtype.kind in "biu":
+        from ..dtypes import get_default_dtype  # noqa: PLC0415
+        from ._util import cast  # noqa: PLC0415
+
+        other = cast(other, get_default_dtype())
+    return _binary(input, other, Div, DivScalar, RDivScalar)
+
+
+def pow(input: Any, exponent: Any) -> Tensor:  # noqa: A001, A002
+    return _binary(input, exponent, Pow, PowScalar, RPowScalar)
+
+
+def maximum(input: Tensor, other: Tensor) -> Tensor:  # noqa: A002
+    return _binary(input, other, Maximum, None)
+
+
+def minimum(input: Tensor, other: Tensor) -> Tensor:  # noqa: A002
+    return _binary(input, other, Minimum, None)
+
+
+# ---- unary ---------------------------------------------------------------------------
+class Neg(Function):
+    def forward(self, a: Any) -> Any:
+        return -a
+
+    def backward(self, g: Tensor) -> tuple:
+        return (-g,)
+
+
+class Exp(Function):
+    save_output = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.exp(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * self.output(),)
+
+
+class Log(Function):
+    save_inputs = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.log(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g / self.saved_tensors[0],)
+
+
+class Log1p(Function):
+    save_inputs = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.log1p(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g / (self.saved_tensors[0] + 1),)
+
+
+class Sqrt(Function):
+    save_output = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.sqrt(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g / (self.output() * 2),)
+
+
+class Rsqrt(Function):
+    save_inputs = True
+
+    def forward(self, a: Any) -> Any:
+        xp = self.device.xp
+        return (1 / xp.sqrt(a)).astype(a.dtype, copy=False)
+
+    def backward(self, g: Tensor) -> tuple:
+        (a,) = self.saved_tensors
+        return (g * -0.5 * a ** -1.5,)
+
+
+class Abs(Function):
+    save_inputs = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.abs(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * self.saved_tensors[0].sign(),)
+
+
+class Sin(Function):
+    save_inputs = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.sin(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * self.saved_tensors[0].cos(),)
+
+
+class Cos(Function):
+    save_inputs = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.cos(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (-g * self.saved_tensors[0].sin(),)
+
+
+class Tanh(Function):
+    save_output = True
+
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.tanh(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        y = self.output()
+        return (g * (1 - y * y),)
+
+
+class Sigmoid(Function):
+    save_output = True
+
+    def forward(self, a: Any) -> Any:
+        xp = self.device.xp
+        # 0.5 * (1 + tanh(x/2)) is exact sigmoid and never overflows
+        return (xp.tanh(a * a.dtype.type(0.5)) + 1) * a.dtype.type(0.5)
+
+    def backward(self, g: Tensor) -> tuple:
+        y = self.output()
+        return (g * y * (1 - y),)
+
+
+class Relu(Function):
+    def forward(self, a: Any) -> Any:
+        self.mask = a > 0
+        return a * self.mask
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * Tensor._make(self.mask, self.device),)
+
+
+class LeakyRelu(Function):
+    def forward(self, a: Any, slope: float) -> Any:
+        xp = self.device.xp
+        self.scale = xp.where(a > 0, a.dtype.type(1), a.dtype.type(slope))
+        return a * self.scale
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * Tensor._make(self.scale, self.device),)
+
+
+class Sign(Function):
+    def forward(self, a: Any) -> Any:
+        return self.device.xp.sign(a)
+
+    def backward(self, g: Tensor) -> tuple:
+        return (g * 0,)
+
+
+def _erf(xp: Any, x: Any) -> Any:
+    """erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): neither NumPy nor CuPy's main
+    namespace has erf, and SciPy is not a dependency. Accurate to float32 precision."""
+    s = xp.sign(x)
+    a = xp.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+               + 0.254829592) * t * xp.exp(-a * a)
+    return s * y
+
+
+class Gelu(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, approximate: str) -> Any:
+        xp = self.device.xp
+        self.approximate = approximate
+        if approximate == "tanh":
+            k = math.sqrt(2.0 / math.pi)
+            out = 0.5 * a * (1 + xp.tanh(k * (a + 0.044715 * a ** 3)))
+        else:
+            out = 0.5 * a * (1 + _erf(xp, a / math.sqrt(2.0)))
+        return out.astype(a.dtype, copy=False)
+
+    def backward(self, g: Tensor) -> tuple:
+        (x,) = self.saved_tensors
+        if self.approximate == "tanh":
+            k = math.sqrt(2.0 / math.pi)
+            inner = k * (x + 0.044715 * x ** 3)
+            th = inner.tanh()
+            d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * k * (1 + 3 * 0.044715 * x * x)
+        else:
+            cdf = 0.5 * (1 + Tensor._make(_erf(self.device.xp, x.data / math.sqrt(2.0)),
+                                          self.device))
+            pdf = (x * x * -0.5).exp() * (1 / math.sqrt(2 * math.pi))
+            d = cdf + x * pdf
+        return (g * d.to(g.dtype),)
+
+
+class Softplus(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, beta: float, threshold: float) -> Any:
+        xp = self.device.xp
+        self.beta, self.threshold = beta, threshold
+        z = a * beta
+        soft = xp.logaddexp(0, z) / beta
+        return xp.where(z > threshold, a, soft).astype(a.dtype, copy=False)
+
+    def backward(self, g: Tensor) -> tuple:
+        (x,) = self.saved_tensors
+        z = x * self.beta
+        return (g * where(z > self.threshold, 1.0, z.sigmoid()),)
+
+
+class Clamp(Function):
+    save_inputs = True
+
+    def forward(self, a: Any, lo: Any, hi: Any) -> Any:
+        self.lo, self.hi = lo, hi
+        return self.device.xp.clip(a, lo, hi)
+
+    def backward(self, g: Tensor) -> tuple:
+        x = self.saved_tensors[0].data
+        mask = self.device.xp.ones(x.shape, dtype=bool)
+        if self.lo is not None:
+            mask &= x >= self.lo
+        if self.hi is not None:
+            mask &= x <= self.hi
+        return (g * Tensor._make(mask, self.device),)
+
+
+class Where(Function):
+    def forward(self, cond: Any, a: Any, b: Any) -> Any:
+        self.cond = cond
+        self.shapes = (a.shape, b.shape)
+        return self.device.xp.where(cond, a, b)
+
+    def backward(self, g: Tensor) -> tuple:
+        c = Tensor._make(self.cond, self.device)
+        zero = g * 0
+        _, na, nb = self.needs_input_grad
+        sa, sb = self.shapes
+        return (None, sum_to(where(c, g, zero), sa) if na else None,
+                sum_to(where(c, zero, g), sb) if nb else None)
+
+
+def where(condition: Tensor, input: Any, other: Any) -> Tensor:  # noqa: A002
+    """Elements of ``input`` where ``condition`` holds, else of ``other``."""
+    like = condition
+    for v in (input, other):
+        if isinstance(v, Tensor):
+            like = v
+    x = input if isinstance(input, Tensor) else as_tensor_like(_scalar_arr(input, like), like)
+    y = other if isinstance(other, Tensor) else as_tensor_like(_scalar_arr(other, like), like)
+    x, y = promote_pair(x, y)
+    cond = condition if isinstance(condition, Tensor) else as_tensor_like(condition, like)
+    if cond.data.dtype != np.bool_:
+        cond = Tensor._make(cond.data.astype(bool), cond._device)
+    return Where.apply(cond, x, y)
+
+
+def _scalar_arr(v: Any, like: Tensor) -> Any:
+    if is_scalar(v):
+        dt = like.data.dtype if like.data.dtype.kind == "f" or not isinstance(v, float) \
+            else np.dtype(np.float32)
+        return np.asarray(v, dtype=dt)
+    return v
+
+
+def _unary(cls: type) -> Any:
+    def op(input: Tensor) -> Tensor:  # noqa: A002
+        return cls.apply(input)
+
+    op.__name__ = cls.__name__.lower()
+    op.__doc__ = f"Elementwise {cls.__name__.lower()}, differentiable."
+    return op
+
+
+neg = _unary(Neg)
+exp = _unary(Exp)
+log = _unary(Log)
+log1p = _unary(Log1p)
+sqrt = _unary(Sqrt)
+rsqrt = _unary(Rsqrt)
+abs = _unary(Abs)  # noqa: A001
+sign = _unary(Sign)
+sin = _unary(Sin)
+cos = _unary(Cos)
+tanh = _unary(Tanh)
+sigmoid = _unary(Sigmoid)
+relu = _unary(Relu)
+
+
+def _float_input(x: Tensor, op: str) -> Tensor:
+    if x.data.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating point tensor, got dtype {x.dtype}")
+    return x
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:  # noqa: A002
+    return LeakyRelu.apply(input, slope=negative_slope)
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:  # noqa: A002
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return Gelu.apply(_float_input(input, "gelu"), approximate=approximate)
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:  # noqa: A002
+    return Softplus.apply(_float_input(input, "softplus"), beta=beta, threshold=threshold)
+
+
+def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    if isinstance(min, Tensor) or isinstance(max, Tensor):
+        out = input
+        if min is not None:
+            out = maximum(out, min)
+        if max is not None:
+            out = minimum(out, max)
+        return out
+    return Clamp.apply(input, lo=min, hi=max)
+
+
+# ---- comparisons (no gradient) -------------------------------------------------------
+def _compare(a: Any, b: Any, ufunc: str) -> Tensor:
+    t = a if isinstance(a, Tensor) else b
+    xp = t._device.xp
+    da = a.data if isinstance(a, Tensor) else a
+    db = b.data if isinstance(b, Tensor) else b
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a._device is not b._device:
+        raise RuntimeError(f"{ufunc}: expected both tensors on the same device, got "
+                           f"{a._device} and {b._device}")
+    return Tensor._make(getattr(xp, ufunc)(da, db), t._device)
+
+
+def eq(a: Any, b: Any) -> Tensor:
+    return _compare(a, b, "equal")
+
+
+def ne(a: Any, b: Any) -> Tensor:
+    return _compare(a, b, "not_equal")
+
+
+def lt(a: Any, b: Any) -> Tensor:
+    return _compare(a, b, "less")
+
+
+def le(a: Any, b: Any) -> Tensor:
+    return _compare(a, b, "less_equal")
+
+
+def gt(a: Any, b: Any) -> Tensor:
+    return _compare(a, b, "greater")
+
+
+def ge(a: Any, b: Any) -> Tensor:
+    return _compare(a, b, "greater_equal")
+
+
+def logical_not(a: Tensor) -> Tensor:
+    return Tensor._make(a._device.xp.logical_not(a.data), a._device)
+
+
+def logical_and(a: Tensor, b: Tensor) -> Tensor:
+    return _compare(a, b, "logical_and")
+
+
+def logical_or(a: Tensor, b: Tensor) -> Tensor:
+    return _compare(a, b, "logical_or")
+
+
+def isnan(a: Tensor) -> Tensor:
+    return Tensor._make(a._device.xp.isnan(a.data), a._device)
+
+
+def isfinite(a: Tensor) -> Tensor:
+    return Tensor._make(a._device.xp.isfinite(a.data), a._device)

@@ -1,0 +1,233 @@
+"""Indexing: ``t[...]``, ``t[...] = v``, gather, scatter_add, index_select, masked_fill.
+
+Basic indexing (ints, slices, None, Ellipsis) gives views; advanced indexing (integer
+tensors, boolean masks) copies, and its gradient accumulates with ``xp.add.at`` so repeated
+indices each contribute.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import autograd
+from ..autograd import Function
+from ..tensor import Tensor
+from ._util import as_tensor_like, normalize_dim, promote_pair, sum_to
+from .shape import Slice, _view_of
+
+
+def _convert_index(index: Any, t: Tensor) -> tuple[Any, bool]:
+    """Raw index for the array module, and whether it is basic (view) indexing."""
+    items = index if isinstance(index, tuple) else (index,)
+    out, basic = [], True
+    for it in items:
+        if isinstance(it, Tensor):
+            if it._device is not t._device:
+                raise RuntimeError(f"index: indices on {it._device} for a tensor on "
+                                   f"{t._device}")
+            if it.data.dtype.kind not in "biu":
+                raise IndexError(f"index: tensors used as indices must be integer or bool, "
+                                 f"got {it.dtype}")
+            out.append(it.data)
+            basic = False
+        elif isinstance(it, list | np.ndarray):
+            arr = np.asarray(it)
+            out.append(t._device.xp.asarray(arr) if t._device.type == "cuda" else arr)
+            basic = False
+        elif isinstance(it, bool):
+            out.append(it)
+            basic = False
+        else:
+            out.append(it)
+    return tuple(out), basic
+
+
+class IndexAdvanced(Function):
+    def forward(self, x: Any, index: Any) -> Any:
+        self.in_shape, self.index = x.shape, index
+        return x[index]
+
+    def backward(self, g: Tensor) -> tuple:
+        return (IndexAdd.apply(g, shape=self.in_shape, index=self.index),)
+
+
+class IndexAdd(Function):
+    """zeros(shape) with ``g`` added at ``index`` (repeated indices accumulate)."""
+
+    def forward(self, g: Any, shape: tuple, index: Any) -> Any:
+        self.index = index
+        xp = self.device.xp
+        out = xp.zeros(shape, dtype=g.dtype)
+        xp.add.at(out, index, g)
+        return out
+
+    def backward(self, gg: Tensor) -> tuple:
+        return (IndexAdvanced.apply(gg, index=self.index),)
+
+
+def getitem(t: Tensor, index: Any) -> Tensor:
+    raw, basic = _convert_index(index, t)
+    if basic:
+        try:
+            return _view_of(Slice.apply(t, index=raw), t)
+        except IndexError as exc:
+            raise IndexError(f"index: {exc} (tensor shape {tuple(t.shape)})") from None
+    try:
+        return IndexAdvanced.apply(t, index=raw)
+    except IndexError as exc:
+        raise IndexError(f"index: {exc} (tensor shape {tuple(t.shape)})") from None
+
+
+class IndexPut(Function):
+    """``x`` with ``x[index] = v`` (out of place); the base of ``t[index] = v``."""
+
+    def forward(self, x: Any, v: Any, index: Any) -> Any:
+        self.index, self.v_shape = index, v.shape
+        out = x.copy()
+        out[index] = v
+        return out
+
+    def backward(self, g: Tensor) -> tuple:
+        nx, nv = self.needs_input_grad
+        gx = gv = None
+        if nx:
+            mask = self.device.xp.ones(g.shape, dtype=g.data.dtype)
+            mask[self.index] = 0
+            gx = g * Tensor._make(mask, self.device)
+        if nv:
+            sel = Slice.apply(g, index=self.index)
+            gv = sum_to(sel, self.v_shape) if sel.shape != self.v_shape else sel
+        return gx, gv
+
+
+def setitem(t: Tensor, index: Any, value: Any) -> None:
+    t._check_inplace("setitem")
+    raw, _ = _convert_index(index, t)
+    if isinstance(value, Tensor):
+        if value._device is not t._device:
+            value = value.to(t._device)
+    else:
+        value = as_tensor_like(np.asarray(value, dtype=t.dtype), t)
+    if autograd.is_grad_enabled() and (t.requires_grad or value.requires_grad):
+        snap = Tensor._make(t.data, t._device, t.grad_fn, t._output_nr)
+        snap._requires_grad, snap._accum = t._requires_grad, t._accum
+        value = value.to(t.dtype)
+        t._inplace_from(IndexPut.apply(snap, value, index=raw), "setitem")
+        return
+    try:
+        t.data[raw] = value.data
+    except (ValueError, IndexError) as exc:
+        raise RuntimeError(f"setitem: {exc} (tensor shape {tuple(t.shape)}, value shape "
+                           f"{tuple(value.shape)})") from None
+    t._bump()
+
+
+def _check_index_tensor(index: Tensor, op: str) -> None:
+    if not isinstance(index, Tensor) or index.data.dtype.kind not in "iu":
+        raise TypeError(f"{op}: index must be an integer tensor")
+
+
+class Gather(Function):
+    def forward(self, x: Any, index: Any, dim: int) -> Any:
+        self.in_shape, self.dim, self.index = x.shape, dim, index
+        return self.device.xp.take_along_axis(x, index, axis=dim)
+
+    def backward(self, g: Tensor) -> tuple:
+        zeros = Tensor._make(self.device.xp.zeros(self.in_shape, g.data.dtype), self.device)
+        return (scatter_add(zeros, self.dim, Tensor._make(self.index, self.device), g),)
+
+
+def gather(input: Tensor, dim: int, index: Tensor) -> Tensor:  # noqa: A002
+    """``out[i][j] = input[index[i][j]][j]`` for dim 0, and so on (PyTorch's gather)."""
+    _check_index_tensor(index, "gather")
+    d = normalize_dim(dim, input.ndim, "gather")
+    if index.ndim != input.ndim:
+        raise RuntimeError(f"gather: index has {index.ndim} dims but input has {input.ndim} "
+                           f"(shapes {tuple(index.shape)} and {tuple(input.shape)})")
+    for i, (si, sx) in enumerate(zip(index.shape, input.shape)):
+        if i != d and si > sx:
+            raise RuntimeError(f"gather: index shape {tuple(index.shape)} exceeds input shape "
+                               f"{tuple(input.shape)} at dim {i}")
+    idx = index.data
+    if idx.shape[:d] + idx.shape[d + 1:] != input.shape[:d] + input.shape[d + 1:]:
+        # take_along_axis needs full-size other dims: work on the slice the index covers
+        sl = tuple(slice(0, s) if i != d else slice(None) for i, s in enumerate(idx.shape))
+        input = getitem(input, sl)
+    if idx.size and (int(idx.max()) >= input.shape[d] or int(idx.min()) < 0):
+        raise IndexError(f"gather: index out of range for dim {d} of size {input.shape[d]}")
+    return Gather.apply(input, index=idx, dim=d)
+
+
+class ScatterAdd(Function):
+    def forward(self, x: Any, src: Any, index: Any, dim: int) -> Any:
+        xp = self.device.xp
+        self.dim, self.index, self.src_shape = dim, index, src.shape
+        out = x.copy()
+        # an open grid over every dim, with the index array replacing dim `dim`
+        nd = index.ndim
+        grids = [xp.arange(n).reshape((1,) * i + (n,) + (1,) * (nd - i - 1))
+                 for i, n in enumerate(index.shape)]
+        grids[dim] = index
+        src_sl = src[tuple(slice(0, s) for s in index.shape)]
+        xp.add.at(out, tuple(grids), src_sl)
+        return out
+
+    def backward(self, g: Tensor) -> tuple:
+        nx, ns = self.needs_input_grad
+        gsrc = None
+        if ns:
+            gsrc = gather(g, self.dim, Tensor._make(self.index, self.device))
+            if gsrc.shape != self.src_shape:
+                gsrc = pad_to(gsrc, self.src_shape)
+        return (g if nx else None, gsrc)
+
+
+def pad_to(t: Tensor, shape: tuple) -> Tensor:
+    from .shape import pad  # noqa: PLC0415
+
+    widths: list[int] = []
+    for s, target in zip(reversed(t.shape), reversed(shape)):
+        widths += [0, target - s]
+    return pad(t, widths)
+
+
+def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:  # noqa: A002
+    """Out-of-place ``input.scatter_add(dim, index, src)``: repeated indices accumulate."""
+    _check_index_tensor(index, "scatter_add")
+    d = normalize_dim(dim, input.ndim, "scatter_add")
+    if index.ndim != input.ndim or src.ndim != input.ndim:
+        raise RuntimeError(f"scatter_add: input, index and src must have the same number of "
+                           f"dims (shapes {tuple(input.shape)}, {tuple(index.shape)}, "
+                           f"{tuple(src.shape)})")
+    for i, (si, ss, sx) in enumerate(zip(index.shape, src.shape, input.shape)):
+        if si > ss or (i != d and si > sx):
+            raise RuntimeError(f"scatter_add: index shape {tuple(index.shape)} must not exceed "
+                               f"src {tuple(src.shape)} or input {tuple(input.shape)}")
+    input, src = promote_pair(input, src)
+    if index._device is not input._device:
+        raise RuntimeError(f"scatter_add: index on {index._device}, input on {input._device}")
+    return ScatterAdd.apply(input, src, index=index.data, dim=d)
+
+
+def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:  # noqa: A002
+    _check_index_tensor(index, "index_select")
+    if index.ndim > 1:
+        raise IndexError(f"index_select: index must be 0-D or 1-D, got shape "
+                         f"{tuple(index.shape)}")
+    d = normalize_dim(dim, input.ndim, "index_select")
+    return getitem(input, (slice(None),) * d + (index.reshape(-1),))
+
+
+def masked_fill(input: Tensor, mask: Tensor, value: Any) -> Tensor:  # noqa: A002
+    """``value`` where ``mask`` is True (mask broadcasts), differentiable w.r.t. input."""
+    from .elementwise import where  # noqa: PLC0415
+
+    if not isinstance(mask, Tensor) or mask.dtype != np.bool_:
+        raise TypeError("masked_fill: mask must be a bool tensor")
+    if isinstance(value, Tensor):
+        value = value.to(input.dtype)
+    else:
+        value = Tensor._make(input._device.xp.asarray(value, dtype=input.dtype), input._device)
+    return where(mask, value, input)

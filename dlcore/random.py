@@ -1,0 +1,76 @@
+"""Random number generation: one generator per device, all seeded by ``manual_seed``.
+
+``cpu`` and ``emu`` each own a NumPy ``Generator`` (PCG64) seeded identically, so the two
+devices draw the same numbers for the same seed (tests compare them); each CUDA device
+owns a CuPy ``RandomState`` created on first use with the last seed given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .device import Device
+
+_seed: int | None = None
+_generators: dict[Device, Any] = {}
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every device's generator (existing and future ones)."""
+    global _seed
+    _seed = int(seed)
+    _generators.clear()
+
+
+def initial_seed() -> int | None:
+    return _seed
+
+
+def generator_for(device: Device) -> Any:
+    gen = _generators.get(device)
+    if gen is None:
+        if device.type == "cuda":
+            with device.use():
+                gen = device.xp.random.RandomState(_seed)
+        else:
+            gen = np.random.Generator(np.random.PCG64(_seed))
+        _generators[device] = gen
+    return gen
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in shape)
+
+
+def uniform_array(shape: Any, low: float, high: float, dtype: np.dtype, device: Device) -> Any:
+    gen = generator_for(device)
+    if device.type == "cuda":
+        with device.use():
+            return gen.uniform(low, high, _shape(shape)).astype(dtype, copy=False)
+    return gen.uniform(low, high, _shape(shape)).astype(dtype, copy=False)
+
+
+def normal_array(shape: Any, mean: float, std: float, dtype: np.dtype, device: Device) -> Any:
+    gen = generator_for(device)
+    if device.type == "cuda":
+        with device.use():
+            return gen.normal(mean, std, _shape(shape)).astype(dtype, copy=False)
+    return gen.normal(mean, std, _shape(shape)).astype(dtype, copy=False)
+
+
+def integers_array(low: int, high: int, shape: Any, dtype: np.dtype, device: Device) -> Any:
+    gen = generator_for(device)
+    if device.type == "cuda":
+        with device.use():
+            return gen.randint(low, high, _shape(shape)).astype(dtype, copy=False)
+    return gen.integers(low, high, _shape(shape)).astype(dtype, copy=False)
+
+
+def permutation_array(n: int, device: Device) -> Any:
+    gen = generator_for(device)
+    if device.type == "cuda":
+        with device.use():
+            return gen.permutation(n)
+    return gen.permutation(n)
