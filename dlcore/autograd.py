@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .tensor import Tensor
 
@@ -31,6 +33,7 @@ class _GradMode(threading.local):
 
 
 _mode = _GradMode()
+_Tensor: Any = None  # dlcore.tensor.Tensor, set by that module (it imports this one)
 
 
 def is_grad_enabled() -> bool:
@@ -126,36 +129,45 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs: Tensor, **options: Any) -> Any:
-        from .tensor import Tensor  # noqa: PLC0415
-
-        dev = inputs[0]._device
-        for t in inputs:
-            if t._device is not dev:
-                _raise_device_mismatch(cls, inputs)
-        fn = cls()
+        # NOTE: the hot path of every op; kept free of generators and imports.
+        x0 = inputs[0]
+        dev = x0._device
+        fn = cls.__new__(cls)
         fn.device = dev
-        out = fn.forward(*[t.data for t in inputs], **options)
-        requires = _mode.enabled and any(t.requires_grad for t in inputs)
-        if not requires:
+        if len(inputs) == 1:
+            out = fn.forward(x0.data, **options)
+            requires = x0._requires_grad
+        else:
+            requires = False
+            arrays = []
+            for t in inputs:
+                if t._device is not dev:
+                    _raise_device_mismatch(cls, inputs)
+                requires = requires or t._requires_grad
+                arrays.append(t.data)
+            out = fn.forward(*arrays, **options)
+        make = _Tensor._make
+        if isinstance(out, np.generic):  # NumPy reductions return scalars, not 0-d arrays
+            out = np.asarray(out)
+        elif type(out) is tuple:
+            out = tuple([np.asarray(o) if isinstance(o, np.generic) else o for o in out])
+        if not (requires and _mode.enabled):
             if type(out) is tuple:
-                return tuple(Tensor._make(o, dev) for o in out)
-            return Tensor._make(out, dev)
-        fn.needs_input_grad = tuple(t.requires_grad for t in inputs)
-        fn.next_functions = tuple(t._edge() if t.requires_grad else None for t in inputs)
+                return tuple([make(o, dev) for o in out])
+            return make(out, dev)
+        fn.needs_input_grad = tuple([t._requires_grad for t in inputs])
+        fn.next_functions = tuple([t._edge() if t._requires_grad else None for t in inputs])
         if cls.save_inputs:
             fn._saved = inputs
-            fn._versions = tuple(t._version[0] for t in inputs)
-        if type(out) is tuple:
-            fn.num_outputs = len(out)
-            if cls.save_output:
-                fn._out_arrays = out
-            diff = cls.differentiable_outputs
-            return tuple(
-                Tensor._make(o, dev, fn, i) if diff is None or i in diff else Tensor._make(o, dev)
-                for i, o in enumerate(out))
+            fn._versions = tuple([t._version[0] for t in inputs])
         if cls.save_output:
             fn._out_arrays = out
-        return Tensor._make(out, dev, fn, 0)
+        if type(out) is tuple:
+            fn.num_outputs = len(out)
+            diff = cls.differentiable_outputs
+            return tuple([make(o, dev, fn, i) if diff is None or i in diff else make(o, dev)
+                          for i, o in enumerate(out)])
+        return make(out, dev, fn, 0)
 
     def forward(self, *arrays: Any, **options: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -178,13 +190,11 @@ class Function:
 
     def output(self, index: int = 0) -> Tensor:
         """The saved forward output as a Tensor attached to this node (for backward)."""
-        from .tensor import Tensor  # noqa: PLC0415
-
         if self._freed:
             _raise_freed(self)
         out = self._out_arrays
         arr = out[index] if type(out) is tuple else out
-        return Tensor._make(arr, self.device, self if _mode.enabled else None, index)
+        return _Tensor._make(arr, self.device, self if _mode.enabled else None, index)
 
     def _free(self) -> None:
         self._saved = None
@@ -213,7 +223,7 @@ class AccumulateGrad(Function):
             else:
                 # NOTE: copy, never alias: one gradient Tensor may flow to several leaves
                 # (x + y hands the same grad to both), and later accumulation is in place.
-                leaf.grad = grad.detach().clone()
+                leaf.grad = _Tensor._make(grad.data.copy(), leaf._device)
         elif _mode.enabled or leaf.grad.requires_grad:
             leaf.grad = leaf.grad + grad  # create_graph: keep the graph of the sum
         else:
@@ -233,78 +243,80 @@ def _raise_freed(fn: Function) -> None:
         "backward() if you need to backward twice")
 
 
-def _topological_order(roots: Iterable[Function]) -> tuple[list[Function], dict]:
-    """Nodes reachable from the roots, each after all nodes that feed gradient into it,
-    plus the count of incoming edges per node. Iterative DFS."""
-    deps: dict[Function, int] = {}
+def _topological_order(roots: Iterable[Function]) -> list[Function]:
+    """Nodes reachable from the roots, each before every node it feeds gradient into
+    (reverse post-order of an iterative DFS: no recursion, any graph depth)."""
     order: list[Function] = []
-    visited: set[int] = set()
-    stack: list[tuple[Function, int]] = []
+    visited: set[Function] = set()
     for r in roots:
-        if id(r) not in visited:
-            visited.add(id(r))
-            stack.append((r, 0))
+        if r in visited:
+            continue
+        visited.add(r)
+        stack = [(r, iter(r.next_functions))]
         while stack:
-            node, i = stack[-1]
-            nexts = node.next_functions
-            if i < len(nexts):
-                stack[-1] = (node, i + 1)
-                edge = nexts[i]
-                if edge is None:
-                    continue
-                child = edge[0]
-                deps[child] = deps.get(child, 0) + 1
-                if id(child) not in visited:
-                    visited.add(id(child))
-                    stack.append((child, 0))
+            node, it = stack[-1]
+            for edge in it:
+                if edge is not None and edge[0] not in visited:
+                    child = edge[0]
+                    visited.add(child)
+                    stack.append((child, iter(child.next_functions)))
+                    break
             else:
                 stack.pop()
                 order.append(node)
     order.reverse()
-    return order, deps
+    return order
+
+
+def _add_grad(pending: dict, node: Function, index: int, g: Tensor) -> None:
+    """Sum gradients arriving at one output of a node (a Tensor per single-output node,
+    a list for multi-output nodes)."""
+    n = node.num_outputs
+    if n == 1:
+        prev = pending.get(node)
+        pending[node] = g if prev is None else prev + g
+        return
+    slots = pending.get(node)
+    if slots is None:
+        slots = pending[node] = [None] * n
+    prev = slots[index]
+    slots[index] = g if prev is None else prev + g
 
 
 def _run_backward(roots: Sequence[Tensor], grads: Sequence[Tensor], retain_graph: bool,
                   create_graph: bool, capture: dict | None = None) -> None:
     """The engine. ``capture`` maps (node, index) edges to None; when given, gradients
     arriving at those edges are stored there and leaves' ``.grad`` are left alone."""
-    pending: dict[tuple[int, int], Tensor] = {}
+    pending: dict[Function, Any] = {}
     root_nodes = []
     for t, g in zip(roots, grads):
-        edge = t._edge()
-        key = (id(edge[0]), edge[1])
-        pending[key] = pending[key] + g if key in pending else g
-        root_nodes.append(edge[0])
-    order, _ = _topological_order(root_nodes)
+        node, index = t._edge()
+        _add_grad(pending, node, index, g)
+        root_nodes.append(node)
+    order = _topological_order(root_nodes)
     with set_grad_enabled(create_graph):
         for node in order:
-            nouts = node.num_outputs
-            gouts = [pending.pop((id(node), i), None) for i in range(nouts)]
+            got = pending.pop(node, None)
+            if got is None:
+                continue
+            gouts = (got,) if node.num_outputs == 1 else got
             if capture is not None:
                 for i, g in enumerate(gouts):
-                    if (node, i) in capture and g is not None:
+                    if g is not None and (node, i) in capture:
                         prev = capture[(node, i)]
                         capture[(node, i)] = g if prev is None else prev + g
-            if all(g is None for g in gouts):
-                continue
-            if isinstance(node, AccumulateGrad):
+            if type(node) is AccumulateGrad:
                 if capture is None:
-                    node.accumulate(gouts[0])
+                    node.accumulate(got)
                 continue
             if node._freed:
                 _raise_freed(node)
-            if nouts == 1:
-                in_grads = node.backward(gouts[0])
-            else:
-                in_grads = node.backward(*gouts)
+            in_grads = node.backward(*gouts)
             if type(in_grads) is not tuple:
                 in_grads = (in_grads,)
             for edge, g in zip(node.next_functions, in_grads):
-                if edge is None or g is None:
-                    continue
-                key = (id(edge[0]), edge[1])
-                prev = pending.get(key)
-                pending[key] = g if prev is None else prev + g
+                if edge is not None and g is not None:
+                    _add_grad(pending, edge[0], edge[1], g)
             if not retain_graph:
                 node._free()
 

@@ -385,6 +385,9 @@ class Tensor:
         setitem(self, index, value)
 
 
+autograd._Tensor = Tensor
+
+
 def tensor_from_array(arr: Any) -> Tensor:
     """Wrap an existing NumPy/CuPy array without copying."""
     return Tensor._make(arr, device_of_array(arr))

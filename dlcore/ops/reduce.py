@@ -16,16 +16,32 @@ from ._util import cast, normalize_dim, normalize_dims
 values_indices = namedtuple("values_indices", ["values", "indices"])
 
 
+class ExpandBack(Function):
+    """Reshape a reduced tensor to keepdim form and broadcast it over the input's shape,
+    in one node (the backward of every reduction)."""
+
+    def forward(self, g: Any, kshape: tuple, shape: tuple) -> Any:
+        self.g_shape, self.kshape = g.shape, kshape
+        return self.device.xp.broadcast_to(g.reshape(kshape), shape)
+
+    def backward(self, gg: Tensor) -> tuple:
+        from ._util import sum_to  # noqa: PLC0415
+
+        return (sum_to(gg, self.kshape).reshape(*self.g_shape),)
+
+
 def _expand_back(g: Tensor, in_shape: tuple, dims: tuple | None, keepdim: bool) -> Tensor:
     """Broadcast a reduced gradient back over the reduced dims of the input."""
-    if not keepdim and dims is not None and g.ndim != len(in_shape):
-        shape = list(in_shape)
+    if dims is None:
+        kshape = (1,) * len(in_shape)
+    else:
+        kshape = list(in_shape)
         for d in dims:
-            shape[d] = 1
-        g = g.reshape(*shape)
-    elif dims is None and g.ndim != len(in_shape):
-        g = g.reshape(*([1] * len(in_shape)))
-    return g.expand(*in_shape)
+            kshape[d] = 1
+        kshape = tuple(kshape)
+    if g.data.shape == in_shape:
+        return g
+    return ExpandBack.apply(g, kshape=kshape, shape=in_shape)
 
 
 class Sum(Function):
