@@ -1,0 +1,139 @@
+"""The launch layer: the one way dlcore runs its CUDA kernels (``kernels/*.cu``).
+
+A device's runner (``device.kernels``, built by :func:`runner_for`) loads each source once per
+process and device -- ``cupy.RawModule`` on ``cuda``, the CPU emulator's look-alike on ``emu`` --
+and hands out launchers called as ``(grid, block, args, shared_mem=0)``, exactly like a CuPy
+``RawKernel``, on the current stream. Both devices share this code path (grid arithmetic,
+argument marshalling, name lookup); only the module class differs::
+
+    run = device.kernels.function("pool2d.cu", "maxpool2d_forward<float>")
+    run(grid_1d(n), (256,), (x, y, np.int64(n)))
+
+Sources declare their entry points themselves (see :mod:`dlcore.kernels.sources`). Modules are
+compiled lazily, on the first fetch of one of their functions, never at import time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import KernelCompileError
+from .sources import SOURCE_DIR, KernelSource, kernel_source, product_sources
+
+__all__ = ["KernelCompileError", "KernelRunner", "KernelSource", "SOURCE_DIR", "ceil_div",
+           "grid_1d", "kernel_source", "launch", "product_sources", "runner_for"]
+
+Dims = int | Sequence[int]
+Launcher = Callable[..., None]
+
+
+def ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)`` for non-negative ints: blocks needed to cover ``a`` items with ``b``."""
+    return -(-a // b)
+
+
+def grid_1d(n: int, block: int = 256, max_blocks: int | None = None) -> tuple[int]:
+    """A 1-D grid covering ``n`` items with ``block`` threads each (at least one block, so an
+    empty launch stays valid); ``max_blocks`` caps it for grid-stride loops."""
+    blocks = max(1, ceil_div(n, block))
+    return (blocks if max_blocks is None else min(blocks, max_blocks),)
+
+
+def _as_dims(d: Dims) -> tuple[int, ...]:
+    return (int(d),) if isinstance(d, int) else tuple(int(v) for v in d)
+
+
+class KernelRunner:
+    """Loads kernel sources for one device and launches their entry points; memoised."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self._modules: dict[KernelSource, Any] = {}
+        self._launchers: dict[tuple[Any, str], Launcher] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<KernelRunner for {self.device}>"
+
+    def _module_class(self) -> Any:
+        if self.device.type == "cuda":
+            return self.device.xp.RawModule
+        from . import emu  # noqa: PLC0415  -- builds need g++; import only when used
+
+        return emu.RawModule
+
+    def module(self, source: str | Path | KernelSource) -> Any:
+        """The loaded module (``cupy.RawModule`` or ``emu.RawModule``) for a source."""
+        src = kernel_source(source)
+        with self._lock:
+            mod = self._modules.get(src)
+            if mod is None:
+                with self.device.use():
+                    mod = self._module_class()(
+                        code=src.tagged_code(), options=src.options(),
+                        name_expressions=list(src.name_expressions) or None)
+                self._modules[src] = mod
+        return mod
+
+    def function(self, source: str | Path | KernelSource, name: str) -> Launcher:
+        """A launcher ``(grid, block, args, shared_mem=0)`` for entry point ``name`` of
+        ``source`` (a file in ``kernels/``, a path, or a :class:`KernelSource`)."""
+        key = (source, name)
+        launcher = self._launchers.get(key)
+        if launcher is not None:
+            return launcher
+        src = kernel_source(source)
+        if name not in src.entry_points:
+            raise KeyError(f"{src.name}: no entry point {name!r}; it declares "
+                           f"{', '.join(src.entry_points) or 'none'} (templates need a "
+                           "'// dlcore: instantiate <expr>' line)")
+        mod = self.module(src)
+        with self.device.use():
+            kernel = _get_function(mod, src, name)
+
+        def launch_kernel(grid: Dims, block: Dims, args: Sequence[Any], shared_mem: int = 0) -> None:
+            kernel(_as_dims(grid), _as_dims(block), tuple(args), shared_mem=shared_mem)
+
+        launch_kernel.__qualname__ = f"{src.name}:{name}"
+        self._launchers[key] = launch_kernel
+        return launch_kernel
+
+
+def _get_function(module: Any, src: KernelSource, name: str) -> Any:
+    """Fetch (and, the first time, compile) a function, turning CuPy's compile exception into a
+    :class:`KernelCompileError` that names the file and line."""
+    try:
+        return module.get_function(name)
+    except KernelCompileError:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ != "CompileException":
+            raise
+        log = exc.get_message() if hasattr(exc, "get_message") else str(exc)
+        raise KernelCompileError.from_nvrtc_log(src.name, log) from None
+
+
+_runners: dict[Any, KernelRunner] = {}
+_runners_lock = threading.Lock()
+
+
+def runner_for(device: Any) -> KernelRunner:
+    """The kernel runner of a ``cuda`` or ``emu`` device (what ``Device.kernels`` returns)."""
+    if device.type not in ("cuda", "emu"):
+        raise ValueError(f"device {device} runs no CUDA kernels; use 'cuda' or 'emu'")
+    with _runners_lock:
+        runner = _runners.get(device)
+        if runner is None:
+            runner = _runners[device] = KernelRunner(device)
+    return runner
+
+
+def launch(device: Any, source: str | Path | KernelSource, name: str, grid: Dims, block: Dims,
+           args: Sequence[Any], shared_mem: int = 0) -> None:
+    """One-shot launch through ``device``'s runner (a convenience over
+    ``device.kernels.function(source, name)(grid, block, args, shared_mem)``)."""
+    runner_for(device).function(source, name)(grid, block, args, shared_mem)
+

@@ -1,0 +1,182 @@
+"""Turn a CUDA source into an emulator shared object: inline quoted includes, rewrite the
+``__shared__`` declarations g++ cannot take, append one ``extern "C"`` trampoline per entry point,
+compile with g++ and cache the result on disk by content hash.
+
+The rewrite keeps every line where it was (``#line`` markers around inlined headers), so g++
+errors point at the original file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import KernelCompileError
+from ..sources import KernelSource, strip_comments
+
+EMU_DIR = Path(__file__).resolve().parent
+HEADERS = ("dlcore_emu.h", "dlcore_emu_launch.h")
+CXX_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-w", "-fno-strict-aliasing")
+
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.M)
+_PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[^\n]*$", re.M)
+_SHARED = re.compile(
+    r"(?P<extern>\bextern\s+)?\b__shared__\s+(?P<type>[^;={}()\[\]]*?(?:__align__\s*\(\s*\d+\s*\)"
+    r"[^;={}()\[\]]*?)?)\s*\b(?P<name>[A-Za-z_]\w*)\s*(?P<dims>(?:\[[^\]]*\]\s*)*);")
+_ALIGN = re.compile(r"__align__\s*\(\s*(\d+)\s*\)")
+
+
+def cache_dir() -> Path:
+    """``$DLCORE_CACHE_DIR/emu``, else ``~/.cache/dlcore/emu``."""
+    root = os.environ.get("DLCORE_CACHE_DIR") or os.path.join(Path.home(), ".cache", "dlcore")
+    return Path(root) / "emu"
+
+
+def _find_include(name: str, dirs: list[str]) -> Path | None:
+    for d in dirs:
+        p = Path(d) / name
+        if p.is_file():
+            return p.resolve()
+    return None
+
+
+def inline_includes(code: str, filename: str, dirs: list[str], seen: set[Path]) -> str:
+    """Replace quoted includes found in ``dirs`` with their (recursively inlined) text, once each
+    (headers use ``#pragma once``), so the ``__shared__`` rewrite reaches headers too."""
+    out, pos = [], 0
+    for m in _INCLUDE.finditer(code):
+        path = _find_include(m.group(1), dirs)
+        if path is None:
+            continue
+        line = code.count("\n", 0, m.end()) + 1
+        out.append(code[pos:m.start()])
+        if path not in seen:
+            seen.add(path)
+            body = _PRAGMA_ONCE.sub("", path.read_text())
+            body = inline_includes(body, path.name, [str(path.parent), *dirs], seen)
+            out.append(f'#line 1 "{path.name}"\n{body}\n#line {line + 1} "{filename}"')
+        pos = m.end()
+    out.append(code[pos:])
+    return "".join(out)
+
+
+def _brace_depths(code: str) -> list[int]:
+    depth, depths = 0, []
+    for ch in code:
+        depths.append(depth)
+        depth += (ch == "{") - (ch == "}")
+    return depths
+
+
+def rewrite_shared(code: str, filename: str) -> str:
+    """Rewrite ``__shared__`` declarations into references to the emulator's per-block shared
+    memory. Static ones become ``T (&name)[N] = <slot>``; ``extern __shared__ T name[];`` becomes
+    a pointer (a ``#define`` at file scope, where the declaration must start its line)."""
+    code = strip_comments(code)
+    depths = _brace_depths(code)
+    out, pos = [], 0
+    for m in _SHARED.finditer(code):
+        type_ = m.group("type").strip()
+        align = _ALIGN.search(type_)
+        type_ = _ALIGN.sub("", type_).strip()
+        name, dims = m.group("name"), re.sub(r"\s+", "", m.group("dims"))
+        line = code.count("\n", 0, m.start()) + 1
+        at_file_scope = depths[m.start()] == 0
+        if not type_:
+            raise KernelCompileError(filename, line, f"cannot parse __shared__ declaration {m.group(0)!r}")
+        if m.group("extern"):
+            target = f"reinterpret_cast<{type_}*>(::dlemu::dynamic_shared())"
+            line_start = code.rfind("\n", 0, m.start()) + 1
+            if not at_file_scope:
+                text = f"{type_}* const {name} = {target};"
+            elif not code[line_start:m.start()].strip():
+                text = f"#define {name} ({target})"
+            else:
+                raise KernelCompileError(filename, line, "a file-scope extern __shared__ declaration "
+                                         "must start its line for the emulator")
+        else:
+            if at_file_scope:
+                raise KernelCompileError(filename, line, "file-scope static __shared__ variables are "
+                                         "not supported by the emulator; declare them in the kernel")
+            align_expr = f"alignof({type_})" if not align else f"{align.group(1)}"
+            slot = (f"::dlemu::static_shared(sizeof({type_}{dims}), {align_expr}, "
+                    f"\"{name}\", __LINE__)")
+            if dims:
+                text = f"{type_} (&{name}){dims} = *reinterpret_cast<{type_}(*){dims}>({slot});"
+            else:
+                text = f"{type_}& {name} = *reinterpret_cast<{type_}*>({slot});"
+        out.append(code[pos:m.start()])
+        out.append(text)
+        pos = m.end()
+    out.append(code[pos:])
+    result = "".join(out)
+    if re.search(r"\b__shared__\b", result):
+        line = result[:re.search(r"\b__shared__\b", result).start()].count("\n") + 1
+        raise KernelCompileError(filename, line, "unsupported __shared__ declaration form for the "
+                                 "emulator (declare one variable per statement)")
+    return result
+
+
+def trampolines(entries: list[str]) -> str:
+    """One ``dlemu_entry_<i>`` per entry point; taking ``&name<T>`` instantiates a template."""
+    lines = ['#line 1 "<dlcore-emu entry points>"']
+    for i, expr in enumerate(entries):
+        quoted = expr.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'extern "C" int dlemu_entry_{i}(::dlemu::LaunchSpec* s) '
+                     f'{{ return ::dlemu::run_kernel(s, &{expr}, "{quoted}"); }}')
+    return "\n".join(lines) + "\n"
+
+
+def emulated_source(source: KernelSource, entries: list[str]) -> str:
+    """The full translation unit g++ compiles for ``source``."""
+    name = source.name
+    code = inline_includes(source.code, name, list(source.include_dirs), set())
+    code = rewrite_shared(code, name)
+    return f'#include "dlcore_emu.h"\n#line 1 "{name}"\n{code}\n{trampolines(entries)}'
+
+
+@lru_cache(maxsize=1)
+def _compiler() -> tuple[str, str]:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx:
+        raise KernelCompileError("<emulator>", None, "no C++ compiler found (install g++ or set CXX)")
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    return cxx, version
+
+
+def _first_error_line(log: str, filename: str) -> int | None:
+    m = re.search(rf"{re.escape(filename)}:(\d+):(?:\d+:)? (?:fatal )?error", log)
+    return int(m.group(1)) if m else None
+
+
+def build(source: KernelSource, entries: list[str], flags: list[str]) -> Path:
+    """Compile (or find in the cache) the shared object for ``source``; return its path.
+    ``flags`` are the -D/-U/-I options passed through from the module's NVRTC options."""
+    cxx, version = _compiler()
+    unit = emulated_source(source, entries)
+    digest = hashlib.sha256()
+    for part in (unit, version, " ".join(CXX_FLAGS + tuple(flags)), *((EMU_DIR / h).read_text() for h in HEADERS)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    out_dir = cache_dir()
+    target = out_dir / f"{Path(source.name).stem}-{digest.hexdigest()[:24]}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        cpp = Path(tmp) / f"{Path(source.name).stem}.emu.cpp"
+        cpp.write_text(unit)
+        so = Path(tmp) / "out.so"
+        proc = subprocess.run([cxx, *CXX_FLAGS, *flags, f"-I{EMU_DIR}", str(cpp), "-o", str(so)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise KernelCompileError(source.name, _first_error_line(proc.stderr, source.name),
+                                     proc.stderr, compiler="g++ (emulator)")
+        os.replace(so, target)
+    return target
