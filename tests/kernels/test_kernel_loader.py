@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -84,8 +85,18 @@ def test_scalar_of_the_wrong_size_is_rejected() -> None:
 
 
 def test_wheel_ships_kernel_sources(tmp_path: Path) -> None:
+    # Build from a copy, so the checkout gets no build/ or egg-info leftovers.
+    tree = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md", "dlcore", "kernels"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, tree / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            tree.mkdir(exist_ok=True)
+            shutil.copy(src, tree / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                           str(tmp_path), str(REPO)], capture_output=True, text=True)
+                           str(tmp_path), str(tree)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("dlcore-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
