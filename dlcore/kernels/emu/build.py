@@ -127,9 +127,8 @@ def trampolines(entries: list[str]) -> str:
     """One ``dlemu_entry_<i>`` per entry point; taking ``&name<T>`` instantiates a template."""
     lines = ['#line 1 "<dlcore-emu entry points>"']
     for i, expr in enumerate(entries):
-        quoted = expr.replace("\\", "\\\\").replace('"', '\\"')
         lines.append(f'extern "C" int dlemu_entry_{i}(::dlemu::LaunchSpec* s) '
-                     f'{{ return ::dlemu::run_kernel(s, &{expr}, "{quoted}"); }}')
+                     f'{{ return ::dlemu::run_kernel(s, &{expr}); }}')
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,7 @@ inline const char* op_name(Op op) {
 struct Fiber {
   ucontext_t ctx;
   dim3 tid;
-  unsigned linear = 0, warp = 0, lane = 0;
+  unsigned warp = 0, lane = 0;
   State state = State::Runnable;
   int line = 0;  // source line of the sync point it waits at
   int static_count = 0;
@@ -118,7 +118,6 @@ struct LaunchSpec {
 };
 
 struct Launch {
-  const char* kernel = "";
   const LaunchSpec* spec = nullptr;
   dim3 grid, block, bid;
   std::vector<Fiber> fibers;
@@ -136,7 +135,6 @@ struct Launch {
   uint64_t rng = 0;
   bool failed = false;
   bool running = false;  // inside the block loop: errors name the block
-  char* stack_lo = nullptr;  // guard page range of fiber stacks, for stack overflow reports
 };
 
 inline thread_local Launch* L = nullptr;
@@ -294,7 +292,6 @@ inline void run_block(const ucontext_t& proto) {
   for (unsigned i = 0; i < n; ++i) {
     Fiber& f = L->fibers[i];
     f.tid = dim3(i % L->block.x, (i / L->block.x) % L->block.y, i / (L->block.x * L->block.y));
-    f.linear = i;
     f.warp = i / kWarp;
     f.lane = i % kWarp;
     f.state = State::Runnable;

@@ -250,10 +250,9 @@ inline uint64_t splitmix(uint64_t x) {
 }
 
 template <typename... A>
-inline int run_kernel(LaunchSpec* s, void (*fn)(A...), const char* name) {
+inline int run_kernel(LaunchSpec* s, void (*fn)(A...)) {
   Launch* l = new Launch();
   L = l;
-  l->kernel = name;
   l->spec = s;
   l->grid = dim3(s->grid[0], s->grid[1], s->grid[2]);
   l->block = dim3(s->block[0], s->block[1], s->block[2]);
