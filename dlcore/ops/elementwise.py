@@ -187,19 +187,33 @@ def _binary(a: Any, b: Any, tensor_fn: type, scalar_fn: type | None,
             rscalar_fn: type | None = None) -> Tensor:
     if isinstance(a, Tensor):
         if isinstance(b, Tensor):
-            return tensor_fn.apply(*promote_pair(a, b))
+            return _apply_broadcast(tensor_fn, *promote_pair(a, b))
         tb = type(b)
         if scalar_fn is not None and (tb is float or tb is int) and a.data.dtype.kind == "f":
             return scalar_fn.apply(a, c=a.data.dtype.type(b))  # fast path: float tensor
         if scalar_fn is not None and is_scalar(b):
             t, c = scalar_operand(a, b)
             return scalar_fn.apply(t, c=c)
-        return tensor_fn.apply(*promote_pair(a, as_tensor_like(b, a)))
+        return _apply_broadcast(tensor_fn, *promote_pair(a, as_tensor_like(b, a)))
     # a is not a tensor, b is
     if rscalar_fn is not None and is_scalar(a):
         t, c = scalar_operand(b, a)
         return rscalar_fn.apply(t, c=c)
-    return tensor_fn.apply(*promote_pair(as_tensor_like(a, b), b))
+    return _apply_broadcast(tensor_fn, *promote_pair(as_tensor_like(a, b), b))
+
+
+def _apply_broadcast(fn: type, a: Tensor, b: Tensor) -> Tensor:
+    """``fn.apply(a, b)``; a failure to broadcast becomes an error naming the op and both
+    shapes (the array module's own message names neither the op nor its caller)."""
+    try:
+        return fn.apply(a, b)
+    except ValueError:
+        try:
+            np.broadcast_shapes(a.shape, b.shape)
+        except ValueError:
+            raise RuntimeError(f"{fn.__name__.lower()}: shapes {tuple(a.shape)} and "
+                               f"{tuple(b.shape)} cannot be broadcast together") from None
+        raise
 
 
 def add(input: Any, other: Any, alpha: Any = 1) -> Tensor:  # noqa: A002
@@ -425,15 +439,53 @@ class Sign(Function):
         return (g * 0,)
 
 
+# terms of the erf series / depth of the erfc continued fraction per dtype: enough for
+# full precision (|rel. error| < 1e-15 for float64, a few ulp for float32; see tests)
+_ERF_TERMS = {8: (30, 40), 4: (20, 24), 2: (20, 24)}
+_ERF_SPLIT = 2.0  # series below, continued fraction above
+
+
 def _erf(xp: Any, x: Any) -> Any:
-    """erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): neither NumPy nor CuPy's main
-    namespace has erf, and SciPy is not a dependency. Accurate to float32 precision."""
-    s = xp.sign(x)
+    """erf to the precision of ``x``'s dtype (neither NumPy nor CuPy's main namespace has
+    erf, and SciPy is not a dependency).
+
+    |x| < 2: erf(x) = 2/sqrt(pi) e^(-x^2) sum_n (2x^2)^n x / (1*3*...*(2n+1)), a series of
+    positive terms (no cancellation). |x| >= 2: erf(x) = 1 - erfc(x) with
+    erfc(x) = e^(-x^2) / (sqrt(pi) (x + (1/2)/(x + 1/(x + (3/2)/(x + ...))))).
+    NOTE: replaces an Abramowitz-Stegun fit whose 1.5e-7 absolute error was visible in
+    float64 and, relatively, near 0 in float32.
+    """
+    n_terms, depth = _ERF_TERMS.get(x.dtype.itemsize, (30, 40))
+    one = x.dtype.type(1)
     a = xp.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
-               + 0.254829592) * t * xp.exp(-a * a)
-    return s * y
+    xs = xp.minimum(a, x.dtype.type(_ERF_SPLIT))
+    x2 = xs * xs
+    term = xs
+    series = xs
+    for n in range(1, n_terms):
+        term = term * (x2 * x.dtype.type(2 / (2 * n + 1)))
+        series = series + term
+    series = series * xp.exp(-x2) * x.dtype.type(2 / math.sqrt(math.pi))
+    xc = xp.maximum(a, x.dtype.type(_ERF_SPLIT))
+    frac = xc
+    for k in range(depth, 0, -1):
+        frac = xc + x.dtype.type(k / 2) / frac
+    erfc = xp.exp(-xc * xc) / (frac * x.dtype.type(math.sqrt(math.pi)))
+    return xp.sign(x) * xp.where(a < _ERF_SPLIT, series, one - erfc)
+
+
+class Erf(Function):
+    """erf as a node, so that gelu's backward (which uses the normal cdf) is itself
+    differentiable: d/dx erf(x) = 2/sqrt(pi) exp(-x^2)."""
+
+    save_inputs = True
+
+    def forward(self, a: Any) -> Any:
+        return _erf(self.device.xp, a)
+
+    def backward(self, g: Tensor) -> tuple:
+        (x,) = self.saved_tensors
+        return (g * (x * x * -1.0).exp() * (2 / math.sqrt(math.pi)),)
 
 
 class Gelu(Function):
@@ -457,8 +509,9 @@ class Gelu(Function):
             th = inner.tanh()
             d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * k * (1 + 3 * 0.044715 * x * x)
         else:
-            cdf = 0.5 * (1 + Tensor._make(_erf(self.device.xp, x.data / math.sqrt(2.0)),
-                                          self.device))
+            # NOTE: through the Erf node (not a raw array), or second derivatives miss
+            # the cdf's own derivative
+            cdf = 0.5 * (1 + Erf.apply(x * (1 / math.sqrt(2.0))))
             pdf = (x * x * -0.5).exp() * (1 / math.sqrt(2 * math.pi))
             d = cdf + x * pdf
         return (g * d.to(g.dtype),)

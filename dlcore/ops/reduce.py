@@ -157,7 +157,10 @@ class Var(Function):
         (x,) = self.saved_tensors
         mean = x.mean(dim=self.dims, keepdim=True) if self.dims is not None else x.mean()
         ge = _expand_back(g, x.shape, self.dims, self.keepdim)
-        return (ge * (x - mean) * (2.0 / max(self.n - self.correction, 0)),)
+        # NOTE: no builtin max/min/sum in this module (they are the ops). No degrees of
+        # freedom left gives nan, like the forward.
+        dof = self.n - self.correction
+        return (ge * (x - mean) * (2.0 / dof if dof > 0 else float("nan")),)
 
 
 class LogSumExp(Function):

@@ -44,9 +44,10 @@ def to_device_dtype(x: Tensor, device: Device | None, dtype: np.dtype | None) ->
     if dtype is not None and dtype.kind != "f" and x._requires_grad:
         # casting to a non-float type ends differentiation
         with _no_grad():
-            return ToDeviceDtype.apply(x, device=device, dtype=dtype)
-    out = ToDeviceDtype.apply(x, device=device, dtype=dtype)
-    if device is not None:
+            out = ToDeviceDtype.apply(x, device=device, dtype=dtype)
+    else:
+        out = ToDeviceDtype.apply(x, device=device, dtype=dtype)
+    if device is not None:  # apply() labels outputs with the input's device
         out._device = device
     return out
 
