@@ -40,35 +40,25 @@ def is_grad_enabled() -> bool:
     return _mode.enabled
 
 
-class set_grad_enabled:
-    """Context manager and decorator that sets gradient recording on or off."""
+def _decorate(fn: Callable, mode: bool) -> Callable:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        prev = _mode.enabled
+        _mode.enabled = mode
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _mode.enabled = prev
 
-    def __init__(self, mode: bool) -> None:
-        self.mode = bool(mode)
-        self.prev = _mode.enabled
-        _mode.enabled = self.mode  # like PyTorch: effective on construction too
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        _mode.enabled = self.prev
-
-    def __call__(self, fn: Callable) -> Callable:
-        mode = self.mode
-        _mode.enabled = self.prev  # the decorator form must not change the mode now
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with set_grad_enabled(mode):
-                return fn(*args, **kwargs)
-
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = fn.__doc__
-        return wrapper
+    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+    wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
 
 
 class _ModeContext:
+    """Sets gradient recording for a ``with`` block, or for every call of a decorated
+    function."""
+
     mode = True
 
     def __enter__(self) -> None:
@@ -79,16 +69,24 @@ class _ModeContext:
         _mode.enabled = self.prev
 
     def __call__(self, fn: Callable) -> Callable:
-        mode = self.mode
+        return _decorate(fn, self.mode)
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with set_grad_enabled(mode):
-                return fn(*args, **kwargs)
 
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = fn.__doc__
-        return wrapper
+class set_grad_enabled(_ModeContext):
+    """Context manager and decorator that sets gradient recording on or off. Like
+    PyTorch's, it takes effect on construction, so a plain call works as a setter."""
+
+    def __init__(self, mode: bool) -> None:
+        self.mode = bool(mode)
+        self.prev = _mode.enabled
+        _mode.enabled = self.mode
+
+    def __enter__(self) -> None:
+        return None
+
+    def __call__(self, fn: Callable) -> Callable:
+        _mode.enabled = self.prev  # the decorator form must not change the mode now
+        return _decorate(fn, self.mode)
 
 
 class no_grad(_ModeContext):
