@@ -1,0 +1,15 @@
+"""``dlcore.nn``: modules, layers, containers, initialisers (``nn.init``) and the functional
+interface (``nn.functional``), with PyTorch's names so ``torch.nn`` code ports by changing
+the import."""
+
+from . import functional, init
+from .activation import (ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax,
+                         Softplus, Tanh)
+from .containers import ModuleDict, ModuleList, Sequential
+from .dropout import Dropout
+from .flatten import Flatten, Unflatten
+from .linear import Bilinear, Identity, Linear
+from .module import Module, RemovableHandle
+from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
+from .parameter import Parameter
+from .sparse import Embedding
