@@ -74,3 +74,33 @@ def permutation_array(n: int, device: Device) -> Any:
         with device.use():
             return gen.permutation(n)
     return gen.permutation(n)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The seed and the state of every cpu/emu generator drawn from so far: JSON-friendly
+    nested dicts of ints and strings, saved in checkpoints (``dlcore.save``) so a resumed
+    run draws the same numbers as an uninterrupted one.
+
+    NOTE: CuPy's ``RandomState`` exposes no state, so CUDA generators are not captured;
+    after :func:`set_rng_state` they restart from the seed.
+    """
+    return {"seed": _seed,
+            "generators": {str(dev): gen.bit_generator.state
+                           for dev, gen in _generators.items() if dev.type != "cuda"}}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned; generators absent from ``state`` (not
+    yet used when it was taken) restart from its seed, as they would have."""
+    global _seed
+    generators = {}
+    for name, bit_state in state["generators"].items():
+        if bit_state.get("bit_generator") != "PCG64":
+            raise ValueError(f"set_rng_state: generator {name!r} has bit generator "
+                             f"{bit_state.get('bit_generator')!r}, expected 'PCG64'")
+        bits = np.random.PCG64()
+        bits.state = bit_state
+        generators[Device(name)] = np.random.Generator(bits)
+    _seed = None if state["seed"] is None else int(state["seed"])
+    _generators.clear()
+    _generators.update(generators)

@@ -1,0 +1,19 @@
+"""``dlcore.data``: datasets, samplers, collation and the DataLoader (PyTorch's names).
+
+>>> from dlcore.data import DataLoader, TensorDataset
+>>> loader = DataLoader(TensorDataset(dlcore.randn(100, 3)), batch_size=32, shuffle=True,
+...                     generator=0)
+>>> len(loader)
+4
+"""
+
+from . import datasets
+from .collate import default_collate
+from .dataset import Dataset, IterableDataset, Subset, TensorDataset, random_split
+from .loader import DataLoader
+from .sampler import BatchSampler, Generator, RandomSampler, Sampler, SequentialSampler
+from .shards import ShardDataset, write_shards
+
+__all__ = ["BatchSampler", "DataLoader", "Dataset", "Generator", "IterableDataset",
+           "RandomSampler", "Sampler", "SequentialSampler", "ShardDataset", "Subset",
+           "TensorDataset", "datasets", "default_collate", "random_split", "write_shards"]
