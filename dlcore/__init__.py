@@ -8,7 +8,7 @@
 """
 
 from . import _tensor_methods  # noqa: F401  -- binds operators to Tensor
-from . import autograd, cuda, dtypes
+from . import autograd, cuda, data, dtypes, io
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy, full,
                        full_like, linspace, ones, ones_like, rand, rand_like, randint, randn,
@@ -17,7 +17,8 @@ from .device import Device, device, get_default_device, set_default_device
 from .dtypes import (bfloat16, bool, double, float, float16, float32, float64, get_default_dtype,
                      half, int8, int16, int32, int64, long, set_default_dtype, uint8)
 from .ops import *  # noqa: F403
-from .random import manual_seed
+from .io import load, save
+from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import Tensor
 
 __version__ = "0.1.0"
