@@ -1,0 +1,64 @@
+"""Adagrad: per-coordinate learning rates from the running sum of squared gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .optimizer import Optimizer, array_module, state_like
+
+MAXIMIZE = 1  # flag bit shared with kernels/optim.cu
+
+
+class Adagrad(Optimizer):
+    """``torch.optim.Adagrad``: ``g = grad + weight_decay * p`` (negated if ``maximize``),
+    ``clr = lr / (1 + (t - 1) * lr_decay)``, ``s += g * g``, ``p -= clr * g / (sqrt(s) + eps)``;
+    ``s`` starts at ``initial_accumulator_value``.
+
+    >>> opt = Adagrad(model.parameters(), lr=1e-2)  # doctest: +SKIP
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10, foreach: bool | None = None, *,
+                 maximize: bool = False) -> None:
+        """``foreach`` is accepted for PyTorch compatibility: dlcore always updates a group
+        in one fused pass."""
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if lr_decay < 0.0:
+            raise ValueError(f"Invalid lr_decay value: {lr_decay}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if initial_accumulator_value < 0.0:
+            raise ValueError(f"Invalid initial_accumulator_value value: "
+                             f"{initial_accumulator_value}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize))
+
+    def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        if "sum" not in state:
+            state["sum"] = state_like(param, group["initial_accumulator_value"])
+
+    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
+                     group: dict[str, Any], step: int) -> None:
+        g = -grad if group["maximize"] else grad
+        if group["weight_decay"] != 0:
+            g = g + param * group["weight_decay"]
+        clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
+        accumulator = state["sum"]
+        accumulator += g * g
+        std = array_module(param).sqrt(accumulator)
+        std += group["eps"]
+        update = g / std
+        update *= clr
+        param -= update
+
+    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
+                    step: int) -> tuple[str, tuple, tuple[float, ...], int]:
+        clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
+        return ("adagrad_step", (param, grad, state["sum"]),
+                (clr, group["weight_decay"], group["eps"]), MAXIMIZE * group["maximize"])

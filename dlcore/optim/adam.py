@@ -1,0 +1,108 @@
+"""Adam and AdamW (decoupled weight decay), with AMSGrad and maximize."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .optimizer import Optimizer, array_module, state_like
+
+# flag bits shared with kernels/optim.cu
+MAXIMIZE, AMSGRAD, DECOUPLED = 1, 2, 4
+
+
+class Adam(Optimizer):
+    """``torch.optim.Adam``: ``g = grad + weight_decay * p`` (negated if ``maximize``),
+    ``m = lerp(m, g, 1 - beta1)``, ``v = beta2 * v + (1 - beta2) * g * g``, then
+    ``p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``; with ``amsgrad``
+    the running maximum of ``v`` replaces ``v`` in the denominator.
+
+    >>> opt = Adam(model.parameters(), lr=1e-3)  # doctest: +SKIP
+    """
+
+    decoupled_weight_decay = False
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, fused: bool | None = None) -> None:
+        """``foreach`` and ``fused`` are accepted for PyTorch compatibility: dlcore always
+        updates a group in one fused pass."""
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        for i in (0, 1):
+            if not 0.0 <= betas[i] < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize))
+
+    def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        for name in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ()):
+            if name not in state:
+                state[name] = state_like(param)
+
+    def _scalars(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
+        """Per-step scalars, computed once in float64 on the host (as PyTorch does) and shared
+        by both paths: lr, weight decay, 1 - beta1, beta2, 1 - beta2, step size,
+        sqrt(bias correction 2), eps."""
+        beta1, beta2 = group["betas"]
+        lr = group["lr"]
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
+        return (lr, group["weight_decay"], 1 - beta1, beta2, 1 - beta2,
+                lr / bias_correction1, bias_correction2_sqrt, group["eps"])
+
+    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
+                     group: dict[str, Any], step: int) -> None:
+        lr, wd, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps = \
+            self._scalars(group, step)
+        g = -grad if group["maximize"] else grad
+        if wd != 0:
+            if self.decoupled_weight_decay:
+                param *= 1 - lr * wd
+            else:
+                g = g + param * wd
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg += (g - exp_avg) * one_minus_beta1
+        exp_avg_sq *= beta2
+        exp_avg_sq += g * one_minus_beta2 * g
+        if group["amsgrad"]:
+            second = state["max_exp_avg_sq"]
+            array_module(param).maximum(second, exp_avg_sq, out=second)
+        else:
+            second = exp_avg_sq
+        denom = array_module(param).sqrt(second)
+        denom /= bc2_sqrt
+        denom += eps
+        update = exp_avg / denom
+        update *= step_size
+        param -= update
+
+    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
+                    step: int) -> tuple[str, tuple, tuple[float, ...], int]:
+        flags = (MAXIMIZE * group["maximize"] | AMSGRAD * group["amsgrad"]
+                 | DECOUPLED * self.decoupled_weight_decay)
+        scalars = self._scalars(group, step)
+        lr, wd = scalars[0], scalars[1]
+        decay = 1 - lr * wd
+        return ("adam_step", (param, grad, state["exp_avg"], state["exp_avg_sq"],
+                              state.get("max_exp_avg_sq")), (decay,) + scalars[1:], flags)
+
+
+class AdamW(Adam):
+    """``torch.optim.AdamW``: Adam whose weight decay shrinks the parameters directly,
+    ``p *= 1 - lr * weight_decay``, instead of entering the gradient moments."""
+
+    decoupled_weight_decay = True
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, fused: bool | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)

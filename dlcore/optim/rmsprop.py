@@ -1,0 +1,84 @@
+"""RMSprop, plain or centered, with optional momentum."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .optimizer import Optimizer, array_module, state_like
+
+# flag bits shared with kernels/optim.cu
+MAXIMIZE, CENTERED, MOMENTUM = 1, 2, 4
+
+
+class RMSprop(Optimizer):
+    """``torch.optim.RMSprop``: ``g = grad + weight_decay * p`` (negated if ``maximize``),
+    ``v = alpha * v + (1 - alpha) * g * g``; centered: ``ga = lerp(ga, g, 1 - alpha)`` and
+    ``avg = sqrt(v - ga * ga) + eps``, else ``avg = sqrt(v) + eps``; then with momentum
+    ``b = momentum * b + g / avg; p -= lr * b``, else ``p -= lr * g / avg``.
+
+    >>> opt = RMSprop(model.parameters(), lr=1e-2, momentum=0.9)  # doctest: +SKIP
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+                 centered: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None) -> None:
+        """``foreach`` is accepted for PyTorch compatibility: dlcore always updates a group
+        in one fused pass."""
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if alpha < 0.0:
+            raise ValueError(f"Invalid alpha value: {alpha}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered, maximize=maximize))
+
+    def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        names = ("square_avg",) + (("momentum_buffer",) if group["momentum"] > 0 else ()) \
+            + (("grad_avg",) if group["centered"] else ())
+        for name in names:
+            if name not in state:
+                state[name] = state_like(param)
+
+    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
+                     group: dict[str, Any], step: int) -> None:
+        alpha, wd, momentum = group["alpha"], group["weight_decay"], group["momentum"]
+        xp = array_module(param)
+        g = -grad if group["maximize"] else grad
+        if wd != 0:
+            g = g + param * wd
+        square_avg = state["square_avg"]
+        square_avg *= alpha
+        square_avg += g * (1 - alpha) * g
+        if group["centered"]:
+            grad_avg = state["grad_avg"]
+            grad_avg += (g - grad_avg) * (1 - alpha)
+            avg = square_avg - grad_avg * grad_avg
+            xp.sqrt(avg, out=avg)
+        else:
+            avg = xp.sqrt(square_avg)
+        avg += group["eps"]
+        if momentum > 0:
+            buf = state["momentum_buffer"]
+            buf *= momentum
+            buf += g / avg
+            param -= buf * group["lr"]
+        else:
+            update = g / avg
+            update *= group["lr"]
+            param -= update
+
+    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
+                    step: int) -> tuple[str, tuple, tuple[float, ...], int]:
+        flags = (MAXIMIZE * group["maximize"] | CENTERED * group["centered"]
+                 | MOMENTUM * (group["momentum"] > 0))
+        return ("rmsprop_step", (param, grad, state["square_avg"], state.get("grad_avg"),
+                                 state.get("momentum_buffer")),
+                (group["lr"], group["alpha"], 1 - group["alpha"], group["eps"],
+                 group["weight_decay"], group["momentum"]), flags)
