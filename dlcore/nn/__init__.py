@@ -2,14 +2,16 @@
 interface (``nn.functional``), with PyTorch's names so ``torch.nn`` code ports by changing
 the import."""
 
-from . import functional, init
+from . import functional, init, utils
 from .activation import (ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax,
                          Softplus, Tanh)
 from .containers import ModuleDict, ModuleList, Sequential
 from .dropout import Dropout
 from .flatten import Flatten, Unflatten
 from .linear import Bilinear, Identity, Linear
+from .loss import *  # noqa: F403  -- loss modules (CrossEntropyLoss, MSELoss, ...)
 from .module import Module, RemovableHandle
 from .normalization import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm
 from .parameter import Parameter
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 from .sparse import Embedding

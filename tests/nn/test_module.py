@@ -259,12 +259,15 @@ def test_public_surface() -> None:
     import dlcore.nn.init as init
 
     assert nn.functional is F and nn.init is init
+    assert callable(nn.utils.clip_grad_norm_)
     for name in ("Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear",
                  "Bilinear", "Identity", "Flatten", "Unflatten", "Dropout", "BatchNorm1d",
                  "BatchNorm2d", "LayerNorm", "GroupNorm", "Embedding", "ReLU", "LeakyReLU",
-                 "ELU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax"):
+                 "ELU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax",
+                 "CrossEntropyLoss", "MSELoss", "LSTM", "GRU"):
         assert isinstance(getattr(nn, name), type), name
     for name in ("linear", "relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh",
                  "softmax", "log_softmax", "softplus", "dropout", "batch_norm", "layer_norm",
-                 "group_norm", "embedding", "pad", "one_hot", "normalize"):
+                 "group_norm", "embedding", "pad", "one_hot", "normalize", "cross_entropy",
+                 "mse_loss"):
         assert callable(getattr(F, name)), name
