@@ -11,7 +11,7 @@ import platform
 import sys
 from typing import Any
 
-SUITES = ("overhead", "launch")
+SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn")
 
 
 def _environment(device: str) -> dict[str, Any]:

@@ -21,4 +21,6 @@ from .io import load, save
 from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import Tensor
 
+from . import nn, optim  # noqa: E402  -- built on everything above
+
 __version__ = "0.1.0"
