@@ -1,0 +1,293 @@
+"""Convolutions: conv2d, conv1d (through the 2-D path) and conv_transpose2d, NCHW.
+
+Shapes: x (N, C, H, W), w (O, C/G, kH, kW), y (N, O, OH, OW), G groups.
+
+Contract with the CUDA kernels (``dlcore/ops/conv_cuda.py``, ``kernels/conv2d.cu``) and the
+CPU path (:mod:`dlcore.ops.conv_cpu`): both modules provide the same array-level functions,
+arrays in and arrays out, float32/float64, NCHW, every argument already validated here and
+normalised to int pairs (``stride``, ``padding``, ``dilation``; symmetric padding). The
+output grid is the one of ``gy``/``y``: for conv_transpose2d with output_padding, x has
+trailing rows/cols that no window reads (backward_data leaves zeros there)::
+
+    conv2d_forward(device, x, w, stride, padding, dilation, groups) -> y
+    conv2d_backward_data(device, gy, w, x_shape, stride, padding, dilation, groups) -> gx
+    conv2d_backward_weight(device, x, gy, w_shape, stride, padding, dilation, groups) -> gw
+
+Three Function classes wrap them, and each one's gradient is written with the other two
+(Chainer's deconvolution design), so first and second derivatives come from the same three
+primitives. conv_transpose2d *is* the backward-data Function. Bias is a broadcast add
+outside the primitives; asymmetric "same" padding pads the input explicitly first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from ..autograd import Function
+from ..tensor import Tensor
+from . import conv_cpu
+from ._util import promote_pair
+from .shape import pad as pad_op
+
+Pair = tuple[int, int]
+
+
+def _impl(device: Any) -> ModuleType:
+    """The module implementing the contract for a device: the CUDA kernels where the device
+    has a kernel runner (``cuda``, ``emu``) and they are installed, else the NumPy path.
+
+    NOTE: the fallback for ``emu`` (and a ``cuda`` device without ``conv_cuda``) exists only
+    until ``dlcore/ops/conv_cuda.py`` lands; drop the ImportError branch then.
+    """
+    if device.kernels is not None:
+        try:
+            return importlib.import_module("dlcore.ops.conv_cuda")
+        except ImportError:
+            pass
+    return conv_cpu
+
+
+class Conv2d(Function):
+    """y = conv2d(x, w); gradients are ConvBackwardData / ConvBackwardWeight nodes."""
+
+    save_inputs = True
+
+    def forward(self, x: Any, w: Any, args: tuple) -> Any:
+        self.args = args  # (stride, padding, dilation, groups)
+        return _impl(self.device).conv2d_forward(self.device, x, w, *args)
+
+    def backward(self, gy: Tensor) -> tuple:
+        x, w = self.saved_tensors
+        nx, nw = self.needs_input_grad
+        gx = ConvBackwardData.apply(gy, w, x_shape=x.shape, args=self.args) if nx else None
+        gw = ConvBackwardWeight.apply(x, gy, w_shape=w.shape, args=self.args) if nw else None
+        return gx, gw
+
+
+class ConvBackwardData(Function):
+    """gx = conv2d_backward_data(gy, w): the adjoint of conv2d in x, bilinear in (gy, w)."""
+
+    save_inputs = True
+
+    def forward(self, gy: Any, w: Any, x_shape: tuple, args: tuple) -> Any:
+        self.args = args
+        return _impl(self.device).conv2d_backward_data(self.device, gy, w, x_shape, *args)
+
+    def backward(self, ggx: Tensor) -> tuple:
+        gy, w = self.saved_tensors
+        n_gy, n_w = self.needs_input_grad
+        g_gy = _crop_to(Conv2d.apply(ggx, w, args=self.args), gy.shape) if n_gy else None
+        g_w = ConvBackwardWeight.apply(ggx, gy, w_shape=w.shape, args=self.args) if n_w else None
+        return g_gy, g_w
+
+
+class ConvBackwardWeight(Function):
+    """gw = conv2d_backward_weight(x, gy): the adjoint of conv2d in w, bilinear in (x, gy)."""
+
+    save_inputs = True
+
+    def forward(self, x: Any, gy: Any, w_shape: tuple, args: tuple) -> Any:
+        self.args = args
+        return _impl(self.device).conv2d_backward_weight(self.device, x, gy, w_shape,
+                                                                 *args)
+
+    def backward(self, ggw: Tensor) -> tuple:
+        x, gy = self.saved_tensors
+        n_x, n_gy = self.needs_input_grad
+        g_x = ConvBackwardData.apply(gy, ggw, x_shape=x.shape, args=self.args) if n_x else None
+        g_gy = _crop_to(Conv2d.apply(x, ggw, args=self.args), gy.shape) if n_gy else None
+        return g_x, g_gy
+
+
+def _crop_to(y: Tensor, shape: tuple) -> Tensor:
+    """Drop the trailing rows/cols a forward convolution produces for the extra input rows
+    that conv_transpose2d's output_padding adds (no gy position reads them)."""
+    if tuple(y.shape) == tuple(shape):
+        return y
+    return y[:, :, :shape[2], :shape[3]]
+
+
+# ---- argument checks (once, at the public boundary) ---------------------------------------
+
+def _pair(value: Any, name: str, op: str, minimum: int) -> Pair:
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        pair = tuple(int(v) for v in value)
+        if len(pair) == 1:
+            pair = (pair[0], pair[0])
+    if len(pair) != 2 or min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints >= {minimum}, "
+                         f"got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _batched(input: Tensor, op: str, spatial: int) -> tuple[Tensor, bool]:  # noqa: A002
+    """Accept an unbatched input (C, *spatial) as PyTorch does: add N=1, remember it."""
+    if input.ndim == spatial + 1:
+        return input.unsqueeze(0), True
+    if input.ndim != spatial + 2:
+        raise ValueError(f"{op}: expected a {spatial + 1}-D (unbatched) or {spatial + 2}-D "
+                         f"(batched) input, got shape {tuple(input.shape)}")
+    return input, False
+
+
+def _check_float(input: Tensor, weight: Tensor, op: str) -> tuple[Tensor, Tensor]:  # noqa: A002
+    if input.dtype.kind != "f" or weight.dtype.kind != "f":
+        raise TypeError(f"{op}: expected floating point input and weight, got {input.dtype} "
+                        f"and {weight.dtype}")
+    return promote_pair(input, weight)
+
+
+def _same_padding(kernel: Pair, dilation: Pair) -> tuple[Pair, Pair]:
+    """PyTorch's "same": total d*(k-1) per dim, the odd extra on the bottom/right."""
+    total = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
+    left = (total[0] // 2, total[1] // 2)
+    return left, (total[0] - 2 * left[0], total[1] - 2 * left[1])
+
+
+def _add_bias(y: Tensor, bias: Tensor | None, channels: int, op: str) -> Tensor:
+    if bias is None:
+        return y
+    if tuple(bias.shape) != (channels,):
+        raise ValueError(f"{op}: bias must have shape ({channels},), got {tuple(bias.shape)}")
+    return y + bias.reshape(1, channels, 1, 1)
+
+
+def _check_conv_shapes(x: Tensor, w: Tensor, groups: int, op: str) -> None:
+    if w.ndim != 4:
+        raise ValueError(f"{op}: weight must be 4-D (out_channels, in_channels/groups, kH, kW),"
+                         f" got shape {tuple(w.shape)}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups}")
+    c, o = x.shape[1], w.shape[0]
+    if c % groups or o % groups:
+        raise ValueError(f"{op}: in_channels ({c}) and out_channels ({o}) must both be "
+                         f"divisible by groups ({groups}); input {tuple(x.shape)}, weight "
+                         f"{tuple(w.shape)}")
+    if w.shape[1] != c // groups:
+        raise ValueError(f"{op}: weight {tuple(w.shape)} expects {w.shape[1] * groups} input "
+                         f"channels with groups={groups}, but input {tuple(x.shape)} has {c}")
+
+
+def _conv2d_nchw(x: Tensor, weight: Tensor, stride: Any, padding: Any, dilation: Any,
+                 groups: int, op: str) -> Tensor:
+    """Validate, resolve padding (int, pair, "valid", "same") and run Conv2d on 4-D x."""
+    _check_conv_shapes(x, weight, groups, op)
+    stride = _pair(stride, "stride", op, 1)
+    dilation = _pair(dilation, "dilation", op, 1)
+    kernel = (weight.shape[2], weight.shape[3])
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' is not supported for strided "
+                                 f"convolutions (stride={stride})")
+            padding, extra = _same_padding(kernel, dilation)
+            if extra != (0, 0):
+                x = pad_op(x, (0, extra[1], 0, extra[0]))
+        else:
+            raise ValueError(f"{op}: padding must be an int, a pair, 'valid' or 'same', "
+                             f"got {padding!r}")
+    padding = _pair(padding, "padding", op, 0)
+    for dim, size in enumerate(x.shape[2:]):
+        span = dilation[dim] * (kernel[dim] - 1) + 1
+        if size + 2 * padding[dim] < span:
+            raise ValueError(f"{op}: kernel size {kernel} (dilated extent {span} in dim "
+                             f"{dim + 2}) is larger than the padded input: input "
+                             f"{tuple(x.shape)}, padding {padding}")
+    return Conv2d.apply(x, weight, args=(stride, padding, dilation, groups))
+
+
+# ---- public functions ---------------------------------------------------------------------
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+           stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
+    """2-D cross-correlation over an NCHW input, PyTorch's ``F.conv2d``.
+
+    ``weight`` is (C_out, C_in/groups, kH, kW); ``padding`` an int, a pair, ``"valid"`` or
+    ``"same"`` (stride 1 only). A 3-D input (C, H, W) is treated as a batch of one.
+
+    >>> x = dlcore.ones(1, 1, 3, 3)
+    >>> conv2d(x, dlcore.ones(1, 1, 2, 2)).tolist()
+    [[[[4.0, 4.0], [4.0, 4.0]]]]
+    """
+    x, unbatched = _batched(input, "conv2d", 2)
+    x, weight = _check_float(x, weight, "conv2d")
+    y = _add_bias(_conv2d_nchw(x, weight, stride, padding, dilation, groups, "conv2d"), bias,
+                  weight.shape[0], "conv2d")
+    return y.squeeze(0) if unbatched else y
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+           stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
+    """1-D cross-correlation over (N, C, L), PyTorch's ``F.conv1d``: the 2-D path with a
+    height of one (weight (C_out, C_in/groups, k)).
+
+    >>> conv1d(dlcore.ones(1, 1, 4), dlcore.ones(1, 1, 2)).tolist()
+    [[[2.0, 2.0, 2.0]]]
+    """
+    x, unbatched = _batched(input, "conv1d", 1)
+    x, weight = _check_float(x, weight, "conv1d")
+    if weight.ndim != 3:
+        raise ValueError(f"conv1d: weight must be 3-D (out_channels, in_channels/groups, k), "
+                         f"got shape {tuple(weight.shape)}")
+    if not isinstance(padding, str):
+        padding = (0, _single(padding, "padding"))
+    y = _conv2d_nchw(x.unsqueeze(2), weight.unsqueeze(2), (1, _single(stride, "stride")),
+                     padding, (1, _single(dilation, "dilation")), groups, "conv1d")
+    y = _add_bias(y, bias, weight.shape[0], "conv1d").squeeze(2)
+    return y.squeeze(0) if unbatched else y
+
+
+def _single(value: Any, name: str) -> int:
+    if isinstance(value, int):
+        return value
+    if len(value) != 1:
+        raise ValueError(f"conv1d: {name} must be an int or a 1-tuple, got {value!r}")
+    return int(value[0])
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+                     stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
+                     groups: int = 1, dilation: Any = 1) -> Tensor:
+    """Transposed 2-D convolution, PyTorch's ``F.conv_transpose2d``: the gradient of conv2d
+    with respect to its input. ``weight`` is (C_in, C_out/groups, kH, kW); the output size
+    is (H - 1)*s - 2p + d*(k - 1) + output_padding + 1.
+
+    >>> conv_transpose2d(dlcore.ones(1, 1, 2, 2), dlcore.ones(1, 1, 2, 2)).tolist()
+    [[[[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]]]
+    """
+    op = "conv_transpose2d"
+    x, unbatched = _batched(input, op, 2)
+    x, weight = _check_float(x, weight, op)
+    if weight.ndim != 4:
+        raise ValueError(f"{op}: weight must be 4-D (in_channels, out_channels/groups, kH, kW),"
+                         f" got shape {tuple(weight.shape)}")
+    if groups < 1 or x.shape[1] % groups or weight.shape[0] != x.shape[1]:
+        raise ValueError(f"{op}: weight {tuple(weight.shape)} needs in_channels == "
+                         f"weight.shape[0] divisible by groups ({groups}); input "
+                         f"{tuple(x.shape)}")
+    stride = _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    dilation = _pair(dilation, "dilation", op, 1)
+    output_padding = _pair(output_padding, "output_padding", op, 0)
+    if output_padding[0] >= max(stride[0], dilation[0]) or \
+            output_padding[1] >= max(stride[1], dilation[1]):
+        raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride "
+                         f"{stride} or dilation {dilation}")
+    kernel = weight.shape[2:]
+    out_hw = [(x.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+              + dilation[i] * (kernel[i] - 1) + output_padding[i] + 1 for i in range(2)]
+    if min(out_hw) < 1:
+        raise ValueError(f"{op}: output size {tuple(out_hw)} is too small for input "
+                         f"{tuple(x.shape)}, weight {tuple(weight.shape)}, padding {padding}")
+    c_out = weight.shape[1] * groups
+    y_shape = (x.shape[0], c_out, *out_hw)
+    y = ConvBackwardData.apply(x, weight, x_shape=y_shape,
+                               args=(stride, padding, dilation, groups))
+    y = _add_bias(y, bias, c_out, op)
+    return y.squeeze(0) if unbatched else y

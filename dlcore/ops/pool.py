@@ -1,0 +1,285 @@
+"""Pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d, NCHW.
+
+Shapes: x (N, C, H, W), y (N, C, OH, OW).
+
+Contract with the CUDA kernels (``dlcore/ops/pool_cuda.py``, ``kernels/pool2d.cu``) and the
+CPU path (:mod:`dlcore.ops.pool_cpu`): both modules provide the same array-level functions,
+arrays in and arrays out, float32/float64, NCHW, arguments validated here and normalised to
+int pairs; output sizes follow :func:`dlcore.ops.pool_cpu.pool_out_size`::
+
+    max_pool2d_forward(device, x, kernel, stride, padding, dilation, ceil_mode)
+        -> (y, indices): indices int64, flat h*W + w inside each (n, c) plane (PyTorch's
+        return_indices); ties go to the first maximum in row-major scan order; padding is
+        -inf, never a winner.
+    max_pool2d_backward(device, gy, indices, x_shape, kernel, stride, padding, dilation) -> gx
+        (the geometry lets a kernel gather per input instead of scattering with atomics)
+    avg_pool2d_forward(device, x, kernel, stride, padding, ceil_mode, count_include_pad,
+                       divisor_override) -> y
+    avg_pool2d_backward(device, gy, x_shape, kernel, stride, padding, ceil_mode,
+                        count_include_pad, divisor_override) -> gx
+
+The adaptive pools are compositions that run on any device: average pooling is two matmuls
+with constant window matrices (variable windows, one GEMM each), max pooling gathers each
+window's columns then rows (separably) and scatters its gradient with dlcore's scatter_add.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..autograd import Function
+from ..tensor import Tensor
+from . import pool_cpu
+from .index import scatter_add
+from .pool_cpu import pool_out_size
+
+Pair = tuple[int, int]
+
+
+def _impl(device: Any) -> ModuleType:
+    """The CUDA kernels where the device has a kernel runner and they are installed, else
+    the NumPy path.
+
+    NOTE: the fallback for ``emu`` (and ``cuda`` without ``pool_cuda``) exists only until
+    ``dlcore/ops/pool_cuda.py`` lands; drop the ImportError branch then.
+    """
+    if device.kernels is not None:
+        try:
+            return importlib.import_module("dlcore.ops.pool_cuda")
+        except ImportError:
+            pass
+    return pool_cpu
+
+
+class MaxPool2d(Function):
+    """(y, indices); the gradient is scattered to the indices by MaxPoolBackward."""
+
+    differentiable_outputs = (0,)
+
+    def forward(self, x: Any, args: tuple) -> Any:
+        # args: (kernel, stride, padding, dilation, ceil_mode)
+        y, self.indices = _impl(self.device).max_pool2d_forward(self.device, x, *args)
+        self.x_shape, self.geometry = x.shape, args[:4]
+        return y, self.indices
+
+    def backward(self, gy: Tensor, _gi: Any = None) -> tuple:
+        return (MaxPoolBackward.apply(gy, indices=self.indices, x_shape=self.x_shape,
+                                      geometry=self.geometry),)
+
+
+class MaxPoolBackward(Function):
+    """gx = scatter-add of gy to the argmax indices; linear in gy, adjoint: a gather."""
+
+    def forward(self, gy: Any, indices: Any, x_shape: tuple, geometry: tuple) -> Any:
+        self.indices, self.gy_shape = indices, gy.shape
+        return _impl(self.device).max_pool2d_backward(self.device, gy, indices, x_shape,
+                                                      *geometry)
+
+    def backward(self, ggx: Tensor) -> tuple:
+        n, c = self.gy_shape[:2]
+        idx = Tensor._make(self.indices.reshape(n, c, -1), self.device)
+        return (ggx.reshape(n, c, -1).gather(2, idx).reshape(*self.gy_shape),)
+
+
+class AvgPool2d(Function):
+    """y = window means; linear, so its backward is AvgPoolBackward and vice versa."""
+
+    def forward(self, x: Any, args: tuple) -> Any:
+        self.x_shape, self.args = x.shape, args
+        return _impl(self.device).avg_pool2d_forward(self.device, x, *args)
+
+    def backward(self, gy: Tensor) -> tuple:
+        return (AvgPoolBackward.apply(gy, x_shape=self.x_shape, args=self.args),)
+
+
+class AvgPoolBackward(Function):
+    def forward(self, gy: Any, x_shape: tuple, args: tuple) -> Any:
+        self.args = args
+        return _impl(self.device).avg_pool2d_backward(self.device, gy, x_shape, *args)
+
+    def backward(self, ggx: Tensor) -> tuple:
+        return (AvgPool2d.apply(ggx, args=self.args),)
+
+
+# ---- argument checks ----------------------------------------------------------------------
+
+def _pair(value: Any, name: str, op: str, minimum: int) -> Pair:
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) == 1:
+        pair = (pair[0], pair[0])
+    if len(pair) != 2 or min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints >= {minimum}, "
+                         f"got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _batched(input: Tensor, op: str) -> tuple[Tensor, bool]:  # noqa: A002
+    if input.ndim == 3:
+        return input.unsqueeze(0), True
+    if input.ndim != 4:
+        raise ValueError(f"{op}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got "
+                         f"shape {tuple(input.shape)}")
+    if input.dtype.kind != "f":
+        raise TypeError(f"{op}: expected a floating point input, got {input.dtype}")
+    return input, False
+
+
+def _window_args(x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+                 ceil_mode: bool, op: str) -> tuple[Pair, Pair, Pair, Pair]:
+    kernel = _pair(kernel_size, "kernel_size", op, 1)
+    stride = kernel if stride is None or stride == [] or stride == () else \
+        _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    dilation = _pair(dilation, "dilation", op, 1)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{op}: padding {padding} should be at most half of kernel_size "
+                         f"{kernel}")
+    out = [pool_out_size(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i],
+                         ceil_mode) for i in range(2)]
+    if min(out) < 1:
+        raise ValueError(f"{op}: output size {tuple(out)} is too small for input "
+                         f"{tuple(x.shape)} with kernel_size {kernel}, stride {stride}, "
+                         f"padding {padding}, dilation {dilation}")
+    return kernel, stride, padding, dilation
+
+
+# ---- public functions ---------------------------------------------------------------------
+
+def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,  # noqa: A002
+               padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False,
+               return_indices: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """2-D max pooling, PyTorch's ``F.max_pool2d``; ``stride`` defaults to the kernel size.
+
+    >>> max_pool2d(dlcore.arange(16.0).reshape(1, 1, 4, 4), 2).tolist()
+    [[[[5.0, 7.0], [13.0, 15.0]]]]
+    """
+    x, unbatched = _batched(input, "max_pool2d")
+    args = _window_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+    y, idx = MaxPool2d.apply(x, args=(*args, bool(ceil_mode)))
+    if unbatched:
+        y, idx = y.squeeze(0), idx.squeeze(0)
+    return (y, idx) if return_indices else y
+
+
+def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,  # noqa: A002
+               padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+               divisor_override: int | None = None) -> Tensor:
+    """2-D average pooling, PyTorch's ``F.avg_pool2d``.
+
+    >>> avg_pool2d(dlcore.arange(16.0).reshape(1, 1, 4, 4), 2).tolist()
+    [[[[2.5, 4.5], [10.5, 12.5]]]]
+    """
+    x, unbatched = _batched(input, "avg_pool2d")
+    kernel, stride, padding, _ = _window_args(x, kernel_size, stride, padding, 1, ceil_mode,
+                                              "avg_pool2d")
+    if divisor_override is not None and divisor_override <= 0:
+        raise ValueError(f"avg_pool2d: divisor_override must be positive, got "
+                         f"{divisor_override}")
+    y = AvgPool2d.apply(x, args=(kernel, stride, padding, bool(ceil_mode),
+                                 bool(count_include_pad), divisor_override))
+    return y.squeeze(0) if unbatched else y
+
+
+def _adaptive_windows(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's adaptive windows: [floor(o*size/out), ceil((o+1)*size/out))."""
+    o = np.arange(out)
+    return (o * size) // out, ((o + 1) * size + out - 1) // out
+
+
+def _output_size(x: Tensor, output_size: Any, op: str) -> Pair:
+    if isinstance(output_size, int) or output_size is None:
+        output_size = (output_size, output_size)
+    sizes = tuple(x.shape[2 + i] if s is None else int(s) for i, s in enumerate(output_size))
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ValueError(f"{op}: output_size must be positive ints (or None), got "
+                         f"{output_size!r}")
+    return sizes  # type: ignore[return-value]
+
+
+def _window_matrix(size: int, out: int, device: Any, dtype: Any) -> Tensor:
+    """(out, size) matrix whose row o averages window o."""
+    start, end = _adaptive_windows(size, out)
+    pos = np.arange(size)
+    m = ((pos >= start[:, None]) & (pos < end[:, None])) / (end - start)[:, None]
+    return Tensor._make(device.xp.asarray(m, dtype=dtype), device)
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size: Any) -> Tensor:  # noqa: A002
+    """Average pooling to a fixed output size, PyTorch's ``F.adaptive_avg_pool2d``:
+    y = A_h @ x @ A_w^T with constant window-averaging matrices (a mean for 1x1).
+
+    >>> adaptive_avg_pool2d(dlcore.arange(16.0).reshape(1, 1, 4, 4), 1).tolist()
+    [[[[7.5]]]]
+    """
+    x, unbatched = _batched(input, "adaptive_avg_pool2d")
+    oh, ow = _output_size(x, output_size, "adaptive_avg_pool2d")
+    if (oh, ow) == (1, 1):
+        y = x.mean(dim=(2, 3), keepdim=True)
+    else:
+        a_h = _window_matrix(x.shape[2], oh, x.device, x.dtype)
+        a_w = _window_matrix(x.shape[3], ow, x.device, x.dtype)
+        y = a_h @ (x @ a_w.mT)
+    return y.squeeze(0) if unbatched else y
+
+
+class AdaptiveMaxPool2d(Function):
+    """(y, indices) over variable windows, separably: columns, then rows."""
+
+    differentiable_outputs = (0,)
+
+    def forward(self, x: Any, output_size: Pair) -> Any:
+        xp = self.device.xp
+        n, c, h, w = x.shape
+        # columns first, then rows: the first maximum in row-major order wins ties
+        cols_best, col_arg = _gather_max(x, *_adaptive_windows(w, output_size[1]), 3, xp)
+        y, row_arg = _gather_max(cols_best, *_adaptive_windows(h, output_size[0]), 2, xp)
+        col = xp.take_along_axis(col_arg, row_arg, axis=2)
+        self.indices = row_arg * w + col
+        self.x_shape = x.shape
+        return y, self.indices
+
+    def backward(self, gy: Tensor, _gi: Any = None) -> tuple:
+        n, c, h, w = self.x_shape
+        idx = Tensor._make(self.indices.reshape(n, c, -1), self.device)
+        zeros = Tensor._make(self.device.xp.zeros((n, c, h * w), dtype=gy.dtype), self.device)
+        return (scatter_add(zeros, 2, idx, gy.reshape(n, c, -1)).reshape(n, c, h, w),)
+
+
+def _gather_max(x: Any, start: np.ndarray, end: np.ndarray, axis: int,
+                xp: Any) -> tuple[Any, Any]:
+    """Max over variable windows [start, end) along ``axis`` and the int64 position (along
+    that axis) of the first maximum; short windows repeat their last element, which never
+    changes the max nor the first-maximum position."""
+    best = arg = None
+    for k in range(int((end - start).max())):
+        pos = xp.asarray(np.minimum(start + k, end - 1))
+        v = xp.take(x, pos, axis=axis)
+        shape = [1] * x.ndim
+        shape[axis] = pos.size
+        where = pos.reshape(shape)
+        if best is None:
+            best, arg = v, xp.broadcast_to(where, v.shape).astype(np.int64)
+            continue
+        take = (v > best) | xp.isnan(v)
+        best = xp.where(take, v, best)
+        arg = xp.where(take, where, arg)
+    return best, arg
+
+
+def adaptive_max_pool2d(input: Tensor, output_size: Any,  # noqa: A002
+                        return_indices: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Max pooling to a fixed output size, PyTorch's ``F.adaptive_max_pool2d``.
+
+    >>> adaptive_max_pool2d(dlcore.arange(16.0).reshape(1, 1, 4, 4), 1).tolist()
+    [[[[15.0]]]]
+    """
+    x, unbatched = _batched(input, "adaptive_max_pool2d")
+    out = _output_size(x, output_size, "adaptive_max_pool2d")
+    y, idx = AdaptiveMaxPool2d.apply(x, output_size=out)
+    if unbatched:
+        y, idx = y.squeeze(0), idx.squeeze(0)
+    return (y, idx) if return_indices else y

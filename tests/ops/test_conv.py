@@ -1,0 +1,181 @@
+"""conv2d / conv1d / conv_transpose2d against a direct-loop float64 reference (outputs and
+every gradient) on each device, float64 gradcheck, and argument errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from op_check import check, grad_ok, gradgrad_ok, on, rand
+
+import dlcore
+from dlcore.ops.conv import conv1d, conv2d, conv_transpose2d
+
+
+def ref_conv2d(x, w, gy, stride, padding, dilation, groups):
+    """Direct loops over groups, output pixels and kernel offsets (vectorised only over
+    batch and channels): y, and the gradients gx, gw of <gy, y>."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if gy is not None:  # conv_transpose2d's output_padding: gy covers fewer rows/cols
+        oh, ow = gy.shape[2:]
+    y = np.zeros((n, o, oh, ow))
+    gxp, gw = np.zeros_like(xp), np.zeros_like(w)
+    for g in range(groups):
+        ci, co = slice(g * cg, (g + 1) * cg), slice(g * og, (g + 1) * og)
+        for a in range(oh):
+            for b in range(ow):
+                for i in range(kh):
+                    for j in range(kw):
+                        r, s = a * sh + i * dh, b * sw + j * dw
+                        y[:, co, a, b] += xp[:, ci, r, s] @ w[co, :, i, j].T
+                        if gy is not None:
+                            gxp[:, ci, r, s] += gy[:, co, a, b] @ w[co, :, i, j]
+                            gw[co, :, i, j] += gy[:, co, a, b].T @ xp[:, ci, r, s]
+    return y, gxp[:, :, ph:ph + h, pw:pw + wd], gw
+
+
+# (N, C, H, W), (O, kH, kW), stride, padding, dilation, groups
+CASES = [
+    ((2, 3, 7, 5), (4, 3, 3), 1, 1, 1, 1),           # odd sizes, same-size output
+    ((1, 2, 9, 8), (3, 2, 2), 3, 0, 1, 1),           # stride larger than the kernel, batch 1
+    ((2, 4, 9, 9), (4, 3, 3), 1, 2, 2, 2),           # dilation 2, groups 2
+    ((1, 2, 11, 10), (2, 3, 2), (2, 1), (3, 1), 3, 1),  # dilation 3, max padding, pairs
+    ((2, 4, 6, 7), (8, 3, 3), (1, 2), 1, 1, 4),      # depthwise, multiplier 2, strided
+    ((2, 3, 6, 6), (3, 3, 3), 2, 1, 1, 3),           # depthwise strided
+    ((2, 5, 4, 6), (3, 1, 1), 1, 0, 1, 1),           # 1x1 (pointwise GEMM)
+    ((1, 2, 8, 9), (3, 7, 7), 2, 3, 1, 1),           # 7x7 strided stem
+]
+IDS = [f"case{i}" for i in range(len(CASES))]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else v
+
+
+def _arrays(case, seed=0):
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rand(*xs, seed=seed)
+    w = rand(o, xs[1] // groups, kh, kw, seed=seed + 1)
+    return x, w, _pair(stride), _pair(padding), _pair(dilation), groups
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv2d_matches_reference(device, case):
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    tx, tw = on(device, x, requires_grad=True), on(device, w, requires_grad=True)
+    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rand(*y.shape, seed=5)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    check(y, ry)
+    y.backward(on(device, gy))
+    check(tx.grad, rgx)
+    check(tw.grad, rgw)
+
+
+@pytest.mark.parametrize("case", CASES[:5], ids=IDS[:5])
+def test_conv2d_float32(device, case):
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    y = conv2d(on(device, x.astype(np.float32)), on(device, w.astype(np.float32)),
+               stride=stride, padding=padding, dilation=dilation, groups=groups)
+    ry, _, _ = ref_conv2d(x, w, None, stride, padding, dilation, groups)
+    check(y, ry, rtol=1e-4, atol=1e-4, dtype=np.float32)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv2d_gradcheck(device, case):
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    x = x[:1, :, :6, :6] if case[1][1] < 7 else x[:1]
+    b = rand(w.shape[0], seed=3)
+    assert grad_ok(lambda a, k, c: conv2d(a, k, c, stride, padding, dilation, groups),
+                   [x, w, b], device)
+
+
+def test_conv2d_double_backward(device):
+    x, w = rand(1, 2, 5, 4, seed=1), rand(4, 1, 2, 3, seed=2)
+    assert gradgrad_ok(lambda a, k: conv2d(a, k, stride=(2, 1), padding=1, groups=2),
+                       [x, w], device)
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (4, 1), ((2, 5), 1), (3, 2), (2, 3)])
+def test_conv2d_same_and_valid(device, kernel, dilation):
+    kh, kw = _pair(kernel)
+    x, w = rand(2, 2, 7, 6, seed=1), rand(3, 2, kh, kw, seed=2)
+    y = conv2d(on(device, x), on(device, w), padding="same", dilation=dilation)
+    assert tuple(y.shape) == (2, 3, 7, 6)
+    # PyTorch's same: the odd extra padding goes to the bottom/right
+    th, tw = dilation * (kh - 1), dilation * (kw - 1)
+    xp = np.pad(x, ((0, 0), (0, 0), (th // 2, th - th // 2), (tw // 2, tw - tw // 2)))
+    check(y, ref_conv2d(xp, w, None, (1, 1), (0, 0), _pair(dilation), 1)[0])
+    valid = conv2d(on(device, x), on(device, w), padding="valid", dilation=dilation)
+    check(valid, ref_conv2d(x, w, None, (1, 1), (0, 0), _pair(dilation), 1)[0])
+    assert grad_ok(lambda a, k: conv2d(a, k, padding="same", dilation=dilation),
+                   [x[:1], w], device)
+
+
+def test_conv2d_unbatched(device):
+    x, w = rand(2, 5, 5, seed=1), rand(3, 2, 3, 3, seed=2)
+    y = conv2d(on(device, x), on(device, w), padding=1)
+    check(y, ref_conv2d(x[None], w, None, (1, 1), (1, 1), (1, 1), 1)[0][0])
+
+
+def test_conv1d(device):
+    x, w, b = rand(2, 4, 9, seed=1), rand(6, 2, 3, seed=2), rand(6, seed=3)
+    y = conv1d(on(device, x), on(device, w), on(device, b), stride=2, padding=1, dilation=2,
+               groups=2)
+    ref = ref_conv2d(x[:, :, None], w[:, :, None], None, (1, 2), (0, 1), (1, 2), 2)[0]
+    check(y, ref[:, :, 0] + b[None, :, None])
+    assert grad_ok(lambda a, k, c: conv1d(a, k, c, stride=2, padding=1, dilation=2, groups=2),
+                   [x[:1], w, b], device)
+    assert tuple(conv1d(on(device, x[0]), on(device, w), groups=2).shape) == (6, 7)
+    same = conv1d(on(device, x), on(device, rand(3, 4, 4, seed=4)), padding="same")
+    assert tuple(same.shape) == (2, 3, 9)
+
+
+# (N, C_in, H, W), (C_out/groups, kH, kW), stride, padding, output_padding, groups, dilation
+TRANSPOSE_CASES = [
+    ((2, 4, 3, 4), (3, 3, 3), 2, 1, 1, 1, 1),
+    ((1, 4, 4, 3), (1, 2, 3), (1, 3), 0, (0, 2), 2, 1),
+    ((2, 2, 3, 3), (2, 3, 3), 1, 2, 1, 1, 2),
+]
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES, ids=["t0", "t1", "t2"])
+def test_conv_transpose2d(device, case):
+    xs, (cg, kh, kw), stride, padding, out_pad, groups, dilation = case
+    x, w, b = rand(*xs, seed=1), rand(xs[1], cg, kh, kw, seed=2), rand(cg * groups, seed=3)
+    y = conv_transpose2d(on(device, x), on(device, w), on(device, b), stride, padding,
+                         out_pad, groups, dilation)
+    st, pd, op, dl = _pair(stride), _pair(padding), _pair(out_pad), _pair(dilation)
+    shape = [(xs[2 + i] - 1) * st[i] - 2 * pd[i] + dl[i] * ((kh, kw)[i] - 1) + op[i] + 1
+             for i in range(2)]
+    # the transposed convolution is the input gradient of conv2d with that weight
+    zeros = np.zeros((xs[0], cg * groups, *shape))
+    _, ref, _ = ref_conv2d(zeros, w, x, st, pd, dl, groups)
+    check(y, ref + b[None, :, None, None])
+    assert grad_ok(lambda a, k, c: conv_transpose2d(a, k, c, stride, padding, out_pad, groups,
+                                                    dilation), [x[:1], w, b], device)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda x: conv2d(x, dlcore.ones(3, 1, 3, 3), groups=3), "divisible by groups"),
+    (lambda x: conv2d(x, dlcore.ones(4, 2, 3, 3)), "input channels"),
+    (lambda x: conv2d(x, dlcore.ones(4, 4, 3)), "weight must be 4-D"),
+    (lambda x: conv2d(x, dlcore.ones(2, 4, 9, 9)), "larger than the padded input"),
+    (lambda x: conv2d(x, dlcore.ones(2, 4, 3, 3), stride=0), "stride"),
+    (lambda x: conv2d(x, dlcore.ones(2, 4, 3, 3), stride=-1), "stride"),
+    (lambda x: conv2d(x, dlcore.ones(2, 4, 3, 3), padding=-1), "padding"),
+    (lambda x: conv2d(x, dlcore.ones(2, 4, 3, 3), padding="same", stride=2), "same"),
+    (lambda x: conv2d(x, dlcore.ones(2, 4, 3, 3), padding="full"), "padding"),
+    (lambda x: conv2d(x[0, 0], dlcore.ones(2, 4, 3, 3)), "input"),
+    (lambda x: conv_transpose2d(x, dlcore.ones(3, 2, 3, 3)), "in_channels"),
+    (lambda x: conv_transpose2d(x, dlcore.ones(4, 2, 3, 3), output_padding=1), "output_padding"),
+    (lambda x: conv1d(x[0], dlcore.ones(2, 6, 3, 3)), "3-D"),
+])
+def test_conv_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(dlcore.ones(2, 4, 6, 6))
