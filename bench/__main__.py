@@ -33,8 +33,8 @@ def _environment(device: str) -> dict[str, Any]:
 
 
 def _format(rows: list[dict]) -> str:
-    cols = ["suite", "case", "device", "median_us", "us_per_op", "numpy_floor_us",
-            "reference_us", "ratio", "note"]
+    cols = ["suite", "case", "device", "median_us", "us_per_op", "us_per_step", "gflop_s",
+            "gflops", "gbps", "peak_mb", "numpy_floor_us", "reference_us", "ratio", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
