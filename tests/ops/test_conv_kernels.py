@@ -199,8 +199,11 @@ def _cpu_module(names: tuple[str, ...]) -> Any:
     pytest.skip("the NumPy conv2d array functions are not written yet")
 
 
+CPU = Device("cpu")
+
+
 def test_emu_agrees_with_cpu_path() -> None:
-    """The kernels agree with the NumPy path (same contract, without the device argument)."""
+    """The kernels agree with the NumPy path (the same contract: device first)."""
     cpu = _cpu_module(("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight"))
     dev = Device("emu")
     for name in ("groups2_dil2_asym", "stride_gt_kernel_dil3"):
@@ -210,11 +213,11 @@ def test_emu_agrees_with_cpu_path() -> None:
         gy = np.random.default_rng(3).standard_normal((case.n, case.f, ho, wo)).astype(np.float32)
         pairs = [
             (conv_cuda.conv2d_forward(dev, x, w, *case.args()),
-             cpu.conv2d_forward(x, w, *case.args())),
+             cpu.conv2d_forward(CPU, x, w, *case.args())),
             (conv_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args()),
-             cpu.conv2d_backward_data(gy, w, x.shape, *case.args())),
+             cpu.conv2d_backward_data(CPU, gy, w, x.shape, *case.args())),
             (conv_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args()),
-             cpu.conv2d_backward_weight(x, gy, w.shape, *case.args())),
+             cpu.conv2d_backward_weight(CPU, x, gy, w.shape, *case.args())),
         ]
         for ours, theirs in pairs:
             np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)

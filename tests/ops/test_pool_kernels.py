@@ -226,29 +226,31 @@ def _cpu_module(names: tuple[str, ...]) -> Any:
     pytest.skip("the NumPy pooling array functions are not written yet")
 
 
+CPU = Device("cpu")
+
+
 @pytest.mark.parametrize("name", ["3x3_s2_pad1_ceil", "dilation3_ceil", "overlap_s1"])
 def test_emu_agrees_with_cpu_path(name: str) -> None:
-    """The kernels agree with the NumPy path, forward and backward (same contract, without the
-    device argument; the kernels' max backward also takes the window geometry)."""
+    """The kernels agree with the NumPy path, forward and backward (the same contract)."""
     cpu = _cpu_module(("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
                        "avg_pool2d_backward"))
     dev, case = Device("emu"), CASES[name]
     x, gy = _inputs(case, np.float32, ties=True)
     window = (case.kernel, case.stride, case.padding, case.dilation)
     y, idx = pool_cuda.max_pool2d_forward(dev, x, *window, case.ceil_mode)
-    y_cpu, idx_cpu = cpu.max_pool2d_forward(x, *window, case.ceil_mode)
+    y_cpu, idx_cpu = cpu.max_pool2d_forward(CPU, x, *window, case.ceil_mode)
     np.testing.assert_array_equal(y, y_cpu)
     np.testing.assert_array_equal(idx, idx_cpu)
     np.testing.assert_allclose(pool_cuda.max_pool2d_backward(dev, gy, idx, x.shape, *window),
-                               cpu.max_pool2d_backward(gy, idx_cpu, x.shape), rtol=1e-6, atol=1e-6)
+                               cpu.max_pool2d_backward(CPU, gy, idx_cpu, x.shape, *window), rtol=1e-6, atol=1e-6)
     if case.dilation != (1, 1):
         return
     for include_pad, override in ((True, None), (False, None), (False, 4)):
         avg = (case.kernel, case.stride, case.padding, case.ceil_mode, include_pad, override)
         np.testing.assert_allclose(pool_cuda.avg_pool2d_forward(dev, x, *avg),
-                                   cpu.avg_pool2d_forward(x, *avg), rtol=1e-6, atol=1e-6)
+                                   cpu.avg_pool2d_forward(CPU, x, *avg), rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(pool_cuda.avg_pool2d_backward(dev, gy, x.shape, *avg),
-                                   cpu.avg_pool2d_backward(gy, x.shape, *avg),
+                                   cpu.avg_pool2d_backward(CPU, gy, x.shape, *avg),
                                    rtol=1e-6, atol=1e-6)
 
 
