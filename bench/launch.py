@@ -66,7 +66,7 @@ def run(device: str, quick: bool = False) -> list[dict]:
         if dev.type == "cuda":
             stream = dev.xp.cuda.get_current_stream()
 
-            def timed(fn: Any = fn) -> None:
+            def timed(fn: Any = fn, stream: Any = stream) -> None:
                 fn()
                 stream.synchronize()
 

@@ -9,8 +9,8 @@ A transfer has two halves so that copies overlap the model's compute:
 On ``cuda`` (:class:`CudaTransfer`) each array is staged in pinned (page-locked) host
 memory, because only copies from pinned memory are truly asynchronous, then copied on a
 separate non-blocking stream; an event recorded after the copies is what the consumer's
-stream waits on. CuPy is passed in (``Device.xp``, from ``dlcore.device.cupy_module()``), so tests drive
-the same code with a fake module on machines without a GPU.
+stream waits on. CuPy is passed in (``Device.xp``, from ``dlcore.device.cupy_module()``), so
+tests drive the same code with a fake module on machines without a GPU.
 """
 
 from __future__ import annotations

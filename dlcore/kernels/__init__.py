@@ -94,7 +94,8 @@ class KernelRunner:
         with self.device.use():
             kernel = _get_function(mod, src, name)
 
-        def launch_kernel(grid: Dims, block: Dims, args: Sequence[Any], shared_mem: int = 0) -> None:
+        def launch_kernel(grid: Dims, block: Dims, args: Sequence[Any],
+                          shared_mem: int = 0) -> None:
             kernel(_as_dims(grid), _as_dims(block), tuple(args), shared_mem=shared_mem)
 
         launch_kernel.__qualname__ = f"{src.name}:{name}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_NVRTC_ERROR = re.compile(r"^(?P<file>[^\s(]+)\((?P<line>\d+)\): (?:catastrophic )?(?:error|warning)", re.M)
+_NVRTC_ERROR = re.compile(
+    r"^(?P<file>[^\s(]+)\((?P<line>\d+)\): (?:catastrophic )?(?:error|warning)", re.M)
 
 
 class KernelCompileError(RuntimeError):
@@ -18,7 +19,8 @@ class KernelCompileError(RuntimeError):
 
     @classmethod
     def from_nvrtc_log(cls, filename: str, log: str) -> KernelCompileError:
-        """Build from an NVRTC log (``file.cu(12): error ...``), locating the first error or warning."""
+        """Build from an NVRTC log (``file.cu(12): error ...``), locating the first error or
+        warning."""
         m = _NVRTC_ERROR.search(log)
         if m:
             return cls(m.group("file"), int(m.group("line")), log)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from .sources import KernelSource, kernel_source, product_sources
 
-_FUNCTION = re.compile(r"Compiling entry function '(?P<name>[^']+)'|Function properties for (?P<fp>\S+)")
+_FUNCTION = re.compile(
+    r"Compiling entry function '(?P<name>[^']+)'|Function properties for (?P<fp>\S+)")
 _STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
 
@@ -83,8 +84,8 @@ def resource_usage(source: KernelSource, arch: int = 90, nvcc: str = "nvcc") -> 
     with tempfile.TemporaryDirectory() as tmp:
         cu = Path(tmp) / source.name
         cu.write_text(_wrapper(source))
-        cmd = [nvcc, f"-arch=sm_{arch}", "--resource-usage", "-cubin", "-o", str(Path(tmp) / "out.cubin"),
-               *source.options(), str(cu)]
+        cmd = [nvcc, f"-arch=sm_{arch}", "--resource-usage", "-cubin",
+               "-o", str(Path(tmp) / "out.cubin"), *source.options(), str(cu)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"nvcc failed on {source.name}:\n{proc.stderr}")
@@ -102,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nvcc not found: resource usage needs the CUDA toolkit (informational only)")
         return 0
     paths = args.sources or product_sources()
-    print(f"{'kernel':<48} {'regs':>5} {'smem B':>7} {'stack B':>8} {'spill st':>9} {'spill ld':>9}")
+    print(f"{'kernel':<48} {'regs':>5} {'smem B':>7} {'stack B':>8} "
+          f"{'spill st':>9} {'spill ld':>9}")
     for path in paths:
         source = kernel_source(path)
         print(f"# {source.name} (sm_{args.arch})")

@@ -2,8 +2,9 @@
 :mod:`dlcore.ops.conv` (and the oracle the CUDA kernels are validated against).
 
 Every function takes the tensors' ``device`` first (unused here) so that both paths share
-one signature. Shapes: x (N, C, H, W), w (O, C/G, kH, kW), y (N, O, OH, OW); G groups, P = OH*OW pixels,
-K = kH*kW*C/G the reduction length. Arguments arrive validated and normalised to int pairs.
+one signature. Shapes: x (N, C, H, W), w (O, C/G, kH, kW), y (N, O, OH, OW); G groups,
+P = OH*OW pixels, K = kH*kW*C/G the reduction length. Arguments arrive validated and normalised
+to int pairs.
 
 Formulation (chosen by measurement on a 2-core VM, see bench/conv.py):
 

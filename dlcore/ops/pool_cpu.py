@@ -2,8 +2,8 @@
 :mod:`dlcore.ops.pool` (and the oracle the CUDA kernels are validated against).
 
 Every function takes the tensors' ``device`` first (unused here) so that both paths share
-one signature. Shapes: x (N, C, H, W), y (N, C, OH, OW). Arguments arrive validated, as int pairs, with
-output sizes from :func:`pool_out_size` (PyTorch's arithmetic, ceil_mode included).
+one signature. Shapes: x (N, C, H, W), y (N, C, OH, OW). Arguments arrive validated, as int
+pairs, with output sizes from :func:`pool_out_size` (PyTorch's arithmetic, ceil_mode included).
 
 Formulation: a reduction over the kernel offsets of strided slices of the (padded) input,
 one whole-tensor ufunc per offset and never a loop over pixels. Max pooling is separable:

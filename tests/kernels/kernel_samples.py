@@ -28,7 +28,8 @@ def block_sum(dev: Any, x: Any, blocks: int = 4, block: int = 256,
 
 def warp_block_sum(dev: Any, x: Any, blocks: int = 3, block: int = 128) -> Any:
     partial = dev.xp.zeros(blocks, dtype=np.float32)
-    dev.kernels.function(SAMPLES, "warp_block_sum")((blocks,), (block,), (x, partial, np.int64(x.size)))
+    dev.kernels.function(SAMPLES, "warp_block_sum")((blocks,), (block,),
+                                                    (x, partial, np.int64(x.size)))
     return partial
 
 

@@ -41,7 +41,8 @@ def test_uninitialised_shared_read_shows_as_nan(monkeypatch: pytest.MonkeyPatch)
 def test_divergent_barrier_raises() -> None:
     with pytest.raises(EmulatorError, match=r"kernel block_sum_divergent_barrier: block \(0,0,0\): "
                        r"barrier divergence.*__syncthreads \(line \d+\).*DLCORE_EMU_SEED="):
-        ks.block_sum(EMU, np.ones(1024, np.float32), source=BUGS, name="block_sum_divergent_barrier")
+        ks.block_sum(EMU, np.ones(1024, np.float32), source=BUGS,
+                     name="block_sum_divergent_barrier")
 
 
 def test_out_of_bounds_write_names_the_argument() -> None:
@@ -49,7 +50,8 @@ def test_out_of_bounds_write_names_the_argument() -> None:
     y = np.zeros_like(x)
     run = EMU.kernels.function(BUGS, "scale_out_of_bounds")
     with pytest.raises(EmulatorError, match=r"out-of-bounds write of argument 'y' \(#1, 1000 "
-                       r"elements of 4 bytes\) by thread \(232,0,0\): byte offset 4000 \(element 1000\)"):
+                       r"elements of 4 bytes\) by thread \(232,0,0\): "
+                       r"byte offset 4000 \(element 1000\)"):
         run((4,), (256,), (x, y, np.float32(2), np.int64(x.size)))
 
 
@@ -68,7 +70,9 @@ def test_out_of_bounds_read_and_write_before_start() -> None:
     source = KernelSource("oob_probe.cu", src)
     x, y = np.ones(8, np.float32), np.zeros(8, np.float32)
     run = EMU.kernels.function(source, "k")
-    with pytest.raises(EmulatorError, match=r"out-of-bounds read of argument 'x'.*element (8|9|1[0-5])\)"):
+    with pytest.raises(EmulatorError,
+                       match=r"out-of-bounds read of argument 'x'.*element (8|9|1[0-5])\)"):
         run((1,), (8,), (x, y, np.int32(8)))
-    with pytest.raises(EmulatorError, match=r"write before the start of argument 'y'.*byte offset -4"):
+    with pytest.raises(EmulatorError,
+                       match=r"write before the start of argument 'y'.*byte offset -4"):
         run((1,), (8,), (x, y, np.int32(0)))

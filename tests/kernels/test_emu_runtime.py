@@ -53,7 +53,8 @@ extern "C" __global__ void dynamic_shared_overrun(float* out, int n) {
 }
 
 extern "C" __global__ void indices(int* out) {
-  const long long t = threadIdx.x + blockDim.x * (threadIdx.y + (long long)blockDim.y * threadIdx.z);
+  const long long t =
+      threadIdx.x + blockDim.x * (threadIdx.y + (long long)blockDim.y * threadIdx.z);
   const long long b = blockIdx.x + gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
   const long long threads = (long long)blockDim.x * blockDim.y * blockDim.z;
   out[b * threads + t] = (int)(b * 1000 + t);
@@ -77,7 +78,8 @@ def test_warp_collectives_match_cuda_semantics(emu_seed: int) -> None:
     np.testing.assert_array_equal(rows[2], np.where(lane % 8 + 2 < 8, v + 2, v))
     np.testing.assert_array_equal(rows[3], v ^ 1)
     ballot = [sum(1 << l for l in range(32) if (w * 32 + l) % 3 == 0) for w in range(2)]
-    np.testing.assert_array_equal(rows[4], np.repeat(np.array(ballot, np.uint32).view(np.int32), 32))
+    np.testing.assert_array_equal(rows[4],
+                                  np.repeat(np.array(ballot, np.uint32).view(np.int32), 32))
     np.testing.assert_array_equal(rows[5], [1 + 2] * 32 + [0 + 0] * 32)
 
 
@@ -94,8 +96,8 @@ def test_barriers_at_different_lines_are_divergence() -> None:
 
 
 def test_shuffle_with_an_exited_lane_is_a_deadlock() -> None:
-    with pytest.raises(EmulatorError, match=r"warp collective deadlock.*__shfl_xor_sync \(line \d+, "
-                       r"mask 0xffffffff\) but warp 0 lanes \{7\} never join it"):
+    with pytest.raises(EmulatorError, match=r"warp collective deadlock.*__shfl_xor_sync "
+                       r"\(line \d+, mask 0xffffffff\) but warp 0 lanes \{7\} never join it"):
         _run("shuffle_with_exited_lane", (1,), (32,), (np.zeros(32, np.float32),))
 
 

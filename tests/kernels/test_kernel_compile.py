@@ -21,7 +21,8 @@ try:
 except Exception as exc:  # no CuPy or no libnvrtc: the test extra is not installed
     NVRTC_ERROR = f"{type(exc).__name__}: {exc}"
 
-needs_nvrtc = pytest.mark.skipif(NVRTC_ERROR is not None, reason=f"NVRTC unavailable: {NVRTC_ERROR}")
+needs_nvrtc = pytest.mark.skipif(NVRTC_ERROR is not None,
+                                 reason=f"NVRTC unavailable: {NVRTC_ERROR}")
 
 
 @needs_nvrtc

@@ -44,7 +44,8 @@ def test_grid_helpers() -> None:
 def test_runner_is_per_device_and_memoised() -> None:
     assert K.runner_for(EMU) is EMU.kernels
     samples = CU_DIR / "samples.cu"
-    assert EMU.kernels.function(samples, "scale<float>") is EMU.kernels.function(samples, "scale<float>")
+    assert (EMU.kernels.function(samples, "scale<float>")
+            is EMU.kernels.function(samples, "scale<float>"))
     with pytest.raises(ValueError, match="runs no CUDA kernels"):
         K.runner_for(Device("cpu"))
 
@@ -63,7 +64,8 @@ def test_unknown_entry_point_lists_declared_ones() -> None:
 
 
 def test_emulator_compile_error_names_file_and_line() -> None:
-    src = K.KernelSource("broken.cu", 'extern "C" __global__ void k(float* x) {\n  x[0] = oops;\n}\n')
+    src = K.KernelSource("broken.cu",
+                         'extern "C" __global__ void k(float* x) {\n  x[0] = oops;\n}\n')
     with pytest.raises(KernelCompileError) as info:
         EMU.kernels.function(src, "k")
     assert (info.value.filename, info.value.line) == ("broken.cu", 2)
@@ -80,7 +82,8 @@ def test_nvrtc_log_is_parsed() -> None:
 def test_scalar_of_the_wrong_size_is_rejected() -> None:
     x = np.ones(4, np.float32)
     run = EMU.kernels.function(CU_DIR / "samples.cu", "scale<float>")
-    with pytest.raises(Exception, match=r"argument 'alpha' \(#2\): the kernel takes a 4-byte scalar"):
+    with pytest.raises(Exception,
+                       match=r"argument 'alpha' \(#2\): the kernel takes a 4-byte scalar"):
         run((1,), (32,), (x, x.copy(), 2.0, np.int64(4)))
 
 

@@ -251,4 +251,4 @@ def test_comparisons(device, name, fn, ref):
 
 def test_comparison_device_mismatch_raises():
     with pytest.raises(RuntimeError, match="cpu.*emu|emu.*cpu"):
-        dlcore.ones(2) < dlcore.ones(2, device="emu")
+        dlcore.ones(2) < dlcore.ones(2, device="emu")  # noqa: B015 - the comparison must raise

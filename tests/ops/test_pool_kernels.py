@@ -242,7 +242,8 @@ def test_emu_agrees_with_cpu_path(name: str) -> None:
     np.testing.assert_array_equal(y, y_cpu)
     np.testing.assert_array_equal(idx, idx_cpu)
     np.testing.assert_allclose(pool_cuda.max_pool2d_backward(dev, gy, idx, x.shape, *window),
-                               cpu.max_pool2d_backward(CPU, gy, idx_cpu, x.shape, *window), rtol=1e-6, atol=1e-6)
+                               cpu.max_pool2d_backward(CPU, gy, idx_cpu, x.shape, *window),
+                               rtol=1e-6, atol=1e-6)
     if case.dilation != (1, 1):
         return
     for include_pad, override in ((True, None), (False, None), (False, 4)):

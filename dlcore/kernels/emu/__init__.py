@@ -91,7 +91,8 @@ def _scalar(value: Any) -> np.ndarray:
         return np.array(value, dtype=np.int64)
     if isinstance(value, float):
         return np.array(value, dtype=np.float64)
-    raise TypeError(f"emulated kernels take NumPy arrays and NumPy scalars, got {type(value).__name__}")
+    raise TypeError("emulated kernels take NumPy arrays and NumPy scalars, "
+                    f"got {type(value).__name__}")
 
 
 class Function:
@@ -141,7 +142,8 @@ class RawModule:
     instantiations to generate (extern "C" kernels are found in the source)."""
 
     def __init__(self, code: str | None = None, path: str | os.PathLike | None = None,
-                 options: Sequence[str] = (), name_expressions: Sequence[str] | None = None) -> None:
+                 options: Sequence[str] = (),
+                 name_expressions: Sequence[str] | None = None) -> None:
         if (code is None) == (path is None):
             raise TypeError("RawModule: give exactly one of code= or path=")
         if path is not None:
@@ -174,7 +176,8 @@ class RawModule:
             return fn
         if name not in self._entries:
             raise KeyError(f"{self.filename}: no kernel {name!r}; entry points are "
-                           f"{', '.join(self._entries) or 'none'} (templates need name_expressions)")
+                           f"{', '.join(self._entries) or 'none'} "
+                           "(templates need name_expressions)")
         entry = getattr(self._load(), f"dlemu_entry_{self._entries.index(name)}")
         entry.restype, entry.argtypes = ctypes.c_int, [ctypes.POINTER(_LaunchSpec)]
         params = self.source.parameters.get(name.partition("<")[0].strip(), ())

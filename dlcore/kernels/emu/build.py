@@ -89,7 +89,8 @@ def rewrite_shared(code: str, filename: str) -> str:
         line = code.count("\n", 0, m.start()) + 1
         at_file_scope = depths[m.start()] == 0
         if not type_:
-            raise KernelCompileError(filename, line, f"cannot parse __shared__ declaration {m.group(0)!r}")
+            raise KernelCompileError(filename, line,
+                                     f"cannot parse __shared__ declaration {m.group(0)!r}")
         if m.group("extern"):
             target = f"reinterpret_cast<{type_}*>(::dlemu::dynamic_shared())"
             line_start = code.rfind("\n", 0, m.start()) + 1
@@ -98,12 +99,15 @@ def rewrite_shared(code: str, filename: str) -> str:
             elif not code[line_start:m.start()].strip():
                 text = f"#define {name} ({target})"
             else:
-                raise KernelCompileError(filename, line, "a file-scope extern __shared__ declaration "
+                raise KernelCompileError(filename, line,
+                                         "a file-scope extern __shared__ declaration "
                                          "must start its line for the emulator")
         else:
             if at_file_scope:
-                raise KernelCompileError(filename, line, "file-scope static __shared__ variables are "
-                                         "not supported by the emulator; declare them in the kernel")
+                raise KernelCompileError(filename, line,
+                                         "file-scope static __shared__ variables are "
+                                         "not supported by the emulator; "
+                                         "declare them in the kernel")
             align_expr = f"alignof({type_})" if not align else f"{align.group(1)}"
             slot = (f"::dlemu::static_shared(sizeof({type_}{dims}), {align_expr}, "
                     f"\"{name}\", __LINE__)")
@@ -144,7 +148,8 @@ def emulated_source(source: KernelSource, entries: list[str]) -> str:
 def _compiler() -> tuple[str, str]:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if not cxx:
-        raise KernelCompileError("<emulator>", None, "no C++ compiler found (install g++ or set CXX)")
+        raise KernelCompileError("<emulator>", None,
+                                 "no C++ compiler found (install g++ or set CXX)")
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     return cxx, version
 
@@ -160,7 +165,8 @@ def build(source: KernelSource, entries: list[str], flags: list[str]) -> Path:
     cxx, version = _compiler()
     unit = emulated_source(source, entries)
     digest = hashlib.sha256()
-    for part in (unit, version, " ".join(CXX_FLAGS + tuple(flags)), *((EMU_DIR / h).read_text() for h in HEADERS)):
+    for part in (unit, version, " ".join(CXX_FLAGS + tuple(flags)),
+                 *((EMU_DIR / h).read_text() for h in HEADERS)):
         digest.update(part.encode())
         digest.update(b"\0")
     out_dir = cache_dir()
