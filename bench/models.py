@@ -1,0 +1,187 @@
+"""End-to-end training steps of the reference models (``dlcore.models``): forward, loss,
+backward and optimizer step, as ``dlcore train`` runs them.
+
+Cases: LeNet on digits (N=64, 1x8x8), ResNet-8 on 3x32x32 (N=32; quick: N=8), the LSTM
+classifier on digit rows (N=64, T=8), the GRU regressor on the adding problem (N=64,
+T=100) and one GAN step on ring points (discriminator and generator, N=256, pack 2).
+``samples_s`` is training samples per second. PyTorch runs the same architecture and step
+when importable (its CPU threads: ``$OMP_NUM_THREADS``, default all cores); these small
+models are dominated by per-op overhead, which is what the ratio shows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .timing import time_host
+
+Step = Callable[[], None]
+
+
+def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[], Step]]]:
+    """Case name -> (batch size, builder of a step closure)."""
+    import dlcore  # noqa: PLC0415
+    from dlcore import models, optim  # noqa: PLC0415
+    from dlcore.nn import functional as F  # noqa: PLC0415
+
+    sync = dlcore.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def supervised(model: Any, x: Any, y: Any, loss: Callable) -> Step:
+        model = model.to(device)
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+        x, y = x.to(device), y.to(device)
+
+        def step() -> None:
+            opt.zero_grad()
+            loss(model(x), y).backward()
+            opt.step()
+            sync()
+        return step
+
+    def gan() -> Step:
+        g, d = models.MLPGenerator().to(device), models.MLPDiscriminator(pack=2).to(device)
+        og, od = optim.Adam(g.parameters()), optim.Adam(d.parameters())
+        real = dlcore.randn(256, 2, device=device)
+        ones, zeros = dlcore.ones(128, 1, device=device), dlcore.zeros(128, 1, device=device)
+        bce = F.binary_cross_entropy_with_logits
+
+        def step() -> None:
+            fake = g(dlcore.randn(256, 2, device=device))
+            od.zero_grad()
+            (bce(d(real), ones) + bce(d(fake.detach()), zeros)).backward()
+            od.step()
+            og.zero_grad()
+            bce(d(fake), ones).backward()
+            og.step()
+            sync()
+        return step
+
+    n_resnet = 8 if quick else 32
+    labels = lambda n: dlcore.randint(0, 10, (n,))  # noqa: E731
+    return {
+        "lenet digits 1x8x8": (64, lambda: supervised(
+            models.LeNet(), dlcore.rand(64, 1, 8, 8), labels(64), F.cross_entropy)),
+        "resnet8 3x32x32": (n_resnet, lambda: supervised(
+            models.ResNet(), dlcore.randn(n_resnet, 3, 32, 32), labels(n_resnet),
+            F.cross_entropy)),
+        "lstm classifier T=8": (64, lambda: supervised(
+            models.LSTMClassifier(8, 10), dlcore.rand(64, 8, 8), labels(64),
+            F.cross_entropy)),
+        "gru adding T=100": (64, lambda: supervised(
+            models.SequenceRegressor(2), dlcore.rand(64, 100, 2), dlcore.rand(64, 1),
+            F.mse_loss)),
+        "gan ring pack 2": (256, gan),
+    }
+
+
+def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
+    """The same models and steps in PyTorch (CPU)."""
+    import torch  # noqa: PLC0415
+    from torch import nn  # noqa: PLC0415
+    from torch.nn import functional as F  # noqa: PLC0415
+
+    def supervised(model: Any, x: Any, y: Any, loss: Callable) -> Step:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step() -> None:
+            opt.zero_grad()
+            loss(model(x), y).backward()
+            opt.step()
+        return step
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+                nn.ReLU(), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+            self.short = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+        def forward(self, x: Any) -> Any:
+            return torch.relu(self.body(x) + self.short(x))
+
+    class Last(nn.Module):
+        def __init__(self, rnn: Any, out: int) -> None:
+            super().__init__()
+            self.rnn, self.head = rnn, nn.Linear(rnn.hidden_size, out)
+
+        def forward(self, x: Any) -> Any:
+            _, state = self.rnn(x)
+            return self.head((state[0] if isinstance(state, tuple) else state)[-1])
+
+    lenet = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Dropout(0.25), nn.Linear(256, 128), nn.ReLU(),
+                          nn.Dropout(0.25), nn.Linear(128, 10))
+    resnet = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16),
+                           nn.ReLU(), Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+    def gan() -> Step:
+        g = nn.Sequential(nn.Linear(2, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                          nn.Linear(128, 2))
+        d = nn.Sequential(nn.Linear(4, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
+                          nn.LeakyReLU(0.2), nn.Linear(128, 1))
+        og, od = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+        real, ones, zeros = torch.randn(128, 4), torch.ones(128, 1), torch.zeros(128, 1)
+        bce = F.binary_cross_entropy_with_logits
+
+        def step() -> None:
+            fake = g(torch.randn(256, 2)).reshape(128, 4)
+            od.zero_grad()
+            (bce(d(real), ones) + bce(d(fake.detach()), zeros)).backward()
+            od.step()
+            og.zero_grad()
+            bce(d(fake), ones).backward()
+            og.step()
+        return step
+
+    labels = lambda n: torch.randint(0, 10, (n,))  # noqa: E731
+    return {
+        "lenet digits 1x8x8": lambda: supervised(lenet, torch.rand(64, 1, 8, 8), labels(64),
+                                                 F.cross_entropy),
+        "resnet8 3x32x32": lambda: supervised(resnet, torch.randn(n_resnet, 3, 32, 32),
+                                              labels(n_resnet), F.cross_entropy),
+        "lstm classifier T=8": lambda: supervised(
+            Last(nn.LSTM(8, 128, batch_first=True), 10), torch.rand(64, 8, 8), labels(64),
+            F.cross_entropy),
+        "gru adding T=100": lambda: supervised(
+            Last(nn.GRU(2, 64, batch_first=True), 1), torch.rand(64, 100, 2),
+            torch.rand(64, 1), F.mse_loss),
+        "gan ring pack 2": gan,
+    }
+
+
+def _time(step: Step, quick: bool) -> float:
+    """Median microseconds per step, repetitions sized to about 0.5 s (quick) or 2 s."""
+    step()
+    t0 = time.perf_counter()
+    step()
+    once = time.perf_counter() - t0
+    reps = int(np.clip((0.5 if quick else 2.0) / max(once, 1e-6), 3, 200))
+    return time_host(step, reps, warmup=1, inner=1 if reps < 30 else 5)
+
+
+def run(device: str = "cpu", quick: bool = False) -> list[dict]:
+    import dlcore  # noqa: PLC0415
+
+    dlcore.manual_seed(0)
+    cases = _dlcore_cases(device, quick)
+    torch_cases = (_torch_cases(8 if quick else 32)
+                   if device == "cpu" and importlib.util.find_spec("torch") else {})
+    rows = []
+    for name, (batch, build) in cases.items():
+        us = _time(build(), quick)
+        row: dict[str, Any] = {"suite": "models", "case": f"{name} N={batch} train step",
+                               "device": device, "median_us": us, "samples_s": batch / us * 1e6}
+        if name in torch_cases:
+            ref = _time(torch_cases[name](), quick)
+            row.update(reference="torch-cpu", reference_us=ref, ratio=us / ref)
+        rows.append(row)
+    return rows

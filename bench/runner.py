@@ -1,0 +1,172 @@
+"""The benchmark runner behind ``python -m bench`` and ``dlcore bench``: run suites, print a
+table, write JSON with the machine, versions, peak memory and power.
+
+Each suite is a module ``bench.<name>`` with ``run(device, quick) -> rows``. Per suite the
+runner records the process's peak resident memory (``resource.getrusage``: the high-water
+mark since start, so it only grows from suite to suite) and, on a GPU, the CuPy pool's
+peak (``dlcore.cuda.max_memory_allocated``) and, through NVML when nvidia-ml-py is
+installed, the board power sampled every 100 ms while the suite runs (mean and max).
+Suites compare with PyTorch whenever it is importable; ``--compare torch`` makes its
+absence an error instead of a silent omission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.util
+import json
+import platform
+import resource
+import sys
+import threading
+from typing import Any
+
+SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models")
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Date, machine, versions and GPUs (what ``dlcore info`` reports)."""
+    from dlcore.cli.info import collect  # noqa: PLC0415
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "device": device, "machine": platform.machine(), "processor": platform.processor(),
+           **collect()}
+    try:
+        import torch  # noqa: PLC0415
+
+        env["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return env
+
+
+class PowerSampler:
+    """Board power of one GPU every ``period`` seconds in a thread, through NVML."""
+
+    def __init__(self, nvml: Any, index: int, period: float = 0.1) -> None:
+        from dlcore.cli.info import nvml_handle  # noqa: PLC0415
+
+        self.handle = nvml_handle(nvml, index)
+        self.nvml, self.period = nvml, period
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000)
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> PowerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        return {"power_mean_w": sum(self.samples) / len(self.samples),
+                "power_max_w": max(self.samples)}
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident set size (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def run_suite(name: str, device: str, quick: bool) -> tuple[list[dict], dict[str, Any]]:
+    """The suite's rows, and its memory and power figures."""
+    import dlcore  # noqa: PLC0415
+
+    module = importlib.import_module(f"bench.{name}")
+    gpu = device.startswith("cuda")
+    sampler = None
+    if gpu:
+        from dlcore.cli.info import nvml_module  # noqa: PLC0415
+
+        dlcore.cuda.reset_peak_memory_stats(device)
+        nvml, _ = nvml_module()
+        if nvml is not None:
+            sampler = PowerSampler(nvml, dlcore.device(device).index)
+    if sampler is not None:
+        with sampler:
+            rows = module.run(device, quick=quick)
+    else:
+        rows = module.run(device, quick=quick)
+    stats: dict[str, Any] = {"suite": name, "peak_rss_mb": _peak_rss_mb()}
+    if gpu:
+        stats["peak_gpu_pool_mb"] = dlcore.cuda.max_memory_allocated(device) / 2**20
+    if sampler is not None:
+        stats.update(sampler.summary())
+    return rows, stats
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = ["suite", "case", "device", "median_us", "us_per_op", "numpy_floor_us",
+            "samples_s", "reference_us", "ratio", "note"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    table = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The runner's options, shared by ``python -m bench`` and ``dlcore bench``."""
+    ap.add_argument("suites", nargs="*", metavar="SUITE",
+                    help=f"suites to run (default: all of {', '.join(SUITES)})")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda[:i] or emu (default cpu)")
+    ap.add_argument("--json", dest="json_path", metavar="FILE", help="write results here")
+    ap.add_argument("--quick", action="store_true", help="fewer cases and repetitions")
+    ap.add_argument("--compare", choices=["torch"],
+                    help="require PyTorch for the reference columns (an error if absent)")
+
+
+def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """Run the suites ``args`` name; print the table; write JSON if asked."""
+    if args.compare == "torch" and importlib.util.find_spec("torch") is None:
+        ap.error("--compare torch: PyTorch is not importable here (pip install torch)")
+    suites = args.suites or list(SUITES)
+    for name in suites:
+        if name not in SUITES:
+            ap.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    rows: list[dict] = []
+    stats: list[dict] = []
+    for name in suites:
+        try:
+            suite_rows, suite_stats = run_suite(name, args.device, args.quick)
+        except ImportError as exc:
+            print(f"suite {name}: unavailable ({exc})", file=sys.stderr)
+            continue
+        rows += suite_rows
+        stats.append(suite_stats)
+    print(format_table(rows))
+    for s in stats:
+        print(", ".join(f"{k} {_cell(v)}" for k, v in s.items()))
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump({"environment": environment(args.device), "suites": stats,
+                       "results": rows}, f, indent=2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv), ap)

@@ -1,0 +1,300 @@
+"""What every ``dlcore train`` task shares: device choice, shuffled batches, the epoch loop
+with its progress bar, checkpoints that resume bit-for-bit, Ctrl-C handling and the
+metrics files (JSON, CSV, a curve PNG).
+
+A task (cnn, rnn, gan, adding) supplies a :class:`Task`: its models and optimizers, its
+batches, one training step and an evaluation; :func:`fit` does the rest. Checkpoints are
+written at every epoch's end and on Ctrl-C, in the middle of an epoch, holding where the
+run stands (epoch, batches done, the data order's and dlcore's RNG states, the running
+sums of the epoch's losses), so a resumed CPU run repeats the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import platform
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import cuda
+from ..data import Generator, TensorDataset
+from ..device import Device
+from ..io import load, save
+from ..random import get_rng_state, set_rng_state
+from ..tensor import Tensor
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class Options:
+    """The command-line options of ``dlcore train``; ``None`` means "the task's default"."""
+
+    device: str = "auto"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    out: str = "runs"
+    resume: bool = False
+    data: str = "ring"
+    pack: int | None = None
+    threads: int | None = 1
+    progress: bool = True
+
+
+def resolve_device(name: str) -> Device:
+    """``auto`` is ``cuda`` where a GPU is usable, else ``cpu``; other names as given."""
+    if name == "auto":
+        return Device("cuda") if cuda.is_available() else Device("cpu")
+    return Device(name)
+
+
+class Batches:
+    """Shuffled mini-batches of a :class:`TensorDataset`, gathered with one index per
+    tensor; the last partial batch is dropped.
+
+    The DataLoader collates sample by sample (a few microseconds each), which costs more
+    than a whole training step of the small models here; these datasets fit in memory, so
+    a batch is one fancy-index. The order comes from its own :class:`Generator`, so model
+    initialisation and data order are independent, and its state goes in the checkpoint.
+    """
+
+    def __init__(self, dataset: TensorDataset, batch_size: int, seed: int,
+                 device: Device) -> None:
+        if batch_size < 1 or batch_size > len(dataset):
+            raise ValueError(f"batch size must be in 1..{len(dataset)} (the training set), "
+                             f"got {batch_size}")
+        self.tensors = [t.to(device) for t in dataset.tensors]
+        self.batch_size, self.size = batch_size, len(dataset)
+        self.generator = Generator(seed)
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size
+
+    def epoch(self, skip: int = 0) -> Iterator[tuple[Tensor, ...]]:
+        """This epoch's batches after the first ``skip`` (the order is drawn either way)."""
+        order = self.generator.permutation(self.size)
+        for i in range(skip, len(self)):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield tuple(t[index] for t in self.tensors)
+
+
+@dataclass
+class Task:
+    """One training job: its name, modules and optimizers by name (checkpointed), LR
+    schedulers stepped once per epoch, the training batches and settings for the record."""
+
+    name: str
+    modules: dict[str, Any]
+    optimizers: dict[str, Any]
+    batches: Batches
+    config: dict[str, Any]
+    schedulers: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, batch: tuple[Tensor, ...]) -> dict[str, float]:
+        """Train on one batch; the figures to average over the epoch (``loss``, ...)."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        """End-of-epoch figures on held-out data (``test_accuracy``, ...)."""
+        raise NotImplementedError
+
+    def finish(self, out: Path, history: list[dict[str, float]]) -> dict[str, Any]:
+        """Final figures for metrics.json beyond the last epoch's, and extra plots."""
+        return {}
+
+    def progress_figures(self, means: dict[str, float]) -> dict[str, str]:
+        """What the progress bar shows from the epoch's running means."""
+        return {k: f"{v:.4f}" for k, v in means.items()}
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[threading.Event]:
+    """Turn the first Ctrl-C into a flag the training loop checks between steps, so a step
+    (and the optimizer's update) is never cut in half; a second Ctrl-C stops at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _state(task: Task, epoch: int, step: int, data_state: dict, sums: dict[str, float],
+           history: list[dict], seconds: float) -> dict[str, Any]:
+    return {"task": task.name, "epoch": epoch, "step": step, "seconds": seconds,
+            "data_rng": data_state, "rng": get_rng_state(), "sums": sums,
+            "history": history,
+            "models": {k: m.state_dict() for k, m in task.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in task.schedulers.items()}}
+
+
+def _restore(task: Task, state: dict[str, Any]) -> None:
+    if state.get("task") != task.name:
+        raise ValueError(f"--resume: the checkpoint is from 'dlcore train "
+                         f"{state.get('task')}', not {task.name!r}")
+    for k, m in task.modules.items():
+        m.load_state_dict(state["models"][k])
+    for k, o in task.optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    for k, s in task.schedulers.items():
+        s.load_state_dict(state["schedulers"][k])
+    set_rng_state(state["rng"])
+
+
+def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
+    """Train ``task`` for ``epochs`` (continuing a checkpoint in ``out`` with
+    ``options.resume``), write the metrics files, and return metrics.json's content.
+    Raises KeyboardInterrupt after saving a checkpoint when interrupted."""
+    from tqdm import tqdm  # noqa: PLC0415  -- the cli extra
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    epoch, skip, sums, history, seconds = 0, 0, {}, [], 0.0
+    batches = task.batches
+    if options.resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        state = load(ckpt)
+        _restore(task, state)
+        epoch, skip, sums = state["epoch"], state["step"], dict(state["sums"])
+        history, seconds = list(state["history"]), state["seconds"]
+        batches.generator.set_state(state["data_rng"])
+    with deferred_interrupt() as interrupted:
+        while epoch < epochs:
+            data_state = batches.generator.get_state()
+            for m in task.modules.values():
+                m.train()
+            bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
+                       unit="batch", disable=not options.progress, file=sys.stderr)
+            step, t0, seen = skip, time.perf_counter(), 0
+            for batch in batches.epoch(skip):
+                figures = task.step(batch)
+                for k, v in figures.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                step += 1
+                seen += batches.batch_size
+                bar.update(1)
+                if step % 10 == 0 or step == len(batches):
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(task.progress_figures({k: v / step for k, v in
+                                                           sums.items()}),
+                                    samples_s=f"{rate:.0f}")
+                if interrupted.is_set() and step < len(batches):
+                    bar.close()
+                    seconds += time.perf_counter() - t0
+                    save(_state(task, epoch, step, data_state, sums, history, seconds), ckpt)
+                    raise KeyboardInterrupt
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+            seconds += train_seconds
+            for m in task.modules.values():
+                m.eval()
+            row = {"epoch": epoch + 1, **{k: v / len(batches) for k, v in sums.items()},
+                   **task.evaluate(), "seconds": seconds,
+                   "samples_per_s": (len(batches) - skip) * batches.batch_size
+                   / max(train_seconds, 1e-9)}
+            for s in task.schedulers.values():
+                s.step()
+            history.append(row)
+            print(", ".join(f"{k} {_fmt(v)}" for k, v in row.items()), file=sys.stderr)
+            epoch, skip, sums = epoch + 1, 0, {}
+            save(_state(task, epoch, 0, batches.generator.get_state(), sums, history,
+                        seconds), ckpt)
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+    return write_metrics(task, out, history, seconds, options)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_metrics(task: Task, out: Path, history: list[dict], seconds: float,
+                  options: Options) -> dict[str, Any]:
+    """metrics.json (final figures at top level, then the run's settings and history),
+    metrics.csv (one row per epoch) and curves.png."""
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds",
+                                                                 "samples_per_s")}
+    final.update(task.finish(out, history))
+    metrics = {**final, "seconds": seconds, "epochs": len(history), "task": task.name,
+               "config": {**asdict(options), **task.config},
+               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                   timespec="seconds"),
+               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+               "history": history}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    plot_curves(history, out / "curves.png", task.name)
+    return metrics
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    """Losses on the left, every other per-epoch figure on the right against epochs;
+    figures outside [0, 1] (such as a count of modes) get the right panel's second axis
+    so fractions stay readable beside them."""
+    import matplotlib  # noqa: PLC0415  -- the cli extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    skip = {"epoch", "seconds", "samples_per_s"}
+    epochs = [row["epoch"] for row in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    second = None
+    for k in (k for k in history[0] if k not in skip):
+        values = [row[k] for row in history]
+        if not all(math.isfinite(v) for v in values):
+            continue
+        if "loss" in k:
+            ax = left
+        elif all(0.0 <= v <= 1.0 for v in values):
+            ax = right
+        else:
+            second = second or right.twinx()
+            ax = second
+        ax.plot(epochs, values, marker=".", label=k,
+                color=None if ax is not second else "tab:red")
+    for ax, name in ((left, "loss"), (right, "evaluation")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    for ax, where in ((left, "best"), (right, "center right"), (second, "lower right")):
+        if ax is not None and ax.has_data():
+            ax.legend(loc=where)
+    fig.suptitle(f"dlcore train {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""The ``dlcore`` command: info, check on the emulator, one quick bench suite, and tiny
+training runs (metrics files, plots, checkpoints, bit-for-bit resume, Ctrl-C)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dlcore
+from dlcore.cli import main
+from dlcore.train import classify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_info_states_versions_and_why_no_gpu(capsys: pytest.CaptureFixture) -> None:
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"^dlcore\s+0\.", text, re.M) and re.search(r"^numpy\s+\d", text, re.M)
+    if not dlcore.cuda.is_available():
+        assert dlcore.cuda.why_unavailable() in text
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"dlcore", "numpy", "cupy", "gpus", "gpu_unavailable_because"} <= set(report)
+
+
+def test_console_script_and_module_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "dlcore", "info"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    assert "dlcore" in out
+    script = Path(sys.executable).with_name("dlcore")
+    if script.exists():
+        assert subprocess.run([str(script), "--help"], capture_output=True).returncode == 0
+
+
+def test_check_on_emulator_passes(capsys: pytest.CaptureFixture) -> None:
+    assert main(["check", "--device", "emu"]) == 0
+    text = capsys.readouterr().out
+    assert "FAIL" not in text and re.search(r"emu: (\d+) of \1 kernel cases pass", text)
+    for family in ("conv2d", "conv_transpose2d", "max_pool2d", "lstm", "gru", "adam"):
+        assert family in text
+
+
+def test_check_reports_failures(monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture) -> None:
+    from dlcore.cli import check
+
+    def broken(device: dlcore.Device) -> dict[str, np.ndarray]:
+        return {"forward": np.zeros(3) if device.type == "cpu" else np.ones(3)}
+
+    monkeypatch.setattr(check, "CASES", {"broken kernel": broken})
+    assert main(["check", "--device", "emu"]) == 1
+    assert "broken kernel: forward" in capsys.readouterr().out
+
+
+def test_bench_quick_one_suite_writes_json(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bench.json"
+    assert main(["bench", "overhead", "--quick", "--json", str(path)]) == 0
+    assert "overhead" in capsys.readouterr().out
+    result = json.loads(path.read_text())
+    assert result["environment"]["numpy"] == np.__version__
+    assert result["suites"][0]["suite"] == "overhead"
+    assert result["suites"][0]["peak_rss_mb"] > 0
+    assert result["results"] and all(r["suite"] == "overhead" for r in result["results"])
+
+
+def _train(tmp_path: Path, *args: str) -> dict:
+    assert main(["train", *args, "--out", str(tmp_path), "--no-progress"]) == 0
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+def _check_outputs(out: Path, metrics: dict, keys: set[str]) -> None:
+    assert keys | {"seconds", "history", "config"} <= set(metrics)
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == metrics["epochs"]
+    state = dlcore.load(out / "checkpoint.safetensors")
+    assert {"models", "optimizers", "epoch", "rng"} <= set(state)
+
+
+def test_train_cnn_one_epoch(tmp_path: Path) -> None:
+    metrics = _train(tmp_path, "cnn", "--epochs", "1", "--batch-size", "64")
+    _check_outputs(tmp_path, metrics, {"test_accuracy"})
+    assert 0.5 < metrics["test_accuracy"] <= 1.0
+
+
+def test_train_gan_ring_and_digits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    metrics = _train(tmp_path / "ring", "gan", "--epochs", "1")
+    _check_outputs(tmp_path / "ring", metrics, {"modes_covered", "high_quality_fraction"})
+    assert np.load(tmp_path / "ring" / "samples.npy").shape == (2500, 2)
+    assert (tmp_path / "ring" / "samples.png").is_file()
+    assert "PacGAN2 [dlcore, this run, seed 0]" in capsys.readouterr().out
+    metrics = _train(tmp_path / "digits", "gan", "--data", "digits", "--epochs", "1",
+                     "--batch-size", "128")
+    assert metrics["config"]["data"] == "digits"
+    assert (tmp_path / "digits" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_adding_one_epoch(tmp_path: Path) -> None:
+    metrics = _train(tmp_path, "adding", "--epochs", "1", "--batch-size", "800")
+    _check_outputs(tmp_path, metrics, {"test_mse"})
+    assert 0 < metrics["test_mse"] < 2
+
+
+def _model_arrays(out: Path) -> dict[str, np.ndarray]:
+    state = dlcore.load(out / "checkpoint.safetensors")
+    return {k: v.numpy() for k, v in state["models"]["model"].items()}
+
+
+def _history(out: Path) -> list[dict]:
+    rows = json.loads((out / "metrics.json").read_text())["history"]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")}
+            for r in rows]
+
+
+def test_interrupt_and_resume_continue_bit_for_bit(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C at the last step of epoch 1 (11 steps per epoch at batch 128) and in the middle
+    of epoch 2 (its 3rd step), each resumed: the same weights and history as a straight run."""
+    args = ["rnn", "--batch-size", "128", "--epochs", "2"]
+    _train(tmp_path / "straight", *args)
+    real_step = classify.ClassifierTask.step
+    for interrupt_at, saved_step in ((11, 0), (14, 3)):
+        calls = []
+
+        def step_then_interrupt(self: classify.ClassifierTask, batch: tuple,
+                                calls: list = calls, at: int = interrupt_at) -> dict:
+            calls.append(1)
+            if len(calls) == at:
+                signal.raise_signal(signal.SIGINT)
+            return real_step(self, batch)
+
+        monkeypatch.setattr(classify.ClassifierTask, "step", step_then_interrupt)
+        out = tmp_path / f"interrupted_{interrupt_at}"
+        assert main(["train", *args, "--out", str(out), "--no-progress"]) == 130
+        assert dlcore.load(out / "checkpoint.safetensors")["step"] == saved_step
+        monkeypatch.setattr(classify.ClassifierTask, "step", real_step)
+        _train(out, *args, "--resume")
+        want, got = _model_arrays(tmp_path / "straight"), _model_arrays(out)
+        assert all(np.array_equal(got[k], want[k]) for k in want), interrupt_at
+        assert _history(out) == _history(tmp_path / "straight"), interrupt_at
+
+
+def test_resume_needs_a_checkpoint_of_the_same_task(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        main(["train", "cnn", "--epochs", "1", "--out", str(tmp_path), "--resume"])
+    _train(tmp_path, "rnn", "--epochs", "1", "--batch-size", "256")
+    with pytest.raises(ValueError, match="not 'cnn'"):
+        main(["train", "cnn", "--epochs", "2", "--out", str(tmp_path), "--resume",
+              "--no-progress"])
+
+
+def test_dockerfile_has_the_required_instructions() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    instructions = [line.split(None, 1) for line in text.splitlines()
+                    if line.strip() and not line.lstrip().startswith("#")
+                    and not line.startswith((" ", "\t"))]
+    names = [parts[0].upper() for parts in instructions]
+    base = dict(instructions)["FROM"]
+    assert re.match(r"nvidia/cuda:12\.\d+(\.\d+)?-(cudnn-)?runtime", base) or \
+        base.startswith("python:")
+    assert "USER" in names and dict(instructions)["USER"].strip() not in ("root", "0")
+    assert re.search(r'pip install[^\n]*"?\.\[[^\]]*cuda12[^\]]*\]', text)
+    assert re.search(r'\.\[[^\]]*nvml[^\]]*\]', text)
+    assert dict(instructions)["ENTRYPOINT"].strip() == '["dlcore"]'
+    assert dict(instructions)["CMD"].strip() == '["bench"]'
+    assert names.index("USER") < names.index("ENTRYPOINT")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv"} <= set(ignored)
