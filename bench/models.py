@@ -3,7 +3,7 @@ backward and optimizer step, as ``dlcore train`` runs them.
 
 Cases: LeNet on digits (N=64, 1x8x8), ResNet-8 on 3x32x32 (N=32; quick: N=8), the LSTM
 classifier on digit rows (N=64, T=8), the GRU regressor on the adding problem (N=64,
-T=100) and one GAN step on ring points (discriminator and generator, N=256, pack 2).
+T=100) and one GAN step on ring points (discriminator and generator, N=256).
 ``samples_s`` is training samples per second. PyTorch runs the same architecture and step
 when importable (its CPU threads: ``$OMP_NUM_THREADS``, default all cores); these small
 models are dominated by per-op overhead, which is what the ratio shows.
@@ -44,10 +44,10 @@ def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[],
         return step
 
     def gan() -> Step:
-        g, d = models.MLPGenerator().to(device), models.MLPDiscriminator(pack=2).to(device)
+        g, d = models.MLPGenerator().to(device), models.MLPDiscriminator().to(device)
         og, od = optim.Adam(g.parameters()), optim.Adam(d.parameters())
         real = dlcore.randn(256, 2, device=device)
-        ones, zeros = dlcore.ones(128, 1, device=device), dlcore.zeros(128, 1, device=device)
+        ones, zeros = dlcore.ones(256, 1, device=device), dlcore.zeros(256, 1, device=device)
         bce = F.binary_cross_entropy_with_logits
 
         def step() -> None:
@@ -75,7 +75,7 @@ def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[],
         "gru adding T=100": (64, lambda: supervised(
             models.SequenceRegressor(2), dlcore.rand(64, 100, 2), dlcore.rand(64, 1),
             F.mse_loss)),
-        "gan ring pack 2": (256, gan),
+        "gan ring mlp": (256, gan),
     }
 
 
@@ -126,14 +126,14 @@ def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
     def gan() -> Step:
         g = nn.Sequential(nn.Linear(2, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
                           nn.Linear(128, 2))
-        d = nn.Sequential(nn.Linear(4, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
+        d = nn.Sequential(nn.Linear(2, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
                           nn.LeakyReLU(0.2), nn.Linear(128, 1))
         og, od = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
-        real, ones, zeros = torch.randn(128, 4), torch.ones(128, 1), torch.zeros(128, 1)
+        real, ones, zeros = torch.randn(256, 2), torch.ones(256, 1), torch.zeros(256, 1)
         bce = F.binary_cross_entropy_with_logits
 
         def step() -> None:
-            fake = g(torch.randn(256, 2)).reshape(128, 4)
+            fake = g(torch.randn(256, 2))
             od.zero_grad()
             (bce(d(real), ones) + bce(d(fake.detach()), zeros)).backward()
             od.step()
@@ -154,7 +154,7 @@ def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
         "gru adding T=100": lambda: supervised(
             Last(nn.GRU(2, 64, batch_first=True), 1), torch.rand(64, 100, 2),
             torch.rand(64, 1), F.mse_loss),
-        "gan ring pack 2": gan,
+        "gan ring mlp": gan,
     }
 
 

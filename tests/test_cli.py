@@ -94,7 +94,7 @@ def test_train_cnn_one_epoch(tmp_path: Path) -> None:
 
 
 def test_train_gan_ring_and_digits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    metrics = _train(tmp_path / "ring", "gan", "--epochs", "1")
+    metrics = _train(tmp_path / "ring", "gan", "--epochs", "1", "--pack", "2")
     _check_outputs(tmp_path / "ring", metrics, {"modes_covered", "high_quality_fraction"})
     assert np.load(tmp_path / "ring" / "samples.npy").shape == (2500, 2)
     assert (tmp_path / "ring" / "samples.png").is_file()

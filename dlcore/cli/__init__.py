@@ -36,6 +36,7 @@ def _threads(count: int | None) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .. import cuda as dlcore_cuda  # noqa: PLC0415
     from ..random import manual_seed  # noqa: PLC0415
     from ..train import Options, fit, resolve_device  # noqa: PLC0415
     from ..train import adding, classify, gan  # noqa: PLC0415
@@ -46,6 +47,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       data=args.data, pack=args.pack, threads=args.threads or None,
                       progress=not args.no_progress)
     device = resolve_device(options.device)
+    if device.type == "cuda" and device.index >= dlcore_cuda.device_count():
+        why = dlcore_cuda.why_unavailable() or "no such GPU"
+        print(f"dlcore train: {device} is not usable here ({why}); "
+              "use --device cpu or auto", file=sys.stderr)
+        return 2
     manual_seed(options.seed)
     with _threads(options.threads):
         if args.task in ("cnn", "rnn"):
@@ -113,6 +119,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _positive(kind: type) -> Any:
+    """An argparse type accepting only numbers > 0 of ``kind``."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="dlcore", description="dlcore: info, train, bench, "
                                  "check (see 'dlcore COMMAND --help')")
@@ -124,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a reference model on the shipped data")
     train.add_argument("task", choices=TASKS)
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:i], emu")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
+    train.add_argument("--epochs", type=_positive(int))
+    train.add_argument("--batch-size", type=_positive(int))
+    train.add_argument("--lr", type=_positive(float))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", help="output folder (default runs/TASK)")
     train.add_argument("--resume", action="store_true",
@@ -134,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "options: --epochs shapes the learning-rate schedule)")
     train.add_argument("--data", choices=["ring", "digits"], default="ring",
                        help="gan: 8 Gaussians on a ring (default) or the digit images")
-    train.add_argument("--pack", type=int,
-                       help="gan ring: samples per discriminator input (PacGAN; 1 = plain "
-                            "GAN; default 2)")
+    train.add_argument("--pack", type=_positive(int),
+                       help="gan ring: samples per discriminator input (default 1, the "
+                            "plain GAN; 2 = PacGAN2)")
     train.add_argument("--threads", type=int, default=1,
                        help="BLAS threads (default 1; 0 = the library's default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")

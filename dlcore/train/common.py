@@ -165,12 +165,38 @@ def _restore(task: Task, state: dict[str, Any]) -> None:
     set_rng_state(state["rng"])
 
 
-def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
-    """Train ``task`` for ``epochs`` (continuing a checkpoint in ``out`` with
-    ``options.resume``), write the metrics files, and return metrics.json's content.
-    Raises KeyboardInterrupt after saving a checkpoint when interrupted."""
+def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
+                 options: Options, interrupted: threading.Event) -> tuple[int, float]:
+    """Run the epoch's batches after the first ``skip``, adding each step's figures to
+    ``sums``, with a progress bar; stop early when ``interrupted`` is set. Returns the
+    batches done in this epoch (``skip`` included) and the seconds spent."""
     from tqdm import tqdm  # noqa: PLC0415  -- the cli extra
 
+    batches = task.batches
+    bar = tqdm(total=len(batches), initial=skip, desc=label, unit="batch",
+               disable=not options.progress, file=sys.stderr)
+    step, t0 = skip, time.perf_counter()
+    for batch in batches.epoch(skip):
+        for k, v in task.step(batch).items():
+            sums[k] = sums.get(k, 0.0) + v
+        step += 1
+        bar.update(1)
+        if step % 10 == 0 or step == len(batches):
+            rate = (step - skip) * batches.batch_size / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(task.progress_figures({k: v / step for k, v in sums.items()}),
+                            samples_s=f"{rate:.0f}")
+        if interrupted.is_set():
+            break
+    bar.close()
+    return step, time.perf_counter() - t0
+
+
+def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
+    """Train ``task`` for ``epochs`` (continuing the checkpoint in ``out`` with
+    ``options.resume``), write the metrics files, and return metrics.json's content.
+    ``seconds`` there is the wall time of training, evaluation and checkpoints, summed
+    over resumed runs. Raises KeyboardInterrupt after saving a checkpoint when
+    interrupted."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
     epoch, skip, sums, history, seconds = 0, 0, {}, [], 0.0
@@ -183,39 +209,24 @@ def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
         epoch, skip, sums = state["epoch"], state["step"], dict(state["sums"])
         history, seconds = list(state["history"]), state["seconds"]
         batches.generator.set_state(state["data_rng"])
+    started = time.perf_counter() - seconds
     with deferred_interrupt() as interrupted:
         while epoch < epochs:
             data_state = batches.generator.get_state()
             for m in task.modules.values():
                 m.train()
-            bar = tqdm(total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
-                       unit="batch", disable=not options.progress, file=sys.stderr)
-            step, t0, seen = skip, time.perf_counter(), 0
-            for batch in batches.epoch(skip):
-                figures = task.step(batch)
-                for k, v in figures.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                step += 1
-                seen += batches.batch_size
-                bar.update(1)
-                if step % 10 == 0 or step == len(batches):
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(task.progress_figures({k: v / step for k, v in
-                                                           sums.items()}),
-                                    samples_s=f"{rate:.0f}")
-                if interrupted.is_set() and step < len(batches):
-                    bar.close()
-                    seconds += time.perf_counter() - t0
-                    save(_state(task, epoch, step, data_state, sums, history, seconds), ckpt)
-                    raise KeyboardInterrupt
-            bar.close()
-            train_seconds = time.perf_counter() - t0
-            seconds += train_seconds
+            step, train_seconds = _train_epoch(task, skip, sums,
+                                               f"epoch {epoch + 1}/{epochs}", options,
+                                               interrupted)
+            if step < len(batches):  # interrupted mid-epoch: save where it stands
+                save(_state(task, epoch, step, data_state, sums, history,
+                            time.perf_counter() - started), ckpt)
+                raise KeyboardInterrupt
             for m in task.modules.values():
                 m.eval()
             row = {"epoch": epoch + 1, **{k: v / len(batches) for k, v in sums.items()},
-                   **task.evaluate(), "seconds": seconds,
-                   "samples_per_s": (len(batches) - skip) * batches.batch_size
+                   **task.evaluate(), "seconds": time.perf_counter() - started,
+                   "samples_per_s": (step - skip) * batches.batch_size
                    / max(train_seconds, 1e-9)}
             for s in task.schedulers.values():
                 s.step()
@@ -223,10 +234,10 @@ def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
             print(", ".join(f"{k} {_fmt(v)}" for k, v in row.items()), file=sys.stderr)
             epoch, skip, sums = epoch + 1, 0, {}
             save(_state(task, epoch, 0, batches.generator.get_state(), sums, history,
-                        seconds), ckpt)
+                        time.perf_counter() - started), ckpt)
             if interrupted.is_set():
                 raise KeyboardInterrupt
-    return write_metrics(task, out, history, seconds, options)
+    return write_metrics(task, out, history, time.perf_counter() - started, options)
 
 
 def _fmt(v: Any) -> str:

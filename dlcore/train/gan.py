@@ -10,9 +10,11 @@ the modes to samples.png, and the published figures are printed beside ours.
 
 Recipe: MLP generator and discriminator (2 hidden layers of 128), the non-saturating
 generator loss, Adam (lr 1e-3, betas (0.5, 0.999)) for both, one discriminator step per
-generator step, the learning rate decayed linearly to zero over the run (the clusters
-tighten as it falls), and PacGAN's packing of 2 samples per discriminator input (``--pack 1`` is
-the plain GAN).
+generator step, and the learning rate decayed linearly to zero over the run (the clusters
+tighten as it falls). ``--pack 2`` packs 2 samples per discriminator input (PacGAN2). Over
+seeds 0-4 the plain GAN covered all 8 modes with 92.8-96.3% high-quality samples (mean
+94.9%), PacGAN2 all 8 with 87.3-95.8% (mean 92.9%): with this recipe packing buys no
+coverage, so the default is the plain GAN (measured 2026-11-25, 2-core x86_64 VM).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .common import Batches, Options, Task
 
 MODES, RADIUS, STD, EVAL_SAMPLES = 8, 2.0, 0.02, 2500
 RING_TRAIN_SIZE = 32_000
-DEFAULTS = {"ring": {"epochs": 80, "batch_size": 256, "lr": 1e-3, "pack": 2},
+DEFAULTS = {"ring": {"epochs": 80, "batch_size": 256, "lr": 1e-3, "pack": 1},
             "digits": {"epochs": 60, "batch_size": 64, "lr": 5e-4, "pack": 1}}
 
 # (source, method, modes covered of 8, high-quality %) on this benchmark.
