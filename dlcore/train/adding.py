@@ -3,10 +3,11 @@
 
 A model that remembers nothing predicts 1.0 and scores MSE 1/6 (about 0.167); the target is
 test MSE < 0.01, which needs the value seen up to 100 steps back. A GRU
-(:class:`~dlcore.models.SequenceRegressor`) with Adam, gradient-norm clipping at 1 (the
-first steps' gradients through 100 steps spike) and cosine annealing gets there within a
-few hundred steps of leaving the plateau. Training set: 16,000 sequences (seed 1); test
-set: 1,000 (seed 2).
+(:class:`~dlcore.models.SequenceRegressor`) with Adam, gradient-norm clipping at 1 (a
+guard against the gradient bursts of long recurrences) and cosine annealing leaves the
+plateau in its second epoch (steps 250-500 at batch 64) and is below 0.01 by the end of
+the third, for seeds 0-4; five epochs end at 0.0018-0.0036. Training set:
+16,000 sequences (seed 1); test set: 1,000 (seed 2).
 """
 
 from __future__ import annotations
