@@ -75,9 +75,10 @@ def collect() -> dict[str, Any]:
                               "python": platform.python_version(),
                               "platform": platform.platform()}
     cp = cupy_module()
-    report["cupy"] = cp.__version__ if cp is not None else f"not importable " \
-                                                            f"({cupy_import_error()})"
-    if cp is not None:
+    if cp is None:
+        report["cupy"] = f"not importable ({cupy_import_error()})"
+    else:
+        report["cupy"] = cp.__version__
         runtime = cp.cuda.runtime
         report["cuda_runtime"] = _cuda_version(runtime.runtimeGetVersion())
         try:
