@@ -18,7 +18,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 # A venv owned by the unprivileged user: Ubuntu 24.04's system Python refuses pip installs.
-RUN useradd --create-home --uid 1000 dlcore \
+# NOTE: no fixed --uid: the 24.04 image already has a user 'ubuntu' with uid 1000.
+RUN useradd --create-home dlcore \
     && python3 -m venv /opt/dlcore \
     && chown -R dlcore:dlcore /opt/dlcore
 
