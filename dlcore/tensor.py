@@ -185,24 +185,11 @@ class Tensor:
     def to(self, *args: Any, **kwargs: Any) -> Tensor:
         """``t.to(device)``, ``t.to(dtype)``, ``t.to(device, dtype)``, ``t.to(other)``;
         differentiable; returns ``self`` when nothing changes."""
-        device = kwargs.pop("device", None)
-        dtype = kwargs.pop("dtype", None)
-        kwargs.pop("non_blocking", None)
         copy = kwargs.pop("copy", False)
-        if kwargs:
-            raise TypeError(f"to: unexpected arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, Tensor):
-                device, dtype = a.device, a.dtype
-            elif isinstance(a, Device) or (isinstance(a, str) and a.split(":")[0] in
-                                           ("cpu", "cuda", "emu")):
-                device = a
-            elif a is not None:
-                dtype = a
+        device, dtype = parse_to_args(args, kwargs, "to")
         from .ops.shape import to_device_dtype  # noqa: PLC0415
 
-        out = to_device_dtype(self, None if device is None else Device(device),
-                              None if dtype is None else to_dtype(dtype))
+        out = to_device_dtype(self, device, dtype)
         return out.clone() if copy and out is self else out
 
     def cpu(self) -> Tensor:
@@ -386,6 +373,27 @@ class Tensor:
 
 
 autograd._Tensor = Tensor
+
+
+def parse_to_args(args: tuple, kwargs: dict, op: str) -> tuple[Device | None, Any]:
+    """The arguments of ``to`` (Tensor's and Module's): ``to(device)``, ``to(dtype)``,
+    ``to(device, dtype)``, ``to(tensor)`` and the keywords ``device``, ``dtype``,
+    ``non_blocking`` (accepted, ignored: copies are synchronous)."""
+    device = kwargs.pop("device", None)
+    dtype = kwargs.pop("dtype", None)
+    kwargs.pop("non_blocking", None)
+    if kwargs:
+        raise TypeError(f"{op}: unexpected arguments {sorted(kwargs)}")
+    for a in args:
+        if isinstance(a, Tensor):
+            device, dtype = a.device, a.dtype
+        elif isinstance(a, Device) or (isinstance(a, str) and a.split(":")[0] in
+                                       ("cpu", "cuda", "emu")):
+            device = a
+        elif a is not None:
+            dtype = a
+    return (None if device is None else Device(device),
+            None if dtype is None else to_dtype(dtype))
 
 
 def tensor_from_array(arr: Any) -> Tensor:

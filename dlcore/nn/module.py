@@ -18,9 +18,8 @@ import numpy as np
 
 from ..autograd import no_grad
 from ..device import Device
-from ..dtypes import to_dtype
 from ..ops.shape import to_device_dtype
-from ..tensor import Tensor
+from ..tensor import Tensor, parse_to_args
 from .parameter import Parameter
 
 _IncompatibleKeys = namedtuple("_IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -48,23 +47,10 @@ class RemovableHandle:
 
 def _parse_to(args: tuple, kwargs: dict) -> tuple[Device | None, np.dtype | None]:
     """``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` and keywords."""
-    device = kwargs.pop("device", None)
-    dtype = kwargs.pop("dtype", None)
-    kwargs.pop("non_blocking", None)
-    if kwargs:
-        raise TypeError(f"Module.to: unexpected arguments {sorted(kwargs)}")
-    for a in args:
-        if isinstance(a, Tensor):
-            device, dtype = a.device, a.dtype
-        elif isinstance(a, Device) or (isinstance(a, str) and a.split(":")[0] in
-                                       ("cpu", "cuda", "emu")):
-            device = a
-        elif a is not None:
-            dtype = a
-    dt = None if dtype is None else to_dtype(dtype)
+    device, dt = parse_to_args(args, kwargs, "Module.to")
     if dt is not None and dt.kind != "f":
         raise TypeError(f"Module.to: only floating point dtypes are accepted, got {dt}")
-    return (None if device is None else Device(device)), dt
+    return device, dt
 
 
 def _addindent(text: str, spaces: int) -> str:

@@ -34,6 +34,7 @@ import numpy as np
 from ..autograd import Function
 from ..tensor import Tensor
 from . import pool_cpu
+from .conv import _pair
 from .index import scatter_add
 from .pool_cpu import pool_out_size
 
@@ -107,14 +108,6 @@ class AvgPoolBackward(Function):
 
 # ---- argument checks ----------------------------------------------------------------------
 
-def _pair(value: Any, name: str, op: str, minimum: int) -> Pair:
-    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) == 1:
-        pair = (pair[0], pair[0])
-    if len(pair) != 2 or min(pair) < minimum:
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints >= {minimum}, "
-                         f"got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def _batched(input: Tensor, op: str) -> tuple[Tensor, bool]:  # noqa: A002
