@@ -133,11 +133,13 @@ def _require_cuda(dev: Device) -> Any:
     if cp is None:
         raise RuntimeError(f"device {dev}: CuPy is not importable ({cupy_import_error()}); "
                            "install dlcore[cuda12] or dlcore[cuda13]")
+    from . import cuda  # noqa: PLC0415  -- OOM retry and peak tracking over CuPy's pool
+
     n = device_count()
     if dev.index >= n:
-        why = "no CUDA device is usable" if n == 0 else f"only {n} CUDA device(s) present"
+        why = (f"no CUDA device is usable ({cuda.why_unavailable()})" if n == 0
+               else f"only {n} CUDA device(s) present")
         raise RuntimeError(f"device {dev}: {why}")
-    from . import cuda  # noqa: PLC0415  -- OOM retry and peak tracking over CuPy's pool
 
     cuda.install_allocator()
     return cp
