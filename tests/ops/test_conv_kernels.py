@@ -6,14 +6,13 @@ depthwise, padding larger than the kernel reach, 1x1 and 7x7, batch 1, several t
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 
 from dlcore.device import Device, device_count
-from dlcore.ops import conv_cuda
+from dlcore.ops import conv_cpu, conv_cuda
 
 SEEDS = (1, 2, 3)
 
@@ -186,17 +185,6 @@ def test_empty_batch_gives_zero_gradients() -> None:
     np.testing.assert_array_equal(gw, np.zeros_like(w))
 
 
-def _cpu_module(names: tuple[str, ...]) -> Any:
-    """The NumPy path's array-level functions (dlcore.ops.conv_cpu, or dlcore.ops.conv), or a
-    skip while neither provides them."""
-    for module in ("dlcore.ops.conv_cpu", "dlcore.ops.conv"):
-        try:
-            cpu = importlib.import_module(module)
-        except ImportError:
-            continue
-        if all(hasattr(cpu, n) for n in names):
-            return cpu
-    pytest.skip("the NumPy conv2d array functions are not written yet")
 
 
 CPU = Device("cpu")
@@ -204,7 +192,7 @@ CPU = Device("cpu")
 
 def test_emu_agrees_with_cpu_path() -> None:
     """The kernels agree with the NumPy path (the same contract: device first)."""
-    cpu = _cpu_module(("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight"))
+    cpu = conv_cpu
     dev = Device("emu")
     for name in ("groups2_dil2_asym", "stride_gt_kernel_dil3"):
         case = CASES[name]

@@ -5,7 +5,6 @@ count_include_pad both ways, divisor_override, batch 1, and ties in max pooling.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from dlcore.device import Device, device_count
-from dlcore.ops import pool_cuda
+from dlcore.ops import pool_cpu, pool_cuda
 
 SEEDS = (1, 2, 3)
 
@@ -213,17 +212,6 @@ def test_ceil_mode_drops_window_starting_in_right_padding() -> None:
     assert pool_cuda.pool2d_out_size(5, 2, 2, 1, 1, False) == 3
 
 
-def _cpu_module(names: tuple[str, ...]) -> Any:
-    """The NumPy path's array-level functions (dlcore.ops.pool_cpu, or dlcore.ops.pool), or a
-    skip while neither provides them."""
-    for module in ("dlcore.ops.pool_cpu", "dlcore.ops.pool"):
-        try:
-            cpu = importlib.import_module(module)
-        except ImportError:
-            continue
-        if all(hasattr(cpu, n) for n in names):
-            return cpu
-    pytest.skip("the NumPy pooling array functions are not written yet")
 
 
 CPU = Device("cpu")
@@ -232,8 +220,7 @@ CPU = Device("cpu")
 @pytest.mark.parametrize("name", ["3x3_s2_pad1_ceil", "dilation3_ceil", "overlap_s1"])
 def test_emu_agrees_with_cpu_path(name: str) -> None:
     """The kernels agree with the NumPy path, forward and backward (the same contract)."""
-    cpu = _cpu_module(("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
-                       "avg_pool2d_backward"))
+    cpu = pool_cpu
     dev, case = Device("emu"), CASES[name]
     x, gy = _inputs(case, np.float32, ties=True)
     window = (case.kernel, case.stride, case.padding, case.dilation)
