@@ -21,13 +21,12 @@ outside the primitives; asymmetric "same" padding pads the input explicitly firs
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
 from ..autograd import Function
 from ..tensor import Tensor
-from . import conv_cpu
+from . import conv_cpu, conv_cuda
 from ._util import promote_pair
 from .shape import pad as pad_op
 
@@ -35,18 +34,10 @@ Pair = tuple[int, int]
 
 
 def _impl(device: Any) -> ModuleType:
-    """The module implementing the contract for a device: the CUDA kernels where the device
-    has a kernel runner (``cuda``, ``emu``) and they are installed, else the NumPy path.
-
-    NOTE: the fallback for ``emu`` (and a ``cuda`` device without ``conv_cuda``) exists only
-    until ``dlcore/ops/conv_cuda.py`` lands; drop the ImportError branch then.
-    """
-    if device.kernels is not None:
-        try:
-            return importlib.import_module("dlcore.ops.conv_cuda")
-        except ImportError:
-            pass
-    return conv_cpu
+    """The module implementing the contract for a device: our CUDA kernels where the device
+    has a kernel runner (``cuda``, and ``emu`` which runs them on the CPU emulator), else the
+    NumPy path."""
+    return conv_cuda if device.kernels is not None else conv_cpu
 
 
 class Conv2d(Function):

@@ -25,7 +25,6 @@ window's columns then rows (separably) and scatters its gradient with dlcore's s
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
@@ -33,7 +32,7 @@ import numpy as np
 
 from ..autograd import Function
 from ..tensor import Tensor
-from . import pool_cpu
+from . import pool_cpu, pool_cuda
 from .conv import _pair
 from .index import scatter_add
 from .pool_cpu import pool_out_size
@@ -42,18 +41,10 @@ Pair = tuple[int, int]
 
 
 def _impl(device: Any) -> ModuleType:
-    """The CUDA kernels where the device has a kernel runner and they are installed, else
-    the NumPy path.
-
-    NOTE: the fallback for ``emu`` (and ``cuda`` without ``pool_cuda``) exists only until
-    ``dlcore/ops/pool_cuda.py`` lands; drop the ImportError branch then.
-    """
-    if device.kernels is not None:
-        try:
-            return importlib.import_module("dlcore.ops.pool_cuda")
-        except ImportError:
-            pass
-    return pool_cpu
+    """The module implementing the contract for a device: our CUDA kernels where the device
+    has a kernel runner (``cuda``, and ``emu`` which runs them on the CPU emulator), else the
+    NumPy path."""
+    return pool_cuda if device.kernels is not None else pool_cpu
 
 
 class MaxPool2d(Function):
