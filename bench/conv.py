@@ -39,8 +39,8 @@ def _flops(n: int, c: int, o: int, h: int, k: int, s: int, p: int, g: int) -> fl
 
 def _dlcore_step(device: str, n: int, c: int, o: int, h: int, k: int, s: int, p: int,
                  g: int) -> Any:
-    import dlcore  # noqa: PLC0415
-    from dlcore.ops.conv import conv2d  # noqa: PLC0415
+    import dlcore
+    from dlcore.ops.conv import conv2d
 
     x = dlcore.randn(n, c, h, h, device=device, requires_grad=True)
     w = dlcore.randn(o, c // g, k, k, device=device, requires_grad=True)
@@ -56,7 +56,7 @@ def _dlcore_step(device: str, n: int, c: int, o: int, h: int, k: int, s: int, p:
 
 
 def _torch_step(n: int, c: int, o: int, h: int, k: int, s: int, p: int, g: int) -> Any:
-    import torch  # noqa: PLC0415
+    import torch
 
     x = torch.randn(n, c, h, h, requires_grad=True)
     w = torch.randn(o, c // g, k, k, requires_grad=True)

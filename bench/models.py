@@ -25,9 +25,9 @@ Step = Callable[[], None]
 
 def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[], Step]]]:
     """Case name -> (batch size, builder of a step closure)."""
-    import dlcore  # noqa: PLC0415
-    from dlcore import models, optim  # noqa: PLC0415
-    from dlcore.nn import functional as F  # noqa: PLC0415
+    import dlcore
+    from dlcore import models, optim
+    from dlcore.nn import functional as F
 
     sync = dlcore.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
@@ -81,9 +81,9 @@ def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[],
 
 def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
     """The same models and steps in PyTorch (CPU)."""
-    import torch  # noqa: PLC0415
-    from torch import nn  # noqa: PLC0415
-    from torch.nn import functional as F  # noqa: PLC0415
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
 
     def supervised(model: Any, x: Any, y: Any, loss: Callable) -> Step:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -169,7 +169,7 @@ def _time(step: Step, quick: bool) -> float:
 
 
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
-    import dlcore  # noqa: PLC0415
+    import dlcore
 
     dlcore.manual_seed(0)
     cases = _dlcore_cases(device, quick)

@@ -25,9 +25,9 @@ CASES = (
 
 
 def _setup(device: str, optimizer: str, options: dict, numel: int, tensors: int) -> Any:
-    import dlcore  # noqa: PLC0415
-    from dlcore import optim  # noqa: PLC0415
-    from dlcore.nn.parameter import Parameter  # noqa: PLC0415
+    import dlcore
+    from dlcore import optim
+    from dlcore.nn.parameter import Parameter
 
     size = numel // tensors
     params = [Parameter(dlcore.randn(size, device=device)) for _ in range(tensors)]

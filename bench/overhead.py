@@ -20,7 +20,7 @@ SHAPE = (16, 16)
 
 
 def _dlcore_step(device: str) -> Any:
-    import dlcore  # noqa: PLC0415
+    import dlcore
 
     x = dlcore.randn(*SHAPE, device=device, requires_grad=True)
 
@@ -49,7 +49,7 @@ def _numpy_step() -> Any:
 
 
 def _torch_step() -> Any:
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.set_num_threads(1)
     x = torch.randn(*SHAPE, requires_grad=True)

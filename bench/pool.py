@@ -24,8 +24,8 @@ QUICK_SHAPE = (8, 16, 32, 32)
 
 
 def _dlcore_step(device: str, shape: tuple, fn: str, kw: dict) -> tuple[Any, int]:
-    import dlcore  # noqa: PLC0415
-    from dlcore.ops import pool  # noqa: PLC0415
+    import dlcore
+    from dlcore.ops import pool
 
     op = getattr(pool, fn)
     x = dlcore.randn(*shape, device=device, requires_grad=True)
@@ -41,7 +41,7 @@ def _dlcore_step(device: str, shape: tuple, fn: str, kw: dict) -> tuple[Any, int
 
 
 def _torch_step(shape: tuple, fn: str, kw: dict) -> Any:
-    import torch  # noqa: PLC0415
+    import torch
 
     op = getattr(torch.nn.functional, fn)
     x = torch.randn(*shape, requires_grad=True)

@@ -28,8 +28,8 @@ GATES = {"lstm": 4, "gru": 3}
 
 
 def _dlcore_step(mode: str, hidden: int, batch: int, device: str) -> Callable[[], None]:
-    import dlcore  # noqa: PLC0415
-    from dlcore.nn.rnn import GRU, LSTM  # noqa: PLC0415
+    import dlcore
+    from dlcore.nn.rnn import GRU, LSTM
 
     dlcore.manual_seed(0)
     layer = (LSTM if mode == "lstm" else GRU)(hidden, hidden).to(device)
@@ -45,7 +45,7 @@ def _dlcore_step(mode: str, hidden: int, batch: int, device: str) -> Callable[[]
 
 
 def _torch_step(mode: str, hidden: int, batch: int) -> Callable[[], None]:
-    import torch  # noqa: PLC0415
+    import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     torch.manual_seed(0)

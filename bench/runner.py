@@ -28,13 +28,13 @@ SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models")
 
 def environment(device: str) -> dict[str, Any]:
     """Date, machine, versions and GPUs (what ``dlcore info`` reports)."""
-    from dlcore.cli.info import collect  # noqa: PLC0415
+    from dlcore.cli.info import collect
 
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": device, "machine": platform.machine(), "processor": platform.processor(),
            **collect()}
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         env["torch"] = torch.__version__
     except ImportError:
@@ -46,7 +46,7 @@ class PowerSampler:
     """Board power of one GPU every ``period`` seconds in a thread, through NVML."""
 
     def __init__(self, nvml: Any, index: int, period: float = 0.1) -> None:
-        from dlcore.cli.info import nvml_handle  # noqa: PLC0415
+        from dlcore.cli.info import nvml_handle
 
         self.handle = nvml_handle(nvml, index)
         self.nvml, self.period = nvml, period
@@ -82,13 +82,13 @@ def _peak_rss_mb() -> float:
 
 def run_suite(name: str, device: str, quick: bool) -> tuple[list[dict], dict[str, Any]]:
     """The suite's rows, and its memory and power figures."""
-    import dlcore  # noqa: PLC0415
+    import dlcore
 
     module = importlib.import_module(f"bench.{name}")
     gpu = device.startswith("cuda")
     sampler = None
     if gpu:
-        from dlcore.cli.info import nvml_module  # noqa: PLC0415
+        from dlcore.cli.info import nvml_module
 
         dlcore.cuda.reset_peak_memory_stats(device)
         nvml, _ = nvml_module()

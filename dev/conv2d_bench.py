@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     dev = Device(args.device)
     try:
-        import torch  # noqa: PLC0415  -- optional comparison, never a dependency
+        import torch  # optional comparison, never a dependency
         torch.backends.cudnn.allow_tf32 = False  # compare fp32 with fp32, not TF32
     except ImportError:
         torch = None

@@ -332,7 +332,7 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
          grad_outputs: Any = None, retain_graph: bool | None = None,
          create_graph: bool = False, allow_unused: bool = False) -> tuple[Tensor | None, ...]:
     """Gradients of ``outputs`` with respect to ``inputs``, returned (not accumulated)."""
-    from .tensor import Tensor  # noqa: PLC0415
+    from .tensor import Tensor
 
     roots, grads = _prepare_roots(outputs, grad_outputs, "grad")
     single = isinstance(inputs, Tensor)
@@ -359,7 +359,7 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
 
 
 def _prepare_roots(tensors: Any, grad_tensors: Any, op: str) -> tuple[list, list]:
-    from .tensor import Tensor  # noqa: PLC0415
+    from .tensor import Tensor
 
     roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
     if grad_tensors is None:

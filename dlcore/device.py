@@ -34,7 +34,7 @@ def cupy_module() -> Any:
         with _lock:
             if not _cupy_checked:
                 try:
-                    import cupy  # noqa: PLC0415  -- the one guarded import of CuPy
+                    import cupy  # the one guarded import of CuPy
 
                     _cupy = cupy
                 except Exception as exc:  # ImportError, or a broken CUDA install
@@ -98,7 +98,7 @@ class Device:
     def kernels(self) -> Any:
         """The kernel runner for ``kernels/*.cu`` on this device (``None`` on ``cpu``)."""
         if self._kernels is None and self.type != "cpu":
-            from . import kernels  # noqa: PLC0415  -- the loader imports this module
+            from . import kernels  # the loader imports this module
 
             self._kernels = kernels.runner_for(self)
         return self._kernels
@@ -133,7 +133,7 @@ def _require_cuda(dev: Device) -> Any:
     if cp is None:
         raise RuntimeError(f"device {dev}: CuPy is not importable ({cupy_import_error()}); "
                            "install dlcore[cuda12] or dlcore[cuda13]")
-    from . import cuda  # noqa: PLC0415  -- OOM retry and peak tracking over CuPy's pool
+    from . import cuda  # OOM retry and peak tracking over CuPy's pool
 
     n = device_count()
     if dev.index >= n:

@@ -28,7 +28,7 @@ class Tensor:
 
     def __init__(self, data: Any, dtype: Any = None, device: Any = None,
                  requires_grad: bool = False) -> None:
-        from .creation import _to_array  # noqa: PLC0415
+        from .creation import _to_array
 
         dev = as_device(device)
         self.data = _to_array(data, dtype, dev, copy=True)
@@ -128,7 +128,7 @@ class Tensor:
             return
         if not self._retains_grad:
             self._retains_grad = True
-            from .ops.shape import RetainGrad  # noqa: PLC0415
+            from .ops.shape import RetainGrad
 
             node = RetainGrad.hook(self)
             self.grad_fn, self._output_nr = node, 0
@@ -187,7 +187,7 @@ class Tensor:
         differentiable; returns ``self`` when nothing changes."""
         copy = kwargs.pop("copy", False)
         device, dtype = parse_to_args(args, kwargs, "to")
-        from .ops.shape import to_device_dtype  # noqa: PLC0415
+        from .ops.shape import to_device_dtype
 
         out = to_device_dtype(self, device, dtype)
         return out.clone() if copy and out is self else out
@@ -316,7 +316,7 @@ class Tensor:
     def div_(self, other: Any) -> Tensor:
         return self._inplace_binary(other, "div_", lambda a, b: a / b)
 
-    def clamp_(self, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+    def clamp_(self, min: Any = None, max: Any = None) -> Tensor:
         return self._inplace_binary(None, "clamp_", lambda a, _: a.clamp(min, max))
 
     def copy_(self, src: Any) -> Tensor:
@@ -351,7 +351,7 @@ class Tensor:
         return self.fill_(0)
 
     def uniform_(self, a: float = 0.0, b: float = 1.0) -> Tensor:
-        from .random import uniform_array  # noqa: PLC0415
+        from .random import uniform_array
 
         with autograd.no_grad():
             self.copy_(Tensor._make(uniform_array(self.shape, a, b, self.dtype, self._device),
@@ -359,7 +359,7 @@ class Tensor:
         return self
 
     def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
-        from .random import normal_array  # noqa: PLC0415
+        from .random import normal_array
 
         with autograd.no_grad():
             self.copy_(Tensor._make(normal_array(self.shape, mean, std, self.dtype,
@@ -367,7 +367,7 @@ class Tensor:
         return self
 
     def __setitem__(self, index: Any, value: Any) -> None:
-        from .ops.index import setitem  # noqa: PLC0415
+        from .ops.index import setitem
 
         setitem(self, index, value)
 

@@ -19,7 +19,7 @@ TASKS = ("cnn", "rnn", "gan", "adding")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .info import collect, format_report  # noqa: PLC0415
+    from .info import collect, format_report
 
     report = collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -30,16 +30,16 @@ def _threads(count: int | None) -> Any:
     """A context limiting BLAS to ``count`` threads (``None``: leave it alone)."""
     if count is None:
         return nullcontext()
-    from threadpoolctl import threadpool_limits  # noqa: PLC0415  -- ships with scikit-learn
+    from threadpoolctl import threadpool_limits  # ships with scikit-learn
 
     return threadpool_limits(limits=count, user_api="blas")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .. import cuda as dlcore_cuda  # noqa: PLC0415
-    from ..random import manual_seed  # noqa: PLC0415
-    from ..train import Options, fit, resolve_device  # noqa: PLC0415
-    from ..train import adding, classify, gan  # noqa: PLC0415
+    from .. import cuda as dlcore_cuda
+    from ..random import manual_seed
+    from ..train import Options, fit, resolve_device
+    from ..train import adding, classify, gan
 
     out = Path("runs") / args.task if args.out is None else Path(args.out)
     options = Options(device=args.device, epochs=args.epochs, batch_size=args.batch_size,
@@ -80,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     try:
-        from bench import runner  # noqa: PLC0415  -- top-level package in the wheel
+        from bench import runner  # top-level package in the wheel
     except ImportError as exc:
         print(f"dlcore bench: the benchmark suites (package 'bench') are not importable: "
               f"{exc}", file=sys.stderr)
@@ -89,9 +89,9 @@ def _cmd_bench(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .. import cuda  # noqa: PLC0415
-    from ..device import Device  # noqa: PLC0415
-    from .check import run_checks  # noqa: PLC0415
+    from .. import cuda
+    from ..device import Device
+    from .check import run_checks
 
     name = args.device
     if name == "auto":
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmark suites (bench/), table and JSON")
     try:
-        from bench.runner import add_arguments  # noqa: PLC0415  -- shipped in the wheel
+        from bench.runner import add_arguments  # shipped in the wheel
     except ImportError:  # a broken install: let 'dlcore bench' say so when asked
         bench.add_argument("rest", nargs=argparse.REMAINDER)
     else:

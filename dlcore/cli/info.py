@@ -21,7 +21,7 @@ def nvml_module() -> tuple[Any, str]:
     """``(pynvml, "")`` initialised, or ``(None, why not)``; imported only when asked for,
     so dlcore never needs nvidia-ml-py."""
     try:
-        import pynvml  # noqa: PLC0415  -- the nvml extra (nvidia-ml-py)
+        import pynvml  # the nvml extra (nvidia-ml-py)
     except ImportError:
         return None, "nvidia-ml-py is not installed (pip install dlcore[nvml])"
     try:

@@ -61,7 +61,7 @@ class KernelRunner:
     def _module_class(self) -> Any:
         if self.device.type == "cuda":
             return self.device.xp.RawModule
-        from . import emu  # noqa: PLC0415  -- builds need g++; import only when used
+        from . import emu  # builds need g++; import only when used
 
         return emu.RawModule
 

@@ -94,7 +94,7 @@ class Conv1d(_ConvNd):
                          padding, _tuple(dilation, 1), groups, bias, padding_mode, False, (0,),
                          device, dtype)
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+    def forward(self, input: Tensor) -> Tensor:
         return conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                       self.groups)
 
@@ -113,7 +113,7 @@ class Conv2d(_ConvNd):
                          padding, _tuple(dilation, 2), groups, bias, padding_mode, False,
                          (0, 0), device, dtype)
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+    def forward(self, input: Tensor) -> Tensor:
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
                       self.groups)
 
@@ -135,6 +135,6 @@ class ConvTranspose2d(_ConvNd):
                          padding, _tuple(dilation, 2), groups, bias, padding_mode, True,
                          _tuple(output_padding, 2), device, dtype)
 
-    def forward(self, input: Tensor) -> Tensor:  # noqa: A002
+    def forward(self, input: Tensor) -> Tensor:
         return conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
                                 self.output_padding, self.groups, self.dilation)

@@ -33,7 +33,7 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 
 
 # ---- linear --------------------------------------------------------------------------
-def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # noqa: A002
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias`` over the last dim of ``input``: (..., in) -> (..., out).
 
     >>> linear(dlcore.ones(2, 3), dlcore.ones(4, 3)).shape
@@ -64,13 +64,13 @@ def _float_input(x: Tensor, op: str) -> Tensor:
     return x
 
 
-def relu(input: Tensor, inplace: bool = False) -> Tensor:  # noqa: A002
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """``max(x, 0)``. ``inplace`` is accepted so PyTorch code ports unchanged; the result is
     always a new tensor (same values, and autograd never sees a clobbered input)."""
     return _relu(input)
 
 
-def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:  # noqa: A002
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """``x`` if x > 0 else ``alpha * (exp(x) - 1)`` (``inplace`` as in :func:`relu`).
 
     >>> elu(dlcore.tensor([-1.0, 2.0])).tolist()[1]
@@ -79,7 +79,7 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:  # 
     return Elu.apply(_float_input(input, "elu"), alpha=float(alpha))
 
 
-def silu(input: Tensor, inplace: bool = False) -> Tensor:  # noqa: A002
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
     """``x * sigmoid(x)`` (``inplace`` as in :func:`relu`)."""
     return Silu.apply(_float_input(input, "silu"))
 
@@ -90,14 +90,14 @@ def _legacy_softmax_dim(ndim: int, op: str) -> int:
     return 0 if ndim in (0, 1, 3) else 1
 
 
-def softmax(input: Tensor, dim: int | None = None, dtype: Any = None) -> Tensor:  # noqa: A002
+def softmax(input: Tensor, dim: int | None = None, dtype: Any = None) -> Tensor:
     """Softmax along ``dim`` (PyTorch's legacy choice, with a warning, when omitted)."""
     if dim is None:
         dim = _legacy_softmax_dim(input.ndim, "softmax")
     return _softmax(input, dim, dtype)
 
 
-def log_softmax(input: Tensor, dim: int | None = None, dtype: Any = None) -> Tensor:  # noqa: A002
+def log_softmax(input: Tensor, dim: int | None = None, dtype: Any = None) -> Tensor:
     """Log of softmax along ``dim``, computed stably in one op."""
     if dim is None:
         dim = _legacy_softmax_dim(input.ndim, "log_softmax")
@@ -105,7 +105,7 @@ def log_softmax(input: Tensor, dim: int | None = None, dtype: Any = None) -> Ten
 
 
 # ---- dropout -------------------------------------------------------------------------
-def dropout(input: Tensor, p: float = 0.5, training: bool = True,  # noqa: A002
+def dropout(input: Tensor, p: float = 0.5, training: bool = True,
             inplace: bool = False) -> Tensor:
     """Inverted dropout: zero each element with probability ``p`` and scale the rest by
     ``1/(1-p)``, so evaluation needs no rescaling. The mask comes from the device's
@@ -135,7 +135,7 @@ def _norm_affine(op: str, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                             has_bias=bias is not None)
 
 
-def batch_norm(input: Tensor, running_mean: Tensor | None,  # noqa: A002
+def batch_norm(input: Tensor, running_mean: Tensor | None,
                running_var: Tensor | None, weight: Tensor | None = None,
                bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
                eps: float = 1e-5) -> Tensor:
@@ -185,7 +185,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None,  # noqa: A002
     return y
 
 
-def layer_norm(input: Tensor, normalized_shape: int | Sequence[int],  # noqa: A002
+def layer_norm(input: Tensor, normalized_shape: int | Sequence[int],
                weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5) -> Tensor:
     """Normalise over the last ``len(normalized_shape)`` dims, then scale and shift
@@ -204,7 +204,7 @@ def layer_norm(input: Tensor, normalized_shape: int | Sequence[int],  # noqa: A0
     return _norm_affine("layer_norm", input, weight, bias, dims, eps)[0]
 
 
-def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,  # noqa: A002
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise (N, C, ...) over each group of ``C // num_groups`` channels and the
     spatial dims, then scale and shift per channel."""
@@ -242,7 +242,7 @@ def _check_indices(indices: Tensor, num: int, op: str, what: str) -> None:
             raise IndexError(f"{op}: index {bad} is out of range for {what} of size {num}")
 
 
-def embedding(input: Tensor, weight: Tensor,  # noqa: A002
+def embedding(input: Tensor, weight: Tensor,
               padding_idx: int | None = None) -> Tensor:
     """Rows of ``weight`` (num_embeddings, D) for each index in ``input``: output shape
     ``input.shape + (D,)``. The ``padding_idx`` row receives no gradient."""
@@ -275,7 +275,7 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
     return Tensor._make(out, tensor.device)
 
 
-def normalize(input: Tensor, p: float = 2.0, dim: int = 1,  # noqa: A002
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1,
               eps: float = 1e-12) -> Tensor:
     """``input / max(||input||_p, eps)`` along ``dim``."""
     norm = (input.abs() ** p).sum(dim=dim, keepdim=True) ** (1.0 / p)

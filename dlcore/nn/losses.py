@@ -51,7 +51,7 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss
 
 
-def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Tensor]:  # noqa: A002
+def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Tensor]:
     """Check types and warn, as PyTorch does, when broadcasting would pair wrong elements."""
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
@@ -69,7 +69,7 @@ def _constant(array: Any, like: Tensor) -> Tensor:
 
 
 # ---- classification ------------------------------------------------------------------
-def _rows_of_classes(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, Any, tuple]:  # noqa: A002
+def _rows_of_classes(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, Any, tuple]:
     """``input`` as (M, C) rows and the class-index ``target`` as an (M,) array, checked;
     plus the shape an unreduced loss has (the target's)."""
     if input.ndim == 0:
@@ -96,7 +96,7 @@ def _rows_of_classes(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, An
     return rows, target.data.reshape(-1), expected
 
 
-def _class_weights(weight: Tensor | None, input: Tensor, n_classes: int, op: str) -> Any:  # noqa: A002
+def _class_weights(weight: Tensor | None, input: Tensor, n_classes: int, op: str) -> Any:
     if weight is None:
         return None
     if tuple(weight.shape) != (n_classes,):
@@ -174,7 +174,7 @@ class CrossEntropyIndices(Function):
         return (grad * (g.reshape(m, 1) if self.reduction == "none" else g),)
 
 
-def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
+def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   size_average: bool | None = None, ignore_index: int = -100,
                   reduce: bool | None = None, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Tensor:
@@ -202,7 +202,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,  
     return out.reshape(*out_shape) if reduction == "none" else out
 
 
-def _cross_entropy_probs(input: Tensor, target: Tensor, weight: Any,  # noqa: A002
+def _cross_entropy_probs(input: Tensor, target: Tensor, weight: Any,
                          label_smoothing: float, reduction: str, op: str) -> Tensor:
     """Soft targets: ``-sum_c w_c * t_c * log_softmax(x)_c`` per row; mean divides by the
     number of rows (not by weights), as in PyTorch. Differentiable w.r.t. the target too."""
@@ -222,7 +222,7 @@ def _cross_entropy_probs(input: Tensor, target: Tensor, weight: Any,  # noqa: A0
     return _reduce(-prod.sum(dim=class_dim), reduction)
 
 
-def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,  # noqa: A002
+def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
              size_average: bool | None = None, ignore_index: int = -100,
              reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Negative log likelihood of log-probabilities ``input`` at class indices ``target``;
@@ -274,7 +274,7 @@ class BinaryCrossEntropy(Function):
         return gx, gt
 
 
-def binary_cross_entropy(input: Tensor, target: Tensor,  # noqa: A002
+def binary_cross_entropy(input: Tensor, target: Tensor,
                          weight: Tensor | None = None, size_average: bool | None = None,
                          reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Binary cross entropy of probabilities ``input`` (in [0, 1]) against ``target``.
@@ -298,7 +298,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor,  # noqa: A002
     return _reduce(loss, reduction)
 
 
-def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,  # noqa: A002
+def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      weight: Tensor | None = None,
                                      size_average: bool | None = None,
                                      reduce: bool | None = None, reduction: str = "mean",
@@ -330,7 +330,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,  # noqa: A00
 
 
 # ---- regression ----------------------------------------------------------------------
-def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,  # noqa: A002
+def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
              reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Mean squared error.
 
@@ -343,7 +343,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,  #
     return _reduce(diff * diff, reduction)
 
 
-def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,  # noqa: A002
+def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
             reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Mean absolute error: robust to outliers, constant gradient.
 
@@ -355,7 +355,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,  # 
     return _reduce((input - target).abs(), reduction)
 
 
-def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,  # noqa: A002
+def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
                    reduce: bool | None = None, reduction: str = "mean",
                    beta: float = 1.0) -> Tensor:
     """``0.5 * d^2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 * beta`` (L1 at beta=0)."""
@@ -372,7 +372,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = No
     return _reduce(loss, reduction)
 
 
-def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",  # noqa: A002
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",
                delta: float = 1.0) -> Tensor:
     """``0.5 * d^2`` where ``|d| < delta``, else ``delta * (|d| - 0.5 * delta)``: smooth L1
     scaled by ``delta``, so its gradient saturates at ``delta`` rather than 1."""
@@ -388,7 +388,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",  # noqa: 
 
 
 # ---- distributions -------------------------------------------------------------------
-def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,  # noqa: A002
+def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
            reduce: bool | None = None, reduction: str = "mean",
            log_target: bool = False) -> Tensor:
     """KL divergence ``sum t * (log t - input)`` of log-probabilities ``input`` from

@@ -17,11 +17,11 @@ class Parameter(Tensor):
 
     def __init__(self, data: Any = None, requires_grad: bool = True) -> None:
         if data is None:
-            from ..creation import empty  # noqa: PLC0415
+            from ..creation import empty
 
             data = empty(0)
         if not isinstance(data, Tensor):
-            from ..creation import as_tensor  # noqa: PLC0415
+            from ..creation import as_tensor
 
             data = as_tensor(data)
         self.data = data.data

@@ -86,7 +86,7 @@ class RNNCellBase(Module):
             s += ", nonlinearity='relu'"
         return s
 
-    def _step(self, input: Tensor, hx: Any) -> tuple[Tensor, ...]:  # noqa: A002
+    def _step(self, input: Tensor, hx: Any) -> tuple[Tensor, ...]:
         """One step through the fused layer op; accepts (I,) or (N, I) input and states."""
         owner = type(self).__name__
         if input.ndim not in (1, 2):
@@ -126,7 +126,7 @@ class RNNCell(RNNCellBase):
         self.mode = _rnn_mode(nonlinearity, "RNNCell")
         super().__init__(input_size, hidden_size, bias, device, dtype)
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._step(input, hx)[0]
 
 
@@ -140,7 +140,7 @@ class LSTMCell(RNNCellBase):
 
     mode = "lstm"
 
-    def forward(self, input: Tensor,  # noqa: A002
+    def forward(self, input: Tensor,
                 hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         h, c = self._step(input, hx)
         return h, c
@@ -156,7 +156,7 @@ class GRUCell(RNNCellBase):
 
     mode = "gru"
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:  # noqa: A002
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._step(input, hx)[0]
 
 
@@ -239,7 +239,7 @@ class RNNBase(Module):
                              f"{arr.tolist()}")
         return arr.astype(np.int32)
 
-    def forward(self, input: Tensor, hx: Any = None,  # noqa: A002
+    def forward(self, input: Tensor, hx: Any = None,
                 lengths: Any = None) -> tuple[Tensor, Any]:
         owner = type(self).__name__
         if input.ndim not in (2, 3):

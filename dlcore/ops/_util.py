@@ -21,7 +21,7 @@ def as_tensor_like(x: Any, like: Tensor) -> Tensor:
     """Non-Tensor operands (lists, arrays) become constant tensors on ``like``'s device."""
     if isinstance(x, Tensor):
         return x
-    from ..creation import _to_array  # noqa: PLC0415
+    from ..creation import _to_array
 
     dev = like._device
     arr = _to_array(x, None, dev, copy=False)
@@ -31,7 +31,7 @@ def as_tensor_like(x: Any, like: Tensor) -> Tensor:
 def cast(t: Tensor, dtype: np.dtype) -> Tensor:
     if t.data.dtype == dtype:
         return t
-    from .shape import to_device_dtype  # noqa: PLC0415
+    from .shape import to_device_dtype
 
     return to_device_dtype(t, None, dtype)
 

@@ -115,7 +115,7 @@ def _pair(value: Any, name: str, op: str, minimum: int) -> Pair:
     return pair  # type: ignore[return-value]
 
 
-def _batched(input: Tensor, op: str, spatial: int) -> tuple[Tensor, bool]:  # noqa: A002
+def _batched(input: Tensor, op: str, spatial: int) -> tuple[Tensor, bool]:
     """Accept an unbatched input (C, *spatial) as PyTorch does: add N=1, remember it."""
     if input.ndim == spatial + 1:
         return input.unsqueeze(0), True
@@ -125,7 +125,7 @@ def _batched(input: Tensor, op: str, spatial: int) -> tuple[Tensor, bool]:  # no
     return input, False
 
 
-def _check_float(input: Tensor, weight: Tensor, op: str) -> tuple[Tensor, Tensor]:  # noqa: A002
+def _check_float(input: Tensor, weight: Tensor, op: str) -> tuple[Tensor, Tensor]:
     if input.dtype.kind != "f" or weight.dtype.kind != "f":
         raise TypeError(f"{op}: expected floating point input and weight, got {input.dtype} "
                         f"and {weight.dtype}")
@@ -195,7 +195,7 @@ def _conv2d_nchw(x: Tensor, weight: Tensor, stride: Any, padding: Any, dilation:
 
 # ---- public functions ---------------------------------------------------------------------
 
-def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
            stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
     """2-D cross-correlation over an NCHW input, PyTorch's ``F.conv2d``.
 
@@ -213,7 +213,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A
     return y.squeeze(0) if unbatched else y
 
 
-def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
            stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
     """1-D cross-correlation over (N, C, L), PyTorch's ``F.conv1d``: the 2-D path with a
     height of one (weight (C_out, C_in/groups, k)).
@@ -242,7 +242,7 @@ def _single(value: Any, name: str) -> int:
     return int(value[0])
 
 
-def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,  # noqa: A002
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
                      stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
                      groups: int = 1, dilation: Any = 1) -> Tensor:
     """Transposed 2-D convolution, PyTorch's ``F.conv_transpose2d``: the gradient of conv2d

@@ -216,7 +216,7 @@ def _apply_broadcast(fn: type, a: Tensor, b: Tensor) -> Tensor:
         raise
 
 
-def add(input: Any, other: Any, alpha: Any = 1) -> Tensor:  # noqa: A002
+def add(input: Any, other: Any, alpha: Any = 1) -> Tensor:
     """``input + alpha * other``.
 
     >>> dlcore.add(dlcore.tensor([1.0, 2.0]), 1).tolist()
@@ -229,7 +229,7 @@ def add(input: Any, other: Any, alpha: Any = 1) -> Tensor:  # noqa: A002
     return _binary(input, other, Add, AddScalar)
 
 
-def sub(input: Any, other: Any, alpha: Any = 1) -> Tensor:  # noqa: A002
+def sub(input: Any, other: Any, alpha: Any = 1) -> Tensor:
     if alpha != 1:
         other = other * alpha
     if isinstance(input, Tensor) and is_scalar(other):
@@ -237,38 +237,38 @@ def sub(input: Any, other: Any, alpha: Any = 1) -> Tensor:  # noqa: A002
     return _binary(input, other, Sub, None, RSubScalar)
 
 
-def mul(input: Any, other: Any) -> Tensor:  # noqa: A002
+def mul(input: Any, other: Any) -> Tensor:
     if not isinstance(input, Tensor):
         input, other = other, input
     return _binary(input, other, Mul, MulScalar)
 
 
-def div(input: Any, other: Any) -> Tensor:  # noqa: A002
+def div(input: Any, other: Any) -> Tensor:
     """True division; integer inputs give the default float dtype (PyTorch's rule)."""
     if isinstance(input, Tensor) and input.data.dtype.kind in "biu" and not (
             isinstance(other, Tensor) and other.data.dtype.kind == "f"):
-        from ..dtypes import get_default_dtype  # noqa: PLC0415
-        from ._util import cast  # noqa: PLC0415
+        from ..dtypes import get_default_dtype
+        from ._util import cast
 
         input = cast(input, get_default_dtype())
     if not isinstance(input, Tensor) and isinstance(other, Tensor) and \
             other.data.dtype.kind in "biu":
-        from ..dtypes import get_default_dtype  # noqa: PLC0415
-        from ._util import cast  # noqa: PLC0415
+        from ..dtypes import get_default_dtype
+        from ._util import cast
 
         other = cast(other, get_default_dtype())
     return _binary(input, other, Div, DivScalar, RDivScalar)
 
 
-def pow(input: Any, exponent: Any) -> Tensor:  # noqa: A001, A002
+def pow(input: Any, exponent: Any) -> Tensor:
     return _binary(input, exponent, Pow, PowScalar, RPowScalar)
 
 
-def maximum(input: Tensor, other: Tensor) -> Tensor:  # noqa: A002
+def maximum(input: Tensor, other: Tensor) -> Tensor:
     return _binary(input, other, Maximum, None)
 
 
-def minimum(input: Tensor, other: Tensor) -> Tensor:  # noqa: A002
+def minimum(input: Tensor, other: Tensor) -> Tensor:
     return _binary(input, other, Minimum, None)
 
 
@@ -565,7 +565,7 @@ class Where(Function):
                 sum_to(where(c, zero, g), sb) if nb else None)
 
 
-def where(condition: Tensor, input: Any, other: Any) -> Tensor:  # noqa: A002
+def where(condition: Tensor, input: Any, other: Any) -> Tensor:
     """Elements of ``input`` where ``condition`` holds, else of ``other``."""
     like = condition
     for v in (input, other):
@@ -589,7 +589,7 @@ def _scalar_arr(v: Any, like: Tensor) -> Any:
 
 
 def _unary(cls: type) -> Any:
-    def op(input: Tensor) -> Tensor:  # noqa: A002
+    def op(input: Tensor) -> Tensor:
         return cls.apply(input)
 
     op.__name__ = cls.__name__.lower()
@@ -603,7 +603,7 @@ log = _unary(Log)
 log1p = _unary(Log1p)
 sqrt = _unary(Sqrt)
 rsqrt = _unary(Rsqrt)
-abs = _unary(Abs)  # noqa: A001
+abs = _unary(Abs)
 sign = _unary(Sign)
 sin = _unary(Sin)
 cos = _unary(Cos)
@@ -618,21 +618,21 @@ def _float_input(x: Tensor, op: str) -> Tensor:
     return x
 
 
-def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:  # noqa: A002
+def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
     return LeakyRelu.apply(input, slope=negative_slope)
 
 
-def gelu(input: Tensor, approximate: str = "none") -> Tensor:  # noqa: A002
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     return Gelu.apply(_float_input(input, "gelu"), approximate=approximate)
 
 
-def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:  # noqa: A002
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     return Softplus.apply(_float_input(input, "softplus"), beta=beta, threshold=threshold)
 
 
-def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:  # noqa: A002
+def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
     if isinstance(min, Tensor) or isinstance(max, Tensor):

@@ -139,7 +139,7 @@ class Gather(Function):
         return (scatter_add(zeros, self.dim, Tensor._make(self.index, self.device), g),)
 
 
-def gather(input: Tensor, dim: int, index: Tensor) -> Tensor:  # noqa: A002
+def gather(input: Tensor, dim: int, index: Tensor) -> Tensor:
     """``out[i][j] = input[index[i][j]][j]`` for dim 0, and so on (PyTorch's gather)."""
     _check_index_tensor(index, "gather")
     d = normalize_dim(dim, input.ndim, "gather")
@@ -185,7 +185,7 @@ class ScatterAdd(Function):
 
 
 def pad_to(t: Tensor, shape: tuple) -> Tensor:
-    from .shape import pad  # noqa: PLC0415
+    from .shape import pad
 
     widths: list[int] = []
     for s, target in zip(reversed(t.shape), reversed(shape)):
@@ -193,7 +193,7 @@ def pad_to(t: Tensor, shape: tuple) -> Tensor:
     return pad(t, widths)
 
 
-def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:  # noqa: A002
+def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
     """Out-of-place ``input.scatter_add(dim, index, src)``: repeated indices accumulate."""
     _check_index_tensor(index, "scatter_add")
     d = normalize_dim(dim, input.ndim, "scatter_add")
@@ -211,7 +211,7 @@ def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor: 
     return ScatterAdd.apply(input, src, index=index.data, dim=d)
 
 
-def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:  # noqa: A002
+def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:
     _check_index_tensor(index, "index_select")
     if index.ndim > 1:
         raise IndexError(f"index_select: index must be 0-D or 1-D, got shape "
@@ -220,9 +220,9 @@ def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:  # noqa: A00
     return getitem(input, (slice(None),) * d + (index.reshape(-1),))
 
 
-def masked_fill(input: Tensor, mask: Tensor, value: Any) -> Tensor:  # noqa: A002
+def masked_fill(input: Tensor, mask: Tensor, value: Any) -> Tensor:
     """``value`` where ``mask`` is True (mask broadcasts), differentiable w.r.t. input."""
-    from .elementwise import where  # noqa: PLC0415
+    from .elementwise import where
 
     if not isinstance(mask, Tensor) or mask.dtype != np.bool_:
         raise TypeError("masked_fill: mask must be a bool tensor")

@@ -25,7 +25,7 @@ class MatMul(Function):
         return ga, gb
 
 
-def matmul(input: Tensor, other: Tensor) -> Tensor:  # noqa: A002
+def matmul(input: Tensor, other: Tensor) -> Tensor:
     """Matrix product with PyTorch's rules for 1-D operands (a 1-D left operand is a row,
     a 1-D right operand a column, and the added dim is removed again).
 
@@ -55,14 +55,14 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:  # noqa: A002
     return out
 
 
-def mm(input: Tensor, mat2: Tensor) -> Tensor:  # noqa: A002
+def mm(input: Tensor, mat2: Tensor) -> Tensor:
     if input.ndim != 2 or mat2.ndim != 2:
         raise RuntimeError(f"mm: expected 2-D tensors, got shapes {tuple(input.shape)} and "
                            f"{tuple(mat2.shape)}")
     return matmul(input, mat2)
 
 
-def bmm(input: Tensor, mat2: Tensor) -> Tensor:  # noqa: A002
+def bmm(input: Tensor, mat2: Tensor) -> Tensor:
     if input.ndim != 3 or mat2.ndim != 3 or input.shape[0] != mat2.shape[0]:
         raise RuntimeError(f"bmm: expected 3-D tensors with equal batch, got shapes "
                            f"{tuple(input.shape)} and {tuple(mat2.shape)}")

@@ -101,7 +101,7 @@ class AvgPoolBackward(Function):
 
 
 
-def _batched(input: Tensor, op: str) -> tuple[Tensor, bool]:  # noqa: A002
+def _batched(input: Tensor, op: str) -> tuple[Tensor, bool]:
     if input.ndim == 3:
         return input.unsqueeze(0), True
     if input.ndim != 4:
@@ -133,7 +133,7 @@ def _window_args(x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilatio
 
 # ---- public functions ---------------------------------------------------------------------
 
-def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,  # noqa: A002
+def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,
                padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False,
                return_indices: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """2-D max pooling, PyTorch's ``F.max_pool2d``; ``stride`` defaults to the kernel size.
@@ -149,7 +149,7 @@ def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,  # noqa: A00
     return (y, idx) if return_indices else y
 
 
-def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,  # noqa: A002
+def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,
                padding: Any = 0, ceil_mode: bool = False, count_include_pad: bool = True,
                divisor_override: int | None = None) -> Tensor:
     """2-D average pooling, PyTorch's ``F.avg_pool2d``.
@@ -192,7 +192,7 @@ def _window_matrix(size: int, out: int, device: Any, dtype: Any) -> Tensor:
     return Tensor._make(device.xp.asarray(m, dtype=dtype), device)
 
 
-def adaptive_avg_pool2d(input: Tensor, output_size: Any) -> Tensor:  # noqa: A002
+def adaptive_avg_pool2d(input: Tensor, output_size: Any) -> Tensor:
     """Average pooling to a fixed output size, PyTorch's ``F.adaptive_avg_pool2d``:
     y = A_h @ x @ A_w^T with constant window-averaging matrices (a mean for 1x1).
 
@@ -254,7 +254,7 @@ def _gather_max(x: Any, start: np.ndarray, end: np.ndarray, axis: int,
     return best, arg
 
 
-def adaptive_max_pool2d(input: Tensor, output_size: Any,  # noqa: A002
+def adaptive_max_pool2d(input: Tensor, output_size: Any,
                         return_indices: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Max pooling to a fixed output size, PyTorch's ``F.adaptive_max_pool2d``.
 

@@ -25,7 +25,7 @@ class ExpandBack(Function):
         return self.device.xp.broadcast_to(g.reshape(kshape), shape)
 
     def backward(self, gg: Tensor) -> tuple:
-        from ._util import sum_to  # noqa: PLC0415
+        from ._util import sum_to
 
         return (sum_to(gg, self.kshape).reshape(*self.g_shape),)
 
@@ -117,7 +117,7 @@ class MaxMinDim(Function):
     def backward(self, g: Tensor, _gi: Any = None) -> tuple:
         if not self.keepdim:
             g = g.unsqueeze(self.dim)
-        from .index import scatter_add  # noqa: PLC0415
+        from .index import scatter_add
 
         zeros = Tensor._make(self.device.xp.zeros(self.in_shape, dtype=g.data.dtype),
                              self.device)
@@ -221,7 +221,7 @@ def _float_for_mean(x: Tensor, op: str, dtype: Any = None) -> Tensor:
     return x
 
 
-def sum(input: Tensor, dim: Any = None, keepdim: bool = False,  # noqa: A001, A002
+def sum(input: Tensor, dim: Any = None, keepdim: bool = False,
         dtype: Any = None) -> Tensor:
     """>>> dlcore.tensor([[1, 2], [3, 4]]).sum(dim=0).tolist()
     [4, 6]"""
@@ -233,13 +233,13 @@ def sum(input: Tensor, dim: Any = None, keepdim: bool = False,  # noqa: A001, A0
     return Sum.apply(input, dims=dims, keepdim=keepdim)
 
 
-def mean(input: Tensor, dim: Any = None, keepdim: bool = False,  # noqa: A002
+def mean(input: Tensor, dim: Any = None, keepdim: bool = False,
          dtype: Any = None) -> Tensor:
     x = _float_for_mean(input, "mean", dtype)
     return Mean.apply(x, dims=normalize_dims(dim, x.ndim, "mean"), keepdim=keepdim)
 
 
-def prod(input: Tensor, dim: int | None = None, keepdim: bool = False,  # noqa: A002
+def prod(input: Tensor, dim: int | None = None, keepdim: bool = False,
          dtype: Any = None) -> Tensor:
     if dtype is not None:
         input = cast(input, to_dtype(dtype))
@@ -253,7 +253,7 @@ def _max_min(input: Tensor, dim: Any, keepdim: bool, is_max: bool, op: str) -> A
     if dim is None:
         return AMaxMin.apply(input, dims=None, keepdim=False, is_max=is_max)
     if isinstance(dim, Tensor):  # max(a, b) spelled as a.max(b)
-        from .elementwise import maximum, minimum  # noqa: PLC0415
+        from .elementwise import maximum, minimum
 
         return maximum(input, dim) if is_max else minimum(input, dim)
     d = normalize_dim(dim, input.ndim, op)
@@ -264,21 +264,21 @@ def _max_min(input: Tensor, dim: Any, keepdim: bool, is_max: bool, op: str) -> A
     return values_indices(vals, idx)
 
 
-def max(input: Tensor, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001, A002
+def max(input: Tensor, dim: Any = None, keepdim: bool = False) -> Any:
     """``max(x)`` -> scalar tensor; ``max(x, dim)`` -> (values, indices)."""
     return _max_min(input, dim, keepdim, True, "max")
 
 
-def min(input: Tensor, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001, A002
+def min(input: Tensor, dim: Any = None, keepdim: bool = False) -> Any:
     return _max_min(input, dim, keepdim, False, "min")
 
 
-def amax(input: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:  # noqa: A002
+def amax(input: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:
     dims = normalize_dims(dim, input.ndim, "amax") if dim != () else None
     return AMaxMin.apply(input, dims=dims, keepdim=keepdim, is_max=True)
 
 
-def amin(input: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:  # noqa: A002
+def amin(input: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:
     dims = normalize_dims(dim, input.ndim, "amin") if dim != () else None
     return AMaxMin.apply(input, dims=dims, keepdim=keepdim, is_max=False)
 
@@ -296,15 +296,15 @@ def _arg(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
     return Tensor._make(xp.asarray(out).astype(np.int64, copy=False), input._device)
 
 
-def argmax(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:  # noqa: A002
+def argmax(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     return _arg(input, dim, keepdim, "argmax")
 
 
-def argmin(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:  # noqa: A002
+def argmin(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
     return _arg(input, dim, keepdim, "argmin")
 
 
-def var(input: Tensor, dim: Any = None, unbiased: bool | None = None,  # noqa: A002
+def var(input: Tensor, dim: Any = None, unbiased: bool | None = None,
         keepdim: bool = False, correction: float | None = None) -> Tensor:
     """Variance; unbiased (``correction=1``) by default, as in PyTorch."""
     if correction is None:
@@ -314,12 +314,12 @@ def var(input: Tensor, dim: Any = None, unbiased: bool | None = None,  # noqa: A
                      keepdim=keepdim)
 
 
-def std(input: Tensor, dim: Any = None, unbiased: bool | None = None,  # noqa: A002
+def std(input: Tensor, dim: Any = None, unbiased: bool | None = None,
         keepdim: bool = False, correction: float | None = None) -> Tensor:
     return var(input, dim, unbiased, keepdim, correction).sqrt()
 
 
-def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:  # noqa: A002
+def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:
     x = _float_for_mean(input, "logsumexp") if input.data.dtype.kind == "f" else \
         cast(input, get_default_dtype())
     dims = normalize_dims(dim, x.ndim, "logsumexp")
@@ -328,11 +328,11 @@ def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:  # noqa
     return LogSumExp.apply(x, dims=dims, keepdim=keepdim)
 
 
-def softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:  # noqa: A002
+def softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
     x = cast(input, to_dtype(dtype)) if dtype is not None else input
     return Softmax.apply(x, dim=normalize_dim(dim, x.ndim, "softmax"))
 
 
-def log_softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:  # noqa: A002
+def log_softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
     x = cast(input, to_dtype(dtype)) if dtype is not None else input
     return LogSoftmax.apply(x, dim=normalize_dim(dim, x.ndim, "log_softmax"))

@@ -347,7 +347,7 @@ class RNNLayerFunction(Function):
                      for g, n in zip(grads, need))
 
 
-def rnn_layer(input: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor,  # noqa: A002
+def rnn_layer(input: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
               w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, mode: str,
               reverse: bool = False, lengths: Any = None) -> tuple[Tensor, ...]:
     """Run one recurrent layer in one direction over a (T, N, I) sequence.

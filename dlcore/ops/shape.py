@@ -53,7 +53,7 @@ def to_device_dtype(x: Tensor, device: Device | None, dtype: np.dtype | None) ->
 
 
 def _no_grad() -> Any:
-    from ..autograd import no_grad  # noqa: PLC0415
+    from ..autograd import no_grad
 
     return no_grad()
 
@@ -78,7 +78,7 @@ def _shape_arg(shape: Sequence[Any]) -> tuple:
     return tuple(int(s) for s in shape)
 
 
-def reshape(input: Tensor, *shape: Any) -> Tensor:  # noqa: A002
+def reshape(input: Tensor, *shape: Any) -> Tensor:
     """>>> dlcore.arange(6).reshape(2, 3).shape
     (2, 3)"""
     shape = _shape_arg(shape)
@@ -96,7 +96,7 @@ def reshape(input: Tensor, *shape: Any) -> Tensor:  # noqa: A002
 view = reshape
 
 
-def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:  # noqa: A002
+def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     if input.ndim == 0:
         return reshape(input, 1)
     s = normalize_dim(start_dim, input.ndim, "flatten")
@@ -107,13 +107,13 @@ def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:  # 
     return reshape(input, *shp[:s], int(np.prod(shp[s:e + 1])), *shp[e + 1:])
 
 
-def unflatten(input: Tensor, dim: int, sizes: Sequence[int]) -> Tensor:  # noqa: A002
+def unflatten(input: Tensor, dim: int, sizes: Sequence[int]) -> Tensor:
     d = normalize_dim(dim, input.ndim, "unflatten")
     shp = input.shape
     return reshape(input, *shp[:d], *sizes, *shp[d + 1:])
 
 
-def squeeze(input: Tensor, dim: Any = None) -> Tensor:  # noqa: A002
+def squeeze(input: Tensor, dim: Any = None) -> Tensor:
     shp = input.shape
     if dim is None:
         new = tuple(s for s in shp if s != 1)
@@ -124,7 +124,7 @@ def squeeze(input: Tensor, dim: Any = None) -> Tensor:  # noqa: A002
     return reshape(input, *new)
 
 
-def unsqueeze(input: Tensor, dim: int) -> Tensor:  # noqa: A002
+def unsqueeze(input: Tensor, dim: int) -> Tensor:
     d = normalize_dim(dim, input.ndim + 1, "unsqueeze")
     shp = input.shape
     return reshape(input, *shp[:d], 1, *shp[d:])
@@ -139,7 +139,7 @@ class Permute(Function):
         return (permute(g, *np.argsort(self.dims).tolist()),)
 
 
-def permute(input: Tensor, *dims: Any) -> Tensor:  # noqa: A002
+def permute(input: Tensor, *dims: Any) -> Tensor:
     dims = _shape_arg(dims)
     if len(dims) != input.ndim:
         raise RuntimeError(f"permute: number of dims {len(dims)} does not match the tensor's "
@@ -152,7 +152,7 @@ def permute(input: Tensor, *dims: Any) -> Tensor:  # noqa: A002
     return _view_of(Permute.apply(input, dims=nd), input)
 
 
-def transpose(input: Tensor, dim0: int, dim1: int) -> Tensor:  # noqa: A002
+def transpose(input: Tensor, dim0: int, dim1: int) -> Tensor:
     n = input.ndim
     if n < 2 and dim0 in (0, -1) and dim1 in (0, -1):
         return input
@@ -168,12 +168,12 @@ class Expand(Function):
         return self.device.xp.broadcast_to(x, shape)
 
     def backward(self, g: Tensor) -> tuple:
-        from ._util import sum_to  # noqa: PLC0415
+        from ._util import sum_to
 
         return (sum_to(g, self.in_shape),)
 
 
-def expand(input: Tensor, *sizes: Any) -> Tensor:  # noqa: A002
+def expand(input: Tensor, *sizes: Any) -> Tensor:
     sizes = _shape_arg(sizes)
     shp = input.shape
     if len(sizes) < len(shp):
@@ -197,11 +197,11 @@ def expand(input: Tensor, *sizes: Any) -> Tensor:  # noqa: A002
     return _view_of(Expand.apply(input, shape=target_t), input)
 
 
-def broadcast_to(input: Tensor, shape: Sequence[int]) -> Tensor:  # noqa: A002
+def broadcast_to(input: Tensor, shape: Sequence[int]) -> Tensor:
     return expand(input, *shape)
 
 
-def repeat(input: Tensor, *sizes: Any) -> Tensor:  # noqa: A002
+def repeat(input: Tensor, *sizes: Any) -> Tensor:
     """Tile the tensor ``sizes[i]`` times along dim i (PyTorch's ``repeat``, NumPy's tile);
     composed of expand + reshape so the gradient is a sum over the copies."""
     sizes = _shape_arg(sizes)
@@ -225,7 +225,7 @@ class Contiguous(Function):
         return (g,)
 
 
-def contiguous(input: Tensor) -> Tensor:  # noqa: A002
+def contiguous(input: Tensor) -> Tensor:
     if input.data.flags.c_contiguous:
         return input
     return Contiguous.apply(input)
@@ -239,7 +239,7 @@ class Clone(Function):
         return (g,)
 
 
-def clone(input: Tensor) -> Tensor:  # noqa: A002
+def clone(input: Tensor) -> Tensor:
     return Clone.apply(input)
 
 
@@ -259,8 +259,8 @@ def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     ts = list(tensors)
     if not ts:
         raise ValueError("cat: expected a non-empty sequence of tensors")
-    from ..dtypes import promote  # noqa: PLC0415
-    from ._util import cast  # noqa: PLC0415
+    from ..dtypes import promote
+    from ._util import cast
 
     dt = ts[0].dtype
     for t in ts[1:]:
@@ -334,14 +334,14 @@ def split(tensor: Tensor, split_size_or_sections: Any, dim: int = 0) -> tuple[Te
     return tuple(out)
 
 
-def chunk(input: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:  # noqa: A002
+def chunk(input: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     if chunks <= 0:
         raise ValueError(f"chunk: chunks must be positive, got {chunks}")
     n = input.shape[normalize_dim(dim, input.ndim, "chunk")]
     return split(input, max(1, -(-n // chunks)), dim)
 
 
-def unbind(input: Tensor, dim: int = 0) -> tuple[Tensor, ...]:  # noqa: A002
+def unbind(input: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
     return tuple(squeeze(t, dim) for t in split(input, 1, dim))
 
 
@@ -371,7 +371,7 @@ class Pad(Function):
                           value=0.0),)
 
 
-def pad(input: Tensor, pad: Sequence[int], mode: str = "constant",  # noqa: A002
+def pad(input: Tensor, pad: Sequence[int], mode: str = "constant",
         value: float = 0.0) -> Tensor:
     """PyTorch's ``F.pad``: ``pad`` lists (before, after) pairs starting from the LAST dim."""
     if len(pad) % 2 or len(pad) // 2 > input.ndim:
@@ -394,7 +394,7 @@ class Flip(Function):
         return (Flip.apply(g, dims=self.dims),)
 
 
-def flip(input: Tensor, dims: Any) -> Tensor:  # noqa: A002
+def flip(input: Tensor, dims: Any) -> Tensor:
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     nd = tuple(normalize_dim(d, input.ndim, "flip") for d in dims)
     return Flip.apply(input, dims=nd)

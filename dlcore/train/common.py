@@ -170,7 +170,7 @@ def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
     """Run the epoch's batches after the first ``skip``, adding each step's figures to
     ``sums``, with a progress bar; stop early when ``interrupted`` is set. Returns the
     batches done in this epoch (``skip`` included) and the seconds spent."""
-    from tqdm import tqdm  # noqa: PLC0415  -- the cli extra
+    from tqdm import tqdm  # the cli extra
 
     batches = task.batches
     bar = tqdm(total=len(batches), initial=skip, desc=label, unit="batch",
@@ -276,10 +276,10 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     """Losses on the left, every other per-epoch figure on the right against epochs;
     figures outside [0, 1] (such as a count of modes) get the right panel's second axis
     so fractions stay readable beside them."""
-    import matplotlib  # noqa: PLC0415  -- the cli extra
+    import matplotlib  # the cli extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     skip = {"epoch", "seconds", "samples_per_s"}
     epochs = [row["epoch"] for row in history]

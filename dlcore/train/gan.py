@@ -159,10 +159,10 @@ def comparison_table(metrics: dict[str, Any]) -> str:
 
 
 def _pyplot() -> Any:
-    import matplotlib  # noqa: PLC0415  -- the cli extra
+    import matplotlib  # the cli extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt
 

@@ -175,7 +175,7 @@ class _Stream(IterableDataset):
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return iter(np.arange(self.n))
 
     def __len__(self) -> int:
@@ -193,7 +193,7 @@ def test_iterable_dataset_batches() -> None:
 
 def test_iterable_dataset_error_is_reraised() -> None:
     class Failing(IterableDataset):
-        def __iter__(self):  # noqa: ANN204
+        def __iter__(self):
             yield 1
             raise RuntimeError("stream broke")
 

@@ -22,7 +22,7 @@ class _FakeCupy:
         self.current_stream = _FakeStream(self, "consumer")
         self.cuda = self  # cp.cuda.X -> self.X
 
-    def Device(self, index: int) -> Any:  # noqa: N802  -- CuPy's name
+    def Device(self, index: int) -> Any:  # CuPy's name
         fake = self
 
         class _Ctx:
@@ -34,11 +34,11 @@ class _FakeCupy:
 
         return _Ctx()
 
-    def Stream(self, non_blocking: bool = False) -> _FakeStream:  # noqa: N802
+    def Stream(self, non_blocking: bool = False) -> _FakeStream:
         assert non_blocking
         return _FakeStream(self, "side")
 
-    def Event(self, disable_timing: bool = False) -> _FakeEvent:  # noqa: N802
+    def Event(self, disable_timing: bool = False) -> _FakeEvent:
         return _FakeEvent(self)
 
     def get_current_stream(self) -> _FakeStream:

@@ -22,7 +22,7 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """Images ``(1797, 8, 8)`` float32 in [0, 1] and labels ``(1797,)`` int64, in
     scikit-learn's order."""
     try:
-        from sklearn.datasets import load_digits  # noqa: PLC0415  -- optional extra
+        from sklearn.datasets import load_digits  # optional extra
     except ImportError as exc:
         raise ImportError("dlcore.data.datasets.digits needs scikit-learn, which ships the "
                           "digits data: pip install dlcore[datasets]") from exc
