@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import KernelCompileError
+from .family import CTYPES, KernelFamily, ctype, families
 from .sources import SOURCE_DIR, KernelSource, kernel_source, product_sources
 
-__all__ = ["KernelCompileError", "KernelRunner", "KernelSource", "SOURCE_DIR", "ceil_div",
-           "grid_1d", "kernel_source", "launch", "product_sources", "runner_for"]
+__all__ = ["CTYPES", "KernelCompileError", "KernelFamily", "KernelRunner", "KernelSource",
+           "SOURCE_DIR", "ceil_div", "ctype", "families", "grid_1d", "kernel_source", "launch",
+           "product_sources", "runner_for"]
 
 Dims = int | Sequence[int]
 Launcher = Callable[..., None]

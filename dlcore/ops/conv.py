@@ -2,14 +2,16 @@
 
 Shapes: x (N, C, H, W), w (O, C/G, kH, kW), y (N, O, OH, OW), G groups.
 
-Contract with the CUDA kernels (``dlcore/ops/conv_cuda.py``, ``kernels/conv2d.cu``) and the
-CPU path (:mod:`dlcore.ops.conv_cpu`): both modules provide the same array-level functions,
-arrays in and arrays out, float32/float64, NCHW, every argument already validated here and
-normalised to int pairs (``stride``, ``padding``, ``dilation``; symmetric padding). The
-output grid is the one of ``gy``/``y``: for conv_transpose2d with output_padding, x has
-trailing rows/cols that no window reads (backward_data leaves zeros there)::
+A kernel family (:class:`dlcore.kernels.KernelFamily`): the CUDA kernels
+(``dlcore/ops/conv_cuda.py``, ``kernels/conv2d.cu``) and the CPU path
+(:mod:`dlcore.ops.conv_cpu`) provide the same array-level functions, arrays in and arrays out,
+NCHW, every argument already validated here and normalised to int pairs (``stride``,
+``padding``, ``dilation``; symmetric padding), the output size computed here once
+(:func:`conv2d_out_size`). The output grid is the one of ``gy``/``y``: for conv_transpose2d
+with output_padding, x has trailing rows/cols that no window reads (backward_data leaves zeros
+there)::
 
-    conv2d_forward(device, x, w, stride, padding, dilation, groups) -> y
+    conv2d_forward(device, x, w, out_hw, stride, padding, dilation, groups) -> y
     conv2d_backward_data(device, gy, w, x_shape, stride, padding, dilation, groups) -> gx
     conv2d_backward_weight(device, x, gy, w_shape, stride, padding, dilation, groups) -> gw
 
@@ -21,23 +23,24 @@ outside the primitives; asymmetric "same" padding pads the input explicitly firs
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from ..autograd import Function
+from ..kernels import KernelFamily
 from ..tensor import Tensor
 from . import conv_cpu, conv_cuda
+from ._check import forward_backward, kwargs_case
 from ._util import promote_pair
 from .shape import pad as pad_op
 
 Pair = tuple[int, int]
 
+CONV2D = KernelFamily("conv2d", conv_cuda.SOURCE, cpu=conv_cpu, kernel=conv_cuda)
 
-def _impl(device: Any) -> ModuleType:
-    """The module implementing the contract for a device: our CUDA kernels where the device
-    has a kernel runner (``cuda``, and ``emu`` which runs them on the CPU emulator), else the
-    NumPy path."""
-    return conv_cuda if device.kernels is not None else conv_cpu
+
+def conv2d_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one dim (PyTorch's formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class Conv2d(Function):
@@ -47,7 +50,11 @@ class Conv2d(Function):
 
     def forward(self, x: Any, w: Any, args: tuple) -> Any:
         self.args = args  # (stride, padding, dilation, groups)
-        return _impl(self.device).conv2d_forward(self.device, x, w, *args)
+        stride, padding, dilation, _ = args
+        out_hw = tuple(conv2d_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i],
+                                       dilation[i]) for i in range(2))
+        impl = CONV2D.select(self.device, x.dtype, "conv2d")
+        return impl.conv2d_forward(self.device, x, w, out_hw, *args)
 
     def backward(self, gy: Tensor) -> tuple:
         x, w = self.saved_tensors
@@ -64,7 +71,8 @@ class ConvBackwardData(Function):
 
     def forward(self, gy: Any, w: Any, x_shape: tuple, args: tuple) -> Any:
         self.args = args
-        return _impl(self.device).conv2d_backward_data(self.device, gy, w, x_shape, *args)
+        impl = CONV2D.select(self.device, gy.dtype, "conv2d backward")
+        return impl.conv2d_backward_data(self.device, gy, w, x_shape, *args)
 
     def backward(self, ggx: Tensor) -> tuple:
         gy, w = self.saved_tensors
@@ -81,8 +89,8 @@ class ConvBackwardWeight(Function):
 
     def forward(self, x: Any, gy: Any, w_shape: tuple, args: tuple) -> Any:
         self.args = args
-        return _impl(self.device).conv2d_backward_weight(self.device, x, gy, w_shape,
-                                                                 *args)
+        impl = CONV2D.select(self.device, x.dtype, "conv2d backward")
+        return impl.conv2d_backward_weight(self.device, x, gy, w_shape, *args)
 
     def backward(self, ggw: Tensor) -> tuple:
         x, gy = self.saved_tensors
@@ -282,3 +290,25 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
                                args=(stride, padding, dilation, groups))
     y = _add_bias(y, bias, c_out, op)
     return y.squeeze(0) if unbatched else y
+
+
+# ---- dlcore check cases: the kernels against the cpu path ---------------------------------
+
+def _check_conv2d(device: Any, stride: int, padding: int, dilation: int,
+                  groups: int) -> dict:
+    return forward_backward(device, 0, [(2, 4, 9, 9), (6, 4 // groups, 3, 3), (6,)],
+                            lambda x, w, b: conv2d(x, w, b, stride, padding, dilation, groups),
+                            ["input", "weight", "bias"])
+
+
+CONV2D.check("conv2d 3x3 pad 1")(kwargs_case(_check_conv2d, stride=1, padding=1, dilation=1,
+                                             groups=1))
+CONV2D.check("conv2d stride 2 dilation 2 groups 2")(
+    kwargs_case(_check_conv2d, stride=2, padding=2, dilation=2, groups=2))
+
+
+@CONV2D.check("conv_transpose2d 4x4 stride 2")
+def _check_conv_transpose2d(device: Any) -> dict:
+    return forward_backward(device, 1, [(2, 4, 5, 5), (4, 3, 4, 4), (3,)],
+                            lambda x, w, b: conv_transpose2d(x, w, b, stride=2, padding=1),
+                            ["input", "weight", "bias"])

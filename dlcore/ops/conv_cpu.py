@@ -41,10 +41,6 @@ COL_BYTES = 256 * 2**20  # largest column matrix built at once (bytes)
 FLAT_GEMM_PIXELS = 1024  # below this many output pixels per image, one flat GEMM
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 def _chunks(n: int, per_sample: int) -> list[tuple[int, int]]:
     """Batch ranges whose column matrices stay within COL_BYTES."""
     step = max(1, min(n, COL_BYTES // max(per_sample, 1)))
@@ -97,13 +93,12 @@ def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(groups, o // groups, -1)
 
 
-def conv2d_forward(device: Any, x: np.ndarray, w: np.ndarray, stride: Pair, padding: Pair,
-                   dilation: Pair, groups: int) -> np.ndarray:
-    """y = conv2d(x, w): im2col + GEMM (depthwise: shifted multiply-adds)."""
+def conv2d_forward(device: Any, x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
+                   padding: Pair, dilation: Pair, groups: int) -> np.ndarray:
+    """y (N, O, *out_hw) = conv2d(x, w): im2col + GEMM (depthwise: shifted multiply-adds)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    oh, ow = (_out_size(h, kh, stride[0], padding[0], dilation[0]),
-              _out_size(wd, kw, stride[1], padding[1], dilation[1]))
+    oh, ow = out_hw
     if cg == 1 and groups > 1:
         return _depthwise_forward(x, w, (oh, ow), stride, padding, dilation, groups)
     if _is_pointwise(w.shape, stride, padding) and groups == 1:
@@ -171,7 +166,7 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
         og = o // groups
         wf = w[:, :, ::-1, ::-1].reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)
         wf = np.ascontiguousarray(wf).reshape(groups * cg, og, kh, kw)
-        return conv2d_forward(device, gy, wf, (1, 1), flip_pad, dilation, groups)
+        return conv2d_forward(device, gy, wf, (h, wd), (1, 1), flip_pad, dilation, groups)
     if cg == 1 and groups > 1:
         return _depthwise_backward_data(gy, w, x_shape, stride, padding, dilation, groups)
     og = o // groups

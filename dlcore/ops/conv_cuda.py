@@ -1,8 +1,8 @@
 """Kernel path of 2-D convolution: launches ``kernels/conv2d.cu`` on a ``cuda`` or ``emu`` device.
 
-Array-level twins of the NumPy functions in :mod:`dlcore.ops.conv`, with the device first::
+Array-level twins of the NumPy functions in :mod:`dlcore.ops.conv_cpu`, with the device first::
 
-    y = conv2d_forward(device, x, w, (1, 1), (1, 1), (1, 1), 1)
+    y = conv2d_forward(device, x, w, (5, 5), (1, 1), (1, 1), (1, 1), 1)
 
 Arrays are NCHW (weights ``(F, C/groups, KH, KW)``), float32 or float64, on ``device``;
 ``stride``, ``padding`` and ``dilation`` are int pairs already validated by the caller. All three
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels import ceil_div, grid_1d
+from ..kernels import ceil_div, ctype, grid_1d
 
 __all__ = ["conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward"]
 
@@ -34,18 +34,6 @@ MIN_SPLIT_STEPS = 8
 MAX_GRID_YZ = 65535
 
 
-def _ctype(dtype: np.dtype) -> str:
-    if dtype == np.float32:
-        return "float"
-    if dtype == np.float64:
-        return "double"
-    raise TypeError(f"conv2d kernels take float32 or float64 arrays, got {dtype}")
-
-
-def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def _geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_hw: Pair, stride: Pair,
               padding: Pair, dilation: Pair, groups: int) -> tuple[np.int32, ...]:
     """The kernels' trailing int32 arguments: N, C, H, W, F, Ho, Wo, KH, KW, SH, SW, PH, PW, DH,
@@ -59,22 +47,21 @@ def _geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_hw: Pair, st
                                        *dilation, groups))
 
 
-def conv2d_forward(device: Any, x: Any, w: Any, stride: Pair, padding: Pair, dilation: Pair,
-                   groups: int) -> Any:
-    """``y`` (N, F, Ho, Wo) = conv2d of ``x`` (N, C, H, W) with ``w`` (F, C/groups, KH, KW)."""
+def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padding: Pair,
+                   dilation: Pair, groups: int) -> Any:
+    """``y`` (N, F, *out_hw) = conv2d of ``x`` (N, C, H, W) with ``w`` (F, C/groups, KH, KW)."""
     xp = device.xp
     with device.use():
         x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w.astype(x.dtype, copy=False))
-        n, _, h, wd = x.shape
-        f, _, kh, kw = w.shape
-        ho = _out_size(h, kh, stride[0], padding[0], dilation[0])
-        wo = _out_size(wd, kw, stride[1], padding[1], dilation[1])
+        n = x.shape[0]
+        f = w.shape[0]
+        ho, wo = out_hw
         if n * f * ho * wo == 0:
             return xp.zeros((n, f, ho, wo), dtype=x.dtype)
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
         geo = _geometry(x.shape, w.shape, (ho, wo), stride, padding, dilation, groups)
         grid = (ceil_div(n * ho * wo, TILE), ceil_div(f // groups, TILE), groups)
-        device.kernels.function(SOURCE, f"conv2d_forward<{_ctype(x.dtype)}>")(
+        device.kernels.function(SOURCE, f"conv2d_forward<{ctype(x.dtype)}>")(
             grid, (THREADS,), (x, w, y, *geo))
     return y
 
@@ -91,7 +78,7 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
         gx = xp.empty(tuple(x_shape), dtype=gy.dtype)
         geo = _geometry(tuple(x_shape), w.shape, gy.shape[2:], stride, padding, dilation, groups)
         grid = (ceil_div(n * h * wd, TILE), ceil_div(c // groups, TILE), groups)
-        device.kernels.function(SOURCE, f"conv2d_backward_data<{_ctype(gy.dtype)}>")(
+        device.kernels.function(SOURCE, f"conv2d_backward_data<{ctype(gy.dtype)}>")(
             grid, (THREADS,), (gy, w, gx, *geo))
     return gx
 
@@ -123,12 +110,12 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
         row_tiles, col_tiles = ceil_div(cg * kh * kw, TILE), ceil_div(f // groups, TILE)
         splits, chunk = _split_k(k_total, row_tiles * col_tiles * groups)
         partial = gw if splits == 1 else xp.empty((splits, *w_shape), dtype=x.dtype)
-        ctype = _ctype(x.dtype)
-        device.kernels.function(SOURCE, f"conv2d_backward_weight<{ctype}>")(
+        elem = ctype(x.dtype)
+        device.kernels.function(SOURCE, f"conv2d_backward_weight<{elem}>")(
             (row_tiles * splits, col_tiles, groups), (THREADS,),
             (x, gy, partial, np.int64(chunk), *geo))
         if splits > 1:
-            device.kernels.function(SOURCE, f"conv2d_backward_weight_reduce<{ctype}>")(
+            device.kernels.function(SOURCE, f"conv2d_backward_weight_reduce<{elem}>")(
                 grid_1d(gw.size, THREADS, 4096), (THREADS,),
                 (partial, gw, np.int64(gw.size), np.int32(splits)))
     return gw

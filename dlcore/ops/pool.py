@@ -2,21 +2,22 @@
 
 Shapes: x (N, C, H, W), y (N, C, OH, OW).
 
-Contract with the CUDA kernels (``dlcore/ops/pool_cuda.py``, ``kernels/pool2d.cu``) and the
-CPU path (:mod:`dlcore.ops.pool_cpu`): both modules provide the same array-level functions,
-arrays in and arrays out, float32/float64, NCHW, arguments validated here and normalised to
-int pairs; output sizes follow :func:`dlcore.ops.pool_cpu.pool_out_size`::
+A kernel family (:class:`dlcore.kernels.KernelFamily`): the CUDA kernels
+(``dlcore/ops/pool_cuda.py``, ``kernels/pool2d.cu``) and the CPU path
+(:mod:`dlcore.ops.pool_cpu`) provide the same array-level functions, arrays in and arrays out,
+NCHW, arguments validated here and normalised to int pairs, the output size ``out_hw``
+computed here once (:func:`pool2d_out_size`, ceil_mode included)::
 
-    max_pool2d_forward(device, x, kernel, stride, padding, dilation, ceil_mode)
+    max_pool2d_forward(device, x, out_hw, kernel, stride, padding, dilation)
         -> (y, indices): indices int64, flat h*W + w inside each (n, c) plane (PyTorch's
         return_indices); ties go to the first maximum in row-major scan order; padding is
         -inf, never a winner.
     max_pool2d_backward(device, gy, indices, x_shape, kernel, stride, padding, dilation) -> gx
         (the geometry lets a kernel gather per input instead of scattering with atomics)
-    avg_pool2d_forward(device, x, kernel, stride, padding, ceil_mode, count_include_pad,
+    avg_pool2d_forward(device, x, out_hw, kernel, stride, padding, count_include_pad,
                        divisor_override) -> y
-    avg_pool2d_backward(device, gy, x_shape, kernel, stride, padding, ceil_mode,
-                        count_include_pad, divisor_override) -> gx
+    avg_pool2d_backward(device, gy, x_shape, kernel, stride, padding, count_include_pad,
+                        divisor_override) -> gx
 
 The adaptive pools are compositions that run on any device: average pooling is two matmuls
 with constant window matrices (variable windows, one GEMM each), max pooling gathers each
@@ -25,26 +26,41 @@ window's columns then rows (separably) and scatters its gradient with dlcore's s
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ..autograd import Function
+from ..kernels import KernelFamily
 from ..tensor import Tensor
 from . import pool_cpu, pool_cuda
+from ._check import forward_backward
 from .conv import _pair
 from .index import scatter_add
-from .pool_cpu import pool_out_size
 
 Pair = tuple[int, int]
 
+POOL2D = KernelFamily("pool2d", pool_cuda.SOURCE, cpu=pool_cpu, kernel=pool_cuda)
 
-def _impl(device: Any) -> ModuleType:
-    """The module implementing the contract for a device: our CUDA kernels where the device
-    has a kernel runner (``cuda``, and ``emu`` which runs them on the CPU emulator), else the
-    NumPy path."""
-    return pool_cuda if device.kernels is not None else pool_cpu
+
+def pool2d_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
+                    ceil_mode: bool) -> int:
+    """PyTorch's pooling output length along one dim; with ``ceil_mode`` the last window must
+    still start inside the input or its left padding (one starting in the right padding is
+    dropped)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return max(out, 0)
+
+
+def _out_hw(x_shape: tuple, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair,
+            ceil_mode: bool) -> Pair:
+    return (pool2d_out_size(x_shape[2], kernel[0], stride[0], padding[0], dilation[0],
+                            ceil_mode),
+            pool2d_out_size(x_shape[3], kernel[1], stride[1], padding[1], dilation[1],
+                            ceil_mode))
 
 
 class MaxPool2d(Function):
@@ -53,8 +69,10 @@ class MaxPool2d(Function):
     differentiable_outputs = (0,)
 
     def forward(self, x: Any, args: tuple) -> Any:
-        # args: (kernel, stride, padding, dilation, ceil_mode)
-        y, self.indices = _impl(self.device).max_pool2d_forward(self.device, x, *args)
+        kernel, stride, padding, dilation, ceil_mode = args
+        impl = POOL2D.select(self.device, x.dtype, "max_pool2d")
+        out_hw = _out_hw(x.shape, kernel, stride, padding, dilation, ceil_mode)
+        y, self.indices = impl.max_pool2d_forward(self.device, x, out_hw, *args[:4])
         self.x_shape, self.geometry = x.shape, args[:4]
         return y, self.indices
 
@@ -68,8 +86,8 @@ class MaxPoolBackward(Function):
 
     def forward(self, gy: Any, indices: Any, x_shape: tuple, geometry: tuple) -> Any:
         self.indices, self.gy_shape = indices, gy.shape
-        return _impl(self.device).max_pool2d_backward(self.device, gy, indices, x_shape,
-                                                      *geometry)
+        impl = POOL2D.select(self.device, gy.dtype, "max_pool2d backward")
+        return impl.max_pool2d_backward(self.device, gy, indices, x_shape, *geometry)
 
     def backward(self, ggx: Tensor) -> tuple:
         n, c = self.gy_shape[:2]
@@ -81,8 +99,13 @@ class AvgPool2d(Function):
     """y = window means; linear, so its backward is AvgPoolBackward and vice versa."""
 
     def forward(self, x: Any, args: tuple) -> Any:
+        # args: (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
         self.x_shape, self.args = x.shape, args
-        return _impl(self.device).avg_pool2d_forward(self.device, x, *args)
+        kernel, stride, padding, ceil_mode, count_include_pad, divisor_override = args
+        impl = POOL2D.select(self.device, x.dtype, "avg_pool2d")
+        out_hw = _out_hw(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
+        return impl.avg_pool2d_forward(self.device, x, out_hw, kernel, stride, padding,
+                                       count_include_pad, divisor_override)
 
     def backward(self, gy: Tensor) -> tuple:
         return (AvgPoolBackward.apply(gy, x_shape=self.x_shape, args=self.args),)
@@ -91,15 +114,16 @@ class AvgPool2d(Function):
 class AvgPoolBackward(Function):
     def forward(self, gy: Any, x_shape: tuple, args: tuple) -> Any:
         self.args = args
-        return _impl(self.device).avg_pool2d_backward(self.device, gy, x_shape, *args)
+        kernel, stride, padding, _, count_include_pad, divisor_override = args
+        impl = POOL2D.select(self.device, gy.dtype, "avg_pool2d backward")
+        return impl.avg_pool2d_backward(self.device, gy, x_shape, kernel, stride, padding,
+                                        count_include_pad, divisor_override)
 
     def backward(self, ggx: Tensor) -> tuple:
         return (AvgPool2d.apply(ggx, args=self.args),)
 
 
 # ---- argument checks ----------------------------------------------------------------------
-
-
 
 def _batched(input: Tensor, op: str) -> tuple[Tensor, bool]:
     if input.ndim == 3:
@@ -122,8 +146,7 @@ def _window_args(x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilatio
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{op}: padding {padding} should be at most half of kernel_size "
                          f"{kernel}")
-    out = [pool_out_size(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i],
-                         ceil_mode) for i in range(2)]
+    out = _out_hw(x.shape, kernel, stride, padding, dilation, ceil_mode)
     if min(out) < 1:
         raise ValueError(f"{op}: output size {tuple(out)} is too small for input "
                          f"{tuple(x.shape)} with kernel_size {kernel}, stride {stride}, "
@@ -267,3 +290,18 @@ def adaptive_max_pool2d(input: Tensor, output_size: Any,
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)
     return (y, idx) if return_indices else y
+
+
+# ---- dlcore check cases: the kernels against the cpu path ---------------------------------
+
+@POOL2D.check("max_pool2d 3x3 stride 2 pad 1")
+def _check_max_pool2d(device: Any) -> dict:
+    return forward_backward(device, 2, [(2, 3, 9, 9)],
+                            lambda x: max_pool2d(x, kernel_size=3, stride=2, padding=1),
+                            ["input"])
+
+
+@POOL2D.check("avg_pool2d 2x2")
+def _check_avg_pool2d(device: Any) -> dict:
+    return forward_backward(device, 2, [(2, 3, 9, 9)], lambda x: avg_pool2d(x, kernel_size=2),
+                            ["input"])

@@ -3,7 +3,8 @@
 
 Every function takes the tensors' ``device`` first (unused here) so that both paths share
 one signature. Shapes: x (N, C, H, W), y (N, C, OH, OW). Arguments arrive validated, as int
-pairs, with output sizes from :func:`pool_out_size` (PyTorch's arithmetic, ceil_mode included).
+pairs, with output sizes from :func:`dlcore.ops.pool.pool2d_out_size` (PyTorch's arithmetic,
+ceil_mode included).
 
 Formulation: a reduction over the kernel offsets of strided slices of the (padded) input,
 one whole-tensor ufunc per offset and never a loop over pixels. Max pooling is separable:
@@ -20,16 +21,6 @@ from typing import Any
 import numpy as np
 
 Pair = tuple[int, int]
-
-
-def pool_out_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling output size; in ceil mode the last window must start inside the
-    input or the left padding (a window starting in the right padding is dropped)."""
-    span = d * (k - 1) + 1
-    out = (size + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
 
 
 def _span(out: int, k: int, s: int, d: int) -> int:
@@ -60,8 +51,8 @@ def _window_views(buf: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
             for i in range(kh) for j in range(kw)]
 
 
-def max_pool2d_forward(device: Any, x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair,
-                       dilation: Pair, ceil_mode: bool) -> tuple[np.ndarray, np.ndarray]:
+def max_pool2d_forward(device: Any, x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
+                       padding: Pair, dilation: Pair) -> tuple[np.ndarray, np.ndarray]:
     """(y, indices). y is a chain of ``np.maximum`` over the offset views (NaN propagates, as
     in PyTorch); the argmax is found afterwards by matching y against the views in reverse
     scan order, so the first maximum in scan order is written last and wins ties. This is
@@ -69,8 +60,7 @@ def max_pool2d_forward(device: Any, x: np.ndarray, kernel: Pair, stride: Pair, p
     faster than tracking the argmax while reducing)."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh = pool_out_size(h, kh, sh, ph, dh, ceil_mode)
-    ow = pool_out_size(w, kw, sw, pw, dw, ceil_mode)
+    oh, ow = out_hw
     buf = _padded(x, padding, (_span(oh, kh, sh, dh), _span(ow, kw, sw, dw)), -np.inf)
     views = _window_views(buf, (oh, ow), kernel, stride, dilation)
     y = views[0].copy()
@@ -126,14 +116,13 @@ def _avg_scale(x_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pa
     return (1.0 / np.outer(dh, dw)).astype(dtype)
 
 
-def avg_pool2d_forward(device: Any, x: np.ndarray, kernel: Pair, stride: Pair, padding: Pair,
-                       ceil_mode: bool, count_include_pad: bool,
+def avg_pool2d_forward(device: Any, x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
+                       padding: Pair, count_include_pad: bool,
                        divisor_override: int | None) -> np.ndarray:
     """y: separable window sums (columns, then rows) times 1/divisor."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw) = kernel, stride
-    oh = pool_out_size(h, kh, sh, padding[0], 1, ceil_mode)
-    ow = pool_out_size(w, kw, sw, padding[1], 1, ceil_mode)
+    oh, ow = out_hw
     eh, ew = _span(oh, kh, sh, 1), _span(ow, kw, sw, 1)
     buf = _padded(x, padding, (eh, ew), 0.0)
     row_sum = buf[:, :, :eh, 0:sw * (ow - 1) + 1:sw].copy()
@@ -148,8 +137,8 @@ def avg_pool2d_forward(device: Any, x: np.ndarray, kernel: Pair, stride: Pair, p
 
 
 def avg_pool2d_backward(device: Any, gy: np.ndarray, x_shape: tuple[int, ...], kernel: Pair,
-                        stride: Pair, padding: Pair, ceil_mode: bool,
-                        count_include_pad: bool, divisor_override: int | None) -> np.ndarray:
+                        stride: Pair, padding: Pair, count_include_pad: bool,
+                        divisor_override: int | None) -> np.ndarray:
     """gx: gy/divisor spread over each window, separably (rows, then columns), into a
     padded buffer that is cropped at the end."""
     n, c, h, w = x_shape

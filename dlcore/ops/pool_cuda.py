@@ -1,9 +1,9 @@
 """Kernel path of 2-D max and average pooling: launches ``kernels/pool2d.cu`` on a ``cuda`` or
 ``emu`` device.
 
-Array-level twins of the NumPy functions in :mod:`dlcore.ops.pool`, with the device first::
+Array-level twins of the NumPy functions in :mod:`dlcore.ops.pool_cpu`, with the device first::
 
-    y, indices = max_pool2d_forward(device, x, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    y, indices = max_pool2d_forward(device, x, (4, 4), (2, 2), (2, 2), (0, 0), (1, 1))
 
 Arrays are NCHW float32 or float64 on ``device``; ``kernel``, ``stride``, ``padding`` and
 ``dilation`` are int pairs already validated by the caller. Forward kernels run one thread per
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels import grid_1d
+from ..kernels import ctype, grid_1d
 
 __all__ = ["avg_pool2d_backward", "avg_pool2d_forward", "max_pool2d_backward",
-           "max_pool2d_forward", "pool2d_out_size"]
+           "max_pool2d_forward"]
 
 Pair = tuple[int, int]
 
@@ -28,25 +28,6 @@ SOURCE = "pool2d.cu"
 THREADS = 256
 # Grid-stride kernels: more blocks than this only add scheduling work.
 MAX_BLOCKS = 65536
-
-
-def _ctype(dtype: np.dtype) -> str:
-    if dtype == np.float32:
-        return "float"
-    if dtype == np.float64:
-        return "double"
-    raise TypeError(f"pool2d kernels take float32 or float64 arrays, got {dtype}")
-
-
-def pool2d_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
-                    ceil_mode: bool) -> int:
-    """PyTorch's pooling output length; with ``ceil_mode`` the last window must still start
-    inside the input or its left padding."""
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return max(out, 0)
 
 
 def _launch(device: Any, name: str, n_items: int, args: tuple) -> None:
@@ -57,20 +38,19 @@ def _ints(*values: int) -> tuple[np.int32, ...]:
     return tuple(np.int32(v) for v in values)
 
 
-def max_pool2d_forward(device: Any, x: Any, kernel: Pair, stride: Pair, padding: Pair,
-                       dilation: Pair, ceil_mode: bool) -> tuple[Any, Any]:
+def max_pool2d_forward(device: Any, x: Any, out_hw: Pair, kernel: Pair, stride: Pair,
+                       padding: Pair, dilation: Pair) -> tuple[Any, Any]:
     """``(y, indices)``: window maxima and, as int64, the flat ``ih * W + iw`` of each one's
     first occurrence in its (n, c) plane (PyTorch's ``return_indices``)."""
     xp = device.xp
     with device.use():
         x = xp.ascontiguousarray(x)
         n, c, h, w = x.shape
-        ho = pool2d_out_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-        wo = pool2d_out_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+        ho, wo = out_hw
         y = xp.empty((n, c, ho, wo), dtype=x.dtype)
         indices = xp.empty((n, c, ho, wo), dtype=np.int64)
         if y.size:
-            _launch(device, f"maxpool2d_forward<{_ctype(x.dtype)}>", y.size,
+            _launch(device, f"maxpool2d_forward<{ctype(x.dtype)}>", y.size,
                     (x, y, indices, np.int64(y.size),
                      *_ints(h, w, ho, wo, *kernel, *stride, *padding, *dilation)))
     return y, indices
@@ -88,14 +68,14 @@ def max_pool2d_backward(device: Any, gy: Any, indices: Any, x_shape: tuple[int, 
         _, _, ho, wo = gy.shape
         gx = xp.zeros(tuple(x_shape), dtype=gy.dtype)
         if gx.size and gy.size:
-            _launch(device, f"maxpool2d_backward<{_ctype(gy.dtype)}>", gx.size,
+            _launch(device, f"maxpool2d_backward<{ctype(gy.dtype)}>", gx.size,
                     (gy, indices, gx, np.int64(gx.size),
                      *_ints(h, w, ho, wo, *kernel, *stride, *padding, *dilation)))
     return gx
 
 
-def avg_pool2d_forward(device: Any, x: Any, kernel: Pair, stride: Pair, padding: Pair,
-                       ceil_mode: bool, count_include_pad: bool,
+def avg_pool2d_forward(device: Any, x: Any, out_hw: Pair, kernel: Pair, stride: Pair,
+                       padding: Pair, count_include_pad: bool,
                        divisor_override: int | None) -> Any:
     """``y``: window means with PyTorch's divisor rules (``count_include_pad``,
     ``divisor_override``)."""
@@ -103,11 +83,10 @@ def avg_pool2d_forward(device: Any, x: Any, kernel: Pair, stride: Pair, padding:
     with device.use():
         x = xp.ascontiguousarray(x)
         n, c, h, w = x.shape
-        ho = pool2d_out_size(h, kernel[0], stride[0], padding[0], 1, ceil_mode)
-        wo = pool2d_out_size(w, kernel[1], stride[1], padding[1], 1, ceil_mode)
+        ho, wo = out_hw
         y = xp.empty((n, c, ho, wo), dtype=x.dtype)
         if y.size:
-            _launch(device, f"avgpool2d_forward<{_ctype(x.dtype)}>", y.size,
+            _launch(device, f"avgpool2d_forward<{ctype(x.dtype)}>", y.size,
                     (x, y, np.int64(y.size),
                      *_ints(h, w, ho, wo, *kernel, *stride, *padding, count_include_pad,
                             divisor_override or 0)))
@@ -115,7 +94,7 @@ def avg_pool2d_forward(device: Any, x: Any, kernel: Pair, stride: Pair, padding:
 
 
 def avg_pool2d_backward(device: Any, gy: Any, x_shape: tuple[int, ...], kernel: Pair,
-                        stride: Pair, padding: Pair, ceil_mode: bool, count_include_pad: bool,
+                        stride: Pair, padding: Pair, count_include_pad: bool,
                         divisor_override: int | None) -> Any:
     """``gx`` (``x_shape``): each input element gathers ``gy / divisor`` over the windows that
     cover it."""
@@ -123,11 +102,10 @@ def avg_pool2d_backward(device: Any, gy: Any, x_shape: tuple[int, ...], kernel: 
     with device.use():
         gy = xp.ascontiguousarray(gy)
         _, _, h, w = x_shape
-        ho = pool2d_out_size(h, kernel[0], stride[0], padding[0], 1, ceil_mode)
-        wo = pool2d_out_size(w, kernel[1], stride[1], padding[1], 1, ceil_mode)
+        _, _, ho, wo = gy.shape
         gx = xp.zeros(tuple(x_shape), dtype=gy.dtype)
         if gx.size and gy.size:
-            _launch(device, f"avgpool2d_backward<{_ctype(gy.dtype)}>", gx.size,
+            _launch(device, f"avgpool2d_backward<{ctype(gy.dtype)}>", gx.size,
                     (gy, gx, np.int64(gx.size),
                      *_ints(h, w, ho, wo, *kernel, *stride, *padding, count_include_pad,
                             divisor_override or 0)))

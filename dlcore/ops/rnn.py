@@ -7,8 +7,9 @@ is one :class:`RNNLayerFunction` with outputs ``(y, h_n)`` or ``(y, h_n, c_n)``:
 
 * forward: the input projection of all steps in ONE GEMM (biases folded in), then per step one
   GEMM for the hidden projection and one fused cell update: a CUDA kernel from
-  ``kernels/rnn_cell.cu`` on ``cuda`` and ``emu``, the same math as NumPy expressions on ``cpu``
-  (the ``_NumpyCells`` methods are the kernels' twins and the tests' oracle for them);
+  ``kernels/rnn_cell.cu`` on ``cuda`` and ``emu`` (:mod:`dlcore.ops.rnn_cuda`), the same math as
+  NumPy expressions on ``cpu`` (:mod:`dlcore.ops.rnn_cpu`, the kernels' twin and the tests'
+  oracle for them); the kernel family :data:`RNN_CELL` picks one;
 * backward: per step one fused cell backward and one GEMM for the recurrent gradient; the
   weight gradients over all steps in one GEMM each at the end.
 
@@ -31,179 +32,15 @@ from typing import Any
 import numpy as np
 
 from ..autograd import Function, is_grad_enabled
-from ..kernels import grid_1d
+from ..kernels import KernelFamily
 from ..tensor import Tensor
+from . import rnn_cpu, rnn_cuda
+from ._check import forward_backward, kwargs_case
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
-
-def _sigmoid_(a: np.ndarray) -> np.ndarray:
-    """In-place sigmoid as 0.5 * (1 + tanh(a / 2)): never overflows, same formula as the kernels."""
-    a *= 0.5
-    np.tanh(a, out=a)
-    a += 1
-    a *= 0.5
-    return a
-
-
-class _NumpyCells:
-    """Per-step cell math on NumPy arrays (the ``cpu`` path), argument for argument the twin of
-    the kernels in ``kernels/rnn_cell.cu``. Outputs are written into the given arrays."""
-
-    def __init__(self, lengths: np.ndarray | None, relu: bool) -> None:
-        self.lengths, self.relu = lengths, relu
-
-    def _valid(self, t: int) -> np.ndarray | None:
-        return None if self.lengths is None else (t < self.lengths)[:, None]
-
-    @staticmethod
-    def _commit(valid: np.ndarray | None, new: np.ndarray, prev: np.ndarray, out: np.ndarray,
-                y: np.ndarray | None = None) -> None:
-        """State update and output with padded steps masked (state kept, output zero)."""
-        if valid is None:
-            out[...] = new
-            if y is not None:
-                y[...] = new
-            return
-        np.copyto(out, np.where(valid, new, prev))
-        if y is not None:
-            np.copyto(y, np.where(valid, new, 0))
-
-    def _upstream(self, t: int, dh_state: np.ndarray, gy: np.ndarray,
-                  dh_direct: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Gradient reaching this step's new h (zero at padded steps), and the pass-through of
-        padded steps into ``dh_direct``."""
-        valid = self._valid(t)
-        dh = dh_state + gy
-        if valid is None:
-            dh_direct.fill(0)
-            return dh, None
-        np.copyto(dh_direct, np.where(valid, 0, dh_state))
-        return np.where(valid, dh, 0), valid
-
-    def rnn_forward(self, xg: np.ndarray, hg: np.ndarray, h_prev: np.ndarray, t: int,
-                    h_out: np.ndarray, y: np.ndarray) -> None:
-        a = xg + hg
-        h = np.maximum(a, 0, out=a) if self.relu else np.tanh(a, out=a)
-        self._commit(self._valid(t), h, h_prev, h_out, y)
-
-    def rnn_backward(self, gy: np.ndarray, dh_state: np.ndarray, y: np.ndarray, t: int,
-                     dxg: np.ndarray, dh_direct: np.ndarray) -> None:
-        dh, _ = self._upstream(t, dh_state, gy, dh_direct)
-        if self.relu:
-            np.multiply(dh, y > 0, out=dxg)
-        else:
-            np.multiply(dh, 1 - y * y, out=dxg)
-
-    def lstm_forward(self, xg: np.ndarray, hg: np.ndarray, h_prev: np.ndarray,
-                     c_prev: np.ndarray, t: int, h_out: np.ndarray, c_out: np.ndarray,
-                     y: np.ndarray, gates: np.ndarray, tanh_c: np.ndarray) -> None:
-        H = h_prev.shape[1]
-        np.add(xg, hg, out=gates)
-        _sigmoid_(gates[:, :2 * H])
-        np.tanh(gates[:, 2 * H:3 * H], out=gates[:, 2 * H:3 * H])
-        _sigmoid_(gates[:, 3 * H:])
-        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
-        c = f * c_prev
-        c += i * g
-        np.tanh(c, out=tanh_c)
-        valid = self._valid(t)
-        self._commit(valid, o * tanh_c, h_prev, h_out, y)
-        self._commit(valid, c, c_prev, c_out)
-
-    def lstm_backward(self, gy: np.ndarray, dh_state: np.ndarray, dc_state: np.ndarray,
-                      gates: np.ndarray, c_prev: np.ndarray, tanh_c: np.ndarray, t: int,
-                      dxg: np.ndarray, dh_direct: np.ndarray, dc_prev: np.ndarray) -> None:
-        H = c_prev.shape[1]
-        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
-        dh, valid = self._upstream(t, dh_state, gy, dh_direct)
-        dc = dc_state + dh * o * (1 - tanh_c * tanh_c)
-        if valid is not None:
-            dc = np.where(valid, dc, 0)
-        np.multiply(dc * g, i * (1 - i), out=dxg[:, :H])
-        np.multiply(dc * c_prev, f * (1 - f), out=dxg[:, H:2 * H])
-        np.multiply(dc * i, 1 - g * g, out=dxg[:, 2 * H:3 * H])
-        np.multiply(dh * tanh_c, o * (1 - o), out=dxg[:, 3 * H:])
-        np.multiply(dc, f, out=dc_prev)
-        if valid is not None:
-            np.copyto(dc_prev, dc_state, where=~valid)
-
-    def gru_forward(self, xg: np.ndarray, hg: np.ndarray, b_hn: np.ndarray,
-                    h_prev: np.ndarray, t: int, h_out: np.ndarray, y: np.ndarray,
-                    gates: np.ndarray, hn: np.ndarray) -> None:
-        H = h_prev.shape[1]
-        np.add(xg[:, :2 * H], hg[:, :2 * H], out=gates[:, :2 * H])
-        _sigmoid_(gates[:, :2 * H])
-        r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
-        np.add(hg[:, 2 * H:], b_hn, out=hn)
-        np.multiply(r, hn, out=n)
-        n += xg[:, 2 * H:]
-        np.tanh(n, out=n)
-        h = h_prev - n
-        h *= z
-        h += n  # (1 - z) n + z h_prev
-        self._commit(self._valid(t), h, h_prev, h_out, y)
-
-    def gru_backward(self, gy: np.ndarray, dh_state: np.ndarray, gates: np.ndarray,
-                     hn: np.ndarray, h_prev: np.ndarray, t: int, dxg: np.ndarray,
-                     dhg: np.ndarray, dh_direct: np.ndarray) -> None:
-        H = h_prev.shape[1]
-        r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
-        dh, _ = self._upstream(t, dh_state, gy, dh_direct)
-        dan = dh * (1 - z) * (1 - n * n)
-        np.multiply(dan * hn, r * (1 - r), out=dxg[:, :H])
-        np.multiply(dh * (h_prev - n), z * (1 - z), out=dxg[:, H:2 * H])
-        dxg[:, 2 * H:] = dan
-        dhg[:, :2 * H] = dxg[:, :2 * H]
-        np.multiply(dan, r, out=dhg[:, 2 * H:])
-        dh_direct += dh * z
-
-
-class _KernelCells:
-    """The same per-step interface as :class:`_NumpyCells`, launching ``kernels/rnn_cell.cu``
-    (``cuda``: CuPy RawModule, ``emu``: the CPU emulator). One thread per (n, j) element."""
-
-    def __init__(self, device: Any, dtype: np.dtype, lengths: Any, relu: bool, N: int,
-                 H: int) -> None:
-        runner, ctype = device.kernels, _CTYPES[np.dtype(dtype)]
-        self._fn = {name: runner.function("rnn_cell.cu", f"{name}<{ctype}>") for name in (
-            "rnn_cell_forward", "rnn_cell_backward", "lstm_cell_forward", "lstm_cell_backward",
-            "gru_cell_forward", "gru_cell_backward")}
-        self.lengths, self.relu = lengths, np.int32(relu)
-        self.grid, self.sizes = grid_1d(N * H, 256, max_blocks=65535), (np.int32(N), np.int32(H))
-
-    def _launch(self, name: str, *args: Any) -> None:
-        self._fn[name](self.grid, (256,), args + self.sizes)
-
-    def rnn_forward(self, xg: Any, hg: Any, h_prev: Any, t: int, h_out: Any, y: Any) -> None:
-        self._launch("rnn_cell_forward", xg, hg, h_prev, self.lengths, np.int32(t), self.relu,
-                     h_out, y)
-
-    def rnn_backward(self, gy: Any, dh_state: Any, y: Any, t: int, dxg: Any,
-                     dh_direct: Any) -> None:
-        self._launch("rnn_cell_backward", gy, dh_state, y, self.lengths, np.int32(t), self.relu,
-                     dxg, dh_direct)
-
-    def lstm_forward(self, xg: Any, hg: Any, h_prev: Any, c_prev: Any, t: int, h_out: Any,
-                     c_out: Any, y: Any, gates: Any, tanh_c: Any) -> None:
-        self._launch("lstm_cell_forward", xg, hg, h_prev, c_prev, self.lengths, np.int32(t),
-                     h_out, c_out, y, gates, tanh_c)
-
-    def lstm_backward(self, gy: Any, dh_state: Any, dc_state: Any, gates: Any, c_prev: Any,
-                      tanh_c: Any, t: int, dxg: Any, dh_direct: Any, dc_prev: Any) -> None:
-        self._launch("lstm_cell_backward", gy, dh_state, dc_state, gates, c_prev, tanh_c,
-                     self.lengths, np.int32(t), dxg, dh_direct, dc_prev)
-
-    def gru_forward(self, xg: Any, hg: Any, b_hn: Any, h_prev: Any, t: int, h_out: Any, y: Any,
-                    gates: Any, hn: Any) -> None:
-        self._launch("gru_cell_forward", xg, hg, b_hn, h_prev, self.lengths, np.int32(t), h_out,
-                     y, gates, hn)
-
-    def gru_backward(self, gy: Any, dh_state: Any, gates: Any, hn: Any, h_prev: Any, t: int,
-                     dxg: Any, dhg: Any, dh_direct: Any) -> None:
-        self._launch("gru_cell_backward", gy, dh_state, gates, hn, h_prev, self.lengths,
-                     np.int32(t), dxg, dhg, dh_direct)
+# The cell implementations are classes with one per-step interface (see rnn_cpu.Cells).
+RNN_CELL = KernelFamily("rnn_cell", rnn_cuda.SOURCE, cpu=rnn_cpu, kernel=rnn_cuda)
 
 
 class RNNLayerFunction(Function):
@@ -283,12 +120,9 @@ class RNNLayerFunction(Function):
         self.h_prev = self.gates = self.c_prev = self.tanh_c = self.hn = self.y = None
 
     def _cells(self, lengths: Any, N: int, H: int, dtype: np.dtype) -> Any:
-        relu = self.mode == "rnn_relu"
-        if self.device.kernels is None:
-            return _NumpyCells(lengths, relu)
-        if lengths is None:
-            lengths = self.device.xp.full(N, len(self.order), dtype=np.int32)
-        return _KernelCells(self.device, dtype, lengths, relu, N, H)
+        impl = RNN_CELL.select(self.device, dtype, self.mode)
+        return impl.Cells(self.device, dtype, lengths, self.mode == "rnn_relu", N, H,
+                          len(self.order))
 
     def backward(self, gy: Tensor | None, gh_n: Tensor | None,
                  gc_n: Tensor | None = None) -> tuple:
@@ -369,3 +203,34 @@ def rnn_layer(input: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
         lengths = input.device.xp.asarray(
             lengths.numpy() if isinstance(lengths, Tensor) else lengths, dtype=np.int32)
     return RNNLayerFunction.apply(*tensors, mode=mode, reverse=reverse, lengths=lengths)
+
+
+# ---- dlcore check cases: the kernels against the cpu path ---------------------------------
+
+def _check_rnn(device: Any, mode: str, reverse: bool = False,
+               lengths: list[int] | None = None) -> dict:
+    T, N, I, H = 6, 3, 4, 5
+    g = GATES[mode] * H
+    shapes = [(T, N, I), (N, H), (g, I), (g, H), (g,), (g,)]
+    names = ["input", "h0", "w_ih", "w_hh", "b_ih", "b_hh"]
+    if mode == "lstm":
+        shapes.insert(2, (N, H))
+        names.insert(2, "c0")
+
+    def op(x: Tensor, h0: Tensor, *rest: Tensor) -> Tensor:
+        c0, weights = (rest[0], rest[1:]) if mode == "lstm" else (None, rest)
+        outs = rnn_layer(x, h0, c0, *weights, mode=mode, reverse=reverse, lengths=lengths)
+        return outs[0] * 1.0 + outs[1].sum() + (outs[2].sum() if mode == "lstm" else 0.0)
+
+    return forward_backward(device, 3, shapes, op, names)
+
+
+for _name, _options in {
+        "rnn tanh cell": dict(mode="rnn_tanh"),
+        "rnn relu cell, reverse": dict(mode="rnn_relu", reverse=True),
+        "lstm cell": dict(mode="lstm"),
+        "lstm cell, lengths": dict(mode="lstm", lengths=[6, 3, 1]),
+        "gru cell": dict(mode="gru"),
+        "gru cell, reverse, lengths": dict(mode="gru", reverse=True, lengths=[2, 6, 4])}.items():
+    RNN_CELL.check(_name)(kwargs_case(_check_rnn, **_options))
+del _name, _options

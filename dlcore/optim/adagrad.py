@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .optimizer import Optimizer, array_module, state_like
-
-MAXIMIZE = 1  # flag bit shared with kernels/optim.cu
+from ..ops.optim import MAXIMIZE
+from .optimizer import Optimizer, state_like
 
 
 class Adagrad(Optimizer):
@@ -43,21 +42,7 @@ class Adagrad(Optimizer):
         if "sum" not in state:
             state["sum"] = state_like(param, group["initial_accumulator_value"])
 
-    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
-                     group: dict[str, Any], step: int) -> None:
-        g = -grad if group["maximize"] else grad
-        if group["weight_decay"] != 0:
-            g = g + param * group["weight_decay"]
-        clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
-        accumulator = state["sum"]
-        accumulator += g * g
-        std = array_module(param).sqrt(accumulator)
-        std += group["eps"]
-        update = g / std
-        update *= clr
-        param -= update
-
-    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
+    def update_rule(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
                     step: int) -> tuple[str, tuple, tuple[float, ...], int]:
         clr = group["lr"] / (1 + (step - 1) * group["lr_decay"])
         return ("adagrad_step", (param, grad, state["sum"]),

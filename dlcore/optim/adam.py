@@ -6,10 +6,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .optimizer import Optimizer, array_module, state_like
-
-# flag bits shared with kernels/optim.cu
-MAXIMIZE, AMSGRAD, DECOUPLED = 1, 2, 4
+from ..ops.optim import ADAM_AMSGRAD, ADAM_DECOUPLED, MAXIMIZE
+from .optimizer import Optimizer, state_like
 
 
 class Adam(Optimizer):
@@ -48,8 +46,8 @@ class Adam(Optimizer):
                 state[name] = state_like(param)
 
     def _scalars(self, group: dict[str, Any], step: int) -> tuple[float, ...]:
-        """Per-step scalars, computed once in float64 on the host (as PyTorch does) and shared
-        by both paths: lr, weight decay, 1 - beta1, beta2, 1 - beta2, step size,
+        """Per-step scalars, computed once in float64 on the host (as PyTorch does): lr,
+        weight decay, 1 - beta1, beta2, 1 - beta2, step size,
         sqrt(bias correction 2), eps."""
         beta1, beta2 = group["betas"]
         lr = group["lr"]
@@ -58,36 +56,10 @@ class Adam(Optimizer):
         return (lr, group["weight_decay"], 1 - beta1, beta2, 1 - beta2,
                 lr / bias_correction1, bias_correction2_sqrt, group["eps"])
 
-    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
-                     group: dict[str, Any], step: int) -> None:
-        lr, wd, one_minus_beta1, beta2, one_minus_beta2, step_size, bc2_sqrt, eps = \
-            self._scalars(group, step)
-        g = -grad if group["maximize"] else grad
-        if wd != 0:
-            if self.decoupled_weight_decay:
-                param *= 1 - lr * wd
-            else:
-                g = g + param * wd
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        exp_avg += (g - exp_avg) * one_minus_beta1
-        exp_avg_sq *= beta2
-        exp_avg_sq += g * one_minus_beta2 * g
-        if group["amsgrad"]:
-            second = state["max_exp_avg_sq"]
-            array_module(param).maximum(second, exp_avg_sq, out=second)
-        else:
-            second = exp_avg_sq
-        denom = array_module(param).sqrt(second)
-        denom /= bc2_sqrt
-        denom += eps
-        update = exp_avg / denom
-        update *= step_size
-        param -= update
-
-    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
+    def update_rule(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
                     step: int) -> tuple[str, tuple, tuple[float, ...], int]:
-        flags = (MAXIMIZE * group["maximize"] | AMSGRAD * group["amsgrad"]
-                 | DECOUPLED * self.decoupled_weight_decay)
+        flags = (MAXIMIZE * group["maximize"] | ADAM_AMSGRAD * group["amsgrad"]
+                 | ADAM_DECOUPLED * self.decoupled_weight_decay)
         scalars = self._scalars(group, step)
         lr, wd = scalars[0], scalars[1]
         decay = 1 - lr * wd

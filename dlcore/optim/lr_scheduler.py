@@ -14,7 +14,7 @@ import warnings
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, SupportsFloat, TypedDict
 
 from .optimizer import Optimizer
 
@@ -226,6 +226,17 @@ class LinearLR(LRScheduler):
                 for base in self.base_lrs]
 
 
+class _Phase(TypedDict):
+    """One phase of :class:`OneCycleLR`: its last step and the param-group keys it anneals
+    between. A plain dict (not a class) so that ``state_dict`` saves it as data."""
+
+    end_step: float
+    start_lr: str
+    end_lr: str
+    start_momentum: str
+    end_momentum: str
+
+
 class OneCycleLR(LRScheduler):
     """The 1cycle policy: lr rises from ``max_lr / div_factor`` to ``max_lr`` over
     ``pct_start`` of the steps, then anneals to ``initial_lr / final_div_factor``
@@ -268,8 +279,9 @@ class OneCycleLR(LRScheduler):
             ends = [pct_start * total_steps - 1, total_steps - 1]
             keys = [("initial_lr", "max_lr", "max_momentum", "base_momentum"),
                     ("max_lr", "min_lr", "base_momentum", "max_momentum")]
-        self._phases = [dict(end_step=float(e), start_lr=k[0], end_lr=k[1],
-                             start_momentum=k[2], end_momentum=k[3]) for e, k in zip(ends, keys)]
+        self._phases = [_Phase(end_step=float(e), start_lr=k[0], end_lr=k[1],
+                               start_momentum=k[2], end_momentum=k[3])
+                        for e, k in zip(ends, keys)]
         groups = optimizer.param_groups
         max_lrs = _per_group(max_lr, groups, "max_lr")
         if last_epoch == -1:
@@ -358,7 +370,10 @@ class ReduceLROnPlateau(LRScheduler):
         self._step_count = 0
         self._last_lr = self._group_lrs()
 
-    def step(self, metrics: Any, epoch: int | None = None) -> None:  # type: ignore[override]
+    # NOTE: PyTorch's signature puts the metric first, which does not fit the base class's
+    # step(epoch); kept for compatibility, hence the override ignore.
+    def step(self, metrics: SupportsFloat,  # type: ignore[override]
+             epoch: int | None = None) -> None:
         """Record this epoch's metric and reduce the lrs after ``patience`` bad epochs."""
         current = float(metrics)
         if epoch is not None:

@@ -1,17 +1,16 @@
 """Optimizer base class: parameter groups, flat per-group buffers, the step loop, state I/O.
 
 Subclasses only say how one update goes (MLX's shape): ``init_single(param, state, group)``
-creates missing state arrays, ``apply_single(grad, param, state, group, step)`` updates in
-place with array-module operations (the NumPy path, and the oracle of the kernels), and
-``kernel_call(...)`` names the same update as one fused kernel from ``kernels/optim.cu`` on the
-``cuda`` and ``emu`` devices.
+creates missing state arrays and ``update_rule(grad, param, state, group, step)`` names the
+update as a rule of the kernel family :mod:`dlcore.ops.optim` with its arguments: one fused
+kernel from ``kernels/optim.cu`` on the ``cuda`` and ``emu`` devices, its NumPy twin (chunked
+to stay in cache) on ``cpu``.
 
 Layout. At the first ``step()`` the parameters of each group are split into buckets by
 (device, dtype), and each bucket is flattened into ONE contiguous buffer: every parameter's
 ``.data`` becomes a view into it, and the optimizer state (``exp_avg``, ...) is one flat
 array per name. A step then gathers the gradients into a flat gradient buffer (one
-concatenate) and updates everything with a handful of array operations (CPU, in cache-sized
-chunks so temporaries never leave the L2) or a single kernel launch (GPU). ``p.data`` keeps
+concatenate) and updates everything with one call of the update rule. ``p.data`` keeps
 its shape, dtype and values, so autograd and ``Module`` are unaffected.
 
 NOTE: a tensor that aliased a parameter's old array (``w = p.detach()`` taken *before* the
@@ -30,16 +29,8 @@ import numpy as np
 
 from .. import autograd
 from ..device import device_of_array
-from ..kernels import grid_1d
+from ..ops import optim as update_rules
 from ..tensor import Tensor
-
-# Elements per chunk of the CPU path (measured with bench/optim.py: 2-3x faster than
-# whole-buffer ops at 10M params): a chunk of each operand (param, grad, 2-3 state
-# arrays, 2 temporaries) of float32 fits in a 1-2 MiB L2, so DRAM sees each array once.
-CPU_CHUNK = 1 << 16
-KERNEL_DTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-_BLOCK = 256
-_MAX_BLOCKS = 4096
 
 
 class _Required:
@@ -246,52 +237,26 @@ class Optimizer:
     def _step_bucket(self, bucket: _Bucket, group: dict[str, Any]) -> None:
         bucket.adopt_replaced_data()
         self.init_single(bucket.flat, bucket.state, group)
-        use_kernel = bucket.device.type != "cpu" and bucket.dtype in KERNEL_DTYPES
         for first, last in bucket.runs():
             grad = bucket.gather_grads(first, last)
             lo, hi = bucket.offsets[first], bucket.offsets[last]
             bucket.steps[first:last] += 1
             step = int(bucket.steps[first])
             state = {k: v[lo:hi] for k, v in bucket.state.items()}
-            param = bucket.flat[lo:hi]
-            if use_kernel:
-                self._launch(bucket, grad, param, state, group, step)
-                continue
-            chunk = hi - lo if bucket.device.type == "cuda" else CPU_CHUNK
-            for c in range(0, hi - lo, chunk):
-                sl = slice(c, c + chunk)
-                self.apply_single(grad[sl], param[sl], {k: v[sl] for k, v in state.items()},
-                                  group, step)
+            rule, arrays, scalars, flags = self.update_rule(grad, bucket.flat[lo:hi], state,
+                                                            group, step)
+            update_rules.update(bucket.device, rule, arrays, scalars, flags)
 
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Create the state arrays ``group``'s options need and ``state`` lacks (flat, like
         ``param``); called before every step so options switched on later get state too."""
 
-    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
-                     group: dict[str, Any], step: int) -> None:
-        """Update ``param`` (and ``state``) in place from ``grad``; ``step`` counts from 1."""
-        raise NotImplementedError(f"{type(self).__name__}.apply_single")
-
-    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
-                    step: int) -> tuple[str, tuple, tuple[float, ...], int]:
-        """The update of :meth:`apply_single` as a kernel of ``kernels/optim.cu``: its name
-        (without ``<T>``), its array arguments (``None`` for state an option leaves unused),
-        its float scalars and its flag bits. Every kernel there takes ``(arrays..., n,
-        scalars..., flags)``."""
-        raise NotImplementedError(f"{type(self).__name__}.kernel_call")
-
-    def _launch(self, bucket: _Bucket, grad: Any, param: Any, state: dict[str, Any],
-                group: dict[str, Any], step: int) -> None:
-        name, arrays, scalars, flags = self.kernel_call(grad, param, state, group, step)
-        xp, cast = bucket.device.xp, bucket.dtype.type
-        # NOTE: an unused state slot gets its own dummy, never an alias of another argument:
-        # the checked emulator copies arguments out and back, so aliases would clobber.
-        args = [xp.empty(1, dtype=bucket.dtype) if a is None else a for a in arrays]
-        n = int(param.size)
-        args += [np.int64(n), *[cast(s) for s in scalars], np.int32(flags)]
-        run = bucket.device.kernels.function("optim.cu",
-                                             f"{name}<{KERNEL_DTYPES[bucket.dtype]}>")
-        run(grid_1d(n, _BLOCK, _MAX_BLOCKS), (_BLOCK,), args)
+    def update_rule(self, grad: Any, param: Any, state: dict[str, Any],
+                    group: dict[str, Any], step: int) -> tuple[str, tuple, tuple[float, ...], int]:
+        """The update of ``param`` (and ``state``) from ``grad`` as a rule of
+        :mod:`dlcore.ops.optim`: its name, its array arguments (``None`` for state an option
+        leaves unused), its float scalars and its flag bits; ``step`` counts from 1."""
+        raise NotImplementedError(f"{type(self).__name__}.update_rule")
 
     # ---- state -----------------------------------------------------------------------
     @property

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .optimizer import Optimizer, array_module, state_like
-
-# flag bits shared with kernels/optim.cu
-MAXIMIZE, CENTERED, MOMENTUM = 1, 2, 4
+from ..ops.optim import MAXIMIZE, RMSPROP_CENTERED, RMSPROP_MOMENTUM
+from .optimizer import Optimizer, state_like
 
 
 class RMSprop(Optimizer):
@@ -46,38 +44,10 @@ class RMSprop(Optimizer):
             if name not in state:
                 state[name] = state_like(param)
 
-    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
-                     group: dict[str, Any], step: int) -> None:
-        alpha, wd, momentum = group["alpha"], group["weight_decay"], group["momentum"]
-        xp = array_module(param)
-        g = -grad if group["maximize"] else grad
-        if wd != 0:
-            g = g + param * wd
-        square_avg = state["square_avg"]
-        square_avg *= alpha
-        square_avg += g * (1 - alpha) * g
-        if group["centered"]:
-            grad_avg = state["grad_avg"]
-            grad_avg += (g - grad_avg) * (1 - alpha)
-            avg = square_avg - grad_avg * grad_avg
-            xp.sqrt(avg, out=avg)
-        else:
-            avg = xp.sqrt(square_avg)
-        avg += group["eps"]
-        if momentum > 0:
-            buf = state["momentum_buffer"]
-            buf *= momentum
-            buf += g / avg
-            param -= buf * group["lr"]
-        else:
-            update = g / avg
-            update *= group["lr"]
-            param -= update
-
-    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
+    def update_rule(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
                     step: int) -> tuple[str, tuple, tuple[float, ...], int]:
-        flags = (MAXIMIZE * group["maximize"] | CENTERED * group["centered"]
-                 | MOMENTUM * (group["momentum"] > 0))
+        flags = (MAXIMIZE * group["maximize"] | RMSPROP_CENTERED * group["centered"]
+                 | RMSPROP_MOMENTUM * (group["momentum"] > 0))
         return ("rmsprop_step", (param, grad, state["square_avg"], state.get("grad_avg"),
                                  state.get("momentum_buffer")),
                 (group["lr"], group["alpha"], 1 - group["alpha"], group["eps"],

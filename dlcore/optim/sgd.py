@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..ops.optim import MAXIMIZE, SGD_FIRST_STEP, SGD_NESTEROV
 from .optimizer import Optimizer, required, state_like
-
-# flag bits shared with kernels/optim.cu
-MAXIMIZE, NESTEROV, FIRST_STEP = 1, 2, 4
 
 
 class SGD(Optimizer):
@@ -43,26 +41,10 @@ class SGD(Optimizer):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = state_like(param)
 
-    def apply_single(self, grad: Any, param: Any, state: dict[str, Any],
-                     group: dict[str, Any], step: int) -> None:
-        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-        g = -grad if group["maximize"] else grad
-        if wd != 0:
-            g = g + param * wd
-        if momentum != 0:
-            buf = state["momentum_buffer"]
-            if step == 1:
-                buf[...] = g
-            else:
-                buf *= momentum
-                buf += g * (1 - group["dampening"])
-            g = g + buf * momentum if group["nesterov"] else buf
-        param -= g * lr
-
-    def kernel_call(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
+    def update_rule(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
                     step: int) -> tuple[str, tuple, tuple[float, ...], int]:
-        flags = (MAXIMIZE * group["maximize"] | NESTEROV * group["nesterov"]
-                 | FIRST_STEP * (step == 1))
+        flags = (MAXIMIZE * group["maximize"] | SGD_NESTEROV * group["nesterov"]
+                 | SGD_FIRST_STEP * (step == 1))
         return ("sgd_step", (param, grad, state.get("momentum_buffer")),
                 (group["lr"], group["momentum"], 1 - group["dampening"], group["weight_decay"]),
                 flags)

@@ -139,7 +139,7 @@ def _run_all(dev: Device, case: Case, dtype: type) -> None:
     x, w = case.arrays(dtype)
     ho, wo, _, _ = _dims(case)
     gy = np.random.default_rng(7).standard_normal((case.n, case.f, ho, wo)).astype(dtype)
-    _check(conv_cuda.conv2d_forward(dev, _on(dev, x), _on(dev, w), *case.args()),
+    _check(conv_cuda.conv2d_forward(dev, _on(dev, x), _on(dev, w), (ho, wo), *case.args()),
            ref_forward(case, x, w), dtype)
     _check(conv_cuda.conv2d_backward_data(dev, _on(dev, gy), _on(dev, w), x.shape, *case.args()),
            ref_backward_data(case, gy.astype(np.float64), w.astype(np.float64)), dtype)
@@ -179,12 +179,10 @@ def test_empty_batch_gives_zero_gradients() -> None:
     dev = Device("emu")
     x = np.zeros((0, 2, 5, 5), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
-    y = conv_cuda.conv2d_forward(dev, x, w, (1, 1), (0, 0), (1, 1), 1)
+    y = conv_cuda.conv2d_forward(dev, x, w, (3, 3), (1, 1), (0, 0), (1, 1), 1)
     assert y.shape == (0, 3, 3, 3)
     gw = conv_cuda.conv2d_backward_weight(dev, x, y, w.shape, (1, 1), (0, 0), (1, 1), 1)
     np.testing.assert_array_equal(gw, np.zeros_like(w))
-
-
 
 
 CPU = Device("cpu")
@@ -200,8 +198,8 @@ def test_emu_agrees_with_cpu_path() -> None:
         ho, wo, _, _ = _dims(case)
         gy = np.random.default_rng(3).standard_normal((case.n, case.f, ho, wo)).astype(np.float32)
         pairs = [
-            (conv_cuda.conv2d_forward(dev, x, w, *case.args()),
-             cpu.conv2d_forward(CPU, x, w, *case.args())),
+            (conv_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args()),
+             cpu.conv2d_forward(CPU, x, w, (ho, wo), *case.args())),
             (conv_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args()),
              cpu.conv2d_backward_data(CPU, gy, w, x.shape, *case.args())),
             (conv_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args()),

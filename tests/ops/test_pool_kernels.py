@@ -13,6 +13,7 @@ import pytest
 
 from dlcore.device import Device, device_count
 from dlcore.ops import pool_cpu, pool_cuda
+from dlcore.ops.pool import pool2d_out_size
 
 SEEDS = (1, 2, 3)
 
@@ -27,8 +28,8 @@ class Case(NamedTuple):
 
     def out_hw(self, dilation: bool = True) -> tuple[int, int]:
         d = self.dilation if dilation else (1, 1)
-        return tuple(pool_cuda.pool2d_out_size(self.shape[2 + i], self.kernel[i], self.stride[i],
-                                               self.padding[i], d[i], self.ceil_mode)
+        return tuple(pool2d_out_size(self.shape[2 + i], self.kernel[i], self.stride[i],
+                                     self.padding[i], d[i], self.ceil_mode)
                      for i in range(2))
 
 
@@ -134,8 +135,8 @@ def _inputs(case: Case, dtype: type, ties: bool) -> tuple[np.ndarray, np.ndarray
 
 def _run_max(dev: Device, case: Case, dtype: type, ties: bool) -> None:
     x, gy = _inputs(case, dtype, ties)
-    y, idx = pool_cuda.max_pool2d_forward(dev, dev.xp.asarray(x), case.kernel, case.stride,
-                                          case.padding, case.dilation, case.ceil_mode)
+    y, idx = pool_cuda.max_pool2d_forward(dev, dev.xp.asarray(x), case.out_hw(), case.kernel,
+                                          case.stride, case.padding, case.dilation)
     y_ref, idx_ref = ref_max_forward(case, x)
     _close(y, y_ref, dtype)
     np.testing.assert_array_equal(_host(idx), idx_ref)
@@ -150,8 +151,8 @@ def _run_avg(dev: Device, case: Case, dtype: type, include_pad: bool,
     x, _ = _inputs(case, dtype, ties=False)
     ho, wo = case.out_hw(dilation=False)
     gy = np.random.default_rng(5).standard_normal(case.shape[:2] + (ho, wo)).astype(dtype)
-    args = (case.kernel, case.stride, case.padding, case.ceil_mode, include_pad, override)
-    _close(pool_cuda.avg_pool2d_forward(dev, dev.xp.asarray(x), *args),
+    args = (case.kernel, case.stride, case.padding, include_pad, override)
+    _close(pool_cuda.avg_pool2d_forward(dev, dev.xp.asarray(x), (ho, wo), *args),
            ref_avg_forward(case, x, include_pad, override), dtype)
     _close(pool_cuda.avg_pool2d_backward(dev, dev.xp.asarray(gy), x.shape, *args),
            ref_avg_backward(case, gy, include_pad, override), dtype)
@@ -188,7 +189,7 @@ def test_max_pool_nan_wins() -> None:
     """A NaN in a window is the maximum (PyTorch propagates it), whatever comes after it."""
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     x[0, 0, 0, 1] = np.nan
-    y, idx = pool_cuda.max_pool2d_forward(Device("emu"), x, (2, 2), (2, 2), (0, 0), (1, 1), False)
+    y, idx = pool_cuda.max_pool2d_forward(Device("emu"), x, (2, 2), (2, 2), (2, 2), (0, 0), (1, 1))
     assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1
     np.testing.assert_array_equal(y[0, 0].ravel()[1:], [7, 13, 15])
 
@@ -198,7 +199,7 @@ def test_max_pool_window_entirely_in_padding() -> None:
     yields -inf and index -1, and its gradient reaches no input."""
     dev = Device("emu")
     x = np.ones((1, 1, 2, 2), np.float32)
-    y, idx = pool_cuda.max_pool2d_forward(dev, x, (2, 2), (1, 1), (1, 1), (3, 3), False)
+    y, idx = pool_cuda.max_pool2d_forward(dev, x, (1, 1), (2, 2), (1, 1), (1, 1), (3, 3))
     assert y.shape == (1, 1, 1, 1) and y[0, 0, 0, 0] == -np.inf and idx[0, 0, 0, 0] == -1
     gx = pool_cuda.max_pool2d_backward(dev, np.ones_like(y), idx, x.shape, (2, 2), (1, 1),
                                        (1, 1), (3, 3))
@@ -207,11 +208,9 @@ def test_max_pool_window_entirely_in_padding() -> None:
 
 def test_ceil_mode_drops_window_starting_in_right_padding() -> None:
     # H=5, k=2, s=2, p=1: (5 + 2 - 2 + 1) // 2 + 1 = 4, but window 3 would start at 5 = H + p.
-    assert pool_cuda.pool2d_out_size(5, 2, 2, 1, 1, True) == 3
-    assert pool_cuda.pool2d_out_size(6, 2, 2, 1, 1, True) == 4
-    assert pool_cuda.pool2d_out_size(5, 2, 2, 1, 1, False) == 3
-
-
+    assert pool2d_out_size(5, 2, 2, 1, 1, True) == 3
+    assert pool2d_out_size(6, 2, 2, 1, 1, True) == 4
+    assert pool2d_out_size(5, 2, 2, 1, 1, False) == 3
 
 
 CPU = Device("cpu")
@@ -224,8 +223,8 @@ def test_emu_agrees_with_cpu_path(name: str) -> None:
     dev, case = Device("emu"), CASES[name]
     x, gy = _inputs(case, np.float32, ties=True)
     window = (case.kernel, case.stride, case.padding, case.dilation)
-    y, idx = pool_cuda.max_pool2d_forward(dev, x, *window, case.ceil_mode)
-    y_cpu, idx_cpu = cpu.max_pool2d_forward(CPU, x, *window, case.ceil_mode)
+    y, idx = pool_cuda.max_pool2d_forward(dev, x, case.out_hw(), *window)
+    y_cpu, idx_cpu = cpu.max_pool2d_forward(CPU, x, case.out_hw(), *window)
     np.testing.assert_array_equal(y, y_cpu)
     np.testing.assert_array_equal(idx, idx_cpu)
     np.testing.assert_allclose(pool_cuda.max_pool2d_backward(dev, gy, idx, x.shape, *window),
@@ -234,9 +233,11 @@ def test_emu_agrees_with_cpu_path(name: str) -> None:
     if case.dilation != (1, 1):
         return
     for include_pad, override in ((True, None), (False, None), (False, 4)):
-        avg = (case.kernel, case.stride, case.padding, case.ceil_mode, include_pad, override)
-        np.testing.assert_allclose(pool_cuda.avg_pool2d_forward(dev, x, *avg),
-                                   cpu.avg_pool2d_forward(CPU, x, *avg), rtol=1e-6, atol=1e-6)
+        avg = (case.kernel, case.stride, case.padding, include_pad, override)
+        out_hw = case.out_hw(dilation=False)
+        np.testing.assert_allclose(pool_cuda.avg_pool2d_forward(dev, x, out_hw, *avg),
+                                   cpu.avg_pool2d_forward(CPU, x, out_hw, *avg),
+                                   rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(pool_cuda.avg_pool2d_backward(dev, gy, x.shape, *avg),
                                    cpu.avg_pool2d_backward(CPU, gy, x.shape, *avg),
                                    rtol=1e-6, atol=1e-6)

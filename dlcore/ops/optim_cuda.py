@@ -1,0 +1,32 @@
+"""Optimizer updates on a kernel device: one launch of ``kernels/optim.cu`` per call.
+
+Every kernel there takes ``(arrays..., n, scalars..., flags)``; the scalars are cast to the
+buffers' dtype here, exactly as the NumPy rules see them. Launch: 1-D grid-stride loop, 256
+threads per block, at most 4096 blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..kernels import ctype, grid_1d
+
+SOURCE = "optim.cu"
+THREADS = 256
+MAX_BLOCKS = 4096
+
+
+def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[float],
+           flags: int) -> None:
+    param = arrays[0]
+    xp, cast = device.xp, param.dtype.type
+    # NOTE: an unused state slot gets its own dummy, never an alias of another argument:
+    # the checked emulator copies arguments out and back, so aliases would clobber.
+    args = [xp.empty(1, dtype=param.dtype) if a is None else a for a in arrays]
+    n = int(param.size)
+    args += [np.int64(n), *[cast(s) for s in scalars], np.int32(flags)]
+    run = device.kernels.function(SOURCE, f"{rule}<{ctype(param.dtype)}>")
+    run(grid_1d(n, THREADS, MAX_BLOCKS), (THREADS,), args)
