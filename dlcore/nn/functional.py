@@ -20,12 +20,14 @@ from ..ops import log_softmax as _log_softmax
 from ..ops import relu as _relu
 from ..ops import softmax as _softmax
 from ..ops.conv import conv1d, conv2d, conv_transpose2d  # noqa: F401
+from ..ops.loss import (binary_cross_entropy, binary_cross_entropy_with_logits,  # noqa: F401
+                        cross_entropy, huber_loss, kl_div, l1_loss, mse_loss, nll_loss,
+                        smooth_l1_loss)
 from ..ops.nn_ops import Elu, EmbeddingFunction, LinearFunction, NormAffine, Silu
 from ..ops.pool import (adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d,  # noqa: F401
                         max_pool2d)
 from ..random import uniform_array
 from ..tensor import Tensor
-from .losses import *  # noqa: F403  -- losses are part of F, as in torch.nn.functional
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:

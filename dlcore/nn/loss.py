@@ -1,11 +1,11 @@
 """Loss modules (``torch.nn``'s ``*Loss`` classes): options held on the module, the
-computation in :mod:`dlcore.nn.losses`. Class weights are buffers, so they follow
+computation in :mod:`dlcore.ops.loss`. Class weights are buffers, so they follow
 ``module.to(device)`` and appear in ``state_dict`` as in PyTorch."""
 
 from __future__ import annotations
 
+from ..ops import loss as loss_ops
 from ..tensor import Tensor
-from . import losses
 from .module import Module
 
 __all__ = ["BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "HuberLoss", "KLDivLoss",
@@ -19,7 +19,8 @@ class _Loss(Module):
                  reduction: str = "mean") -> None:
         super().__init__()
         if size_average is not None or reduce is not None:
-            reduction = losses._reduction(size_average, reduce, reduction, type(self).__name__)
+            reduction = loss_ops._reduction(size_average, reduce, reduction,
+                                            type(self).__name__)
         self.reduction = reduction
 
     def extra_repr(self) -> str:
@@ -43,9 +44,9 @@ class CrossEntropyLoss(_WeightedLoss):
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.cross_entropy(input, target, weight=self.weight,
-                                    ignore_index=self.ignore_index, reduction=self.reduction,
-                                    label_smoothing=self.label_smoothing)
+        return loss_ops.cross_entropy(input, target, weight=self.weight,
+                                      ignore_index=self.ignore_index, reduction=self.reduction,
+                                      label_smoothing=self.label_smoothing)
 
 
 class NLLLoss(_WeightedLoss):
@@ -58,16 +59,16 @@ class NLLLoss(_WeightedLoss):
         self.ignore_index = ignore_index
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.nll_loss(input, target, weight=self.weight,
-                               ignore_index=self.ignore_index, reduction=self.reduction)
+        return loss_ops.nll_loss(input, target, weight=self.weight,
+                                 ignore_index=self.ignore_index, reduction=self.reduction)
 
 
 class BCELoss(_WeightedLoss):
     """:func:`~dlcore.nn.functional.binary_cross_entropy` as a module."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.binary_cross_entropy(input, target, weight=self.weight,
-                                           reduction=self.reduction)
+        return loss_ops.binary_cross_entropy(input, target, weight=self.weight,
+                                             reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -81,7 +82,7 @@ class BCEWithLogitsLoss(_Loss):
         self.register_buffer("pos_weight", pos_weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.binary_cross_entropy_with_logits(
+        return loss_ops.binary_cross_entropy_with_logits(
             input, target, weight=self.weight, reduction=self.reduction,
             pos_weight=self.pos_weight)
 
@@ -90,14 +91,14 @@ class MSELoss(_Loss):
     """:func:`~dlcore.nn.functional.mse_loss` as a module."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.mse_loss(input, target, reduction=self.reduction)
+        return loss_ops.mse_loss(input, target, reduction=self.reduction)
 
 
 class L1Loss(_Loss):
     """:func:`~dlcore.nn.functional.l1_loss` as a module."""
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.l1_loss(input, target, reduction=self.reduction)
+        return loss_ops.l1_loss(input, target, reduction=self.reduction)
 
 
 class SmoothL1Loss(_Loss):
@@ -109,7 +110,7 @@ class SmoothL1Loss(_Loss):
         self.beta = beta
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+        return loss_ops.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
 
 
 class HuberLoss(_Loss):
@@ -120,7 +121,7 @@ class HuberLoss(_Loss):
         self.delta = delta
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
+        return loss_ops.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
 
 
 class KLDivLoss(_Loss):
@@ -133,5 +134,5 @@ class KLDivLoss(_Loss):
         self.log_target = log_target
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return losses.kl_div(input, target, reduction=self.reduction,
-                             log_target=self.log_target)
+        return loss_ops.kl_div(input, target, reduction=self.reduction,
+                               log_target=self.log_target)

@@ -6,7 +6,8 @@ Shape letters: N batch, C classes, d1... extra dims; M = N * d1 * ... rows of cl
 forward is log-softmax + pick + weighting in a few array passes (no log-probability matrix
 is materialised), backward is the analytic ``softmax * sum(a) - a`` for the coefficient
 matrix ``a`` of the targets, written with dlcore ops so double backward works. Everything
-else is composed from differentiable ops. ``nn.functional`` re-exports this module.
+else is composed from differentiable ops. :mod:`dlcore.nn.functional` re-exports the
+public functions; the ``*Loss`` modules in :mod:`dlcore.nn.loss` call them.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import numpy as np
 
 from .. import autograd
 from ..autograd import Function
-from ..ops import log_softmax, softmax, softplus, where
 from ..tensor import Tensor
+from .elementwise import softplus, where
+from .reduce import log_softmax, softmax
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "huber_loss", "kl_div", "l1_loss", "mse_loss", "nll_loss", "smooth_l1_loss"]

@@ -10,8 +10,8 @@ import pytest
 from op_check import check, grad_ok, gradgrad_ok, on, rand
 
 import dlcore
+from dlcore.nn import functional as F
 from dlcore.nn import loss as L
-from dlcore.nn import losses as F
 
 REDUCTIONS = ("mean", "sum", "none")
 
