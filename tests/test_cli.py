@@ -56,7 +56,7 @@ def test_check_reports_failures(monkeypatch: pytest.MonkeyPatch,
     def broken(device: dlcore.Device) -> dict[str, np.ndarray]:
         return {"forward": np.zeros(3) if device.type == "cpu" else np.ones(3)}
 
-    monkeypatch.setattr(check, "CASES", {"broken kernel": broken})
+    monkeypatch.setattr(check, "cases", lambda: {"broken kernel": broken})
     assert main(["check", "--device", "emu"]) == 1
     assert "broken kernel: forward" in capsys.readouterr().out
 
@@ -71,6 +71,20 @@ def test_bench_quick_one_suite_writes_json(tmp_path: Path,
     assert result["suites"][0]["suite"] == "overhead"
     assert result["suites"][0]["peak_rss_mb"] > 0
     assert result["results"] and all(r["suite"] == "overhead" for r in result["results"])
+    assert "import_errors" not in result
+
+
+def test_bench_compare_torch_needs_torch(monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    from dlcore.bench import runner
+
+    real_find_spec = runner.importlib.util.find_spec
+    monkeypatch.setattr(runner.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "overhead", "--quick", "--compare", "torch"])
+    assert exit_info.value.code == 2
+    assert "--compare torch: PyTorch is not importable" in capsys.readouterr().err
 
 
 def _train(tmp_path: Path, *args: str) -> dict:

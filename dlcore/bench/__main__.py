@@ -1,5 +1,5 @@
-"""``python -m bench [SUITE ...] [--device D] [--json FILE] [--quick] [--compare torch]``:
-the same runner as ``dlcore bench`` (see :mod:`bench.runner`)."""
+"""``python -m dlcore.bench [SUITE ...] [--device D] [--json FILE] [--quick] [--compare torch]``:
+the same runner as ``dlcore bench`` (see :mod:`dlcore.bench.runner`)."""
 
 from .runner import main
 

@@ -58,12 +58,12 @@ def run(device: str, quick: bool = False) -> list[dict]:
     from dlcore.kernels.emu import checked_mode
 
     dev = Device(device)
-    if dev.type == "cpu":
+    if not dev.runs_kernels:
         return []
     reps = 200 if quick else 2000
     rows = []
     for case, fn in _cases(dev).items():
-        if dev.type == "cuda":
+        if dev.is_cuda:
             stream = dev.xp.cuda.get_current_stream()
 
             def timed(fn: Any = fn, stream: Any = stream) -> None:

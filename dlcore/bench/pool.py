@@ -1,7 +1,7 @@
 """Pooling forward + backward: max 2x2/2 and 3x3/2 (pad 1) on N=32, 64ch 112x112, and a
 global average (adaptive 1x1) on N=32, 512ch 7x7. Bandwidth counts the minimum traffic:
 read x and write y forward, read gy and write gx backward (float32). PyTorch CPU runs the
-same step when importable. ``peak_mb`` as in bench/conv.py (tracemalloc sees NumPy buffers).
+same step when importable. ``peak_mb`` as in the conv suite (tracemalloc sees NumPy buffers).
 """
 
 from __future__ import annotations

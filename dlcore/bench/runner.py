@@ -1,13 +1,16 @@
-"""The benchmark runner behind ``python -m bench`` and ``dlcore bench``: run suites, print a
-table, write JSON with the machine, versions, peak memory and power.
+"""The benchmark runner behind ``python -m dlcore.bench`` and ``dlcore bench``: run suites,
+print a table, write JSON with the machine, versions, peak memory and power.
 
-Each suite is a module ``bench.<name>`` with ``run(device, quick) -> rows``. Per suite the
+Each suite is a module ``dlcore.bench.<name>`` with ``run(device, quick) -> rows``. Per suite the
 runner records the process's peak resident memory (``resource.getrusage``: the high-water
 mark since start, so it only grows from suite to suite) and, on a GPU, the CuPy pool's
 peak (``dlcore.cuda.max_memory_allocated``) and, through NVML when nvidia-ml-py is
 installed, the board power sampled every 100 ms while the suite runs (mean and max).
 Suites compare with PyTorch whenever it is importable; ``--compare torch`` makes its
 absence an error instead of a silent omission.
+
+A suite that cannot be imported (any exception while importing its module) is a failure, not
+an omission: the runner names it and the exception, runs the other suites, and exits 1.
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ import platform
 import resource
 import sys
 import threading
+from types import ModuleType
 from typing import Any
+
+from ..sysinfo import collect, nvml_handle, nvml_module
 
 SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models")
 
 
 def environment(device: str) -> dict[str, Any]:
     """Date, machine, versions and GPUs (what ``dlcore info`` reports)."""
-    from dlcore.cli.info import collect
-
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": device, "machine": platform.machine(), "processor": platform.processor(),
            **collect()}
@@ -46,8 +50,6 @@ class PowerSampler:
     """Board power of one GPU every ``period`` seconds in a thread, through NVML."""
 
     def __init__(self, nvml: Any, index: int, period: float = 0.1) -> None:
-        from dlcore.cli.info import nvml_handle
-
         self.handle = nvml_handle(nvml, index)
         self.nvml, self.period = nvml, period
         self.samples: list[float] = []
@@ -80,16 +82,22 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def run_suite(name: str, device: str, quick: bool) -> tuple[list[dict], dict[str, Any]]:
+def import_suite(name: str) -> ModuleType | str:
+    """The module of suite ``name``, or why it cannot be imported (the exception, one line)."""
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except Exception as exc:  # a suite's import may fail any way: report it, run the others
+        return f"{type(exc).__name__}: {exc}"
+
+
+def run_suite(module: ModuleType, name: str, device: str,
+              quick: bool) -> tuple[list[dict], dict[str, Any]]:
     """The suite's rows, and its memory and power figures."""
     import dlcore
 
-    module = importlib.import_module(f"bench.{name}")
     gpu = device.startswith("cuda")
     sampler = None
     if gpu:
-        from dlcore.cli.info import nvml_module
-
         dlcore.cuda.reset_peak_memory_stats(device)
         nvml, _ = nvml_module()
         if nvml is not None:
@@ -108,7 +116,7 @@ def run_suite(name: str, device: str, quick: bool) -> tuple[list[dict], dict[str
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = ["suite", "case", "device", "median_us", "us_per_op", "numpy_floor_us",
+    cols = ["suite", "case", "device", "median_us", "gflops", "us_per_op", "numpy_floor_us",
             "samples_s", "reference_us", "ratio", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
@@ -127,7 +135,7 @@ def _cell(v: Any) -> str:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The runner's options, shared by ``python -m bench`` and ``dlcore bench``."""
+    """The runner's options, shared by ``python -m dlcore.bench`` and ``dlcore bench``."""
     ap.add_argument("suites", nargs="*", metavar="SUITE",
                     help=f"suites to run (default: all of {', '.join(SUITES)})")
     ap.add_argument("--device", default="cpu", help="cpu, cuda[:i] or emu (default cpu)")
@@ -138,7 +146,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
-    """Run the suites ``args`` name; print the table; write JSON if asked."""
+    """Run the suites ``args`` name; print the table; write JSON if asked. Returns 1 when a
+    suite could not be imported, else 0."""
     if args.compare == "torch" and importlib.util.find_spec("torch") is None:
         ap.error("--compare torch: PyTorch is not importable here (pip install torch)")
     suites = args.suites or list(SUITES)
@@ -147,26 +156,35 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
             ap.error(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
     rows: list[dict] = []
     stats: list[dict] = []
+    failed: dict[str, str] = {}
     for name in suites:
-        try:
-            suite_rows, suite_stats = run_suite(name, args.device, args.quick)
-        except ImportError as exc:
-            print(f"suite {name}: unavailable ({exc})", file=sys.stderr)
+        module = import_suite(name)
+        if isinstance(module, str):
+            failed[name] = module
+            print(f"suite {name}: cannot be imported: {module}", file=sys.stderr)
             continue
+        suite_rows, suite_stats = run_suite(module, name, args.device, args.quick)
         rows += suite_rows
         stats.append(suite_stats)
     print(format_table(rows))
     for s in stats:
         print(", ".join(f"{k} {_cell(v)}" for k, v in s.items()))
     if args.json_path:
+        result: dict[str, Any] = {"environment": environment(args.device), "suites": stats,
+                                  "results": rows}
+        if failed:
+            result["import_errors"] = failed
         with open(args.json_path, "w") as f:
-            json.dump({"environment": environment(args.device), "suites": stats,
-                       "results": rows}, f, indent=2)
+            json.dump(result, f, indent=2)
+    if failed:
+        print(f"{len(failed)} of {len(suites)} suites could not be imported: "
+              f"{', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m dlcore.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
     return run(ap.parse_args(argv), ap)

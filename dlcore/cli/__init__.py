@@ -15,11 +15,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+# NOTE: the CLI imports the benchmark runner, never the reverse. The runner is light: it
+# imports a suite (and dlcore's heavier modules) only when it runs one.
+from ..bench import runner as bench_runner
+
 TASKS = ("cnn", "rnn", "gan", "adding")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .info import collect, format_report
+    from ..sysinfo import collect
+    from .info import format_report
 
     report = collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -47,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       data=args.data, pack=args.pack, threads=args.threads or None,
                       progress=not args.no_progress)
     device = resolve_device(options.device)
-    if device.type == "cuda" and device.index >= dlcore_cuda.device_count():
+    if not device.is_usable():
         why = dlcore_cuda.why_unavailable() or "no such GPU"
         print(f"dlcore train: {device} is not usable here ({why}); "
               "use --device cpu or auto", file=sys.stderr)
@@ -78,16 +83,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
-    try:
-        from bench import runner  # top-level package in the wheel
-    except ImportError as exc:
-        print(f"dlcore bench: the benchmark suites (package 'bench') are not importable: "
-              f"{exc}", file=sys.stderr)
-        return 2
-    return runner.run(args, ap)
-
-
 def _cmd_check(args: argparse.Namespace) -> int:
     from .. import cuda
     from ..device import Device
@@ -101,7 +96,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             return 2
         name = "cuda"
     device = Device(name)
-    if device.type == "cpu":
+    if not device.runs_kernels:
         print("dlcore check: the cpu device is the reference; choose cuda or emu",
               file=sys.stderr)
         return 2
@@ -158,13 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="BLAS threads (default 1; 0 = the library's default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    bench = sub.add_parser("bench", help="benchmark suites (bench/), table and JSON")
-    try:
-        from bench.runner import add_arguments  # shipped in the wheel
-    except ImportError:  # a broken install: let 'dlcore bench' say so when asked
-        bench.add_argument("rest", nargs=argparse.REMAINDER)
-    else:
-        add_arguments(bench)
+    bench = sub.add_parser("bench", help="benchmark suites (dlcore.bench), table and JSON")
+    bench_runner.add_arguments(bench)
 
     check = sub.add_parser("check", help="kernel-backed ops on a GPU (or emu) vs the CPU")
     check.add_argument("--device", default="auto", help="cuda[:i] or emu (default: cuda)")
@@ -179,5 +169,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         return _cmd_train(args)
     if args.command == "bench":
-        return _cmd_bench(args, ap)
+        return bench_runner.run(args, ap)
     return _cmd_check(args)
