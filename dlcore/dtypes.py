@@ -9,6 +9,7 @@ float dtype (float32).
 
 from __future__ import annotations
 
+import builtins
 from functools import lru_cache
 from typing import Any
 
@@ -38,6 +39,10 @@ class _MissingDType:
 bfloat16 = _MissingDType(
     "bfloat16", "bfloat16 is not available: neither NumPy nor CuPy arrays support it; "
     "use float16 or float32")
+
+# What ``dtype=`` arguments accept: a dtype (``dlcore.float32``), a NumPy scalar type
+# (``numpy.float32``), a name (``"float32"``, ``"float"``), or None for the default.
+DTypeLike = np.dtype | type | str | None
 
 _default_float = float32
 
@@ -74,7 +79,9 @@ def to_dtype(dtype: Any) -> np.dtype:
         raise TypeError(f"not a dtype: {dtype!r}") from None
 
 
-def is_floating(dtype: np.dtype) -> bool:
+# NOTE: ``bool``, ``float`` and ``int`` below are the dtypes (PyTorch's aliases), so the
+# builtin types are spelt ``builtins.bool`` here.
+def is_floating(dtype: np.dtype) -> builtins.bool:
     return dtype.kind == "f"
 
 

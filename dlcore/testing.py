@@ -73,7 +73,7 @@ def gradcheck(fn: Callable, inputs: Sequence[Any] | Tensor, eps: float = 1e-6,
     if live:
         analytic = autograd.grad([o for o, _ in live],
                                  diff_inputs,
-                                 [Tensor._make(o._device.xp.asarray(w, dtype=o.dtype), o._device)
+                                 [Tensor._make(o.device.xp.asarray(w, dtype=o.dtype), o.device)
                                   for o, w in live], allow_unused=True)
     else:
         analytic = (None,) * len(diff_inputs)
@@ -105,8 +105,8 @@ def gradgradcheck(fn: Callable, inputs: Sequence[Tensor], eps: float = 1e-6,
     rng = np.random.default_rng(seed)
     with autograd.no_grad():
         outs = _outputs(fn, inputs)
-    ws = [Tensor._make(o._device.xp.asarray(rng.standard_normal(o.shape), dtype=o.dtype),
-                       o._device) for o in outs]
+    ws = [Tensor._make(o.device.xp.asarray(rng.standard_normal(o.shape), dtype=o.dtype),
+                       o.device) for o in outs]
 
     def first_grad(*xs: Any) -> tuple:
         with autograd.enable_grad():  # the numeric pass runs under no_grad

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..creation import as_tensor
 from ..tensor import Tensor
 from .sampler import GeneratorLike, draw_permutation, numpy_generator
+
+
+class SizedIndexable(Protocol):
+    """What a map-style dataset needs to be: ``len(d)`` and ``d[i]``. A :class:`Dataset`
+    qualifies, and so do a list, a ``range`` or a NumPy array."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 
 class Dataset:
@@ -70,7 +79,7 @@ class TensorDataset(Dataset):
 class Subset(Dataset):
     """The samples of ``dataset`` at ``indices``, in that order."""
 
-    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+    def __init__(self, dataset: SizedIndexable, indices: Sequence[int]) -> None:
         self.dataset = dataset
         self.indices = [int(i) for i in indices]
 
@@ -81,7 +90,7 @@ class Subset(Dataset):
         return len(self.indices)
 
 
-def random_split(dataset: Any, lengths: Sequence[int | float],
+def random_split(dataset: SizedIndexable, lengths: Sequence[int | float],
                  generator: GeneratorLike = None) -> list[Subset]:
     """Split ``dataset`` into non-overlapping random subsets of the given ``lengths``
     (counts summing to ``len(dataset)``, or fractions summing to 1).

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..device import Device
 from .collate import default_collate
 from .dataset import IterableDataset
-from .sampler import (BatchSampler, GeneratorLike, RandomSampler, SequentialSampler,
+from .sampler import (BatchSampler, GeneratorLike, RandomSampler, Sampler, SequentialSampler,
                       check_batch_size, chunks)
 from .transfer import Staged, make_transfer
 
@@ -48,7 +48,8 @@ class DataLoader:
     def __init__(self, dataset: Any, batch_size: int = 1, shuffle: bool = False,
                  drop_last: bool = False, collate_fn: Callable[[list], Any] | None = None,
                  generator: GeneratorLike = None, num_workers: int = 0, prefetch: int = 2,
-                 device: str | Device | None = None, sampler: Any = None) -> None:
+                 device: str | Device | None = None,
+                 sampler: Sampler[int] | Sequence[int] | None = None) -> None:
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"DataLoader: num_workers must be an int >= 0, got {num_workers!r}")
         if not isinstance(prefetch, int) or prefetch < 0:

@@ -7,8 +7,8 @@ from dlcore's cpu generator, so ``dlcore.manual_seed`` makes it reproducible too
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
-from typing import Any
+from collections.abc import Iterator, Sequence, Sized
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class Generator:
 
     def get_state(self) -> dict[str, Any]:
         """The PCG64 state (a dict of ints): save it with ``dlcore.save`` to resume."""
-        return self.numpy.bit_generator.state
+        return dict(self.numpy.bit_generator.state)
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.numpy.bit_generator.state = state
@@ -75,17 +75,21 @@ def draw_permutation(n: int, generator: np.random.Generator | None) -> np.ndarra
     return gen.permutation(n)
 
 
-class Sampler:
-    """Base class: an iterable of dataset indices with a length."""
+T_co = TypeVar("T_co", covariant=True)
 
-    def __iter__(self) -> Iterator[int]:
+
+class Sampler(Generic[T_co]):
+    """Base class: an iterable of dataset indices (``Sampler[int]``), or of batches of them
+    (``Sampler[list[int]]``), with a length."""
+
+    def __iter__(self) -> Iterator[T_co]:
         raise NotImplementedError
 
     def __len__(self) -> int:
         raise NotImplementedError
 
 
-class SequentialSampler(Sampler):
+class SequentialSampler(Sampler[int]):
     """``0, 1, ..., len(data_source) - 1``."""
 
     def __init__(self, data_source: Sized) -> None:
@@ -98,7 +102,7 @@ class SequentialSampler(Sampler):
         return len(self.data_source)
 
 
-class RandomSampler(Sampler):
+class RandomSampler(Sampler[int]):
     """A fresh permutation each epoch, drawn from ``generator``.
 
     NOTE: the permutation is drawn when ``iter()`` is called, not lazily on the first
@@ -118,11 +122,12 @@ class RandomSampler(Sampler):
         return len(self.data_source)
 
 
-class BatchSampler(Sampler):
+class BatchSampler(Sampler[list[int]]):
     """Groups a sampler's indices into lists of ``batch_size`` (the last one shorter
     unless ``drop_last``)."""
 
-    def __init__(self, sampler: Any, batch_size: int, drop_last: bool) -> None:
+    def __init__(self, sampler: Sampler[int] | Sequence[int], batch_size: int,
+                 drop_last: bool) -> None:
         check_batch_size(batch_size)
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
 

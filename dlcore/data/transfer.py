@@ -62,7 +62,7 @@ class HostTransfer:
     def _move(self, t: Tensor) -> Tensor:
         if t.device is self.device:
             return t
-        if t.device.type == "cuda":
+        if t.device.is_cuda:
             return t.to(self.device)
         return Tensor._make(t.data, self.device)
 
@@ -88,7 +88,7 @@ class CudaTransfer:
         copies: list[tuple[Any, np.ndarray]] = []
 
         def stage(t: Tensor) -> Tensor:
-            if t.device.type == "cuda":
+            if t.device.is_cuda:
                 return t.to(self.device)
             host = np.ascontiguousarray(t.data)
             pinned_memory = cp.cuda.alloc_pinned_memory(host.nbytes)
@@ -126,6 +126,6 @@ def make_transfer(device: Device | None) -> HostTransfer | CudaTransfer | None:
     """The transfer to ``device`` (``None``: batches stay where collation put them)."""
     if device is None:
         return None
-    if device.type == "cuda":
+    if device.is_cuda:
         return CudaTransfer(device, device.xp)  # device.xp: CuPy, or a clear error
     return HostTransfer(device)

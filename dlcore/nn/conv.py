@@ -10,9 +10,11 @@ computes it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from ..creation import empty
+from ..device import Device
+from ..dtypes import DTypeLike
 from ..ops.conv import conv1d, conv2d, conv_transpose2d
 from ..tensor import Tensor
 from . import init
@@ -20,7 +22,13 @@ from .module import Module
 from .parameter import Parameter
 
 
-def _tuple(value: Any, n: int) -> tuple[int, ...]:
+# A size per spatial dim: one int for all of them, or one int each (PyTorch's _size_2_t).
+Sizes = int | Sequence[int]
+# Padding: sizes, or "valid" (none) or "same" (the output keeps the input's size).
+Padding = Sizes | str
+
+
+def _tuple(value: Sizes, n: int) -> tuple[int, ...]:
     if isinstance(value, int):
         return (value,) * n
     return tuple(int(v) for v in value)
@@ -30,9 +38,10 @@ class _ConvNd(Module):
     """Shared parameters, initialisation and repr of the convolution layers."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, ...],
-                 stride: tuple[int, ...], padding: Any, dilation: tuple[int, ...],
+                 stride: tuple[int, ...], padding: Padding, dilation: tuple[int, ...],
                  groups: int, bias: bool, padding_mode: str, transposed: bool,
-                 output_padding: tuple[int, ...], device: Any, dtype: Any) -> None:
+                 output_padding: tuple[int, ...], device: str | Device | None,
+                 dtype: DTypeLike) -> None:
         super().__init__()
         if groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(f"{type(self).__name__}: in_channels ({in_channels}) and "
@@ -87,9 +96,10 @@ class Conv1d(_ConvNd):
     (1, 4, 3)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
-                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Sizes,
+                 stride: Sizes = 1, padding: Padding = 0, dilation: Sizes = 1, groups: int = 1,
+                 bias: bool = True, padding_mode: str = "zeros", device: str | Device | None = None,
+                 dtype: DTypeLike = None) -> None:
         super().__init__(in_channels, out_channels, _tuple(kernel_size, 1), _tuple(stride, 1),
                          padding, _tuple(dilation, 1), groups, bias, padding_mode, False, (0,),
                          device, dtype)
@@ -106,9 +116,10 @@ class Conv2d(_ConvNd):
     (2, 8, 5, 5)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
-                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Sizes,
+                 stride: Sizes = 1, padding: Padding = 0, dilation: Sizes = 1, groups: int = 1,
+                 bias: bool = True, padding_mode: str = "zeros", device: str | Device | None = None,
+                 dtype: DTypeLike = None) -> None:
         super().__init__(in_channels, out_channels, _tuple(kernel_size, 2), _tuple(stride, 2),
                          padding, _tuple(dilation, 2), groups, bias, padding_mode, False,
                          (0, 0), device, dtype)
@@ -125,10 +136,11 @@ class ConvTranspose2d(_ConvNd):
     (1, 2, 6, 6)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
-                 padding: Any = 0, output_padding: Any = 0, groups: int = 1, bias: bool = True,
-                 dilation: Any = 1, padding_mode: str = "zeros", device: Any = None,
-                 dtype: Any = None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Sizes,
+                 stride: Sizes = 1, padding: Sizes = 0, output_padding: Sizes = 0,
+                 groups: int = 1, bias: bool = True, dilation: Sizes = 1,
+                 padding_mode: str = "zeros", device: str | Device | None = None,
+                 dtype: DTypeLike = None) -> None:
         if isinstance(padding, str):
             raise ValueError(f"ConvTranspose2d: padding must be ints, got {padding!r}")
         super().__init__(in_channels, out_channels, _tuple(kernel_size, 2), _tuple(stride, 2),

@@ -8,9 +8,9 @@ returns the tensor.
 from __future__ import annotations
 
 import math
-import numpy as np
 
 from ..autograd import no_grad
+from ..dtypes import float64
 from ..random import normal_array
 from ..tensor import Tensor
 
@@ -145,7 +145,7 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0) -> Tensor:
     rows = tensor.shape[0]
     cols = tensor.numel() // rows
     xp = tensor.device.xp
-    flat = normal_array((rows, cols), 0.0, 1.0, np.float64, tensor.device)
+    flat = normal_array((rows, cols), 0.0, 1.0, float64, tensor.device)
     if rows < cols:
         flat = flat.T
     q, r = xp.linalg.qr(flat)
@@ -172,10 +172,10 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
     """N(mean, std^2) restricted to [a, b] (redrawing values outside, so the shape of the
     distribution inside is exact)."""
     xp = tensor.device.xp
-    values = normal_array(tensor.shape, mean, std, np.float64, tensor.device)
+    values = normal_array(tensor.shape, mean, std, float64, tensor.device)
     bad = (values < a) | (values > b)
     while bool(bad.any()):
-        values[bad] = normal_array((int(bad.sum()),), mean, std, np.float64, tensor.device)
+        values[bad] = normal_array((int(bad.sum()),), mean, std, float64, tensor.device)
         bad = (values < a) | (values > b)
     with no_grad():
         return tensor.copy_(Tensor._make(xp.asarray(values).astype(tensor.dtype),

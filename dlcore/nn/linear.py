@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 from ..creation import empty
+from ..device import Device
+from ..dtypes import DTypeLike
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -36,7 +38,7 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 device: Any = None, dtype: Any = None) -> None:
+                 device: str | Device | None = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(empty(out_features, in_features, device=device, dtype=dtype))
@@ -62,7 +64,8 @@ class Bilinear(Module):
     (..., in1) and (..., in2). Initialised from U(-1/sqrt(in1), 1/sqrt(in1)) like PyTorch."""
 
     def __init__(self, in1_features: int, in2_features: int, out_features: int,
-                 bias: bool = True, device: Any = None, dtype: Any = None) -> None:
+                 bias: bool = True, device: str | Device | None = None,
+                 dtype: DTypeLike = None) -> None:
         super().__init__()
         self.in1_features, self.in2_features = in1_features, in2_features
         self.out_features = out_features

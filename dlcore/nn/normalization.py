@@ -7,11 +7,12 @@ Parameter and buffer names are PyTorch's (``weight``, ``bias``, ``running_mean``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from ..creation import empty, ones, tensor, zeros
+from ..device import Device
+from ..dtypes import DTypeLike
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -25,8 +26,8 @@ class _BatchNorm(Module):
     _ranks: tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None) -> None:
+                 affine: bool = True, track_running_stats: bool = True,
+                 device: str | Device | None = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -99,8 +100,8 @@ class LayerNorm(Module):
     elementwise affine (weight 1, bias 0 at start) unless ``elementwise_affine=False``."""
 
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
-                 elementwise_affine: bool = True, bias: bool = True, device: Any = None,
-                 dtype: Any = None) -> None:
+                 elementwise_affine: bool = True, bias: bool = True,
+                 device: str | Device | None = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         if isinstance(normalized_shape, int | np.integer):
             normalized_shape = (int(normalized_shape),)
@@ -135,7 +136,8 @@ class GroupNorm(Module):
     per-channel affine (weight 1, bias 0 at start) unless ``affine=False``."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, device: Any = None, dtype: Any = None) -> None:
+                 affine: bool = True, device: str | Device | None = None,
+                 dtype: DTypeLike = None) -> None:
         super().__init__()
         if num_groups <= 0 or num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels={num_channels} must be divisible by "

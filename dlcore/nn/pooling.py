@@ -3,19 +3,24 @@ PyTorch's argument names, defaults and repr (no parameters)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 from ..ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from ..tensor import Tensor
 from .module import Module
+
+# A window size per spatial dim: one int for both, or one each (H, W).
+Sizes = int | Sequence[int]
+# An adaptive pool's output (H, W): an int for both, or one each; None keeps the input's.
+OutputSize = int | None | Sequence[int | None]
 
 
 class MaxPool2d(Module):
     """>>> MaxPool2d(2)(dlcore.ones(1, 1, 4, 4)).shape
     (1, 1, 2, 2)"""
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                 dilation: Any = 1, return_indices: bool = False,
+    def __init__(self, kernel_size: Sizes, stride: Sizes | None = None, padding: Sizes = 0,
+                 dilation: Sizes = 1, return_indices: bool = False,
                  ceil_mode: bool = False) -> None:
         super().__init__()
         self.kernel_size = kernel_size
@@ -23,7 +28,7 @@ class MaxPool2d(Module):
         self.padding, self.dilation = padding, dilation
         self.return_indices, self.ceil_mode = return_indices, ceil_mode
 
-    def forward(self, input: Tensor) -> Any:
+    def forward(self, input: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                           self.ceil_mode, self.return_indices)
 
@@ -36,7 +41,7 @@ class AvgPool2d(Module):
     """>>> AvgPool2d(2)(dlcore.ones(1, 1, 4, 4)).shape
     (1, 1, 2, 2)"""
 
-    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
+    def __init__(self, kernel_size: Sizes, stride: Sizes | None = None, padding: Sizes = 0,
                  ceil_mode: bool = False, count_include_pad: bool = True,
                  divisor_override: int | None = None) -> None:
         super().__init__()
@@ -57,7 +62,7 @@ class AdaptiveAvgPool2d(Module):
     """>>> AdaptiveAvgPool2d((1, 1))(dlcore.ones(2, 3, 5, 5)).shape
     (2, 3, 1, 1)"""
 
-    def __init__(self, output_size: Any) -> None:
+    def __init__(self, output_size: OutputSize) -> None:
         super().__init__()
         self.output_size = output_size
 
@@ -72,11 +77,11 @@ class AdaptiveMaxPool2d(Module):
     """>>> AdaptiveMaxPool2d(2)(dlcore.ones(1, 3, 5, 5)).shape
     (1, 3, 2, 2)"""
 
-    def __init__(self, output_size: Any, return_indices: bool = False) -> None:
+    def __init__(self, output_size: OutputSize, return_indices: bool = False) -> None:
         super().__init__()
         self.output_size, self.return_indices = output_size, return_indices
 
-    def forward(self, input: Tensor) -> Any:
+    def forward(self, input: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         return adaptive_max_pool2d(input, self.output_size, self.return_indices)
 
     def extra_repr(self) -> str:

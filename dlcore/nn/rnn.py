@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..creation import empty, zeros
+from ..device import Device
+from ..dtypes import DTypeLike
 from ..ops import cat, stack
 from ..ops.rnn import GATES, rnn_layer
 from ..tensor import Tensor
@@ -59,7 +62,7 @@ class RNNCellBase(Module):
     mode = "rnn_tanh"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 device: Any = None, dtype: Any = None) -> None:
+                 device: str | Device | None = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         gh = GATES[self.mode] * hidden_size
@@ -121,7 +124,8 @@ class RNNCell(RNNCellBase):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
-                 nonlinearity: str = "tanh", device: Any = None, dtype: Any = None) -> None:
+                 nonlinearity: str = "tanh", device: str | Device | None = None,
+                 dtype: DTypeLike = None) -> None:
         self.nonlinearity = nonlinearity
         self.mode = _rnn_mode(nonlinearity, "RNNCell")
         super().__init__(input_size, hidden_size, bias, device, dtype)
@@ -179,7 +183,8 @@ class RNNBase(Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, device: Any = None, dtype: Any = None) -> None:
+                 bidirectional: bool = False, device: str | Device | None = None,
+                 dtype: DTypeLike = None) -> None:
         super().__init__()
         owner = type(self).__name__
         if not 0.0 <= dropout <= 1.0 or isinstance(dropout, bool):
@@ -198,7 +203,8 @@ class RNNBase(Module):
         for layer in range(num_layers):
             layer_in = input_size if layer == 0 else hidden_size * directions
             for suffix in ("", "_reverse")[:directions]:
-                shapes = {"weight_ih": (gh, layer_in), "weight_hh": (gh, hidden_size)}
+                shapes: dict[str, tuple[int, ...]] = {"weight_ih": (gh, layer_in),
+                                                      "weight_hh": (gh, hidden_size)}
                 if bias:
                     shapes.update(bias_ih=(gh,), bias_hh=(gh,))
                 names = []
@@ -224,7 +230,8 @@ class RNNBase(Module):
             s += ", nonlinearity='relu'"
         return s
 
-    def _layer_weights(self, index: int) -> tuple[Tensor | None, ...]:
+    def _layer_weights(self, index: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """weight_ih, weight_hh, bias_ih, bias_hh of layer-and-direction ``index``."""
         w = [getattr(self, n) for n in self._weight_names[index]]
         return (w[0], w[1], w[2], w[3]) if self.bias else (w[0], w[1], None, None)
 
@@ -239,8 +246,9 @@ class RNNBase(Module):
                              f"{arr.tolist()}")
         return arr.astype(np.int32)
 
-    def forward(self, input: Tensor, hx: Any = None,
-                lengths: Any = None) -> tuple[Tensor, Any]:
+    def forward(self, input: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None,
+                lengths: Tensor | Sequence[int] | np.ndarray | None = None
+                ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:
         owner = type(self).__name__
         if input.ndim not in (2, 3):
             raise ValueError(f"{owner}: expected input of 2 (unbatched) or 3 dims, got shape "
@@ -263,8 +271,9 @@ class RNNBase(Module):
             outputs = []
             for d in range(directions):
                 index = layer * directions + d
+                w_ih, w_hh, b_ih, b_hh = self._layer_weights(index)
                 res = rnn_layer(x, states[0][index], states[1][index] if lstm else None,
-                                *self._layer_weights(index), mode=self.mode, reverse=d == 1,
+                                w_ih, w_hh, b_ih, b_hh, mode=self.mode, reverse=d == 1,
                                 lengths=lengths)
                 outputs.append(res[0])
                 h_n.append(res[1])
@@ -311,8 +320,8 @@ class RNN(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, device: Any = None,
-                 dtype: Any = None) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False,
+                 device: str | Device | None = None, dtype: DTypeLike = None) -> None:
         self.nonlinearity = nonlinearity
         self.mode = _rnn_mode(nonlinearity, "RNN")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,

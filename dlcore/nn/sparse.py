@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..autograd import no_grad
 from ..creation import empty
+from ..device import Device
+from ..dtypes import DTypeLike
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -24,7 +24,7 @@ class Embedding(Module):
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 device: Any = None, dtype: Any = None) -> None:
+                 device: str | Device | None = None, dtype: DTypeLike = None) -> None:
         super().__init__()
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:

@@ -20,10 +20,10 @@ from ..models import SequenceRegressor
 from ..nn import functional as F
 from ..nn.utils import clip_grad_norm_
 from ..tensor import Tensor
-from .common import Batches, Options, Task
+from .common import Batches, Defaults, Options, Task
 
 SEQ_LEN, TRAIN_SIZE, TEST_SIZE = 100, 16_000, 1_000
-DEFAULTS = {"epochs": 5, "batch_size": 64, "lr": 3e-3}
+DEFAULTS: Defaults = {"epochs": 5, "batch_size": 64, "lr": 3e-3}
 
 
 class AddingTask(Task):

@@ -20,11 +20,11 @@ from ..device import Device
 from ..models import LeNet, LSTMClassifier
 from ..nn import functional as F
 from ..tensor import Tensor
-from .common import Batches, Options, Task
+from .common import Batches, Defaults, Options, Task
 
 # Defaults, chosen to reach the quality targets in about a minute on a 2-core laptop CPU.
-DEFAULTS = {"cnn": {"epochs": 30, "batch_size": 32, "lr": 2e-3},
-            "rnn": {"epochs": 40, "batch_size": 32, "lr": 5e-3}}
+DEFAULTS: dict[str, Defaults] = {"cnn": {"epochs": 30, "batch_size": 32, "lr": 2e-3},
+                                  "rnn": {"epochs": 40, "batch_size": 32, "lr": 5e-3}}
 
 
 class ClassifierTask(Task):

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -53,6 +53,14 @@ class Options:
     pack: int | None = None
     threads: int | None = 1
     progress: bool = True
+
+
+class Defaults(TypedDict):
+    """A task's defaults for the options left ``None``."""
+
+    epochs: int
+    batch_size: int
+    lr: float
 
 
 def resolve_device(name: str) -> Device:

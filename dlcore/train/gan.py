@@ -37,12 +37,19 @@ from ..device import Device
 from ..models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from ..nn import functional as F
 from ..tensor import Tensor
-from .common import Batches, Options, Task
+from .common import Batches, Defaults, Options, Task
 
 MODES, RADIUS, STD, EVAL_SAMPLES = 8, 2.0, 0.02, 2500
 RING_TRAIN_SIZE = 32_000
-DEFAULTS = {"ring": {"epochs": 80, "batch_size": 256, "lr": 1e-3, "pack": 1},
-            "digits": {"epochs": 60, "batch_size": 64, "lr": 5e-4, "pack": 1}}
+
+
+class GANDefaults(Defaults):
+    pack: int  # samples per discriminator input (PacGAN)
+
+
+DEFAULTS: dict[str, GANDefaults] = {
+    "ring": {"epochs": 80, "batch_size": 256, "lr": 1e-3, "pack": 1},
+    "digits": {"epochs": 60, "batch_size": 64, "lr": 5e-4, "pack": 1}}
 
 # (source, method, modes covered of 8, high-quality %) on this benchmark.
 PUBLISHED = [("VEEGAN (Srivastava et al., 2017), table 1", "GAN", 1.0, 99.3),

@@ -71,13 +71,13 @@ def seed() -> int:
 
 
 def _dims(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
-    dims = (value,) if isinstance(value, int | np.integer) else tuple(value)
-    if not 1 <= len(dims) <= 3:
+    given = (value,) if isinstance(value, int | np.integer) else tuple(value)
+    if not 1 <= len(given) <= 3:
         raise ValueError(f"{what} must have 1 to 3 dimensions, got {value!r}")
-    dims = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
-    if any(d < 1 or d >= 2**32 for d in dims):
+    x, y, z = [int(d) for d in given] + [1] * (3 - len(given))
+    if any(d < 1 or d >= 2**32 for d in (x, y, z)):
         raise ValueError(f"{what} dimensions must be in [1, 2^32), got {value!r}")
-    return dims  # type: ignore[return-value]
+    return x, y, z
 
 
 def _scalar(value: Any) -> np.ndarray:
@@ -141,18 +141,18 @@ class RawModule:
     :meth:`get_function`, from ``code`` or ``path``; ``name_expressions`` name the template
     instantiations to generate (extern "C" kernels are found in the source)."""
 
-    def __init__(self, code: str | None = None, path: str | os.PathLike | None = None,
+    def __init__(self, code: str | None = None, path: str | os.PathLike[str] | None = None,
                  options: Sequence[str] = (),
                  name_expressions: Sequence[str] | None = None) -> None:
-        if (code is None) == (path is None):
-            raise TypeError("RawModule: give exactly one of code= or path=")
-        if path is not None:
+        if path is not None and code is None:
             p = Path(path)
             self.source = KernelSource(p.name, p.read_text(), (str(p.parent.resolve()),))
-        else:
+        elif code is not None and path is None:
             tag = _LINE_TAG.match(code)
             name = tag.group(1) if tag else "<string>"
             self.source = KernelSource(name, code[tag.end():] if tag else code)
+        else:
+            raise TypeError("RawModule: give exactly one of code= or path=")
         self.filename = self.source.name
         self._flags = [o for o in options if o[:2] in ("-D", "-U", "-I")]
         self._entries = list(self.source.extern_c_kernels) + list(name_expressions or ())

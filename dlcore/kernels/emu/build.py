@@ -120,8 +120,9 @@ def rewrite_shared(code: str, filename: str) -> str:
         pos = m.end()
     out.append(code[pos:])
     result = "".join(out)
-    if re.search(r"\b__shared__\b", result):
-        line = result[:re.search(r"\b__shared__\b", result).start()].count("\n") + 1
+    leftover = re.search(r"\b__shared__\b", result)
+    if leftover:
+        line = result[:leftover.start()].count("\n") + 1
         raise KernelCompileError(filename, line, "unsupported __shared__ declaration form for the "
                                  "emulator (declare one variable per statement)")
     return result
