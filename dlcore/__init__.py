@@ -7,7 +7,6 @@
 [2.0, 4.0, 6.0]
 """
 
-from . import _tensor_methods  # noqa: F401  -- binds operators to Tensor
 from . import autograd, cuda, data, dtypes, io
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy, full,

@@ -19,6 +19,7 @@ then nodes run in topological order, so a chain of 100,000 operations is fine.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,6 @@ class _GradMode(threading.local):
 
 
 _mode = _GradMode()
-_Tensor: Any = None  # dlcore.tensor.Tensor, set by that module (it imports this one)
 
 
 def is_grad_enabled() -> bool:
@@ -144,7 +144,8 @@ class Function:
                 requires = requires or t._requires_grad
                 arrays.append(t.data)
             out = fn.forward(*arrays, **options)
-        make = _Tensor._make
+        dev = fn.device  # forward may set it: outputs live where forward put them
+        make = tensor.Tensor._make
         if isinstance(out, np.generic):  # NumPy reductions return scalars, not 0-d arrays
             out = np.asarray(out)
         elif type(out) is tuple:
@@ -192,7 +193,7 @@ class Function:
             _raise_freed(self)
         out = self._out_arrays
         arr = out[index] if type(out) is tuple else out
-        return _Tensor._make(arr, self.device, self if _mode.enabled else None, index)
+        return tensor.Tensor._make(arr, self.device, self if _mode.enabled else None, index)
 
     def _free(self) -> None:
         self._saved = None
@@ -221,11 +222,32 @@ class AccumulateGrad(Function):
             else:
                 # NOTE: copy, never alias: one gradient Tensor may flow to several leaves
                 # (x + y hands the same grad to both), and later accumulation is in place.
-                leaf.grad = _Tensor._make(grad.data.copy(), leaf._device)
+                leaf.grad = tensor.Tensor._make(grad.data.copy(), leaf._device)
         elif _mode.enabled or leaf.grad.requires_grad:
             leaf.grad = leaf.grad + grad  # create_graph: keep the graph of the sum
         else:
             leaf.grad.data += grad.data
+
+
+class RetainGrad(Function):
+    """Identity node in front of a non-leaf that called ``retain_grad()``: stores the
+    gradient flowing through it on the tensor (held weakly: the node must not keep it alive)."""
+
+    @classmethod
+    def hook(cls, t: Tensor) -> RetainGrad:
+        node = cls()
+        node.device = t._device
+        node.tensor_ref = weakref.ref(t)
+        node.needs_input_grad = (True,)
+        node.next_functions = (t._edge(),)
+        return node
+
+    def backward(self, g: Tensor) -> tuple:
+        t = self.tensor_ref()
+        if t is not None:
+            gd = g if _mode.enabled else g.detach()
+            t.grad = gd.clone() if t.grad is None else t.grad + gd
+        return (g,)
 
 
 def _raise_device_mismatch(cls: type, inputs: Sequence[Tensor]) -> None:
@@ -332,10 +354,8 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
          grad_outputs: Any = None, retain_graph: bool | None = None,
          create_graph: bool = False, allow_unused: bool = False) -> tuple[Tensor | None, ...]:
     """Gradients of ``outputs`` with respect to ``inputs``, returned (not accumulated)."""
-    from .tensor import Tensor
-
     roots, grads = _prepare_roots(outputs, grad_outputs, "grad")
-    single = isinstance(inputs, Tensor)
+    single = isinstance(inputs, tensor.Tensor)
     ins = [inputs] if single else list(inputs)
     capture: dict = {}
     keys = []
@@ -359,12 +379,10 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
 
 
 def _prepare_roots(tensors: Any, grad_tensors: Any, op: str) -> tuple[list, list]:
-    from .tensor import Tensor
-
-    roots = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+    roots = [tensors] if isinstance(tensors, tensor.Tensor) else list(tensors)
     if grad_tensors is None:
         gs: list = [None] * len(roots)
-    elif isinstance(grad_tensors, Tensor):
+    elif isinstance(grad_tensors, tensor.Tensor):
         gs = [grad_tensors]
     else:
         gs = list(grad_tensors)
@@ -380,11 +398,17 @@ def _prepare_roots(tensors: Any, grad_tensors: Any, op: str) -> tuple[list, list
                 raise RuntimeError(
                     f"{op}: grad can be implicitly created only for scalar outputs; got an "
                     f"output of shape {tuple(t.shape)}, pass gradient= explicitly")
-            g = Tensor._make(t._device.xp.ones_like(t.data), t._device)
-        elif not isinstance(g, Tensor):
-            g = Tensor._make(t._device.xp.asarray(g, dtype=t.data.dtype), t._device)
+            g = tensor.Tensor._make(t._device.xp.ones_like(t.data), t._device)
+        elif not isinstance(g, tensor.Tensor):
+            g = tensor.Tensor._make(t._device.xp.asarray(g, dtype=t.data.dtype), t._device)
         if tuple(g.shape) != tuple(t.shape):
             raise RuntimeError(f"{op}: gradient has shape {tuple(g.shape)} but the output has "
                                f"shape {tuple(t.shape)}")
         out_grads.append(g)
     return roots, out_grads
+
+
+# NOTE: tensor.py imports this module (Tensor's fields are autograd's), and the functions
+# above build Tensors at run time; a plain module import after every definition here serves
+# both orders of first import.
+from . import tensor  # noqa: E402

@@ -13,37 +13,9 @@ from .dtypes import get_default_dtype, to_dtype
 from .tensor import Tensor
 
 
-def _to_array(data: Any, dtype: Any, dev: Device, copy: bool) -> Any:
-    """``data`` as an array of the device's module. Python floats become the default float
-    dtype (as in PyTorch), Python ints int64; NumPy/CuPy arrays keep their dtype."""
-    dt = None if dtype is None else to_dtype(dtype)
-    if isinstance(data, Tensor):
-        data = data.data
-    xp = dev.xp
-    if isinstance(data, np.ndarray | np.generic) or _is_device_array(data):
-        src_dev = device_of_array(data)
-        if src_dev.type == "cuda" and dev.type != "cuda":
-            data = data.get()
-        if dev.type == "cuda":
-            with dev.use():
-                arr = xp.array(data, dtype=dt, copy=copy) if copy else xp.asarray(data, dt)
-            return arr
-        arr = np.array(data, dtype=dt, copy=copy) if copy else np.asarray(data, dtype=dt)
-        return arr
-    host = np.array(data, dtype=dt)
-    if dt is None and host.dtype == np.float64:
-        host = host.astype(get_default_dtype())
-    if host.dtype == object:
-        raise TypeError(f"tensor: cannot build a tensor from {type(data).__name__} of "
-                        "ragged or non-numeric elements")
-    if dev.type == "cuda":
-        with dev.use():
-            return xp.asarray(host)
-    return host
-
-
-def _is_device_array(data: Any) -> bool:
-    return hasattr(data, "__cuda_array_interface__")
+def _device_array(data: Any) -> bool:
+    """A NumPy or CuPy array, or anything else with the CUDA array interface."""
+    return isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__")
 
 
 def tensor(data: Any, dtype: Any = None, device: Any = None,
@@ -60,12 +32,9 @@ def as_tensor(data: Any, dtype: Any = None, device: Any = None) -> Tensor:
     """Like :func:`tensor` but shares memory with ``data`` where it can."""
     if isinstance(data, Tensor):
         return data.to(device=device, dtype=dtype) if device or dtype else data
-    dev = device_of_array(data) if device is None and _is_array(data) else as_device(device)
-    return Tensor._make(_to_array(data, dtype, dev, copy=False), dev)
-
-
-def _is_array(data: Any) -> bool:
-    return isinstance(data, np.ndarray) or _is_device_array(data)
+    dev = device_of_array(data) if device is None and _device_array(data) else \
+        as_device(device)
+    return Tensor._make(dev.asarray(data, None if dtype is None else to_dtype(dtype)), dev)
 
 
 def from_numpy(array: np.ndarray) -> Tensor:

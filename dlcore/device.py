@@ -1,13 +1,19 @@
 """Devices: the one place that decides where arrays live and which code runs on them.
 
-A :class:`Device` answers two questions for every operation:
+A :class:`Device` owns everything that differs by device:
 
 * ``device.xp`` -- the array module (``numpy`` for ``cpu`` and ``emu``, ``cupy`` for ``cuda``);
 * ``device.kernels`` -- the kernel runner for our CUDA sources (``cupy.RawModule`` on
-  ``cuda``, the CPU emulator on ``emu``, ``None`` on ``cpu``).
+  ``cuda``, the CPU emulator on ``emu``, ``None`` on ``cpu``);
+* ``device.asarray(data)`` / ``device.to_host(array)`` -- every host/device copy;
+* ``device.new_generator(seed)`` -- its random number generator;
+* ``with device:`` (or ``device.use()``) -- the current CUDA device for allocations and
+  launches, and ``device.is_cuda`` / ``device.is_usable()`` for the few callers that must
+  know (the data loader's pinned-memory path, checkpoint loading).
 
-Operations never test ``isinstance(x, cupy.ndarray)``; they ask the tensor's device.
-This module is the only importer of CuPy (the kernel loader asks :func:`cupy_module`).
+Operations never test ``isinstance(x, cupy.ndarray)`` nor ``device.type``; they ask the
+tensor's device. This module is the only importer of CuPy (the kernel loader and
+:mod:`dlcore.cuda` ask :func:`cupy_module`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import threading
 from typing import Any
 
 import numpy as np
+
+from .dtypes import get_default_dtype
 
 _KINDS = ("cpu", "cuda", "emu")
 
@@ -52,7 +60,7 @@ class Device:
     """A place for tensors: ``cpu``, ``cuda[:i]`` or ``emu`` (NumPy arrays, CUDA kernels
     run by the CPU emulator). Devices are interned: ``device("cuda") is device("cuda:0")``."""
 
-    __slots__ = ("type", "index", "_xp", "_kernels")
+    __slots__ = ("type", "index", "_xp", "_kernels", "_contexts")
     _interned: dict[tuple[str, int | None], Device] = {}
 
     def __new__(cls, spec: str | Device = "cpu", index: int | None = None) -> Device:
@@ -79,6 +87,7 @@ class Device:
         if dev is None:
             dev = object.__new__(cls)
             dev.type, dev.index, dev._xp, dev._kernels = kind, index, None, None
+            dev._contexts = threading.local()
             cls._interned[key] = dev
         return dev
 
@@ -97,17 +106,97 @@ class Device:
     @property
     def kernels(self) -> Any:
         """The kernel runner for ``kernels/*.cu`` on this device (``None`` on ``cpu``)."""
-        if self._kernels is None and self.type != "cpu":
+        if self._kernels is None and self.runs_kernels:
             from . import kernels  # the loader imports this module
 
             self._kernels = kernels.runner_for(self)
         return self._kernels
+
+    @property
+    def runs_kernels(self) -> bool:
+        """Whether our CUDA kernels run here: on the GPU (``cuda``) or the emulator (``emu``)."""
+        return self.type != "cpu"
+
+    @property
+    def is_cuda(self) -> bool:
+        """Whether arrays live in GPU memory (CuPy) on this device."""
+        return self.type == "cuda"
+
+    def is_usable(self) -> bool:
+        """Whether this machine has this device (a ``cuda:i`` needs CuPy, a driver and at least
+        i + 1 GPUs; ``cpu`` and ``emu`` always exist)."""
+        return self.type != "cuda" or self.index < device_count()
 
     def use(self) -> Any:
         """Context manager making this device current for CuPy allocations and launches."""
         if self.type == "cuda":
             return self.xp.cuda.Device(self.index)
         return _NullContext()
+
+    def synchronize(self) -> None:
+        """Wait until this device has finished the work queued on it (a no-op off the GPU,
+        where every operation is synchronous)."""
+        if self.type == "cuda":
+            self.xp.cuda.Device(self.index).synchronize()
+
+    def __enter__(self) -> Device:
+        """``with device:`` -- :meth:`use` as a statement; nests, per thread."""
+        ctx = self.use()
+        stack = self._contexts.__dict__.setdefault("stack", [])
+        stack.append(ctx)
+        ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._contexts.stack.pop().__exit__(*exc)
+
+    # ---- copies ---------------------------------------------------------------------
+    def asarray(self, data: Any, dtype: np.dtype | None = None, copy: bool = False) -> Any:
+        """``data`` (a NumPy or CuPy array, anything with ``__cuda_array_interface__``, or
+        Python data) as an array of this device, cast to ``dtype`` if given; ``copy`` forces
+        a new array even when ``data`` already is one of this device. Python floats become
+        the default float dtype (as in PyTorch), Python ints int64; arrays keep their dtype."""
+        if isinstance(data, np.ndarray | np.generic) or hasattr(data, "__cuda_array_interface__"):
+            if self.type != "cuda":
+                if not isinstance(data, np.ndarray | np.generic):
+                    data = data.get()  # a CuPy array to the host
+                return np.array(data, dtype=dtype, copy=True) if copy else \
+                    np.asarray(data, dtype=dtype)
+            with self.use():
+                xp = self.xp
+                return xp.array(data, dtype=dtype, copy=True) if copy else \
+                    xp.asarray(data, dtype)
+        host = np.array(data, dtype=dtype)
+        if dtype is None and host.dtype == np.float64:
+            host = host.astype(get_default_dtype())
+        if host.dtype == object:
+            raise TypeError(f"tensor: cannot build a tensor from {type(data).__name__} of "
+                            "ragged or non-numeric elements")
+        if self.type == "cuda":
+            with self.use():
+                return self.xp.asarray(host)
+        return host
+
+    def to_host(self, array: Any) -> np.ndarray:
+        """A NumPy array with ``array``'s values: ``array`` itself on ``cpu``/``emu``, a copy
+        from GPU memory on ``cuda``."""
+        return array if isinstance(array, np.ndarray | np.generic) else array.get()
+
+    def move(self, array: Any, source: Device) -> Any:
+        """A copy of ``array`` (an array of ``source``) on this device."""
+        if self.type == "cuda":
+            with self.use():
+                return self.xp.array(array)
+        return source.to_host(array) if source.type == "cuda" else array.copy()
+
+    # ---- random numbers -------------------------------------------------------------
+    def new_generator(self, seed: int | None) -> Any:
+        """A new random generator for arrays of this device, seeded with ``seed``: NumPy's
+        PCG64 ``Generator`` on ``cpu`` and ``emu`` (so both draw the same numbers), a CuPy
+        ``RandomState`` behind the same four methods on ``cuda``."""
+        if self.type == "cuda":
+            return _CupyGenerator(self, seed)
+        return np.random.Generator(np.random.PCG64(seed))
 
     def __repr__(self) -> str:
         return f"device(type='{self.type}'" + (
@@ -126,6 +215,34 @@ class _NullContext:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+class _CupyGenerator:
+    """CuPy's ``RandomState`` with NumPy ``Generator``'s method names, drawing on its device.
+
+    NOTE: CuPy's generators expose no state, so this one has no ``bit_generator``:
+    ``dlcore.get_rng_state`` cannot capture it (it restarts from the seed)."""
+
+    def __init__(self, device: Device, seed: int | None) -> None:
+        self.device = device
+        with device.use():
+            self.state = device.xp.random.RandomState(seed)
+
+    def uniform(self, low: float, high: float, shape: tuple[int, ...]) -> Any:
+        with self.device.use():
+            return self.state.uniform(low, high, shape)
+
+    def normal(self, mean: float, std: float, shape: tuple[int, ...]) -> Any:
+        with self.device.use():
+            return self.state.normal(mean, std, shape)
+
+    def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
+        with self.device.use():
+            return self.state.randint(low, high, shape)
+
+    def permutation(self, n: int) -> Any:
+        with self.device.use():
+            return self.state.permutation(n)
 
 
 def _require_cuda(dev: Device) -> Any:

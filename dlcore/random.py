@@ -31,12 +31,7 @@ def initial_seed() -> int | None:
 def generator_for(device: Device) -> Any:
     gen = _generators.get(device)
     if gen is None:
-        if device.type == "cuda":
-            with device.use():
-                gen = device.xp.random.RandomState(_seed)
-        else:
-            gen = np.random.Generator(np.random.PCG64(_seed))
-        _generators[device] = gen
+        gen = _generators[device] = device.new_generator(_seed)
     return gen
 
 
@@ -45,35 +40,24 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 
 def uniform_array(shape: Any, low: float, high: float, dtype: np.dtype, device: Device) -> Any:
-    gen = generator_for(device)
-    if device.type == "cuda":
-        with device.use():
-            return gen.uniform(low, high, _shape(shape)).astype(dtype, copy=False)
-    return gen.uniform(low, high, _shape(shape)).astype(dtype, copy=False)
+    with device:
+        return generator_for(device).uniform(low, high, _shape(shape)).astype(dtype, copy=False)
 
 
 def normal_array(shape: Any, mean: float, std: float, dtype: np.dtype, device: Device) -> Any:
-    gen = generator_for(device)
-    if device.type == "cuda":
-        with device.use():
-            return gen.normal(mean, std, _shape(shape)).astype(dtype, copy=False)
-    return gen.normal(mean, std, _shape(shape)).astype(dtype, copy=False)
+    with device:
+        return generator_for(device).normal(mean, std, _shape(shape)).astype(dtype, copy=False)
 
 
 def integers_array(low: int, high: int, shape: Any, dtype: np.dtype, device: Device) -> Any:
-    gen = generator_for(device)
-    if device.type == "cuda":
-        with device.use():
-            return gen.randint(low, high, _shape(shape)).astype(dtype, copy=False)
-    return gen.integers(low, high, _shape(shape)).astype(dtype, copy=False)
+    with device:
+        return generator_for(device).integers(low, high, _shape(shape)).astype(dtype,
+                                                                                copy=False)
 
 
 def permutation_array(n: int, device: Device) -> Any:
-    gen = generator_for(device)
-    if device.type == "cuda":
-        with device.use():
-            return gen.permutation(n)
-    return gen.permutation(n)
+    with device:
+        return generator_for(device).permutation(n)
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -86,7 +70,7 @@ def get_rng_state() -> dict[str, Any]:
     """
     return {"seed": _seed,
             "generators": {str(dev): gen.bit_generator.state
-                           for dev, gen in _generators.items() if dev.type != "cuda"}}
+                           for dev, gen in _generators.items() if hasattr(gen, "bit_generator")}}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

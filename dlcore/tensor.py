@@ -1,11 +1,19 @@
 """Tensor: a thin handle on one NumPy or CuPy array plus the fields autograd needs.
 
-Operators and methods route to :mod:`dlcore.ops`; this file holds only what is about the
-handle itself (metadata, conversion, autograd fields, in-place guards).
+Operators and methods are written here as one-line delegations to :mod:`dlcore.ops` (so IDEs,
+type checkers and ``help()`` see them); everything else here is about the handle itself
+(metadata, conversion, autograd fields, in-place writes and their guards).
+
+(``_bool``, ``_int`` and ``_float`` name the builtins in annotations: inside the class body
+``bool``, ``int`` and ``float`` are the conversion methods.)
 """
 
 from __future__ import annotations
 
+from builtins import bool as _bool
+from builtins import float as _float
+from builtins import int as _int
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +21,9 @@ import numpy as np
 from . import autograd
 from .device import Device, as_device, device_of_array
 from .dtypes import to_dtype
+
+
+_CPU = Device("cpu")
 
 
 class Tensor:
@@ -26,25 +37,47 @@ class Tensor:
                  "_accum", "_version", "_retains_grad", "__weakref__")
     __array_priority__ = 1000  # numpy_array * tensor -> Tensor.__rmul__
 
-    def __init__(self, data: Any, dtype: Any = None, device: Any = None,
-                 requires_grad: bool = False) -> None:
-        from .creation import _to_array
+    data: Any  # the NumPy or CuPy array
+    _device: Device
+    _requires_grad: _bool
+    grad: Tensor | None
+    grad_fn: Any  # the autograd.Function that produced this tensor, None for a leaf
+    _output_nr: _int  # which output of grad_fn this is
+    _accum: Any  # a leaf's AccumulateGrad node, made on first use
+    _version: list[_int]  # in-place write counter, one list shared by a base and its views
+    _retains_grad: _bool
 
+    def __init__(self, data: Any, dtype: Any = None, device: Any = None,
+                 requires_grad: _bool = False) -> None:
         dev = as_device(device)
-        self.data = _to_array(data, dtype, dev, copy=True)
-        self._device = dev
+        if isinstance(data, Tensor):
+            data = data.data
+        self._init_leaf(dev.asarray(data, None if dtype is None else to_dtype(dtype),
+                                    copy=True), dev, [0], requires_grad)
+
+    def _init_leaf(self, data: Any, device: Device, version: list[_int],
+                   requires_grad: _bool) -> None:
+        """Set every field of a new leaf (for ``__init__`` and subclasses such as
+        ``nn.Parameter``; ``_make`` sets the same fields inline, on the hot path of every op)."""
+        self.data = data
+        self._device = device
         self._requires_grad = False
         self.grad = None
         self.grad_fn = None
         self._output_nr = 0
         self._accum = None
-        self._version = [0]
+        self._version = version
         self._retains_grad = False
         if requires_grad:
             self.requires_grad_(True)
 
+    def _share_leaf(self, other: Tensor, requires_grad: _bool) -> None:
+        """Become a new leaf holding ``other``'s array, device and version counter (no copy),
+        as ``nn.Parameter(t)`` does."""
+        self._init_leaf(other.data, other._device, other._version, requires_grad)
+
     @classmethod
-    def _make(cls, data: Any, device: Device, grad_fn: Any = None, output_nr: int = 0,
+    def _make(cls, data: Any, device: Device, grad_fn: Any = None, output_nr: _int = 0,
               version: list | None = None) -> Tensor:
         t = object.__new__(cls)
         t.data = data
@@ -63,7 +96,7 @@ class Tensor:
     def shape(self) -> tuple[int, ...]:
         return self.data.shape
 
-    def size(self, dim: int | None = None) -> Any:
+    def size(self, dim: _int | None = None) -> Any:
         return self.data.shape if dim is None else self.data.shape[dim]
 
     @property
@@ -75,40 +108,40 @@ class Tensor:
         return self._device
 
     @property
-    def ndim(self) -> int:
+    def ndim(self) -> _int:
         return self.data.ndim
 
-    def dim(self) -> int:
+    def dim(self) -> _int:
         return self.data.ndim
 
-    def numel(self) -> int:
+    def numel(self) -> _int:
         return int(self.data.size)
 
-    def element_size(self) -> int:
+    def element_size(self) -> _int:
         return self.data.dtype.itemsize
 
     @property
-    def is_cuda(self) -> bool:
-        return self._device.type == "cuda"
+    def is_cuda(self) -> _bool:
+        return self._device.is_cuda
 
-    def is_floating_point(self) -> bool:
+    def is_floating_point(self) -> _bool:
         return self.data.dtype.kind == "f"
 
-    def __len__(self) -> int:
+    def __len__(self) -> _int:
         if self.data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
         return self.data.shape[0]
 
     # ---- autograd fields ------------------------------------------------------------
     @property
-    def requires_grad(self) -> bool:
+    def requires_grad(self) -> _bool:
         return self._requires_grad
 
     @requires_grad.setter
-    def requires_grad(self, value: bool) -> None:
+    def requires_grad(self, value: _bool) -> None:
         self.requires_grad_(value)
 
-    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+    def requires_grad_(self, requires_grad: _bool = True) -> Tensor:
         if requires_grad and self.data.dtype.kind not in "fc":
             raise RuntimeError(f"requires_grad_: only floating point tensors can require "
                                f"gradients, got dtype {self.data.dtype}")
@@ -119,7 +152,7 @@ class Tensor:
         return self
 
     @property
-    def is_leaf(self) -> bool:
+    def is_leaf(self) -> _bool:
         return self.grad_fn is None
 
     def retain_grad(self) -> None:
@@ -128,9 +161,7 @@ class Tensor:
             return
         if not self._retains_grad:
             self._retains_grad = True
-            from .ops.shape import RetainGrad
-
-            node = RetainGrad.hook(self)
+            node = autograd.RetainGrad.hook(self)
             self.grad_fn, self._output_nr = node, 0
 
     def _edge(self) -> tuple[Any, int]:
@@ -140,8 +171,8 @@ class Tensor:
             self._accum = autograd.AccumulateGrad(self)
         return (self._accum, 0)
 
-    def backward(self, gradient: Any = None, retain_graph: bool | None = None,
-                 create_graph: bool = False) -> None:
+    def backward(self, gradient: Any = None, retain_graph: _bool | None = None,
+                 create_graph: _bool = False) -> None:
         autograd.backward(self, gradient, retain_graph, create_graph)
 
     def detach(self) -> Tensor:
@@ -157,10 +188,7 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """A NumPy array with the data: shared on ``cpu``/``emu``, a host copy on ``cuda``.
         (PyTorch refuses ``.numpy()`` on GPU tensors; copying is what users then do.)"""
-        if self._requires_grad and self.grad_fn is not None:
-            pass  # reading values never breaks the graph
-        data = self.data
-        return data if isinstance(data, np.ndarray) else data.get()
+        return self._device.to_host(self.data)
 
     def item(self) -> Any:
         if self.data.size != 1:
@@ -192,10 +220,19 @@ class Tensor:
         out = to_device_dtype(self, device, dtype)
         return out.clone() if copy and out is self else out
 
+    def set_(self, source: Tensor) -> Tensor:
+        """Hold ``source``'s array on ``source``'s device from now on (PyTorch's ``set_``; what
+        ``Module.to`` does to parameters so they stay the same objects). Not recorded by
+        autograd; a leaf's gradient node is rebuilt when the device changes."""
+        if source._device is not self._device:
+            self._accum = None  # its node would report the old device
+        self.data, self._device = source.data, source._device
+        return self
+
     def cpu(self) -> Tensor:
         return self.to("cpu")
 
-    def cuda(self, device: int | None = None) -> Tensor:
+    def cuda(self, device: _int | None = None) -> Tensor:
         return self.to(Device("cuda", device))
 
     def type(self, dtype: Any = None) -> Any:
@@ -219,19 +256,19 @@ class Tensor:
     def bool(self) -> Tensor:
         return self.to(np.bool_)
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> _bool:
         if self.data.size != 1:
             raise RuntimeError(f"bool: the truth value of a tensor with {self.data.size} "
                                "elements is ambiguous")
         return bool(self.item())
 
-    def __float__(self) -> float:
+    def __float__(self) -> _float:
         return float(self.item())
 
-    def __int__(self) -> int:
+    def __int__(self) -> _int:
         return int(self.item())
 
-    def __index__(self) -> int:
+    def __index__(self) -> _int:
         if self.data.dtype.kind not in "iu" or self.data.size != 1:
             raise TypeError("only integer tensors of a single element can be an index")
         return int(self.item())
@@ -247,7 +284,7 @@ class Tensor:
         body = np.array2string(self.numpy(), separator=", ", precision=4,
                                prefix="tensor(")
         extra = []
-        if self._device.type != "cpu":
+        if self._device is not _CPU:
             extra.append(f"device='{self._device}'")
         if self.data.dtype != np.float32 and self.data.dtype != np.int64 and \
                 self.data.dtype != np.bool_:
@@ -257,6 +294,353 @@ class Tensor:
         elif self._requires_grad:
             extra.append("requires_grad=True")
         return "tensor(" + ", ".join([body] + extra) + ")"
+
+    # ---- operators (each delegates to dlcore.ops) ------------------------------------------
+    def __add__(self, other: Any) -> Tensor:
+        return ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return ops.add(self, other)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return ops.mul(self, other)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return ops.div(other, self)
+
+    def __pow__(self, exponent: Any) -> Tensor:
+        return ops.pow(self, exponent)
+
+    def __rpow__(self, base: Any) -> Tensor:
+        return ops.pow(base, self)
+
+    def __matmul__(self, other: Tensor) -> Tensor:
+        return ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return ops.matmul(other, self)
+
+    def __neg__(self) -> Tensor:
+        return ops.neg(self)
+
+    def __abs__(self) -> Tensor:
+        return ops.abs(self)
+
+    # NOTE: comparisons return boolean Tensors, as in PyTorch and NumPy, not Python bools.
+    def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return ops.eq(self, other)
+
+    def __ne__(self, other: Any) -> Tensor:  # type: ignore[override]
+        return ops.ne(self, other)
+
+    def __lt__(self, other: Any) -> Tensor:
+        return ops.lt(self, other)
+
+    def __le__(self, other: Any) -> Tensor:
+        return ops.le(self, other)
+
+    def __gt__(self, other: Any) -> Tensor:
+        return ops.gt(self, other)
+
+    def __ge__(self, other: Any) -> Tensor:
+        return ops.ge(self, other)
+
+    def __invert__(self) -> Tensor:
+        return ops.logical_not(self)
+
+    def __and__(self, other: Tensor) -> Tensor:
+        return ops.logical_and(self, other)
+
+    def __or__(self, other: Tensor) -> Tensor:
+        return ops.logical_or(self, other)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return ops.getitem(self, index)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        ops.setitem(self, index, value)
+
+    def __iadd__(self, other: Any) -> Tensor:
+        return self.add_(other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return self.sub_(other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return self.mul_(other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return self.div_(other)
+
+    # ---- arithmetic and elementwise functions ----------------------------------------------
+    def add(self, other: Any, alpha: Any = 1) -> Tensor:
+        return ops.add(self, other, alpha)
+
+    def sub(self, other: Any, alpha: Any = 1) -> Tensor:
+        return ops.sub(self, other, alpha)
+
+    subtract = sub
+
+    def mul(self, other: Any) -> Tensor:
+        return ops.mul(self, other)
+
+    multiply = mul
+
+    def div(self, other: Any) -> Tensor:
+        return ops.div(self, other)
+
+    divide = div
+
+    def pow(self, exponent: Any) -> Tensor:
+        return ops.pow(self, exponent)
+
+    def matmul(self, other: Tensor) -> Tensor:
+        return ops.matmul(self, other)
+
+    def mm(self, mat2: Tensor) -> Tensor:
+        return ops.mm(self, mat2)
+
+    def bmm(self, mat2: Tensor) -> Tensor:
+        return ops.bmm(self, mat2)
+
+    def maximum(self, other: Tensor) -> Tensor:
+        return ops.maximum(self, other)
+
+    def minimum(self, other: Tensor) -> Tensor:
+        return ops.minimum(self, other)
+
+    def exp(self) -> Tensor:
+        return ops.exp(self)
+
+    def log(self) -> Tensor:
+        return ops.log(self)
+
+    def log1p(self) -> Tensor:
+        return ops.log1p(self)
+
+    def sqrt(self) -> Tensor:
+        return ops.sqrt(self)
+
+    def rsqrt(self) -> Tensor:
+        return ops.rsqrt(self)
+
+    def abs(self) -> Tensor:
+        return ops.abs(self)
+
+    def sign(self) -> Tensor:
+        return ops.sign(self)
+
+    def sin(self) -> Tensor:
+        return ops.sin(self)
+
+    def cos(self) -> Tensor:
+        return ops.cos(self)
+
+    def tanh(self) -> Tensor:
+        return ops.tanh(self)
+
+    def sigmoid(self) -> Tensor:
+        return ops.sigmoid(self)
+
+    def relu(self) -> Tensor:
+        return ops.relu(self)
+
+    def leaky_relu(self, negative_slope: _float = 0.01) -> Tensor:
+        return ops.leaky_relu(self, negative_slope)
+
+    def gelu(self, approximate: str = "none") -> Tensor:
+        return ops.gelu(self, approximate)
+
+    def softplus(self, beta: _float = 1.0, threshold: _float = 20.0) -> Tensor:
+        return ops.softplus(self, beta, threshold)
+
+    def neg(self) -> Tensor:
+        return ops.neg(self)
+
+    def clamp(self, min: Any = None, max: Any = None) -> Tensor:
+        return ops.clamp(self, min, max)
+
+    clip = clamp
+
+    def where(self, condition: Tensor, other: Any) -> Tensor:
+        return ops.where(condition, self, other)
+
+    def eq(self, other: Any) -> Tensor:
+        return ops.eq(self, other)
+
+    def ne(self, other: Any) -> Tensor:
+        return ops.ne(self, other)
+
+    def lt(self, other: Any) -> Tensor:
+        return ops.lt(self, other)
+
+    def le(self, other: Any) -> Tensor:
+        return ops.le(self, other)
+
+    def gt(self, other: Any) -> Tensor:
+        return ops.gt(self, other)
+
+    def ge(self, other: Any) -> Tensor:
+        return ops.ge(self, other)
+
+    def isnan(self) -> Tensor:
+        return ops.isnan(self)
+
+    def isfinite(self) -> Tensor:
+        return ops.isfinite(self)
+
+    def logical_not(self) -> Tensor:
+        return ops.logical_not(self)
+
+    # ---- reductions ------------------------------------------------------------------------
+    def sum(self, dim: Any = None, keepdim: _bool = False, dtype: Any = None) -> Tensor:
+        return ops.sum(self, dim, keepdim, dtype)
+
+    def mean(self, dim: Any = None, keepdim: _bool = False, dtype: Any = None) -> Tensor:
+        return ops.mean(self, dim, keepdim, dtype)
+
+    def prod(self, dim: _int | None = None, keepdim: _bool = False, dtype: Any = None) -> Tensor:
+        return ops.prod(self, dim, keepdim, dtype)
+
+    def max(self, dim: Any = None, keepdim: _bool = False) -> Any:
+        """``t.max()`` -> a 0-d tensor; ``t.max(dim)`` -> (values, indices)."""
+        return ops.max(self, dim, keepdim)
+
+    def min(self, dim: Any = None, keepdim: _bool = False) -> Any:
+        """``t.min()`` -> a 0-d tensor; ``t.min(dim)`` -> (values, indices)."""
+        return ops.min(self, dim, keepdim)
+
+    def amax(self, dim: Any = (), keepdim: _bool = False) -> Tensor:
+        return ops.amax(self, dim, keepdim)
+
+    def amin(self, dim: Any = (), keepdim: _bool = False) -> Tensor:
+        return ops.amin(self, dim, keepdim)
+
+    def argmax(self, dim: _int | None = None, keepdim: _bool = False) -> Tensor:
+        return ops.argmax(self, dim, keepdim)
+
+    def argmin(self, dim: _int | None = None, keepdim: _bool = False) -> Tensor:
+        return ops.argmin(self, dim, keepdim)
+
+    def var(self, dim: Any = None, unbiased: _bool | None = None, keepdim: _bool = False,
+            correction: _float | None = None) -> Tensor:
+        return ops.var(self, dim, unbiased, keepdim, correction)
+
+    def std(self, dim: Any = None, unbiased: _bool | None = None, keepdim: _bool = False,
+            correction: _float | None = None) -> Tensor:
+        return ops.std(self, dim, unbiased, keepdim, correction)
+
+    def logsumexp(self, dim: Any, keepdim: _bool = False) -> Tensor:
+        return ops.logsumexp(self, dim, keepdim)
+
+    def softmax(self, dim: _int, dtype: Any = None) -> Tensor:
+        return ops.softmax(self, dim, dtype)
+
+    def log_softmax(self, dim: _int, dtype: Any = None) -> Tensor:
+        return ops.log_softmax(self, dim, dtype)
+
+    # ---- shape and layout ------------------------------------------------------------------
+    def reshape(self, *shape: Any) -> Tensor:
+        return ops.reshape(self, *shape)
+
+    def view(self, *shape: Any) -> Tensor:
+        return ops.view(self, *shape)
+
+    def view_as(self, other: Tensor) -> Tensor:
+        return ops.reshape(self, *other.shape)
+
+    reshape_as = view_as
+
+    def flatten(self, start_dim: _int = 0, end_dim: _int = -1) -> Tensor:
+        return ops.flatten(self, start_dim, end_dim)
+
+    def unflatten(self, dim: _int, sizes: Sequence[_int]) -> Tensor:
+        return ops.unflatten(self, dim, sizes)
+
+    def squeeze(self, dim: Any = None) -> Tensor:
+        return ops.squeeze(self, dim)
+
+    def unsqueeze(self, dim: _int) -> Tensor:
+        return ops.unsqueeze(self, dim)
+
+    def transpose(self, dim0: _int, dim1: _int) -> Tensor:
+        return ops.transpose(self, dim0, dim1)
+
+    def t(self) -> Tensor:
+        """The transpose of a 2-D tensor (a 0-D or 1-D tensor is returned as is)."""
+        return ops.transpose(self, 0, 1) if self.ndim == 2 else self
+
+    @property
+    def T(self) -> Tensor:
+        return ops.permute(self, *reversed(range(self.ndim)))
+
+    @property
+    def mT(self) -> Tensor:
+        return ops.transpose(self, -2, -1)
+
+    def permute(self, *dims: Any) -> Tensor:
+        return ops.permute(self, *dims)
+
+    def expand(self, *sizes: Any) -> Tensor:
+        return ops.expand(self, *sizes)
+
+    def expand_as(self, other: Tensor) -> Tensor:
+        return ops.expand(self, *other.shape)
+
+    def repeat(self, *sizes: Any) -> Tensor:
+        return ops.repeat(self, *sizes)
+
+    def split(self, split_size_or_sections: Any, dim: _int = 0) -> tuple[Tensor, ...]:
+        return ops.split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks: _int, dim: _int = 0) -> tuple[Tensor, ...]:
+        return ops.chunk(self, chunks, dim)
+
+    def unbind(self, dim: _int = 0) -> tuple[Tensor, ...]:
+        return ops.unbind(self, dim)
+
+    def flip(self, dims: Any) -> Tensor:
+        return ops.flip(self, dims)
+
+    def contiguous(self) -> Tensor:
+        return ops.contiguous(self)
+
+    def clone(self) -> Tensor:
+        return ops.clone(self)
+
+    # ---- indexing --------------------------------------------------------------------------
+    def gather(self, dim: _int, index: Tensor) -> Tensor:
+        return ops.gather(self, dim, index)
+
+    def scatter_add(self, dim: _int, index: Tensor, src: Tensor) -> Tensor:
+        return ops.scatter_add(self, dim, index, src)
+
+    def scatter_add_(self, dim: _int, index: Tensor, src: Tensor) -> Tensor:
+        return self.copy_(ops.scatter_add(self, dim, index, src))
+
+    def index_select(self, dim: _int, index: Tensor) -> Tensor:
+        return ops.index_select(self, dim, index)
+
+    def masked_fill(self, mask: Tensor, value: Any) -> Tensor:
+        return ops.masked_fill(self, mask, value)
+
+    def masked_fill_(self, mask: Tensor, value: Any) -> Tensor:
+        return self.copy_(ops.masked_fill(self, mask, value))
+
+    def type_as(self, other: Tensor) -> Tensor:
+        return self.to(other.dtype)
 
     # ---- in-place -------------------------------------------------------------------
     def _check_inplace(self, op: str) -> None:
@@ -285,16 +669,29 @@ class Tensor:
             self._requires_grad = True
         return self
 
+    def _snapshot(self, copy: _bool) -> Tensor:
+        """A Tensor standing for this one's current value and graph position before an
+        in-place write: same node, leaf accumulator and requires_grad; its own copy of the
+        data when ``copy`` (the write would change what an op saved), else shared."""
+        snap = Tensor._make(self.data.copy() if copy else self.data, self._device,
+                            self.grad_fn, self._output_nr)
+        snap._requires_grad = self._requires_grad
+        snap._accum = self._accum
+        return snap
+
+    def _share_version(self, base: Tensor) -> Tensor:
+        """Make this tensor (a view of ``base``) share ``base``'s version counter, so an
+        in-place write through either is seen by autograd's guards on both."""
+        self._version = base._version
+        return self
+
     def _inplace_binary(self, other: Any, op: str, fn: Any) -> Tensor:
         self._check_inplace(op)
         if autograd.is_grad_enabled() and (self._requires_grad or (
                 isinstance(other, Tensor) and other._requires_grad)):
             # NOTE: the out-of-place op may save `self` for backward; give it a snapshot,
             # since the storage is overwritten next.
-            snap = Tensor._make(self.data.copy(), self._device, self.grad_fn, self._output_nr)
-            snap._requires_grad = self._requires_grad
-            snap._accum = self._accum
-            return self._inplace_from(fn(snap, other), op)
+            return self._inplace_from(fn(self._snapshot(copy=True), other), op)
         result = fn(self, other)
         xp = self._device.xp
         xp.copyto(self.data, result.data if isinstance(result, Tensor) else result,
@@ -350,7 +747,7 @@ class Tensor:
     def zero_(self) -> Tensor:
         return self.fill_(0)
 
-    def uniform_(self, a: float = 0.0, b: float = 1.0) -> Tensor:
+    def uniform_(self, a: _float = 0.0, b: _float = 1.0) -> Tensor:
         from .random import uniform_array
 
         with autograd.no_grad():
@@ -358,7 +755,7 @@ class Tensor:
                                     self._device))
         return self
 
-    def normal_(self, mean: float = 0.0, std: float = 1.0) -> Tensor:
+    def normal_(self, mean: _float = 0.0, std: _float = 1.0) -> Tensor:
         from .random import normal_array
 
         with autograd.no_grad():
@@ -366,13 +763,6 @@ class Tensor:
                                                  self._device), self._device))
         return self
 
-    def __setitem__(self, index: Any, value: Any) -> None:
-        from .ops.index import setitem
-
-        setitem(self, index, value)
-
-
-autograd._Tensor = Tensor
 
 
 def parse_to_args(args: tuple, kwargs: dict, op: str) -> tuple[Device | None, Any]:
@@ -399,3 +789,9 @@ def parse_to_args(args: tuple, kwargs: dict, op: str) -> tuple[Device | None, An
 def tensor_from_array(arr: Any) -> Tensor:
     """Wrap an existing NumPy/CuPy array without copying."""
     return Tensor._make(arr, device_of_array(arr))
+
+
+# NOTE: the ops build Tensors, so they import this module; Tensor's methods call them at run
+# time through this module-level import, which must come after the class it needs.
+from . import ops  # noqa: E402
+

@@ -5,7 +5,8 @@ Each case (declared by its kernel family, beside the family's Functions) builds 
 float32 inputs from a fixed seed, runs forward and a backward with a random upstream gradient
 (or three optimizer updates) on both devices and compares every output and gradient:
 ``|device - cpu| <= atol + rtol * |cpu|``. The tolerances allow float32 summation order (the
-kernels accumulate in another order than BLAS) and nothing more. Exit status 1 when any comparison fails.
+kernels accumulate in another order than BLAS) and nothing more. Exit status 1 when any
+comparison fails.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class KernelRunner:
         return f"<KernelRunner for {self.device}>"
 
     def _module_class(self) -> Any:
-        if self.device.type == "cuda":
+        if self.device.is_cuda:
             return self.device.xp.RawModule
         from . import emu  # builds need g++; import only when used
 
@@ -125,7 +125,7 @@ _runners_lock = threading.Lock()
 
 def runner_for(device: Any) -> KernelRunner:
     """The kernel runner of a ``cuda`` or ``emu`` device (what ``Device.kernels`` returns)."""
-    if device.type not in ("cuda", "emu"):
+    if not device.runs_kernels:
         raise ValueError(f"device {device} runs no CUDA kernels; use 'cuda' or 'emu'")
     with _runners_lock:
         runner = _runners.get(device)

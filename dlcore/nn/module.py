@@ -315,12 +315,9 @@ class Module:
         for p in self.parameters():
             moved = convert(p)
             if moved.data is not p.data:
-                if moved._device is not p._device:
-                    p._accum = None  # its node would report the old device
-                p.data, p._device = moved.data, moved._device
+                p.set_(moved)
             if p.grad is not None:
-                g = convert(p.grad)
-                p.grad.data, p.grad._device = g.data, g._device
+                p.grad.set_(convert(p.grad))
         for m in self.modules():
             for name, b in m._buffers.items():
                 if b is not None:

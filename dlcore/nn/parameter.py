@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..creation import as_tensor, empty
 from ..tensor import Tensor
 
 
@@ -17,24 +18,10 @@ class Parameter(Tensor):
 
     def __init__(self, data: Any = None, requires_grad: bool = True) -> None:
         if data is None:
-            from ..creation import empty
-
             data = empty(0)
         if not isinstance(data, Tensor):
-            from ..creation import as_tensor
-
             data = as_tensor(data)
-        self.data = data.data
-        self._device = data._device
-        self._requires_grad = False
-        self.grad = None
-        self.grad_fn = None
-        self._output_nr = 0
-        self._accum = None
-        self._version = data._version
-        self._retains_grad = False
-        if requires_grad:
-            self.requires_grad_(True)
+        self._share_leaf(data, requires_grad)
 
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()

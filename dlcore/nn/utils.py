@@ -46,11 +46,11 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float,
     norm_type = float(norm_type)
     if not grads:
         return Tensor(0.0)
-    device = grads[0]._device
+    device = grads[0].device
     xp = device.xp
     by_device: dict[Any, list[Any]] = {}
     for g in grads:
-        by_device.setdefault(g._device, []).append(_norm(g._device.xp, g.data, norm_type))
+        by_device.setdefault(g.device, []).append(_norm(g.device.xp, g.data, norm_type))
     totals = []
     for dev, norms in by_device.items():
         total = _norm(dev.xp, dev.xp.stack(norms), norm_type)
@@ -63,8 +63,8 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float,
                            "set error_if_nonfinite=False")
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for g in grads:
-        gxp = g._device.xp
-        scale = coef if g._device is device else gxp.asarray(float(coef))
+        gxp = g.device.xp
+        scale = coef if g.device is device else gxp.asarray(float(coef))
         gxp.multiply(g.data, scale.astype(g.dtype), out=g.data)
         g._bump()
     return Tensor._make(xp.asarray(total), device)
@@ -76,5 +76,5 @@ def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float,
     is accepted for PyTorch compatibility."""
     clip_value = float(clip_value)
     for g in _grads(parameters):
-        g._device.xp.clip(g.data, -clip_value, clip_value, out=g.data)
+        g.device.xp.clip(g.data, -clip_value, clip_value, out=g.data)
         g._bump()

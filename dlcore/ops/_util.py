@@ -21,19 +21,13 @@ def as_tensor_like(x: Any, like: Tensor) -> Tensor:
     """Non-Tensor operands (lists, arrays) become constant tensors on ``like``'s device."""
     if isinstance(x, Tensor):
         return x
-    from ..creation import _to_array
-
-    dev = like._device
-    arr = _to_array(x, None, dev, copy=False)
-    return Tensor._make(arr, dev)
+    return Tensor._make(like.device.asarray(x), like.device)
 
 
 def cast(t: Tensor, dtype: np.dtype) -> Tensor:
     if t.data.dtype == dtype:
         return t
-    from .shape import to_device_dtype
-
-    return to_device_dtype(t, None, dtype)
+    return t.to(dtype)
 
 
 def promote_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

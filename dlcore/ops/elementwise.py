@@ -576,7 +576,7 @@ def where(condition: Tensor, input: Any, other: Any) -> Tensor:
     x, y = promote_pair(x, y)
     cond = condition if isinstance(condition, Tensor) else as_tensor_like(condition, like)
     if cond.data.dtype != np.bool_:
-        cond = Tensor._make(cond.data.astype(bool), cond._device)
+        cond = Tensor._make(cond.data.astype(bool), cond.device)
     return Where.apply(cond, x, y)
 
 
@@ -648,13 +648,13 @@ def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:
 # ---- comparisons (no gradient) -------------------------------------------------------
 def _compare(a: Any, b: Any, ufunc: str) -> Tensor:
     t = a if isinstance(a, Tensor) else b
-    xp = t._device.xp
+    xp = t.device.xp
     da = a.data if isinstance(a, Tensor) else a
     db = b.data if isinstance(b, Tensor) else b
-    if isinstance(a, Tensor) and isinstance(b, Tensor) and a._device is not b._device:
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.device is not b.device:
         raise RuntimeError(f"{ufunc}: expected both tensors on the same device, got "
-                           f"{a._device} and {b._device}")
-    return Tensor._make(getattr(xp, ufunc)(da, db), t._device)
+                           f"{a.device} and {b.device}")
+    return Tensor._make(getattr(xp, ufunc)(da, db), t.device)
 
 
 def eq(a: Any, b: Any) -> Tensor:
@@ -682,7 +682,7 @@ def ge(a: Any, b: Any) -> Tensor:
 
 
 def logical_not(a: Tensor) -> Tensor:
-    return Tensor._make(a._device.xp.logical_not(a.data), a._device)
+    return Tensor._make(a.device.xp.logical_not(a.data), a.device)
 
 
 def logical_and(a: Tensor, b: Tensor) -> Tensor:
@@ -694,8 +694,8 @@ def logical_or(a: Tensor, b: Tensor) -> Tensor:
 
 
 def isnan(a: Tensor) -> Tensor:
-    return Tensor._make(a._device.xp.isnan(a.data), a._device)
+    return Tensor._make(a.device.xp.isnan(a.data), a.device)
 
 
 def isfinite(a: Tensor) -> Tensor:
-    return Tensor._make(a._device.xp.isfinite(a.data), a._device)
+    return Tensor._make(a.device.xp.isfinite(a.data), a.device)

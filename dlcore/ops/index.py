@@ -24,9 +24,9 @@ def _convert_index(index: Any, t: Tensor) -> tuple[Any, bool]:
     out, basic = [], True
     for it in items:
         if isinstance(it, Tensor):
-            if it._device is not t._device:
-                raise RuntimeError(f"index: indices on {it._device} for a tensor on "
-                                   f"{t._device}")
+            if it.device is not t.device:
+                raise RuntimeError(f"index: indices on {it.device} for a tensor on "
+                                   f"{t.device}")
             if it.data.dtype.kind not in "biu":
                 raise IndexError(f"index: tensors used as indices must be integer or bool, "
                                  f"got {it.dtype}")
@@ -34,7 +34,7 @@ def _convert_index(index: Any, t: Tensor) -> tuple[Any, bool]:
             basic = False
         elif isinstance(it, list | np.ndarray):
             arr = np.asarray(it)
-            out.append(t._device.xp.asarray(arr) if t._device.type == "cuda" else arr)
+            out.append(t.device.asarray(arr))
             basic = False
         elif isinstance(it, bool):
             out.append(it)
@@ -106,15 +106,14 @@ def setitem(t: Tensor, index: Any, value: Any) -> None:
     t._check_inplace("setitem")
     raw, _ = _convert_index(index, t)
     if isinstance(value, Tensor):
-        if value._device is not t._device:
-            value = value.to(t._device)
+        if value.device is not t.device:
+            value = value.to(t.device)
     else:
         value = as_tensor_like(np.asarray(value, dtype=t.dtype), t)
     if autograd.is_grad_enabled() and (t.requires_grad or value.requires_grad):
-        snap = Tensor._make(t.data, t._device, t.grad_fn, t._output_nr)
-        snap._requires_grad, snap._accum = t._requires_grad, t._accum
         value = value.to(t.dtype)
-        t._inplace_from(IndexPut.apply(snap, value, index=raw), "setitem")
+        # IndexPut writes into a copy of its input, so the snapshot may share the data
+        t._inplace_from(IndexPut.apply(t._snapshot(copy=False), value, index=raw), "setitem")
         return
     try:
         t.data[raw] = value.data
@@ -206,8 +205,8 @@ def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
             raise RuntimeError(f"scatter_add: index shape {tuple(index.shape)} must not exceed "
                                f"src {tuple(src.shape)} or input {tuple(input.shape)}")
     input, src = promote_pair(input, src)
-    if index._device is not input._device:
-        raise RuntimeError(f"scatter_add: index on {index._device}, input on {input._device}")
+    if index.device is not input.device:
+        raise RuntimeError(f"scatter_add: index on {index.device}, input on {input.device}")
     return ScatterAdd.apply(input, src, index=index.data, dim=d)
 
 
@@ -229,5 +228,5 @@ def masked_fill(input: Tensor, mask: Tensor, value: Any) -> Tensor:
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
     else:
-        value = Tensor._make(input._device.xp.asarray(value, dtype=input.dtype), input._device)
+        value = Tensor._make(input.device.xp.asarray(value, dtype=input.dtype), input.device)
     return where(mask, value, input)

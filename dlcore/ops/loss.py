@@ -58,7 +58,7 @@ def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Te
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
     if not isinstance(target, Tensor):
-        target = Tensor._make(input._device.xp.asarray(target, dtype=input.dtype), input._device)
+        target = Tensor._make(input.device.xp.asarray(target, dtype=input.dtype), input.device)
     if target.shape != input.shape:
         warnings.warn(f"{op}: using a target size ({tuple(target.shape)}) that is different to "
                       f"the input size ({tuple(input.shape)}); this will likely lead to "
@@ -67,7 +67,7 @@ def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Te
 
 
 def _constant(array: Any, like: Tensor) -> Tensor:
-    return Tensor._make(array, like._device)
+    return Tensor._make(array, like.device)
 
 
 # ---- classification ------------------------------------------------------------------
@@ -86,8 +86,8 @@ def _rows_of_classes(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, An
     if tuple(target.shape) != expected:
         raise ValueError(f"{op}: expected target of shape {expected} for input of shape "
                          f"{tuple(input.shape)}, got target of shape {tuple(target.shape)}")
-    if target._device is not input._device:
-        raise RuntimeError(f"{op}: target on {target._device}, input on {input._device}")
+    if target.device is not input.device:
+        raise RuntimeError(f"{op}: target on {target.device}, input on {input.device}")
     n_classes = input.shape[1] if input.ndim >= 2 else input.shape[0]
     if input.ndim == 1:
         rows = input.reshape(1, n_classes)
@@ -238,7 +238,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     rows, t, out_shape = _rows_of_classes(input, target, op)
     n_classes = rows.shape[1]
     w = _class_weights(weight, input, n_classes, op)
-    xp = input._device.xp
+    xp = input.device.xp
     safe, picked, _ = _picked_weights(t, w, ignore_index, n_classes, input.dtype, xp, op)
     chosen = rows.gather(1, _constant(safe[:, None], input)).reshape(-1)
     loss = -chosen * _constant(picked, input)
@@ -294,7 +294,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor,
         raise RuntimeError(f"{op}: all elements of input should be between 0 and 1")
     w = None
     if weight is not None:
-        w = input._device.xp.broadcast_to(weight.data.astype(input.dtype, copy=False),
+        w = input.device.xp.broadcast_to(weight.data.astype(input.dtype, copy=False),
                                           input.shape)
     loss = BinaryCrossEntropy.apply(input, target.to(input.dtype), weight=w)
     return _reduce(loss, reduction)

@@ -258,8 +258,8 @@ def _max_min(input: Tensor, dim: Any, keepdim: bool, is_max: bool, op: str) -> A
         return maximum(input, dim) if is_max else minimum(input, dim)
     d = normalize_dim(dim, input.ndim, op)
     if input.ndim == 0:
-        return values_indices(input, Tensor._make(input._device.xp.zeros((), np.int64),
-                                                  input._device))
+        return values_indices(input, Tensor._make(input.device.xp.zeros((), np.int64),
+                                                  input.device))
     vals, idx = MaxMinDim.apply(input, dim=d, keepdim=keepdim, is_max=is_max)
     return values_indices(vals, idx)
 
@@ -284,7 +284,7 @@ def amin(input: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:
 
 
 def _arg(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
-    xp = input._device.xp
+    xp = input.device.xp
     if dim is None:
         out = getattr(xp, fn)(input.data.reshape(-1))
         if keepdim:
@@ -293,7 +293,7 @@ def _arg(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
         d = normalize_dim(dim, input.ndim, fn)
         out = getattr(xp, fn)(input.data, axis=d, keepdims=keepdim) if input.ndim else \
             xp.zeros((), np.int64)
-    return Tensor._make(xp.asarray(out).astype(np.int64, copy=False), input._device)
+    return Tensor._make(xp.asarray(out).astype(np.int64, copy=False), input.device)
 
 
 def argmax(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:

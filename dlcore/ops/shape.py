@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import Function, is_grad_enabled
+from ..autograd import Function, no_grad
 from ..device import Device
 from ..tensor import Tensor
 from ._util import normalize_dim
@@ -22,14 +22,8 @@ class ToDeviceDtype(Function):
     def forward(self, x: Any, device: Device | None, dtype: np.dtype | None) -> Any:
         self.src_device, self.src_dtype = self.device, x.dtype
         if device is not None and device is not self.device:
-            if device.type == "cuda":
-                with device.use():
-                    x = device.xp.array(x)
-            elif self.device.type == "cuda":
-                x = x.get()
-            else:
-                x = x.copy()
-            self.device = device
+            x = device.move(x, self.device)
+            self.device = device  # outputs are labelled with the device forward produced
         if dtype is not None and dtype != x.dtype:
             x = x.astype(dtype)
         return x
@@ -39,28 +33,17 @@ class ToDeviceDtype(Function):
 
 
 def to_device_dtype(x: Tensor, device: Device | None, dtype: np.dtype | None) -> Tensor:
-    if (device is None or device is x._device) and (dtype is None or dtype == x.data.dtype):
+    if (device is None or device is x.device) and (dtype is None or dtype == x.data.dtype):
         return x
-    if dtype is not None and dtype.kind != "f" and x._requires_grad:
+    if dtype is not None and dtype.kind != "f" and x.requires_grad:
         # casting to a non-float type ends differentiation
-        with _no_grad():
-            out = ToDeviceDtype.apply(x, device=device, dtype=dtype)
-    else:
-        out = ToDeviceDtype.apply(x, device=device, dtype=dtype)
-    if device is not None:  # apply() labels outputs with the input's device
-        out._device = device
-    return out
-
-
-def _no_grad() -> Any:
-    from ..autograd import no_grad
-
-    return no_grad()
+        with no_grad():
+            return ToDeviceDtype.apply(x, device=device, dtype=dtype)
+    return ToDeviceDtype.apply(x, device=device, dtype=dtype)
 
 
 def _view_of(out: Tensor, base: Tensor) -> Tensor:
-    out._version = base._version
-    return out
+    return out._share_version(base)
 
 
 class Reshape(Function):
@@ -398,24 +381,3 @@ def flip(input: Tensor, dims: Any) -> Tensor:
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     nd = tuple(normalize_dim(d, input.ndim, "flip") for d in dims)
     return Flip.apply(input, dims=nd)
-
-
-class RetainGrad(Function):
-    """Identity node in front of a non-leaf that called ``retain_grad()``: stores the
-    gradient flowing through it on the tensor."""
-
-    @classmethod
-    def hook(cls, t: Tensor) -> RetainGrad:
-        node = cls()
-        node.device = t._device
-        node.tensor_ref = __import__("weakref").ref(t)
-        node.needs_input_grad = (True,)
-        node.next_functions = (t._edge(),)
-        return node
-
-    def backward(self, g: Tensor) -> tuple:
-        t = self.tensor_ref()
-        if t is not None:
-            gd = g if is_grad_enabled() else g.detach()
-            t.grad = gd.clone() if t.grad is None else t.grad + gd
-        return (g,)

@@ -58,7 +58,7 @@ class _Bucket:
 
     def __init__(self, params: list[Tensor]) -> None:
         p0 = params[0]
-        self.device = p0._device
+        self.device = p0.device
         self.dtype = p0.data.dtype
         xp = self.device.xp
         self.params = params
@@ -78,7 +78,7 @@ class _Bucket:
     def moved(self) -> bool:
         """Whether a parameter now lives on another device or has another dtype (the model
         was moved or cast after the first step): the layout must be rebuilt."""
-        return any(p._device is not self.device or p.data.dtype != self.dtype
+        return any(p.device is not self.device or p.data.dtype != self.dtype
                    for p in self.params)
 
     def adopt_replaced_data(self) -> None:
@@ -219,7 +219,7 @@ class Optimizer:
         if buckets is None:
             by_kind: dict[tuple, list[Tensor]] = {}
             for p in self.param_groups[index]["params"]:
-                by_kind.setdefault((p._device, p.data.dtype), []).append(p)
+                by_kind.setdefault((p.device, p.data.dtype), []).append(p)
             buckets = self._buckets[index] = [_Bucket(ps) for ps in by_kind.values()]
         return buckets
 
