@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import autograd
+from . import autograd, random
 from .device import Device, as_device, device_of_array
 from .dtypes import to_dtype
 
@@ -215,9 +215,7 @@ class Tensor:
         differentiable; returns ``self`` when nothing changes."""
         copy = kwargs.pop("copy", False)
         device, dtype = parse_to_args(args, kwargs, "to")
-        from .ops.shape import to_device_dtype
-
-        out = to_device_dtype(self, device, dtype)
+        out = ops.shape.to_device_dtype(self, device, dtype)
         return out.clone() if copy and out is self else out
 
     def set_(self, source: Tensor) -> Tensor:
@@ -748,18 +746,14 @@ class Tensor:
         return self.fill_(0)
 
     def uniform_(self, a: _float = 0.0, b: _float = 1.0) -> Tensor:
-        from .random import uniform_array
-
         with autograd.no_grad():
-            self.copy_(Tensor._make(uniform_array(self.shape, a, b, self.dtype, self._device),
-                                    self._device))
+            self.copy_(Tensor._make(random.uniform_array(self.shape, a, b, self.dtype,
+                                                         self._device), self._device))
         return self
 
     def normal_(self, mean: _float = 0.0, std: _float = 1.0) -> Tensor:
-        from .random import normal_array
-
         with autograd.no_grad():
-            self.copy_(Tensor._make(normal_array(self.shape, mean, std, self.dtype,
+            self.copy_(Tensor._make(random.normal_array(self.shape, mean, std, self.dtype,
                                                  self._device), self._device))
         return self
 

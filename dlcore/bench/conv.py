@@ -29,6 +29,11 @@ from typing import Any
 
 import numpy as np
 
+import dlcore
+from dlcore.device import Device
+from dlcore.ops import conv_cuda
+from dlcore.ops.conv import conv2d
+
 from .timing import time_host
 
 # name, N, C, O, H, k, stride, padding, groups
@@ -69,7 +74,7 @@ def _torch_device(device: str) -> str | None:
         return "cpu"
     if not device.startswith("cuda"):
         return None
-    import torch
+    import torch  # optional: a comparison, never a dependency
 
     if not torch.cuda.is_available():
         return None
@@ -88,13 +93,11 @@ def _synced(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], 
 
 def _dlcore_sync(device: str) -> Callable[[], None]:
     """Wait for ``device``'s queued work (a no-op off the GPU, where launches are synchronous)."""
-    from dlcore.device import Device
-
     return Device(device).synchronize
 
 
 def _torch_sync(torch_device: str) -> Callable[[], None]:
-    import torch
+    import torch  # optional: a comparison, never a dependency
 
     if torch_device.startswith("cuda"):
         return lambda: torch.cuda.synchronize(torch_device)
@@ -103,8 +106,6 @@ def _torch_sync(torch_device: str) -> Callable[[], None]:
 
 def _dlcore_step(device: str, n: int, c: int, o: int, h: int, k: int, s: int, p: int,
                  g: int) -> Callable[[], None]:
-    import dlcore
-    from dlcore.ops.conv import conv2d
 
     x = dlcore.randn(n, c, h, h, device=device, requires_grad=True)
     w = dlcore.randn(o, c // g, k, k, device=device, requires_grad=True)
@@ -119,7 +120,7 @@ def _dlcore_step(device: str, n: int, c: int, o: int, h: int, k: int, s: int, p:
 
 def _torch_step(torch_device: str, n: int, c: int, o: int, h: int, k: int, s: int, p: int,
                 g: int) -> Callable[[], None]:
-    import torch
+    import torch  # optional: a comparison, never a dependency
 
     x = torch.randn(n, c, h, h, device=torch_device, requires_grad=True)
     w = torch.randn(o, c // g, k, k, device=torch_device, requires_grad=True)
@@ -135,8 +136,6 @@ def _torch_step(torch_device: str, n: int, c: int, o: int, h: int, k: int, s: in
 def _dlcore_kernels(dev: Any, n: int, c: int, o: int, h: int, k: int, s: int, p: int,
                     g: int) -> dict[str, Callable[[], object]]:
     """Each conv2d kernel of ``dev`` on random float32 arrays of one layer."""
-    from dlcore.ops import conv_cuda
-
     rng = np.random.default_rng(0)
     out = _out_size(h, k, s, p)
     with dev.use():
@@ -156,8 +155,8 @@ def _dlcore_kernels(dev: Any, n: int, c: int, o: int, h: int, k: int, s: int, p:
 def _torch_kernels(torch_device: str, n: int, c: int, o: int, h: int, k: int, s: int, p: int,
                    g: int) -> dict[str, Callable[[], object]]:
     """The same three computations in PyTorch (cuDNN on a GPU)."""
-    import torch
-    from torch.nn import grad
+    import torch  # optional: a comparison, never a dependency
+    from torch.nn import grad  # optional: a comparison, never a dependency
 
     out = _out_size(h, k, s, p)
     x = torch.randn(n, c, h, h, device=torch_device)
@@ -204,8 +203,6 @@ def _step_rows(device: str, quick: bool, torch_device: str | None) -> list[dict]
 
 
 def _kernel_rows(device: str, quick: bool, torch_device: str | None) -> list[dict]:
-    from dlcore.device import Device
-
     dev = Device(device)
     if not dev.runs_kernels:
         return []

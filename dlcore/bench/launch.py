@@ -19,6 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from dlcore.device import Device
+from dlcore.kernels import KernelSource
+from dlcore.kernels.emu import checked_mode
+
 from .timing import time_host
 
 SOURCE_CODE = """
@@ -33,8 +37,6 @@ extern "C" __global__ void launch_args4(const float* __restrict__ x, float* __re
 
 
 def _source() -> Any:
-    from dlcore.kernels import KernelSource
-
     return KernelSource("bench_launch.cu", SOURCE_CODE)
 
 
@@ -54,8 +56,6 @@ def _cases(dev: Any) -> dict[str, Any]:
 def run(device: str, quick: bool = False) -> list[dict]:
     """Median host µs per launch for each case on ``device`` (``emu`` or ``cuda``; ``cpu`` runs
     no kernels and yields no rows)."""
-    from dlcore.device import Device
-    from dlcore.kernels.emu import checked_mode
 
     dev = Device(device)
     if not dev.runs_kernels:

@@ -18,6 +18,10 @@ from typing import Any
 
 import numpy as np
 
+import dlcore
+from dlcore import models, optim
+from dlcore.nn import functional as F
+
 from .timing import time_host
 
 Step = Callable[[], None]
@@ -25,10 +29,6 @@ Step = Callable[[], None]
 
 def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[], Step]]]:
     """Case name -> (batch size, builder of a step closure)."""
-    import dlcore
-    from dlcore import models, optim
-    from dlcore.nn import functional as F
-
     sync = dlcore.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def supervised(model: Any, x: Any, y: Any, loss: Callable) -> Step:
@@ -81,9 +81,9 @@ def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[],
 
 def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
     """The same models and steps in PyTorch (CPU)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
+    import torch  # optional: a comparison, never a dependency
+    from torch import nn  # optional: a comparison, never a dependency
+    from torch.nn import functional as F  # optional: a comparison, never a dependency
 
     def supervised(model: Any, x: Any, y: Any, loss: Callable) -> Step:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -169,8 +169,6 @@ def _time(step: Step, quick: bool) -> float:
 
 
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
-    import dlcore
-
     dlcore.manual_seed(0)
     cases = _dlcore_cases(device, quick)
     torch_cases = (_torch_cases(8 if quick else 32)

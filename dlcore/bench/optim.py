@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 
+import dlcore
+from dlcore import optim
+from dlcore.nn.parameter import Parameter
+
 from .timing import time_host
 
 CASES = (
@@ -25,10 +29,6 @@ CASES = (
 
 
 def _setup(device: str, optimizer: str, options: dict, numel: int, tensors: int) -> Any:
-    import dlcore
-    from dlcore import optim
-    from dlcore.nn.parameter import Parameter
-
     size = numel // tensors
     params = [Parameter(dlcore.randn(size, device=device)) for _ in range(tensors)]
     for p in params:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+import dlcore
+
 from .timing import time_host
 
 N_OPS = 4
@@ -20,8 +22,6 @@ SHAPE = (16, 16)
 
 
 def _dlcore_step(device: str) -> Any:
-    import dlcore
-
     x = dlcore.randn(*SHAPE, device=device, requires_grad=True)
 
     def step() -> None:
@@ -49,7 +49,7 @@ def _numpy_step() -> Any:
 
 
 def _torch_step() -> Any:
-    import torch
+    import torch  # optional: a comparison, never a dependency
 
     torch.set_num_threads(1)
     x = torch.randn(*SHAPE, requires_grad=True)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+import dlcore
+from dlcore.ops import pool
+
 from .conv import peak_mb
 from .timing import time_host
 
@@ -24,9 +27,6 @@ QUICK_SHAPE = (8, 16, 32, 32)
 
 
 def _dlcore_step(device: str, shape: tuple, fn: str, kw: dict) -> tuple[Any, int]:
-    import dlcore
-    from dlcore.ops import pool
-
     op = getattr(pool, fn)
     x = dlcore.randn(*shape, device=device, requires_grad=True)
     gy = dlcore.randn(*op(x, **kw).shape, device=device)
@@ -41,7 +41,7 @@ def _dlcore_step(device: str, shape: tuple, fn: str, kw: dict) -> tuple[Any, int
 
 
 def _torch_step(shape: tuple, fn: str, kw: dict) -> Any:
-    import torch
+    import torch  # optional: a comparison, never a dependency
 
     op = getattr(torch.nn.functional, fn)
     x = torch.randn(*shape, requires_grad=True)

@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+import dlcore
+from dlcore.nn.rnn import GRU, LSTM
+
 from .timing import time_host
 
 T = 50
@@ -28,9 +31,6 @@ GATES = {"lstm": 4, "gru": 3}
 
 
 def _dlcore_step(mode: str, hidden: int, batch: int, device: str) -> Callable[[], None]:
-    import dlcore
-    from dlcore.nn.rnn import GRU, LSTM
-
     dlcore.manual_seed(0)
     layer = (LSTM if mode == "lstm" else GRU)(hidden, hidden).to(device)
     x = dlcore.randn(T, batch, hidden, device=device, requires_grad=True)
@@ -45,7 +45,7 @@ def _dlcore_step(mode: str, hidden: int, batch: int, device: str) -> Callable[[]
 
 
 def _torch_step(mode: str, hidden: int, batch: int) -> Callable[[], None]:
-    import torch
+    import torch  # optional: a comparison, never a dependency
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     torch.manual_seed(0)

@@ -27,6 +27,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
+import dlcore
+
 from ..sysinfo import collect, nvml_handle, nvml_module
 
 SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models")
@@ -38,7 +40,7 @@ def environment(device: str) -> dict[str, Any]:
            "device": device, "machine": platform.machine(), "processor": platform.processor(),
            **collect()}
     try:
-        import torch
+        import torch  # optional: a comparison, never a dependency
 
         env["torch"] = torch.__version__
     except ImportError:
@@ -48,7 +50,6 @@ def environment(device: str) -> dict[str, Any]:
 
 class PowerSampler:
     """Board power of one GPU every ``period`` seconds in a thread, through NVML."""
-
     def __init__(self, nvml: Any, index: int, period: float = 0.1) -> None:
         self.handle = nvml_handle(nvml, index)
         self.nvml, self.period = nvml, period
@@ -93,8 +94,6 @@ def import_suite(name: str) -> ModuleType | str:
 def run_suite(module: ModuleType, name: str, device: str,
               quick: bool) -> tuple[list[dict], dict[str, Any]]:
     """The suite's rows, and its memory and power figures."""
-    import dlcore
-
     gpu = device.startswith("cuda")
     sampler = None
     if gpu:

@@ -15,17 +15,19 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-# NOTE: the CLI imports the benchmark runner, never the reverse. The runner is light: it
-# imports a suite (and dlcore's heavier modules) only when it runs one.
-from ..bench import runner as bench_runner
+from .. import cuda
+from ..bench import runner as bench_runner  # the CLI imports the bench, never the reverse
+from ..device import Device
+from ..random import manual_seed
+from ..sysinfo import collect
+from ..train import Options, adding, classify, fit, gan, resolve_device
+from .check import run_checks
+from .info import format_report
 
 TASKS = ("cnn", "rnn", "gan", "adding")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..sysinfo import collect
-    from .info import format_report
-
     report = collect()
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -35,17 +37,12 @@ def _threads(count: int | None) -> Any:
     """A context limiting BLAS to ``count`` threads (``None``: leave it alone)."""
     if count is None:
         return nullcontext()
-    from threadpoolctl import threadpool_limits  # ships with scikit-learn
+    from threadpoolctl import threadpool_limits  # the cli extra (and scikit-learn) has it
 
     return threadpool_limits(limits=count, user_api="blas")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .. import cuda as dlcore_cuda
-    from ..random import manual_seed
-    from ..train import Options, fit, resolve_device
-    from ..train import adding, classify, gan
-
     out = Path("runs") / args.task if args.out is None else Path(args.out)
     options = Options(device=args.device, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, out=str(out), resume=args.resume,
@@ -53,7 +50,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
     device = resolve_device(options.device)
     if not device.is_usable():
-        why = dlcore_cuda.why_unavailable() or "no such GPU"
+        why = cuda.why_unavailable() or "no such GPU"
         print(f"dlcore train: {device} is not usable here ({why}); "
               "use --device cpu or auto", file=sys.stderr)
         return 2
@@ -84,10 +81,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .. import cuda
-    from ..device import Device
-    from .check import run_checks
-
     name = args.device
     if name == "auto":
         if not cuda.is_available():

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from ..autograd import Function
+from ..dtypes import get_default_dtype
 from ..tensor import Tensor
-from ._util import as_tensor_like, is_scalar, promote_pair, scalar_operand, sum_to
+from ._util import as_tensor_like, cast, is_scalar, promote_pair, scalar_operand, sum_to
 
 
 # ---- binary, tensor-tensor -----------------------------------------------------------
@@ -247,15 +248,9 @@ def div(input: Any, other: Any) -> Tensor:
     """True division; integer inputs give the default float dtype (PyTorch's rule)."""
     if isinstance(input, Tensor) and input.data.dtype.kind in "biu" and not (
             isinstance(other, Tensor) and other.data.dtype.kind == "f"):
-        from ..dtypes import get_default_dtype
-        from ._util import cast
-
         input = cast(input, get_default_dtype())
     if not isinstance(input, Tensor) and isinstance(other, Tensor) and \
             other.data.dtype.kind in "biu":
-        from ..dtypes import get_default_dtype
-        from ._util import cast
-
         other = cast(other, get_default_dtype())
     return _binary(input, other, Div, DivScalar, RDivScalar)
 

@@ -15,7 +15,8 @@ from .. import autograd
 from ..autograd import Function
 from ..tensor import Tensor
 from ._util import as_tensor_like, normalize_dim, promote_pair, sum_to
-from .shape import Slice, _view_of
+from .elementwise import where
+from .shape import Slice, _view_of, pad
 
 
 def _convert_index(index: Any, t: Tensor) -> tuple[Any, bool]:
@@ -184,8 +185,6 @@ class ScatterAdd(Function):
 
 
 def pad_to(t: Tensor, shape: tuple) -> Tensor:
-    from .shape import pad
-
     widths: list[int] = []
     for s, target in zip(reversed(t.shape), reversed(shape)):
         widths += [0, target - s]
@@ -221,8 +220,6 @@ def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:
 
 def masked_fill(input: Tensor, mask: Tensor, value: Any) -> Tensor:
     """``value`` where ``mask`` is True (mask broadcasts), differentiable w.r.t. input."""
-    from .elementwise import where
-
     if not isinstance(mask, Tensor) or mask.dtype != np.bool_:
         raise TypeError("masked_fill: mask must be a bool tensor")
     if isinstance(value, Tensor):

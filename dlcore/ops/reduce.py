@@ -11,7 +11,9 @@ import numpy as np
 from ..autograd import Function
 from ..dtypes import get_default_dtype, to_dtype
 from ..tensor import Tensor
-from ._util import cast, normalize_dim, normalize_dims
+from ._util import cast, normalize_dim, normalize_dims, sum_to
+from .elementwise import maximum, minimum
+from .index import scatter_add
 
 values_indices = namedtuple("values_indices", ["values", "indices"])
 
@@ -25,8 +27,6 @@ class ExpandBack(Function):
         return self.device.xp.broadcast_to(g.reshape(kshape), shape)
 
     def backward(self, gg: Tensor) -> tuple:
-        from ._util import sum_to
-
         return (sum_to(gg, self.kshape).reshape(*self.g_shape),)
 
 
@@ -117,8 +117,6 @@ class MaxMinDim(Function):
     def backward(self, g: Tensor, _gi: Any = None) -> tuple:
         if not self.keepdim:
             g = g.unsqueeze(self.dim)
-        from .index import scatter_add
-
         zeros = Tensor._make(self.device.xp.zeros(self.in_shape, dtype=g.data.dtype),
                              self.device)
         idx = Tensor._make(self.idx, self.device)
@@ -253,8 +251,6 @@ def _max_min(input: Tensor, dim: Any, keepdim: bool, is_max: bool, op: str) -> A
     if dim is None:
         return AMaxMin.apply(input, dims=None, keepdim=False, is_max=is_max)
     if isinstance(dim, Tensor):  # max(a, b) spelled as a.max(b)
-        from .elementwise import maximum, minimum
-
         return maximum(input, dim) if is_max else minimum(input, dim)
     d = normalize_dim(dim, input.ndim, op)
     if input.ndim == 0:

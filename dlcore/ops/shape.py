@@ -14,8 +14,9 @@ import numpy as np
 
 from ..autograd import Function, no_grad
 from ..device import Device
+from ..dtypes import promote
 from ..tensor import Tensor
-from ._util import normalize_dim
+from ._util import cast, normalize_dim, sum_to
 
 
 class ToDeviceDtype(Function):
@@ -151,8 +152,6 @@ class Expand(Function):
         return self.device.xp.broadcast_to(x, shape)
 
     def backward(self, g: Tensor) -> tuple:
-        from ._util import sum_to
-
         return (sum_to(g, self.in_shape),)
 
 
@@ -242,9 +241,6 @@ def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     ts = list(tensors)
     if not ts:
         raise ValueError("cat: expected a non-empty sequence of tensors")
-    from ..dtypes import promote
-    from ._util import cast
-
     dt = ts[0].dtype
     for t in ts[1:]:
         dt = promote(dt, t.dtype)
