@@ -168,11 +168,17 @@ class Function:
                           for i, o in enumerate(out)])
         return make(out, dev, fn, 0)
 
-    def forward(self, *arrays: Any, **options: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+    if TYPE_CHECKING:
+        # NOTE: each op states its own signatures (its arrays and options in forward, one
+        # gradient per output in backward); the base class constrains neither.
+        forward: Callable[..., Any]
+        backward: Callable[..., Any]
+    else:
+        def forward(self, *arrays: Any, **options: Any) -> Any:
+            raise NotImplementedError(f"{type(self).__name__}.forward")
 
-    def backward(self, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
-        raise RuntimeError(f"{type(self).__name__} is not differentiable")
+        def backward(self, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+            raise RuntimeError(f"{type(self).__name__} is not differentiable")
 
     @property
     def saved_tensors(self) -> tuple[Tensor, ...]:
@@ -232,6 +238,8 @@ class AccumulateGrad(Function):
 class RetainGrad(Function):
     """Identity node in front of a non-leaf that called ``retain_grad()``: stores the
     gradient flowing through it on the tensor (held weakly: the node must not keep it alive)."""
+
+    tensor_ref: weakref.ref
 
     @classmethod
     def hook(cls, t: Tensor) -> RetainGrad:
@@ -355,8 +363,7 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
          create_graph: bool = False, allow_unused: bool = False) -> tuple[Tensor | None, ...]:
     """Gradients of ``outputs`` with respect to ``inputs``, returned (not accumulated)."""
     roots, grads = _prepare_roots(outputs, grad_outputs, "grad")
-    single = isinstance(inputs, tensor.Tensor)
-    ins = [inputs] if single else list(inputs)
+    ins: list[Tensor] = [inputs] if isinstance(inputs, tensor.Tensor) else list(inputs)
     capture: dict = {}
     keys = []
     for t in ins:

@@ -201,7 +201,7 @@ def randint(low: int, high: int | None = None, size: Any = (), dtype: Any = None
     if high <= low:
         raise ValueError(f"randint: expected low < high, got low={low}, high={high}")
     dev = as_device(device)
-    dt = np.int64 if dtype is None else to_dtype(dtype)
+    dt = np.dtype(np.int64) if dtype is None else to_dtype(dtype)
     size = (size,) if isinstance(size, int) else tuple(size)
     return Tensor._make(_random.integers_array(low, high, size, dt, dev), dev)
 

@@ -296,6 +296,7 @@ def _index(device: DeviceLike) -> int:
         dev = _device.Device(device)
         if dev.type != "cuda":
             raise ValueError(f"dlcore.cuda: expected a cuda device, got {dev}")
+        assert dev.index is not None  # a cuda Device always has one
         index = dev.index
     count = _device.device_count()
     if not 0 <= index < count:

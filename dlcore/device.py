@@ -63,6 +63,12 @@ class Device:
     __slots__ = ("type", "index", "_xp", "_kernels", "_contexts")
     _interned: dict[tuple[str, int | None], Device] = {}
 
+    type: str  # "cpu", "cuda" or "emu"
+    index: int | None  # the GPU's ordinal on cuda, None otherwise
+    _xp: Any  # the array module, resolved on first use
+    _kernels: Any  # the KernelRunner, built on first use
+    _contexts: threading.local  # per-thread stack of `with device:` contexts
+
     def __new__(cls, spec: str | Device = "cpu", index: int | None = None) -> Device:
         if isinstance(spec, Device):
             return spec
@@ -125,7 +131,7 @@ class Device:
     def is_usable(self) -> bool:
         """Whether this machine has this device (a ``cuda:i`` needs CuPy, a driver and at least
         i + 1 GPUs; ``cpu`` and ``emu`` always exist)."""
-        return self.type != "cuda" or self.index < device_count()
+        return self.index is None or self.index < device_count()
 
     def use(self) -> Any:
         """Context manager making this device current for CuPy allocations and launches."""
@@ -180,7 +186,9 @@ class Device:
     def to_host(self, array: Any) -> np.ndarray:
         """A NumPy array with ``array``'s values: ``array`` itself on ``cpu``/``emu``, a copy
         from GPU memory on ``cuda``."""
-        return array if isinstance(array, np.ndarray | np.generic) else array.get()
+        if isinstance(array, np.ndarray):
+            return array
+        return np.asarray(array) if isinstance(array, np.generic) else array.get()
 
     def move(self, array: Any, source: Device) -> Any:
         """A copy of ``array`` (an array of ``source``) on this device."""
@@ -253,6 +261,7 @@ def _require_cuda(dev: Device) -> Any:
     from . import cuda  # OOM retry and peak tracking over CuPy's pool
 
     n = device_count()
+    assert dev.index is not None  # a cuda Device always has one
     if dev.index >= n:
         why = (f"no CUDA device is usable ({cuda.why_unavailable()})" if n == 0
                else f"only {n} CUDA device(s) present")

@@ -100,7 +100,7 @@ def run_suite(module: ModuleType, name: str, device: str,
         dlcore.cuda.reset_peak_memory_stats(device)
         nvml, _ = nvml_module()
         if nvml is not None:
-            sampler = PowerSampler(nvml, dlcore.device(device).index)
+            sampler = PowerSampler(nvml, dlcore.device(device).index or 0)
     if sampler is not None:
         with sampler:
             rows = module.run(device, quick=quick)

@@ -340,7 +340,7 @@ class Module:
 
     # ---- state dict -----------------------------------------------------------------
     def state_dict(self, destination: dict | None = None, prefix: str = "",
-                   keep_vars: bool = False) -> OrderedDict:
+                   keep_vars: bool = False) -> dict[str, Any]:
         """Parameters and persistent buffers by dotted name. Values share memory with the
         module (detached unless ``keep_vars``); use ``dlcore.save`` to write them."""
         out = OrderedDict() if destination is None else destination

@@ -111,6 +111,7 @@ def _crop_to(y: Tensor, shape: tuple) -> Tensor:
 # ---- argument checks (once, at the public boundary) ---------------------------------------
 
 def _pair(value: Any, name: str, op: str, minimum: int) -> Pair:
+    pair: tuple[int, ...]
     if isinstance(value, int):
         pair = (value, value)
     else:
@@ -120,7 +121,7 @@ def _pair(value: Any, name: str, op: str, minimum: int) -> Pair:
     if len(pair) != 2 or min(pair) < minimum:
         raise ValueError(f"{op}: {name} must be an int or a pair of ints >= {minimum}, "
                          f"got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair[0], pair[1]
 
 
 def _batched(input: Tensor, op: str, spatial: int) -> tuple[Tensor, bool]:

@@ -184,8 +184,8 @@ class RPowScalar(Function):
         return (g * self.output() * self.logc,)
 
 
-def _binary(a: Any, b: Any, tensor_fn: type, scalar_fn: type | None,
-            rscalar_fn: type | None = None) -> Tensor:
+def _binary(a: Any, b: Any, tensor_fn: type[Function], scalar_fn: type[Function] | None,
+            rscalar_fn: type[Function] | None = None) -> Tensor:
     if isinstance(a, Tensor):
         if isinstance(b, Tensor):
             return _apply_broadcast(tensor_fn, *promote_pair(a, b))
@@ -203,7 +203,7 @@ def _binary(a: Any, b: Any, tensor_fn: type, scalar_fn: type | None,
     return _apply_broadcast(tensor_fn, *promote_pair(as_tensor_like(a, b), b))
 
 
-def _apply_broadcast(fn: type, a: Tensor, b: Tensor) -> Tensor:
+def _apply_broadcast(fn: type[Function], a: Tensor, b: Tensor) -> Tensor:
     """``fn.apply(a, b)``; a failure to broadcast becomes an error naming the op and both
     shapes (the array module's own message names neither the op nor its caller)."""
     try:
@@ -583,7 +583,7 @@ def _scalar_arr(v: Any, like: Tensor) -> Any:
     return v
 
 
-def _unary(cls: type) -> Any:
+def _unary(cls: type[Function]) -> Any:
     def op(input: Tensor) -> Tensor:
         return cls.apply(input)
 

@@ -10,7 +10,7 @@ state arrays, 2 temporaries) of float32 fits in a 1-2 MiB L2 and DRAM sees each 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -133,5 +133,6 @@ def adagrad_step(param: np.ndarray, grad: np.ndarray, sum: np.ndarray, clr: floa
     param -= step
 
 
-RULES = {"sgd_step": sgd_step, "adam_step": adam_step, "rmsprop_step": rmsprop_step,
-         "adagrad_step": adagrad_step}
+RULES: dict[str, Callable[..., None]] = {
+    "sgd_step": sgd_step, "adam_step": adam_step, "rmsprop_step": rmsprop_step,
+    "adagrad_step": adagrad_step}

@@ -204,7 +204,7 @@ def _output_size(x: Tensor, output_size: Any, op: str) -> Pair:
     if len(sizes) != 2 or min(sizes) < 1:
         raise ValueError(f"{op}: output_size must be positive ints (or None), got "
                          f"{output_size!r}")
-    return sizes  # type: ignore[return-value]
+    return sizes[0], sizes[1]
 
 
 def _window_matrix(size: int, out: int, device: Any, dtype: Any) -> Tensor:
@@ -296,9 +296,12 @@ def adaptive_max_pool2d(input: Tensor, output_size: Any,
 
 @POOL2D.check("max_pool2d 3x3 stride 2 pad 1")
 def _check_max_pool2d(device: Any) -> dict:
-    return forward_backward(device, 2, [(2, 3, 9, 9)],
-                            lambda x: max_pool2d(x, kernel_size=3, stride=2, padding=1),
-                            ["input"])
+    def op(x: Tensor) -> Tensor:
+        y = max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        assert isinstance(y, Tensor)  # no indices asked for
+        return y
+
+    return forward_backward(device, 2, [(2, 3, 9, 9)], op, ["input"])
 
 
 @POOL2D.check("avg_pool2d 2x2")

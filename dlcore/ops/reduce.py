@@ -35,10 +35,7 @@ def _expand_back(g: Tensor, in_shape: tuple, dims: tuple | None, keepdim: bool) 
     if dims is None:
         kshape = (1,) * len(in_shape)
     else:
-        kshape = list(in_shape)
-        for d in dims:
-            kshape[d] = 1
-        kshape = tuple(kshape)
+        kshape = tuple(1 if i in dims else s for i, s in enumerate(in_shape))
     if g.data.shape == in_shape:
         return g
     return ExpandBack.apply(g, kshape=kshape, shape=in_shape)

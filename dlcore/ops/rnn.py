@@ -85,7 +85,7 @@ class RNNLayerFunction(Function):
         y = xp.empty((T, N, H), dtype)
         hg = xp.empty((N, GH), dtype)
         w_hh_t = w_hh.T
-        gates = xp.empty((T, N, GH), dtype) if mode in ("lstm", "gru") else None
+        gates: Any = xp.empty((T, N, GH), dtype) if mode in ("lstm", "gru") else None
         if lstm:
             c_prev, c_n, tanh_c = (xp.empty((T, N, H), dtype), xp.empty((N, H), dtype),
                                    xp.empty((T, N, H), dtype))
@@ -196,7 +196,7 @@ def rnn_layer(input: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
     >>> tuple(y.shape), tuple(h_n.shape)
     ((5, 2, 4), (2, 4))
     """
-    tensors = [input, h0] + ([c0] if mode == "lstm" else []) + [w_ih, w_hh]
+    tensors: list[Any] = [input, h0] + ([c0] if mode == "lstm" else []) + [w_ih, w_hh]
     if b_ih is not None:
         tensors += [b_ih, b_hh]
     if lengths is not None:
@@ -219,18 +219,21 @@ def _check_rnn(device: Any, mode: str, reverse: bool = False,
 
     def op(x: Tensor, h0: Tensor, *rest: Tensor) -> Tensor:
         c0, weights = (rest[0], rest[1:]) if mode == "lstm" else (None, rest)
-        outs = rnn_layer(x, h0, c0, *weights, mode=mode, reverse=reverse, lengths=lengths)
+        w_ih, w_hh, b_ih, b_hh = weights
+        outs = rnn_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, mode=mode, reverse=reverse,
+                         lengths=lengths)
         return outs[0] * 1.0 + outs[1].sum() + (outs[2].sum() if mode == "lstm" else 0.0)
 
     return forward_backward(device, 3, shapes, op, names)
 
 
-for _name, _options in {
+_RNN_CHECKS: dict[str, dict[str, Any]] = {
         "rnn tanh cell": dict(mode="rnn_tanh"),
         "rnn relu cell, reverse": dict(mode="rnn_relu", reverse=True),
         "lstm cell": dict(mode="lstm"),
         "lstm cell, lengths": dict(mode="lstm", lengths=[6, 3, 1]),
         "gru cell": dict(mode="gru"),
-        "gru cell, reverse, lengths": dict(mode="gru", reverse=True, lengths=[2, 6, 4])}.items():
+        "gru cell, reverse, lengths": dict(mode="gru", reverse=True, lengths=[2, 6, 4])}
+for _name, _options in _RNN_CHECKS.items():
     RNN_CELL.check(_name)(kwargs_case(_check_rnn, **_options))
 del _name, _options

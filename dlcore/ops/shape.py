@@ -102,8 +102,8 @@ def squeeze(input: Tensor, dim: Any = None) -> Tensor:
     if dim is None:
         new = tuple(s for s in shp if s != 1)
     else:
-        dims = (dim,) if isinstance(dim, int) else tuple(dim)
-        dims = {normalize_dim(d, input.ndim, "squeeze") for d in dims}
+        given = (dim,) if isinstance(dim, int) else tuple(dim)
+        dims = {normalize_dim(d, input.ndim, "squeeze") for d in given}
         new = tuple(s for i, s in enumerate(shp) if not (i in dims and s == 1))
     return reshape(input, *new)
 

@@ -118,12 +118,17 @@ class _Bucket:
         """The run's gradients copied into its slice of the flat gradient buffer."""
         lo, hi = self.offsets[first], self.offsets[last]
         dst = self.grad[lo:hi]
-        grads = [self.params[i].grad.data.reshape(-1) for i in range(first, last)]
+        grads = [_grad_of(self.params[i]).data.reshape(-1) for i in range(first, last)]
         if len(grads) == 1:
             self.device.xp.copyto(dst, grads[0], casting="same_kind")
         else:
             self.device.xp.concatenate(grads, out=dst, casting="same_kind")
         return dst
+
+
+def _grad_of(p: Tensor) -> Tensor:
+    assert p.grad is not None  # runs() keeps only parameters that have one
+    return p.grad
 
 
 class Optimizer:
