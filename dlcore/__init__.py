@@ -8,6 +8,7 @@
 """
 
 from . import autograd, cuda, data, dtypes, io
+from ._version import __version__
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy, full,
                        full_like, linspace, ones, ones_like, rand, rand_like, randint, randn,
@@ -22,4 +23,3 @@ from .tensor import Tensor
 
 from . import nn, optim  # noqa: E402  -- built on everything above
 
-__version__ = "0.1.0"

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, cuda
+from . import cuda
+from ._version import __version__
 from .device import cupy_import_error, cupy_module
 
 
