@@ -11,10 +11,13 @@ comparison fails.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import numpy as np
 
+from .. import ops
 from ..device import Device
 from ..kernels import families
 from ..kernels.family import CheckCase
@@ -24,7 +27,10 @@ RTOL, ATOL = 1e-4, 1e-5
 
 def cases() -> dict[str, CheckCase]:
     """Every check case, as the kernel families declare them beside their Functions
-    (``@FAMILY.check(name)`` in ``dlcore/ops/<family>.py``)."""
+    (``@FAMILY.check(name)`` in ``dlcore/ops/<family>.py``). Every module of ``dlcore.ops`` is
+    imported first, so a new family's cases count without being listed anywhere."""
+    for module in pkgutil.iter_modules(ops.__path__):
+        importlib.import_module(f"{ops.__name__}.{module.name}")
     return {name: case for family in families() for name, case in family.checks.items()}
 
 

@@ -91,11 +91,6 @@ class KernelFamily:
                             f"{device}; {path} take {_names(supported)}")
         return self.kernel if on_kernels else self.cpu
 
-    def function(self, device: Any, entry: str, dtype: Any) -> Callable[..., None]:
-        """The launcher of entry point ``entry<ctype(dtype)>`` of the family's source on
-        ``device`` (see :class:`dlcore.kernels.KernelRunner`)."""
-        return device.kernels.function(self.source, f"{entry}<{ctype(dtype)}>")
-
     def check(self, name: str) -> Callable[[CheckCase], CheckCase]:
         """Register a ``dlcore check`` case: ``case(device) -> {quantity: array}``, run on the
         checked device and on ``cpu`` and compared quantity by quantity."""

@@ -20,7 +20,8 @@ EMU, CPU = dlcore.device("emu"), dlcore.device("cpu")
 
 def test_every_family_is_declared_once_with_checks() -> None:
     names = [f.name for f in families()]
-    assert sorted(names) == ["conv2d", "optimizer update", "pool2d", "rnn_cell"]
+    assert len(set(names)) == len(names)
+    assert {"conv2d", "optimizer update", "pool2d", "rnn_cell"} <= set(names)
     for family in families():
         assert family.checks, f"{family.name} declares no dlcore check case"
 
