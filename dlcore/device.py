@@ -197,6 +197,35 @@ class Device:
                 return self.xp.array(array)
         return source.to_host(array) if source.type == "cuda" else array.copy()
 
+    # ---- streams, events, pinned host memory (cuda) -----------------------------------
+    def new_stream(self) -> Any:
+        """A new non-blocking CUDA stream on this device (work on it overlaps the current
+        stream's until an event orders them)."""
+        with self.use():
+            return self._cuda_only("new_stream").cuda.Stream(non_blocking=True)
+
+    def current_stream(self) -> Any:
+        """The CUDA stream this thread's work on this device is queued on."""
+        with self.use():
+            return self._cuda_only("current_stream").cuda.get_current_stream()
+
+    def new_event(self) -> Any:
+        """A CUDA event for ordering streams (no timing: cheaper to record and wait on)."""
+        with self.use():
+            return self._cuda_only("new_event").cuda.Event(disable_timing=True)
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised NumPy array in page-locked host memory (copies from it to this
+        device are truly asynchronous). It returns to CuPy's pinned pool when freed."""
+        memory = self._cuda_only("pinned_empty").cuda.alloc_pinned_memory(
+            int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return np.frombuffer(memory, dtype, int(np.prod(shape))).reshape(shape)
+
+    def _cuda_only(self, what: str) -> Any:
+        if self.type != "cuda":
+            raise RuntimeError(f"device {self}: {what} needs a cuda device")
+        return self.xp
+
     # ---- random numbers -------------------------------------------------------------
     def new_generator(self, seed: int | None) -> Any:
         """A new random generator for arrays of this device, seeded with ``seed``: NumPy's

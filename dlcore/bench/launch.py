@@ -64,7 +64,7 @@ def run(device: str, quick: bool = False) -> list[dict]:
     rows = []
     for case, fn in _cases(dev).items():
         if dev.is_cuda:
-            stream = dev.xp.cuda.get_current_stream()
+            stream = dev.current_stream()
 
             def timed(fn: Any = fn, stream: Any = stream) -> None:
                 fn()

@@ -9,8 +9,9 @@ A transfer has two halves so that copies overlap the model's compute:
 On ``cuda`` (:class:`CudaTransfer`) each array is staged in pinned (page-locked) host
 memory, because only copies from pinned memory are truly asynchronous, then copied on a
 separate non-blocking stream; an event recorded after the copies is what the consumer's
-stream waits on. CuPy is passed in (``Device.xp``, from ``dlcore.device.cupy_module()``), so
-tests drive the same code with a fake module on machines without a GPU.
+stream waits on. Streams, events and pinned buffers come from the :class:`~dlcore.Device`
+(through its array module, so tests drive the same code with a fake CuPy on machines without
+a GPU).
 """
 
 from __future__ import annotations
@@ -76,44 +77,42 @@ class CudaTransfer:
     Create it in the consumer's thread: the stream current there is the one that waits.
     """
 
-    def __init__(self, device: Device, cp: Any) -> None:
-        self.device, self.cp = device, cp
-        with cp.cuda.Device(device.index):
-            self.stream = cp.cuda.Stream(non_blocking=True)
-        self.consumer_stream = cp.cuda.get_current_stream()
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.stream = device.new_stream()
+        self.consumer_stream = device.current_stream()
         self._in_flight: deque[Staged] = deque()
 
     def prepare(self, batch: Any) -> Staged:
-        cp = self.cp
+        device = self.device
         copies: list[tuple[Any, np.ndarray]] = []
 
         def stage(t: Tensor) -> Tensor:
             if t.device.is_cuda:
-                return t.to(self.device)
+                return t.to(device)
             host = np.ascontiguousarray(t.data)
-            pinned_memory = cp.cuda.alloc_pinned_memory(host.nbytes)
-            pinned = np.frombuffer(pinned_memory, host.dtype, host.size).reshape(host.shape)
+            pinned = device.pinned_empty(host.shape, host.dtype)
             pinned[...] = host
-            target = cp.empty(host.shape, host.dtype)
+            target = device.xp.empty(host.shape, host.dtype)
             copies.append((target, pinned))
-            return Tensor._make(target, self.device)
+            return Tensor._make(target, device)
 
-        with cp.cuda.Device(self.device.index):
+        with device:
             out = map_tensors(batch, stage)
             # NOTE: the targets may reuse memory the consumer freed while its kernels still
             # read it (CuPy's pool recycles at free time on the host). Ordering the copies
             # after everything queued on the consumer's stream so far makes that safe.
-            ready = cp.cuda.Event(disable_timing=True)
+            ready = device.new_event()
             ready.record(self.consumer_stream)
             self.stream.wait_event(ready)
             for target, pinned in copies:
                 target.set(pinned, stream=self.stream)
-            done = cp.cuda.Event(disable_timing=True)
+            done = device.new_event()
             done.record(self.stream)
         return Staged(out, done, tuple(pinned for _, pinned in copies))
 
     def deliver(self, staged: Staged) -> Any:
-        self.cp.cuda.get_current_stream().wait_event(staged.ready)
+        self.device.current_stream().wait_event(staged.ready)
         # Pinned buffers go back to CuPy's pool when freed, and the pool does not know a
         # copy may still read them: hold each batch's buffers until its event has fired.
         while self._in_flight and self._in_flight[0].ready.done:
@@ -127,5 +126,5 @@ def make_transfer(device: Device | None) -> HostTransfer | CudaTransfer | None:
     if device is None:
         return None
     if device.is_cuda:
-        return CudaTransfer(device, device.xp)  # device.xp: CuPy, or a clear error
+        return CudaTransfer(device)  # its first use of CuPy raises a clear error without one
     return HostTransfer(device)

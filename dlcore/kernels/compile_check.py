@@ -32,7 +32,7 @@ _DEPRECATED_ARCH = re.compile(r"^nvrtc: warning : Architectures prior to .*$|"
 def _preload_nvrtc_wheel() -> None:
     """Load libnvrtc from the nvidia-cuda-nvrtc wheel, for CuPy versions that do not search
     site-packages themselves (CuPy 14 finds it through cuda-pathfinder)."""
-    import nvidia.cuda_nvrtc
+    import nvidia.cuda_nvrtc  # the test extra's NVRTC wheel: present only where installed
 
     for root in nvidia.cuda_nvrtc.__path__:
         for lib in sorted(Path(root, "lib").glob("libnvrtc.so*")):
@@ -42,7 +42,7 @@ def _preload_nvrtc_wheel() -> None:
 
 def nvrtc_bindings() -> Any:
     """CuPy's NVRTC bindings, with libnvrtc loaded; raises ImportError with the reason."""
-    from cupy_backends.cuda.libs import nvrtc
+    from cupy_backends.cuda.libs import nvrtc  # CuPy is optional: imported only when used
 
     try:
         nvrtc.getVersion()

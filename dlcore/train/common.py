@@ -287,7 +287,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     import matplotlib  # the cli extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
     skip = {"epoch", "seconds", "samples_per_s"}
     epochs = [row["epoch"] for row in history]

@@ -169,7 +169,7 @@ def _pyplot() -> Any:
     import matplotlib  # the cli extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
 
     return plt
 
