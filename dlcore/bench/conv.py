@@ -32,7 +32,7 @@ import numpy as np
 import dlcore
 from dlcore.device import Device
 from dlcore.ops import conv_cuda
-from dlcore.ops.conv import conv2d
+from dlcore.ops.conv import conv2d, conv2d_out_size
 
 from .timing import time_host
 
@@ -55,13 +55,9 @@ EMU_KERNEL_CASE = ("tiny 4->8 9x9", 1, 4, 8, 9, 3, 1, 1, 1)
 KERNELS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_weight")
 
 
-def _out_size(h: int, k: int, s: int, p: int) -> int:
-    return (h + 2 * p - k) // s + 1
-
-
 def _direction_flops(n: int, c: int, o: int, h: int, k: int, s: int, p: int, g: int) -> float:
     """One multiply-add per GEMM term of one direction (forward, data or weight gradient)."""
-    out = _out_size(h, k, s, p)
+    out = conv2d_out_size(h, k, s, p, 1)
     return 2 * n * o * out * out * (c // g) * k * k
 
 
@@ -137,7 +133,7 @@ def _dlcore_kernels(dev: Any, n: int, c: int, o: int, h: int, k: int, s: int, p:
                     g: int) -> dict[str, Callable[[], object]]:
     """Each conv2d kernel of ``dev`` on random float32 arrays of one layer."""
     rng = np.random.default_rng(0)
-    out = _out_size(h, k, s, p)
+    out = conv2d_out_size(h, k, s, p, 1)
     with dev.use():
         x = dev.xp.asarray(rng.standard_normal((n, c, h, h), dtype=np.float32))
         w = dev.xp.asarray(rng.standard_normal((o, c // g, k, k), dtype=np.float32))
@@ -158,7 +154,7 @@ def _torch_kernels(torch_device: str, n: int, c: int, o: int, h: int, k: int, s:
     import torch  # optional: a comparison, never a dependency
     from torch.nn import grad  # optional: a comparison, never a dependency
 
-    out = _out_size(h, k, s, p)
+    out = conv2d_out_size(h, k, s, p, 1)
     x = torch.randn(n, c, h, h, device=torch_device)
     w = torch.randn(o, c // g, k, k, device=torch_device)
     gy = torch.randn(n, o, out, out, device=torch_device)

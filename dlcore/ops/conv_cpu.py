@@ -6,7 +6,7 @@ one signature. Shapes: x (N, C, H, W), w (O, C/G, kH, kW), y (N, O, OH, OW); G g
 P = OH*OW pixels, K = kH*kW*C/G the reduction length. Arguments arrive validated and normalised
 to int pairs.
 
-Formulation (chosen by measurement on a 2-core VM, see bench/conv.py):
+Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
 
 * im2col in NHWC. The input is copied once into a zero-padded NHWC buffer; a strided view
   (N, OH, OW, kH, kW, C) of it is then copied to a contiguous column matrix in one

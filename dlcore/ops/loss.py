@@ -66,6 +66,15 @@ def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Te
     return input, target
 
 
+def _same_shape_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Tensor]:
+    """The binary cross entropies refuse broadcasting outright, as PyTorch's do."""
+    input, target = _pointwise_operands(input, target, op)
+    if tuple(target.shape) != tuple(input.shape):
+        raise ValueError(f"{op}: target size ({tuple(target.shape)}) must be the same as "
+                         f"input size ({tuple(input.shape)})")
+    return input, target
+
+
 def _constant(array: Any, like: Tensor) -> Tensor:
     return Tensor._make(array, like.device)
 
@@ -286,10 +295,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor,
     """
     op = "binary_cross_entropy"
     reduction = _reduction(size_average, reduce, reduction, op)
-    input, target = _pointwise_operands(input, target, op)
-    if tuple(target.shape) != tuple(input.shape):
-        raise ValueError(f"{op}: target size ({tuple(target.shape)}) must be the same as "
-                         f"input size ({tuple(input.shape)})")
+    input, target = _same_shape_operands(input, target, op)
     if input.data.size and bool(((input.data < 0) | (input.data > 1)).any()):
         raise RuntimeError(f"{op}: all elements of input should be between 0 and 1")
     w = None
@@ -315,10 +321,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     """
     op = "binary_cross_entropy_with_logits"
     reduction = _reduction(size_average, reduce, reduction, op)
-    input, target = _pointwise_operands(input, target, op)
-    if tuple(target.shape) != tuple(input.shape):
-        raise ValueError(f"{op}: target size ({tuple(target.shape)}) must be the same as "
-                         f"input size ({tuple(input.shape)})")
+    input, target = _same_shape_operands(input, target, op)
     target = target.to(input.dtype)
     # NOTE: threshold=inf keeps softplus exact (logaddexp) at any magnitude; its default
     # linear cut-over at 20 would be off by up to 2e-9.
