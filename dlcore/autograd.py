@@ -107,12 +107,15 @@ class Function:
     Subclasses implement ``forward(self, *arrays, **options) -> array | tuple[array, ...]``
     and ``backward(self, *grad_outputs) -> tuple[Tensor | None, ...]``. Class attributes
     say what backward needs: ``save_inputs`` (save all input Tensors, version-checked) and
-    ``save_output`` (keep the output array). Anything else backward needs (shapes, masks)
-    is stored on ``self`` by ``forward``.
+    ``save_output`` (keep the output array, version-checked). Anything else backward needs
+    (shapes, masks) is stored on ``self`` by ``forward``; a forward that keeps an output
+    array that way sets ``self.guard_outputs = True``, so that an in-place change of the
+    output is caught at backward as for ``save_output``.
     """
 
     save_inputs = False
     save_output = False
+    guard_outputs = False
     num_outputs = 1
     differentiable_outputs: tuple[int, ...] | None = None  # None: all outputs
 
@@ -123,6 +126,7 @@ class Function:
     _saved: tuple | None = None
     _versions: tuple[int, ...] = ()
     _out_arrays: Any = None
+    _out_versions: tuple[list[int], ...] = ()  # the outputs' version counters, saved at 0
     _freed = False
 
     @classmethod
@@ -159,14 +163,21 @@ class Function:
         if cls.save_inputs:
             fn._saved = inputs
             fn._versions = tuple([t._version[0] for t in inputs])
+        guard = cls.save_output or fn.guard_outputs
         if cls.save_output:
             fn._out_arrays = out
         if type(out) is tuple:
             fn.num_outputs = len(out)
             diff = cls.differentiable_outputs
-            return tuple([make(o, dev, fn, i) if diff is None or i in diff else make(o, dev)
+            outs = tuple([make(o, dev, fn, i) if diff is None or i in diff else make(o, dev)
                           for i, o in enumerate(out)])
-        return make(out, dev, fn, 0)
+            if guard:
+                fn._out_versions = tuple([t._version for t in outs])
+            return outs
+        result = make(out, dev, fn, 0)
+        if guard:
+            fn._out_versions = (result._version,)
+        return result
 
     if TYPE_CHECKING:
         # NOTE: each op states its own signatures (its arrays and options in forward, one
@@ -193,10 +204,21 @@ class Function:
                     f"was used (version {t._version[0]}, expected {v})")
         return saved
 
+    def _check_outputs(self) -> None:
+        """Raise if an output this node keeps for backward was changed in place since."""
+        for i, version in enumerate(self._out_versions):
+            if version[0] != 0:
+                raise RuntimeError(
+                    f"{type(self).__name__}: one of the tensors needed for gradient computation "
+                    f"(output {i} of this op) was modified by an in-place operation after it "
+                    f"was produced (version {version[0]}, expected 0); clone() it before "
+                    "changing it in place")
+
     def output(self, index: int = 0) -> Tensor:
         """The saved forward output as a Tensor attached to this node (for backward)."""
         if self._freed:
             _raise_freed(self)
+        self._check_outputs()
         out = self._out_arrays
         arr = out[index] if type(out) is tuple else out
         return tensor.Tensor._make(arr, self.device, self if _mode.enabled else None, index)
@@ -204,6 +226,7 @@ class Function:
     def _free(self) -> None:
         self._saved = None
         self._out_arrays = None
+        self._out_versions = ()
         self._freed = True
 
     def name(self) -> str:
@@ -339,6 +362,8 @@ def _run_backward(roots: Sequence[Tensor], grads: Sequence[Tensor], retain_graph
                 continue
             if node._freed:
                 _raise_freed(node)
+            if node._out_versions:
+                node._check_outputs()
             in_grads = node.backward(*gouts)
             if type(in_grads) is not tuple:
                 in_grads = (in_grads,)

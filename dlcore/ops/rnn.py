@@ -113,6 +113,7 @@ class RNNLayerFunction(Function):
             self.hn = hn
         else:
             self.y = y
+            self.guard_outputs = True  # backward reads y: an in-place change must raise
         return y, h_n
 
     def _free(self) -> None:
