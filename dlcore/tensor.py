@@ -728,18 +728,25 @@ class Tensor:
                                f"broadcast to destination shape {tuple(self.shape)}") from None
         if autograd.is_grad_enabled() and src._requires_grad:
             return self._inplace_from(src_b.to(self.dtype), "copy_")
+        if autograd.is_grad_enabled() and self.grad_fn is not None:
+            # PyTorch's copy_ is differentiable: a non-leaf stays in the graph (its earlier
+            # history gets a zero gradient) instead of silently becoming a constant
+            return self._inplace_from(ops.index.overwrite(self._snapshot(copy=False),
+                                                          src_b.data), "copy_")
         self._device.xp.copyto(self.data, src_b.data, casting="unsafe")
         self._bump()
-        if autograd.is_grad_enabled() and self.grad_fn is not None:
-            self.grad_fn, self._requires_grad = None, False  # now a constant
         return self
 
     def fill_(self, value: Any) -> Tensor:
+        """Set every element to ``value``; on a non-leaf this stays a differentiable
+        in-place op (a zero gradient to the tensor's earlier history), as in PyTorch."""
         self._check_inplace("fill_")
-        self.data[...] = value.item() if isinstance(value, Tensor) else value
-        self._bump()
+        value = value.item() if isinstance(value, Tensor) else value
         if autograd.is_grad_enabled() and self.grad_fn is not None:
-            self.grad_fn, self._requires_grad = None, False
+            return self._inplace_from(ops.index.overwrite(self._snapshot(copy=False), value),
+                                      "fill_")
+        self.data[...] = value
+        self._bump()
         return self
 
     def zero_(self) -> Tensor:

@@ -272,3 +272,26 @@ def test_inplace_on_non_leaf_is_differentiated(device):
     h.sum().backward()
     check(a.grad, 4 * x + 1)
     check(h, 2 * x * x + x)
+
+
+@pytest.mark.parametrize("op", ["zero_", "fill_", "copy_"])
+def test_overwriting_a_non_leaf_keeps_it_in_the_graph(device, op):
+    """PyTorch's zero_/fill_/copy_ are differentiable in-place ops: the tensor still requires
+    grad, and its earlier history gets a zero gradient (dlcore used to make it a constant,
+    so h.sum().backward() raised and h * a lost the path through h)."""
+    x = rand(3, seed=17)
+    a = on(device, x, requires_grad=True)
+    h = a * 2.0
+    value = {"zero_": 0.0, "fill_": 3.0, "copy_": 5.0}[op]
+    {"zero_": lambda: h.zero_(), "fill_": lambda: h.fill_(3.0),
+     "copy_": lambda: h.copy_(on(device, np.full(3, 5.0)))}[op]()
+    assert h.requires_grad and not h.is_leaf
+    check(h, np.full(3, value))
+    (h * a).sum().backward()  # d/da (c * a) = c: nothing flows through the overwritten h
+    check(a.grad, np.full(3, value))
+    a.grad = None
+    h2 = a * 2.0
+    getattr(h2, op)(*(() if op == "zero_" else (3.0,) if op == "fill_"
+                      else (on(device, np.ones(3)),)))
+    h2.sum().backward()
+    check(a.grad, np.zeros(3))

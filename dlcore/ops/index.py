@@ -81,6 +81,25 @@ def getitem(t: Tensor, index: Any) -> Tensor:
         raise IndexError(f"index: {exc} (tensor shape {tuple(t.shape)})") from None
 
 
+class Overwrite(Function):
+    """``x`` replaced by constant ``values`` (broadcast, cast to x's dtype): the differentiable
+    core of ``fill_``, ``zero_`` and ``copy_`` from a constant on a non-leaf, whose earlier
+    history then gets a zero gradient, as in PyTorch."""
+
+    def forward(self, x: Any, values: Any) -> Any:
+        out = self.device.xp.empty_like(x)
+        out[...] = values
+        return out
+
+    def backward(self, g: Tensor) -> tuple:
+        return (Tensor._make(self.device.xp.zeros_like(g.data), self.device),)
+
+
+def overwrite(t: Tensor, values: Any) -> Tensor:
+    """A tensor shaped and typed like ``t`` holding ``values``, differentiable (zero) in t."""
+    return Overwrite.apply(t, values=values)
+
+
 class IndexPut(Function):
     """``x`` with ``x[index] = v`` (out of place); the base of ``t[index] = v``."""
 
