@@ -9,7 +9,7 @@ import numpy as np
 
 from . import random as _random
 from .device import Device, as_device, device_of_array
-from .dtypes import get_default_dtype, to_dtype
+from .dtypes import check_supported, get_default_dtype, to_dtype
 from .tensor import Tensor
 
 
@@ -41,6 +41,7 @@ def from_numpy(array: np.ndarray) -> Tensor:
     """A cpu tensor sharing memory with ``array`` (no copy)."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
+    check_supported(array.dtype, "from_numpy")
     return Tensor._make(array, Device("cpu"))
 
 
@@ -48,11 +49,15 @@ def from_dlpack(obj: Any) -> Tensor:
     """Zero-copy import of any DLPack-capable array (NumPy, CuPy, PyTorch, JAX...)."""
     dev_type, dev_id = obj.__dlpack_device__()
     if int(dev_type) == 1:  # kDLCPU
-        return Tensor._make(np.from_dlpack(obj), Device("cpu"))
-    if int(dev_type) in (2, 3):  # kDLCUDA, kDLCUDAHost
+        dev = Device("cpu")
+        arr = np.from_dlpack(obj)
+    elif int(dev_type) in (2, 3):  # kDLCUDA, kDLCUDAHost
         dev = Device("cuda", int(dev_id))
-        return Tensor._make(dev.xp.from_dlpack(obj), dev)
-    raise RuntimeError(f"from_dlpack: unsupported DLPack device type {dev_type}")
+        arr = dev.xp.from_dlpack(obj)
+    else:
+        raise RuntimeError(f"from_dlpack: unsupported DLPack device type {dev_type}")
+    check_supported(np.dtype(arr.dtype), "from_dlpack")
+    return Tensor._make(arr, dev)
 
 
 def _size(size: Sequence[Any]) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import get_default_dtype
+from .dtypes import check_supported, get_default_dtype
 
 _KINDS = ("cpu", "cuda", "emu")
 
@@ -163,6 +163,7 @@ class Device:
         a new array even when ``data`` already is one of this device. Python floats become
         the default float dtype (as in PyTorch), Python ints int64; arrays keep their dtype."""
         if isinstance(data, np.ndarray | np.generic) or hasattr(data, "__cuda_array_interface__"):
+            check_supported(np.dtype(data.dtype if dtype is None else dtype), "tensor")
             if self.type != "cuda":
                 if not isinstance(data, np.ndarray | np.generic):
                     data = data.get()  # a CuPy array to the host
@@ -172,12 +173,17 @@ class Device:
                 xp = self.xp
                 return xp.array(data, dtype=dtype, copy=True) if copy else \
                     xp.asarray(data, dtype)
-        host = np.array(data, dtype=dtype)
+        try:
+            host = np.array(data, dtype=dtype)
+        except ValueError:  # ragged nesting, or strings under a numeric dtype
+            raise TypeError(f"tensor: cannot build a tensor from {type(data).__name__} of "
+                            "ragged or non-numeric elements") from None
         if dtype is None and host.dtype == np.float64:
             host = host.astype(get_default_dtype())
         if host.dtype == object:
             raise TypeError(f"tensor: cannot build a tensor from {type(data).__name__} of "
                             "ragged or non-numeric elements")
+        check_supported(host.dtype, "tensor")
         if self.type == "cuda":
             with self.use():
                 return self.xp.asarray(host)

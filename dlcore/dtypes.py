@@ -40,6 +40,21 @@ bfloat16 = _MissingDType(
     "bfloat16", "bfloat16 is not available: neither NumPy nor CuPy arrays support it; "
     "use float16 or float32")
 
+# The dtypes a Tensor may hold (the documented ones; PyTorch's core set less bfloat16).
+# Anything else -- complex, unsigned wider than 8 bits, strings, objects, datetimes --
+# raises where data enters (dlcore.tensor, as_tensor, from_numpy, from_dlpack, dtype=).
+SUPPORTED: frozenset[np.dtype] = frozenset(
+    {float16, float32, float64, int8, int16, int32, int64, uint8, bool})
+
+
+def check_supported(dtype: np.dtype, op: str) -> np.dtype:
+    """``dtype`` itself, or a TypeError naming ``op`` when a Tensor cannot hold it."""
+    if dtype not in SUPPORTED:
+        raise TypeError(f"{op}: dtype {dtype} is not supported; dlcore tensors hold float16, "
+                        "float32, float64, int8, int16, int32, int64, uint8 or bool")
+    return dtype
+
+
 # What ``dtype=`` arguments accept: a dtype (``dlcore.float32``), a NumPy scalar type
 # (``numpy.float32``), a name (``"float32"``, ``"float"``), or None for the default.
 DTypeLike = np.dtype | type | str | None
@@ -66,7 +81,7 @@ _ALIASES = {"float": float32, "double": float64, "half": float16, "long": int64,
 def to_dtype(dtype: Any) -> np.dtype:
     """Normalise a user-given dtype (np.dtype, type, string, ``dlcore.float32``)."""
     if isinstance(dtype, np.dtype):
-        return dtype
+        return check_supported(dtype, "dtype")
     if isinstance(dtype, _MissingDType):
         raise TypeError(dtype.why)
     if isinstance(dtype, str):
@@ -74,9 +89,10 @@ def to_dtype(dtype: Any) -> np.dtype:
             raise TypeError(bfloat16.why)
         dtype = _ALIASES.get(dtype, dtype)
     try:
-        return np.dtype(dtype)
+        dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"not a dtype: {dtype!r}") from None
+    return check_supported(dt, "dtype")
 
 
 # NOTE: ``bool``, ``float`` and ``int`` below are the dtypes (PyTorch's aliases), so the

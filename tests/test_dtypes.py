@@ -86,3 +86,39 @@ def test_set_default_dtype():
         dlcore.set_default_dtype(dlcore.float32)
     with pytest.raises(TypeError):
         dlcore.set_default_dtype(dlcore.int64)
+
+
+UNSUPPORTED_DATA = {
+    "string": "abc",
+    "mixed list": [1, "a"],
+    "complex": np.array([1 + 2j]),
+    "datetime": np.array(["2020-01-01"], dtype="datetime64[D]"),
+    "object": np.array([object()]),
+    "uint16": np.array([1], np.uint16),
+}
+
+
+@pytest.mark.parametrize("name", list(UNSUPPORTED_DATA))
+def test_non_numeric_and_undocumented_dtypes_are_refused(name: str) -> None:
+    """dlcore.tensor('abc') used to give a string tensor ('abc' + 1 -> 'abc1')."""
+    data = UNSUPPORTED_DATA[name]
+    for make in (dlcore.tensor, dlcore.as_tensor):
+        with pytest.raises(TypeError, match=r"(tensor|as_tensor): (dtype .* is not supported|"
+                                            r"cannot build)"):
+            make(data)
+
+
+def test_unsupported_dtype_refused_by_every_entry_point() -> None:
+    with pytest.raises(TypeError, match="from_numpy: dtype complex128 is not supported"):
+        dlcore.from_numpy(np.array([1j]))
+    with pytest.raises(TypeError, match="dtype: dtype complex64 is not supported"):
+        dlcore.zeros(2, dtype="complex64")
+    with pytest.raises(TypeError, match="dtype: dtype complex128 is not supported"):
+        dlcore.ones(2).to(np.complex128)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int8", "int16", "int32",
+                                   "int64", "uint8", "bool"])
+def test_documented_dtypes_are_accepted(dtype: str) -> None:
+    t = dlcore.tensor(np.zeros(2, dtype=dtype))
+    assert t.dtype == np.dtype(dtype) and dlcore.zeros(2, dtype=dtype).dtype == np.dtype(dtype)
