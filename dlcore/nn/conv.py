@@ -53,6 +53,9 @@ class _ConvNd(Module):
         if isinstance(padding, str) and padding not in ("valid", "same"):
             raise ValueError(f"{type(self).__name__}: padding must be 'valid', 'same' or "
                              f"ints, got {padding!r}")
+        if padding == "same" and any(s != 1 for s in stride):
+            raise ValueError(f"{type(self).__name__}: padding='same' is not supported for "
+                             f"strided convolutions (stride={stride})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.padding = padding if isinstance(padding, str) else _tuple(padding,

@@ -30,7 +30,6 @@ from ..kernels import KernelFamily
 from ..tensor import Tensor
 from . import conv_cpu, conv_cuda
 from ._check import forward_backward, kwargs_case
-from ._util import promote_pair
 from .shape import pad as pad_op
 
 Pair = tuple[int, int]
@@ -134,11 +133,18 @@ def _batched(input: Tensor, op: str, spatial: int) -> tuple[Tensor, bool]:
     return input, False
 
 
-def _check_float(input: Tensor, weight: Tensor, op: str) -> tuple[Tensor, Tensor]:
+def _check_float(input: Tensor, weight: Tensor, bias: Tensor | None, op: str) -> None:
+    """Floating point operands of one dtype: PyTorch refuses to mix them (a float64 batch
+    into a float32 layer is a bug to report, not to paper over with a silent cast)."""
     if input.dtype.kind != "f" or weight.dtype.kind != "f":
         raise TypeError(f"{op}: expected floating point input and weight, got {input.dtype} "
                         f"and {weight.dtype}")
-    return promote_pair(input, weight)
+    if input.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        bias_part = "" if bias is None else f", bias {bias.dtype}"
+        raise RuntimeError(f"{op}: input type ({input.dtype}) and weight type "
+                           f"({weight.dtype}) should be the same (input {input.dtype}, "
+                           f"weight {weight.dtype}{bias_part}); cast the input with "
+                           f".to({weight.dtype}) or the module with .to({input.dtype})")
 
 
 def _same_padding(kernel: Pair, dilation: Pair) -> tuple[Pair, Pair]:
@@ -216,7 +222,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
     [[[[4.0, 4.0], [4.0, 4.0]]]]
     """
     x, unbatched = _batched(input, "conv2d", 2)
-    x, weight = _check_float(x, weight, "conv2d")
+    _check_float(x, weight, bias, "conv2d")
     y = _add_bias(_conv2d_nchw(x, weight, stride, padding, dilation, groups, "conv2d"), bias,
                   weight.shape[0], "conv2d")
     return y.squeeze(0) if unbatched else y
@@ -231,7 +237,7 @@ def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
     [[[2.0, 2.0, 2.0]]]
     """
     x, unbatched = _batched(input, "conv1d", 1)
-    x, weight = _check_float(x, weight, "conv1d")
+    _check_float(x, weight, bias, "conv1d")
     if weight.ndim != 3:
         raise ValueError(f"conv1d: weight must be 3-D (out_channels, in_channels/groups, k), "
                          f"got shape {tuple(weight.shape)}")
@@ -263,7 +269,7 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
     """
     op = "conv_transpose2d"
     x, unbatched = _batched(input, op, 2)
-    x, weight = _check_float(x, weight, op)
+    _check_float(x, weight, bias, op)
     if weight.ndim != 4:
         raise ValueError(f"{op}: weight must be 4-D (in_channels, out_channels/groups, kH, kW),"
                          f" got shape {tuple(weight.shape)}")

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..autograd import Function
 from ..tensor import Tensor
-from ._util import promote_pair, sum_to
+from ._util import sum_to
 
 
 class MatMul(Function):
@@ -37,7 +37,11 @@ def matmul(input: Tensor, other: Tensor) -> Tensor:
     if input.ndim == 0 or other.ndim == 0:
         raise RuntimeError(f"matmul: both arguments need at least 1 dim, got shapes "
                            f"{tuple(input.shape)} and {tuple(other.shape)}")
-    a, b = promote_pair(input, other)
+    if input.dtype != other.dtype:
+        raise RuntimeError(f"matmul: expected both operands to have the same dtype, got "
+                           f"{input.dtype} (shape {tuple(input.shape)}) and {other.dtype} "
+                           f"(shape {tuple(other.shape)})")
+    a, b = input, other
     squeeze_a = a.ndim == 1
     squeeze_b = b.ndim == 1
     if squeeze_a:

@@ -172,6 +172,9 @@ class Optimizer:
         for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError(f"optimizer can only optimize Tensors, got {type(p).__name__}")
+            if p.dtype.kind != "f":
+                raise TypeError(f"optimizer can only optimize floating point Tensors, got one "
+                                f"of dtype {p.dtype} (shape {tuple(p.shape)})")
             if not p.is_leaf:
                 raise ValueError(f"optimizer: can't optimize a non-leaf Tensor (shape "
                                  f"{tuple(p.shape)}); optimize the leaves it is computed from")

@@ -25,11 +25,11 @@ class SGD(Optimizer):
                  fused: bool | None = None) -> None:
         """``foreach`` and ``fused`` are accepted for PyTorch compatibility: dlcore always
         updates a group in one fused pass."""
-        if lr is not required and lr < 0.0:
+        if lr is not required and not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
+        if not 0.0 <= momentum:
             raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
+        if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")

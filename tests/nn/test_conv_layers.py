@@ -84,3 +84,9 @@ def test_pooling_layers():
 def test_conv_layer_errors(bad):
     with pytest.raises(ValueError):
         bad()
+
+
+@pytest.mark.parametrize("layer", [Conv2d, Conv1d])
+def test_same_padding_with_stride_refused_at_construction(layer):
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
+        layer(1, 2, 3, stride=2, padding="same")

@@ -8,6 +8,8 @@ import pytest
 from op_check import check, grad_ok, gradgrad_ok, on, rand
 
 import dlcore
+import dlcore.nn as nn
+import dlcore.nn.functional as F
 from dlcore.ops.conv import conv1d, conv2d, conv_transpose2d
 
 
@@ -179,3 +181,21 @@ def test_conv_transpose2d(device, case):
 def test_conv_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(dlcore.ones(2, 4, 6, 6))
+
+
+@pytest.mark.parametrize("op", ["conv2d", "conv1d", "conv_transpose2d"])
+def test_mixed_input_and_weight_dtypes_raise_as_pytorch(op):
+    """A float64 batch into a float32 layer used to be promoted silently."""
+    spatial = (5,) if op == "conv1d" else (5, 5)
+    x = dlcore.ones(1, 2, *spatial, dtype=dlcore.float64)
+    w = dlcore.ones(2, 2, *(3,) * len(spatial))
+    with pytest.raises(RuntimeError, match=rf"{op}: input type \(float64\) and weight type "
+                                           r"\(float32\) should be the same"):
+        getattr(F, op)(x, w)
+    with pytest.raises(RuntimeError, match="bias float64"):
+        getattr(F, op)(x.float(), w, dlcore.ones(2, dtype=dlcore.float64))
+    layer = {"conv2d": nn.Conv2d(2, 2, 3), "conv1d": nn.Conv1d(2, 2, 3),
+             "conv_transpose2d": nn.ConvTranspose2d(2, 2, 3)}[op]
+    with pytest.raises(RuntimeError, match="should be the same"):
+        layer(x)
+    assert layer.double()(x).dtype == dlcore.float64

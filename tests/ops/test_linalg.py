@@ -64,6 +64,9 @@ def test_matmul_shape_mismatch_names_op_and_shapes(device):
         on(device, rand(2, 3)) @ on(device, rand(2, 3))
 
 
-def test_matmul_promotes_dtypes(device):
+def test_matmul_refuses_mixed_dtypes_as_pytorch_does(device):
     a, b = rand(2, 3).astype(np.float32), rand(3, 2)
-    check(on(device, a) @ on(device, b), a.astype(np.float64) @ b, dtype=np.float64)
+    with pytest.raises(RuntimeError, match=r"matmul: expected both operands to have the same "
+                                           r"dtype, got float32 \(shape \(2, 3\)\) and float64"):
+        on(device, a) @ on(device, b)
+    check(on(device, a) @ on(device, b.astype(np.float32)), a @ b.astype(np.float32))

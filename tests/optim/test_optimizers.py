@@ -296,3 +296,23 @@ def test_trains_a_quadratic():
             ((x - dlcore.tensor(target)) ** 2).sum().backward()
             opt.step()
         assert math.isclose(float(((x.numpy() - target) ** 2).sum()), 0.0, abs_tol=1e-3), cls
+
+
+@pytest.mark.parametrize("cls, options", [
+    (optim.SGD, {"lr": float("nan")}), (optim.SGD, {"lr": 0.1, "momentum": float("nan")}),
+    (optim.Adam, {"lr": float("nan")}), (optim.Adam, {"eps": float("nan")}),
+    (optim.AdamW, {"weight_decay": float("nan")}), (optim.RMSprop, {"alpha": float("nan")}),
+    (optim.Adagrad, {"lr": float("nan")}), (optim.Adam, {"betas": (float("nan"), 0.9)}),
+])
+def test_nan_hyperparameters_are_refused(cls, options):
+    """lr=float('nan') used to be accepted and turned every parameter into NaN."""
+    p = Parameter(dlcore.zeros(2))
+    with pytest.raises(ValueError, match="Invalid"):
+        cls([p], **options)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_non_float_parameter_is_refused(dtype):
+    t = dlcore.zeros(3, dtype=dtype)
+    with pytest.raises(TypeError, match=f"floating point Tensors, got one of dtype {dtype}"):
+        optim.SGD([t], lr=0.1)
