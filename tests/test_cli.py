@@ -164,13 +164,61 @@ def test_interrupt_and_resume_continue_bit_for_bit(tmp_path: Path,
         assert _history(out) == _history(tmp_path / "straight"), interrupt_at
 
 
-def test_resume_needs_a_checkpoint_of_the_same_task(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        main(["train", "cnn", "--epochs", "1", "--out", str(tmp_path), "--resume"])
+def test_resume_needs_a_checkpoint_of_the_same_task(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "cnn", "--epochs", "1", "--out", str(tmp_path), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
     _train(tmp_path, "rnn", "--epochs", "1", "--batch-size", "256")
-    with pytest.raises(ValueError, match="not 'cnn'"):
-        main(["train", "cnn", "--epochs", "2", "--out", str(tmp_path), "--resume",
-              "--no-progress"])
+    assert main(["train", "cnn", "--epochs", "2", "--out", str(tmp_path), "--resume",
+                 "--no-progress"]) == 2
+    assert "not 'cnn'" in capsys.readouterr().err
+
+
+def test_resume_with_other_options_is_refused(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """--epochs shapes the learning-rate schedule: resuming with another value used to
+    continue without a word."""
+    _train(tmp_path, "cnn", "--epochs", "1")
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    assert main(["train", "cnn", "--epochs", "3", "--out", str(tmp_path), "--resume",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs 1 in the checkpoint, 3 now" in err and "Traceback" not in err
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "nan"], "--lr: must be a finite number > 0, got nan"),
+    (["--lr", "inf"], "--lr: must be a finite number > 0, got inf"),
+    (["--threads", "-1"], "--threads: must be >= 0, got -1"),
+    (["--epochs", "0"], "--epochs: must be a finite number > 0, got 0"),
+])
+def test_train_refuses_bad_numbers(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                   args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "cnn", *args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["cnn", "rnn", "adding"])
+@pytest.mark.parametrize("flag", [["--data", "digits"], ["--pack", "2"]])
+def test_gan_only_options_are_refused_elsewhere(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               task: str, flag: list[str]) -> None:
+    """cnn used to ignore --data digits silently."""
+    assert main(["train", task, *flag, "--out", str(tmp_path)]) == 2
+    assert f"{flag[0]} applies to the gan task only" in capsys.readouterr().err
+
+
+def test_diverging_run_stops_with_an_error_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--lr 1e10 used to train to NaN and exit 0; now it stops at the first non-finite loss,
+    before any checkpoint or metrics of the diverged state are written."""
+    assert main(["train", "cnn", "--lr", "1e10", "--epochs", "2", "--out", str(tmp_path),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "the training diverged: epoch 1/2, step" in err and "loss is nan" in err
+    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "checkpoint.safetensors").exists()
 
 
 def test_dockerfile_has_the_required_instructions() -> None:

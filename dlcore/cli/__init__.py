@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,7 +21,8 @@ from ..bench import runner as bench_runner  # the CLI imports the bench, never t
 from ..device import Device
 from ..random import manual_seed
 from ..sysinfo import collect
-from ..train import Options, adding, classify, fit, gan, resolve_device
+from ..train import (Options, ResumeError, TrainingDiverged, adding, classify, fit, gan,
+                     resolve_device)
 from .check import run_checks
 from .info import format_report
 
@@ -44,10 +46,15 @@ def _threads(count: int | None) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path("runs") / args.task if args.out is None else Path(args.out)
+    for flag, value in (("--data", args.data), ("--pack", args.pack)):
+        if value is not None and args.task != "gan":
+            print(f"dlcore train {args.task}: {flag} applies to the gan task only",
+                  file=sys.stderr)
+            return 2
     options = Options(device=args.device, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, out=str(out), resume=args.resume,
-                      data=args.data, pack=args.pack, threads=args.threads or None,
-                      progress=not args.no_progress)
+                      data=args.data or "ring", pack=args.pack,
+                      threads=args.threads or None, progress=not args.no_progress)
     device = resolve_device(options.device)
     if not device.is_usable():
         why = cuda.why_unavailable() or "no such GPU"
@@ -64,6 +71,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             task, epochs = adding.build(options, device)
         try:
             metrics = fit(task, options, out, epochs)
+        except TrainingDiverged as exc:
+            print(f"dlcore train {args.task}: stopped, the training diverged: {exc}. The "
+                  f"checkpoint in {out} (if any) is the last good one.", file=sys.stderr)
+            return 1
+        except ResumeError as exc:
+            print(f"dlcore train {args.task}: {exc}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             print(f"\ninterrupted: checkpoint written to {out / 'checkpoint.safetensors'}; "
                   f"continue with the same command and --resume", file=sys.stderr)
@@ -107,12 +121,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _positive(kind: type) -> Any:
-    """An argparse type accepting only numbers > 0 of ``kind``."""
+def _positive(kind: type, minimum: int | None = None) -> Any:
+    """An argparse type accepting only finite numbers of ``kind`` that are > 0, or >=
+    ``minimum`` when one is given."""
     def parse(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value) or (value <= 0 if minimum is None else value < minimum):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number > 0, got {text}" if minimum is None
+                else f"must be >= {minimum}, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its error messages
     return parse
@@ -137,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its checkpoint (give the same "
                             "options: --epochs shapes the learning-rate schedule)")
-    train.add_argument("--data", choices=["ring", "digits"], default="ring",
+    train.add_argument("--data", choices=["ring", "digits"],
                        help="gan: 8 Gaussians on a ring (default) or the digit images")
     train.add_argument("--pack", type=_positive(int),
                        help="gan ring: samples per discriminator input (default 1, the "
                             "plain GAN; 2 = PacGAN2)")
-    train.add_argument("--threads", type=int, default=1,
+    train.add_argument("--threads", type=_positive(int, minimum=0), default=1,
                        help="BLAS threads (default 1; 0 = the library's default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 

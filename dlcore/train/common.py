@@ -150,9 +150,24 @@ def deferred_interrupt() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+class ResumeError(ValueError):
+    """``--resume`` cannot continue: no checkpoint, another task's, or other options."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A training step gave a non-finite figure (loss NaN or infinite): the run stops there,
+    leaving the last checkpoint as it was."""
+
+
+def _run_config(task: Task) -> dict[str, Any]:
+    """What shapes a run and must not change on --resume (the device may)."""
+    return {k: v for k, v in task.config.items() if k != "device"}
+
+
 def _state(task: Task, epoch: int, step: int, data_state: dict, sums: dict[str, float],
            history: list[dict], seconds: float) -> dict[str, Any]:
-    return {"task": task.name, "epoch": epoch, "step": step, "seconds": seconds,
+    return {"task": task.name, "config": _run_config(task), "epoch": epoch, "step": step,
+            "seconds": seconds,
             "data_rng": data_state, "rng": get_rng_state(), "sums": sums,
             "history": history,
             "models": {k: m.state_dict() for k, m in task.modules.items()},
@@ -162,8 +177,18 @@ def _state(task: Task, epoch: int, step: int, data_state: dict, sums: dict[str, 
 
 def _restore(task: Task, state: dict[str, Any]) -> None:
     if state.get("task") != task.name:
-        raise ValueError(f"--resume: the checkpoint is from 'dlcore train "
+        raise ResumeError(f"--resume: the checkpoint is from 'dlcore train "
                          f"{state.get('task')}', not {task.name!r}")
+    saved = state.get("config")  # absent in checkpoints written before it was recorded
+    if saved is not None:
+        now = _run_config(task)
+        changed = [f"{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+                   for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+        if changed:
+            raise ResumeError("--resume: the run's options differ from the checkpoint's ("
+                             + "; ".join(changed) + "): they shape its schedule and data, so "
+                             "resume with the same options, or start a new run in another "
+                             "--out")
     for k, m in task.modules.items():
         m.load_state_dict(state["models"][k])
     for k, o in task.optimizers.items():
@@ -185,7 +210,14 @@ def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
                disable=not options.progress, file=sys.stderr)
     step, t0 = skip, time.perf_counter()
     for batch in batches.epoch(skip):
-        for k, v in task.step(batch).items():
+        figures = task.step(batch)
+        bad = {k: v for k, v in figures.items() if not math.isfinite(v)}
+        if bad:
+            bar.close()
+            raise TrainingDiverged(
+                f"{label}, step {step + 1}: " + ", ".join(f"{k} is {v}" for k, v in bad.items())
+                + f" (lr {task.config.get('lr')}); the learning rate is likely too high")
+        for k, v in figures.items():
             sums[k] = sums.get(k, 0.0) + v
         step += 1
         bar.update(1)
@@ -211,7 +243,7 @@ def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
     batches = task.batches
     if options.resume:
         if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+            raise ResumeError(f"--resume: no checkpoint at {ckpt}")
         state = load(ckpt)
         _restore(task, state)
         epoch, skip, sums = state["epoch"], state["step"], dict(state["sums"])
