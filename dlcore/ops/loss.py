@@ -157,9 +157,9 @@ class CrossEntropyIndices(Function):
             rows = -coef_y * logp_target
             coef_s = None
             if label_smoothing > 0:
-                smooth_div = 1
-                if reduction == "mean":
-                    smooth_div = picked.sum() if weight is not None else m
+                # PyTorch's mean divides the smoothing term as the nll term: by the picked
+                # weights, i.e. the count of non-ignored rows when there are no weights
+                smooth_div = picked.sum() if reduction == "mean" else 1
                 coef_s = valid.astype(x.dtype) * (label_smoothing / c / smooth_div)
                 w_sum = c if weight is None else weight.sum()
                 w_logp = (shifted.sum(axis=1) if weight is None else shifted @ weight) \

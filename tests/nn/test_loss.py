@@ -48,16 +48,17 @@ def ref_cross_entropy(x, t, weight=None, ignore_index=-100, label_smoothing=0.0,
         return ((1 - eps) * nll + eps / c * smooth).reshape(out_shape)
     if reduction == "sum":
         return (1 - eps) * nll.sum() + eps / c * smooth.sum()
-    smooth_div = wsum if weight is not None else len(t)
-    return (1 - eps) * nll.sum() / wsum + eps / c * smooth.sum() / smooth_div
+    # PyTorch's mean: both terms over the summed target weights of the non-ignored rows
+    return ((1 - eps) * nll.sum() + eps / c * smooth.sum()) / wsum
 
 
 # ---- cross_entropy ---------------------------------------------------------------------
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("options", [
     {}, {"weight": True}, {"ignore_index": 1}, {"label_smoothing": 0.2},
+    {"ignore_index": 1, "label_smoothing": 0.2},
     {"weight": True, "ignore_index": 2, "label_smoothing": 0.1}],
-    ids=["plain", "weight", "ignore", "smoothing", "all"])
+    ids=["plain", "weight", "ignore", "smoothing", "ignore_smoothing", "all"])
 def test_cross_entropy_indices(device, reduction, options):
     x = rand(6, 4, seed=1)
     t = np.array([0, 1, 2, 3, 1, 2])
@@ -286,3 +287,16 @@ def test_loss_modules_match_functions():
         warnings.simplefilter("ignore")
         assert L.MSELoss(size_average=False).reduction == "sum"
         assert L.MSELoss(reduce=False).reduction == "none"
+
+
+def test_cross_entropy_ignore_index_with_smoothing_matches_pytorch_figure():
+    """Four rows, one ignored: both terms of the mean are over the 2 kept rows (dlcore used to
+    divide the smoothing term by all 4 rows). PyTorch 2.13.0 gives 1.1585578880562668 here."""
+    x = np.array([[0.2, -1.0, 0.5], [1.0, 0.3, -0.2], [-0.7, 0.8, 0.1], [0.4, 0.4, -1.2]])
+    t = np.array([0, 1, 2, 1])
+    got = F.cross_entropy(dlcore.tensor(x), dlcore.tensor(t), ignore_index=1,
+                          label_smoothing=0.3).item()
+    rows = x[[0, 2]] - np.log(np.exp(x[[0, 2]]).sum(1, keepdims=True))
+    nll = -(rows[0, 0] + rows[1, 2]) / 2
+    smooth = -rows.sum() / 3 / 2
+    assert got == pytest.approx(0.7 * nll + 0.3 * smooth, rel=1e-12)
