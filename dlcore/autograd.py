@@ -218,7 +218,6 @@ class Function:
         """The saved forward output as a Tensor attached to this node (for backward)."""
         if self._freed:
             _raise_freed(self)
-        self._check_outputs()
         out = self._out_arrays
         arr = out[index] if type(out) is tuple else out
         return tensor.Tensor._make(arr, self.device, self if _mode.enabled else None, index)
@@ -362,7 +361,8 @@ def _run_backward(roots: Sequence[Tensor], grads: Sequence[Tensor], retain_graph
                 continue
             if node._freed:
                 _raise_freed(node)
-            if node._out_versions:
+            versions = node._out_versions
+            if versions and any([v[0] for v in versions]):
                 node._check_outputs()
             in_grads = node.backward(*gouts)
             if type(in_grads) is not tuple:

@@ -15,6 +15,7 @@ from builtins import float as _float
 from builtins import int as _int
 from collections.abc import Sequence
 from typing import Any
+import weakref
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Tensor:
     """
 
     __slots__ = ("data", "_device", "_requires_grad", "grad", "grad_fn", "_output_nr",
-                 "_accum", "_version", "_retains_grad", "__weakref__")
+                 "_accum", "_version", "_retains_grad", "_view", "_views", "__weakref__")
     __array_priority__ = 1000  # numpy_array * tensor -> Tensor.__rmul__
 
     data: Any  # the NumPy or CuPy array
@@ -46,6 +47,11 @@ class Tensor:
     _accum: Any  # a leaf's AccumulateGrad node, made on first use
     _version: list[_int]  # in-place write counter, one list shared by a base and its views
     _retains_grad: _bool
+    # A view for autograd: (root base, replay, writable). replay(root) rebuilds this view with
+    # differentiable view ops, so a write through the view can rewrite the root's graph and
+    # the root's other views can follow it (PyTorch's CopySlices and view replay).
+    _view: tuple[Tensor, Any, _bool] | None
+    _views: list[Any] | None  # on a root: weak references to its views
 
     def __init__(self, data: Any, dtype: Any = None, device: Any = None,
                  requires_grad: _bool = False) -> None:
@@ -68,6 +74,8 @@ class Tensor:
         self._accum = None
         self._version = version
         self._retains_grad = False
+        self._view = None
+        self._views = None
         if requires_grad:
             self.requires_grad_(True)
 
@@ -89,6 +97,8 @@ class Tensor:
         t._accum = None
         t._version = [0] if version is None else version
         t._retains_grad = False
+        t._view = None
+        t._views = None
         return t
 
     # ---- metadata -------------------------------------------------------------------
@@ -646,6 +656,18 @@ class Tensor:
             raise RuntimeError(f"{op}: a leaf tensor that requires grad (shape "
                                f"{tuple(self.shape)}) is being used in an in-place operation; "
                                "wrap it in dlcore.no_grad() (as optimizers do)")
+        if self._view is not None:
+            root, _, writable = self._view
+            if not writable:
+                raise RuntimeError(f"{op}: in-place write into an expanded tensor (shape "
+                                   f"{tuple(self.shape)}, from shape {tuple(root.shape)}): "
+                                   "several of its elements are one memory location; clone() "
+                                   "it first")
+            if root._requires_grad and root.grad_fn is None and autograd.is_grad_enabled():
+                raise RuntimeError(f"{op}: a view of a leaf tensor that requires grad (view "
+                                   f"shape {tuple(self.shape)}, leaf shape "
+                                   f"{tuple(root.shape)}) is being used in an in-place "
+                                   "operation; wrap it in dlcore.no_grad()")
 
     def _bump(self) -> None:
         self._version[0] += 1
@@ -663,9 +685,33 @@ class Tensor:
         if result.grad_fn is not None and autograd.is_grad_enabled():
             if result.dtype != self.dtype:
                 result = result.to(self.dtype)
-            self.grad_fn, self._output_nr = result.grad_fn, result._output_nr
-            self._requires_grad = True
+            if self._view is None:
+                self._adopt_graph(result)
+                self._replay_views()
+            else:  # the write reached the root's storage: rewrite the root's graph too
+                root, replay, _ = self._view
+                root._adopt_graph(ops.shape.write_through_view(root._snapshot(copy=False),
+                                                               result, replay))
+                root._replay_views()  # this view among them
         return self
+
+    def _adopt_graph(self, other: Tensor) -> None:
+        """Take over ``other``'s place in the graph (this tensor now stands for its value)."""
+        self.grad_fn, self._output_nr = other.grad_fn, other._output_nr
+        self._requires_grad = other._requires_grad
+
+    def _replay_views(self) -> None:
+        """After this root's graph changed, point each of its live views at the new graph."""
+        if not self._views:
+            return
+        live = []
+        for ref in self._views:
+            view = ref()
+            if view is None or view._view is None:
+                continue
+            live.append(ref)
+            view._adopt_graph(view._view[1](self))
+        self._views = live
 
     def _snapshot(self, copy: _bool) -> Tensor:
         """A Tensor standing for this one's current value and graph position before an
@@ -677,10 +723,30 @@ class Tensor:
         snap._accum = self._accum
         return snap
 
-    def _share_version(self, base: Tensor) -> Tensor:
+    def _share_version(self, base: Tensor, replay: Any = None,
+                       writable: _bool = True) -> Tensor:
         """Make this tensor (a view of ``base``) share ``base``'s version counter, so an
-        in-place write through either is seen by autograd's guards on both."""
+        in-place write through either is seen by autograd's guards on both. With ``replay``
+        (a function rebuilding this view from ``base`` with differentiable view ops) it is
+        also a view for autograd: a write through it rewrites the root's graph, and it
+        follows in-place changes of the root (``writable=False``: an expanded view, whose
+        writes are refused)."""
         self._version = base._version
+        if replay is None:
+            return self
+        if base._view is not None:  # a view of a view: keep the root, compose the replays
+            root, first, base_writable = base._view
+            self._view = (root, lambda t: replay(first(t)), writable and base_writable)
+        else:
+            root = base
+            self._view = (base, replay, writable)
+        views = root._views
+        if views is None:
+            root._views = [weakref.ref(self)]
+        else:
+            if len(views) >= 32 and (len(views) & (len(views) - 1)) == 0:  # powers of 2
+                views[:] = [r for r in views if r() is not None]
+            views.append(weakref.ref(self))
         return self
 
     def _inplace_binary(self, other: Any, op: str, fn: Any) -> Tensor:

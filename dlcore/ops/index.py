@@ -16,7 +16,7 @@ from ..autograd import Function
 from ..tensor import Tensor
 from ._util import as_tensor_like, normalize_dim, promote_pair, sum_to
 from .elementwise import where
-from .shape import Slice, _view_of, pad
+from .shape import Slice, _slice_replay, _view_of, pad
 
 
 def _convert_index(index: Any, t: Tensor) -> tuple[Any, bool]:
@@ -72,7 +72,7 @@ def getitem(t: Tensor, index: Any) -> Tensor:
     raw, basic = _convert_index(index, t)
     if basic:
         try:
-            return _view_of(Slice.apply(t, index=raw), t)
+            return _view_of(Slice.apply(t, index=raw), t, _slice_replay(raw))
         except IndexError as exc:
             raise IndexError(f"index: {exc} (tensor shape {tuple(t.shape)})") from None
     try:

@@ -43,8 +43,40 @@ def to_device_dtype(x: Tensor, device: Device | None, dtype: np.dtype | None) ->
     return ToDeviceDtype.apply(x, device=device, dtype=dtype)
 
 
-def _view_of(out: Tensor, base: Tensor) -> Tensor:
-    return out._share_version(base)
+def _view_of(out: Tensor, base: Tensor, replay: Any, writable: bool = True) -> Tensor:
+    """Mark ``out`` as a view of ``base``: ``replay(base)`` rebuilds it with differentiable
+    view ops (see ``Tensor._share_version``)."""
+    return out._share_version(base, replay, writable)
+
+
+class WriteThroughView(Function):
+    """The root of a view after an in-place write into the view (PyTorch's CopySlices): its
+    values are already in place (shared storage); the graph says that the view's region now
+    comes from ``new`` and the rest from the root's earlier history."""
+
+    def forward(self, base: Any, new: Any, replay: Any) -> Any:
+        self.replay, self.shape = replay, base.shape
+        return base
+
+    def backward(self, g: Tensor) -> tuple:
+        keep = None
+        if self.needs_input_grad[0]:
+            mask = self.device.xp.ones(self.shape, dtype=g.dtype)
+            with no_grad():  # zero the view's region of the mask through the same view
+                self.replay(Tensor._make(mask, self.device)).data[...] = 0
+            keep = g * Tensor._make(mask, self.device)
+        return keep, (self.replay(g) if self.needs_input_grad[1] else None)
+
+
+def write_through_view(base: Tensor, new: Tensor, replay: Any) -> Tensor:
+    """``base`` (a snapshot of a view's root) after ``new`` was written into the view that
+    ``replay`` rebuilds from it: a node whose output the root adopts."""
+    return WriteThroughView.apply(base, new, replay=replay)
+
+
+def _shares_memory(a: Any, b: Any, xp: Any) -> bool:
+    """Whether array ``a`` is (part of) ``b``'s memory rather than a copy (bounds only)."""
+    return a.size == 0 or bool(xp.may_share_memory(a, b))
 
 
 class Reshape(Function):
@@ -62,22 +94,46 @@ def _shape_arg(shape: Sequence[Any]) -> tuple:
     return tuple(int(s) for s in shape)
 
 
-def reshape(input: Tensor, *shape: Any) -> Tensor:
-    """>>> dlcore.arange(6).reshape(2, 3).shape
-    (2, 3)"""
-    shape = _shape_arg(shape)
-    if shape == input.data.shape:
-        return input
+def _checked_shape(input: Tensor, shape: tuple, op: str) -> None:
     n = input.data.size
     known = int(np.prod([s for s in shape if s != -1])) if shape else 1
     if shape.count(-1) > 1 or (-1 not in shape and known != n) or (
             -1 in shape and (known == 0 or n % known)):
-        raise RuntimeError(f"reshape: shape {shape} is invalid for input of shape "
+        raise RuntimeError(f"{op}: shape {shape} is invalid for input of shape "
                            f"{tuple(input.shape)} ({n} elements)")
-    return _view_of(Reshape.apply(input, shape=shape), input)
 
 
-view = reshape
+def reshape(input: Tensor, *shape: Any) -> Tensor:
+    """A view of ``input`` with another shape where its strides allow one, else a copy
+    (PyTorch's rule).
+
+    >>> dlcore.arange(6).reshape(2, 3).shape
+    (2, 3)"""
+    shape = _shape_arg(shape)
+    if shape == input.data.shape:
+        return input
+    _checked_shape(input, shape, "reshape")
+    out = Reshape.apply(input, shape=shape)
+    if not _shares_memory(out.data, input.data, input.device.xp):
+        return out  # a copy: writes to it do not reach input
+    return _view_of(out, input, lambda t: Reshape.apply(t, shape=shape))
+
+
+def view(input: Tensor, *shape: Any) -> Tensor:
+    """A view of ``input`` with another shape, sharing its memory; raises where the strides
+    allow none (a transposed tensor, say), as PyTorch does: use reshape() or contiguous().
+
+    >>> dlcore.arange(6).view(3, 2).shape
+    (3, 2)"""
+    shape = _shape_arg(shape)
+    _checked_shape(input, shape, "view")
+    out = reshape(input, *shape)
+    if out is not input and not _shares_memory(out.data, input.data, input.device.xp):
+        raise RuntimeError(f"view: size {shape} is not compatible with the input's size and "
+                           f"stride (shape {tuple(input.shape)}, strides "
+                           f"{tuple(input.data.strides)}: a dimension spans non-contiguous "
+                           "memory); use .reshape(...) instead, or .contiguous() first")
+    return out
 
 
 def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
@@ -133,7 +189,7 @@ def permute(input: Tensor, *dims: Any) -> Tensor:
         raise RuntimeError(f"permute: dims {dims} is not a permutation")
     if nd == tuple(range(input.ndim)):
         return input
-    return _view_of(Permute.apply(input, dims=nd), input)
+    return _view_of(Permute.apply(input, dims=nd), input, lambda t: Permute.apply(t, dims=nd))
 
 
 def transpose(input: Tensor, dim0: int, dim1: int) -> Tensor:
@@ -176,7 +232,8 @@ def expand(input: Tensor, *sizes: Any) -> Tensor:
     target_t = tuple(target)
     if target_t == shp:
         return input
-    return _view_of(Expand.apply(input, shape=target_t), input)
+    return _view_of(Expand.apply(input, shape=target_t), input,
+                    lambda t: Expand.apply(t, shape=target_t), writable=False)
 
 
 def broadcast_to(input: Tensor, shape: Sequence[int]) -> Tensor:
@@ -275,10 +332,19 @@ class Slice(Function):
 
     def forward(self, x: Any, index: Any) -> Any:
         self.in_shape, self.index = x.shape, index
-        return x[index]
+        out = x[index]
+        if isinstance(out, np.generic):
+            # NOTE: NumPy returns a scalar copy when every dim is indexed by an int; with an
+            # Ellipsis it returns a 0-d view, so t[0].mul_(2) reaches t as in PyTorch
+            out = x[tuple(index) + (Ellipsis,)]
+        return out
 
     def backward(self, g: Tensor) -> tuple:
         return (SliceBackward.apply(g, shape=self.in_shape, index=self.index),)
+
+
+def _slice_replay(index: Any) -> Any:
+    return lambda t: Slice.apply(t, index=index)
 
 
 class SliceBackward(Function):
@@ -308,7 +374,7 @@ def split(tensor: Tensor, split_size_or_sections: Any, dim: int = 0) -> tuple[Te
     out, start = [], 0
     for s in sizes:
         index = (slice(None),) * d + (slice(start, start + s),)
-        out.append(_view_of(Slice.apply(tensor, index=index), tensor))
+        out.append(_view_of(Slice.apply(tensor, index=index), tensor, _slice_replay(index)))
         start += s
     return tuple(out)
 
@@ -367,7 +433,9 @@ def pad(input: Tensor, pad: Sequence[int], mode: str = "constant",
 class Flip(Function):
     def forward(self, x: Any, dims: tuple) -> Any:
         self.dims = dims
-        return self.device.xp.flip(x, axis=dims)
+        # NOTE: a copy, as PyTorch's flip: NumPy's flip is a view, which would let writes to
+        # the result change the input behind autograd's back
+        return self.device.xp.ascontiguousarray(self.device.xp.flip(x, axis=dims))
 
     def backward(self, g: Tensor) -> tuple:
         return (Flip.apply(g, dims=self.dims),)
