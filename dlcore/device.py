@@ -57,14 +57,17 @@ def cupy_import_error() -> str | None:
 
 
 class Device:
-    """A place for tensors: ``cpu``, ``cuda[:i]`` or ``emu`` (NumPy arrays, CUDA kernels
-    run by the CPU emulator). Devices are interned: ``device("cuda") is device("cuda:0")``."""
+    """A place for tensors: ``cpu``, ``cuda[:i]`` or ``emu[:i]`` (NumPy arrays, CUDA kernels
+    run by the CPU emulator). Devices are interned: ``device("cuda") is device("cuda:0")``,
+    ``device("emu") is device("emu:0")``. Like CUDA's, the emulated devices have a current one
+    per thread (``with device:``), and a kernel launched for another raises, so code that
+    would touch the wrong GPU fails here too."""
 
     __slots__ = ("type", "index", "_xp", "_kernels", "_contexts")
     _interned: dict[tuple[str, int | None], Device] = {}
 
     type: str  # "cpu", "cuda" or "emu"
-    index: int | None  # the GPU's ordinal on cuda, None otherwise
+    index: int | None  # the ordinal on cuda and on emu:1.., None on cpu and emu (emu:0)
     _xp: Any  # the array module, resolved on first use
     _kernels: Any  # the KernelRunner, built on first use
     _contexts: threading.local  # per-thread stack of `with device:` contexts
@@ -84,10 +87,14 @@ class Device:
             index = int(idx)
         if kind == "cuda":
             index = 0 if index is None else index
+        elif kind == "emu" and index not in (None, 0):
+            if not 0 < index < EMU_DEVICES:
+                raise ValueError(f"device: the emulator has devices emu:0 .. "
+                                 f"emu:{EMU_DEVICES - 1}, not emu:{index}")
         elif index not in (None, 0):
             raise ValueError(f"device: {kind} has no device index {index}")
         else:
-            index = None
+            index = None  # cpu, and emu:0 which is plain "emu"
         key = (kind, index)
         dev = cls._interned.get(key)
         if dev is None:
@@ -134,10 +141,22 @@ class Device:
         return self.index is None or self.index < device_count()
 
     def use(self) -> Any:
-        """Context manager making this device current for CuPy allocations and launches."""
+        """Context manager making this device current for allocations and launches (CuPy's
+        current device on cuda, the emulator's on emu)."""
         if self.type == "cuda":
             return self.xp.cuda.Device(self.index)
+        if self.type == "emu":
+            return _EmuCurrent(self.index or 0)
         return _NullContext()
+
+    def is_current(self) -> bool:
+        """Whether this is the current device of its kind in this thread (always true on cpu):
+        kernels for it must be launched only then."""
+        if self.type == "cuda":
+            return int(self.xp.cuda.runtime.getDevice()) == self.index
+        if self.type == "emu":
+            return getattr(_emu_current, "index", 0) == (self.index or 0)
+        return True
 
     def synchronize(self) -> None:
         """Wait until this device has finished the work queued on it (a no-op off the GPU,
@@ -250,6 +269,24 @@ class Device:
 
     def __reduce__(self) -> tuple:
         return (Device, (str(self),))
+
+
+EMU_DEVICES = 4  # emu:0 .. emu:3, enough to test multi-device code paths
+_emu_current = threading.local()  # .index: this thread's current emulated device (default 0)
+
+
+class _EmuCurrent:
+    """The emulator's ``cupy.cuda.Device(i)``: makes emu:i current in this thread."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_emu_current, "index", 0)
+        _emu_current.index = self.index
+
+    def __exit__(self, *exc: object) -> None:
+        _emu_current.index = self.previous
 
 
 class _NullContext:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import KernelCompileError
 from .family import CTYPES, KernelFamily, ctype, families
 from .sources import SOURCE_DIR, KernelSource, kernel_source, product_sources
@@ -53,7 +55,7 @@ class KernelRunner:
 
     def __init__(self, device: Any) -> None:
         self.device = device
-        self._modules: dict[KernelSource, Any] = {}
+        self._modules: dict[str, Any] = {}
         self._launchers: dict[tuple[Any, str], Launcher] = {}
         self._lock = threading.Lock()
 
@@ -70,14 +72,15 @@ class KernelRunner:
     def module(self, source: str | Path | KernelSource) -> Any:
         """The loaded module (``cupy.RawModule`` or ``emu.RawModule``) for a source."""
         src = kernel_source(source)
+        code = src.tagged_code()  # includes inlined: a header edit is a new module
         with self._lock:
-            mod = self._modules.get(src)
+            mod = self._modules.get(code)
             if mod is None:
                 with self.device.use():
                     mod = self._module_class()(
-                        code=src.tagged_code(), options=src.options(),
+                        code=code, options=src.options(),
                         name_expressions=list(src.name_expressions) or None)
-                self._modules[src] = mod
+                self._modules[code] = mod
         return mod
 
     def function(self, source: str | Path | KernelSource, name: str) -> Launcher:
@@ -95,14 +98,52 @@ class KernelRunner:
         mod = self.module(src)
         with self.device.use():
             kernel = _get_function(mod, src, name)
+        check = _argument_check(f"{src.name}:{name}", src.signature(name))
+        device = self.device
 
         def launch_kernel(grid: Dims, block: Dims, args: Sequence[Any],
                           shared_mem: int = 0) -> None:
+            check(args)
+            if not device.is_current():
+                raise RuntimeError(f"kernel {src.name}:{name}: launched for {device} while the "
+                                   f"current device is another one; launch under "
+                                   f"'with device:' (the tensors' device)")
             kernel(_as_dims(grid), _as_dims(block), tuple(args), shared_mem=shared_mem)
 
         launch_kernel.__qualname__ = f"{src.name}:{name}"
         self._launchers[key] = launch_kernel
         return launch_kernel
+
+
+def _argument_check(kernel: str, params: Sequence[Any]) -> Callable[[Sequence[Any]], None]:
+    """A check of a launch's arguments against the kernel's declared parameters: an array
+    for each pointer, of the pointee's dtype; a NumPy scalar of the exact type for each
+    scalar (CuPy checks neither: an int64 array passed as ``const int*`` or a Python int as
+    ``int`` silently corrupts). Types the table in :mod:`dlcore.kernels.sources` does not
+    know are not checked."""
+    checked = tuple((i, p) for i, p in enumerate(params) if p.dtype is not None)
+    count = len(params)
+
+    def check(args: Sequence[Any]) -> None:
+        if count and len(args) != count:
+            raise TypeError(f"kernel {kernel}: takes {count} arguments "
+                            f"({', '.join(p.name for p in params)}), got {len(args)}")
+        for i, p in checked:
+            arg = args[i]
+            if p.pointer:
+                dtype = getattr(arg, "dtype", None)
+                if dtype is None or isinstance(arg, np.generic):
+                    raise TypeError(f"kernel {kernel}: parameter '{p.name}' is {p.ctype}*, an "
+                                    f"array of {p.dtype}; got {type(arg).__name__}")
+                if dtype is not p.dtype and dtype != p.dtype:
+                    raise TypeError(f"kernel {kernel}: parameter '{p.name}' is {p.ctype}*, an "
+                                    f"array of {p.dtype}; got an array of {dtype}")
+            elif type(arg) is not p.dtype.type:
+                got = (f"a NumPy {arg.dtype} scalar" if isinstance(arg, np.generic)
+                       else f"{type(arg).__name__} {arg!r}")
+                raise TypeError(f"kernel {kernel}: parameter '{p.name}' is {p.ctype}, a NumPy "
+                                f"{p.dtype} scalar; got {got}")
+    return check
 
 
 def _get_function(module: Any, src: KernelSource, name: str) -> Any:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda_src"
 
 _INSTANTIATE = re.compile(r"^[ \t]*//[ \t]*dlcore:[ \t]*instantiate[ \t]+(.+?)[ \t]*$", re.M)
@@ -29,6 +31,44 @@ _GLOBAL = re.compile(
     r"void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(?P<name>[A-Za-z_]\w*)\s*\(")
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _LAST_IDENT = re.compile(r"([A-Za-z_]\w*)\s*(?:\[[^\]]*\]\s*)*(?:=.*)?$", re.S)
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.M)
+_TEMPLATE = re.compile(r"template\s*<(?P<params>[^;{}]*)>\s*$")
+_QUALIFIERS = re.compile(r"\b(?:const|volatile|__restrict__|__restrict|restrict)\b")
+
+# C types of kernel parameters -> the NumPy dtype an argument must have (pointee type for a
+# pointer, the scalar's type otherwise). A type not listed here is not checked.
+C_DTYPES: dict[str, np.dtype] = {
+    "float": np.dtype(np.float32), "double": np.dtype(np.float64),
+    "__half": np.dtype(np.float16), "half": np.dtype(np.float16),
+    "signed char": np.dtype(np.int8), "char": np.dtype(np.int8),
+    "unsigned char": np.dtype(np.uint8), "bool": np.dtype(np.bool_),
+    "short": np.dtype(np.int16), "unsigned short": np.dtype(np.uint16),
+    "int": np.dtype(np.int32), "int32_t": np.dtype(np.int32),
+    "unsigned int": np.dtype(np.uint32), "unsigned": np.dtype(np.uint32),
+    "uint32_t": np.dtype(np.uint32),
+    "long long": np.dtype(np.int64), "long long int": np.dtype(np.int64),
+    "int64_t": np.dtype(np.int64), "index_t": np.dtype(np.int64),
+    "dl::index_t": np.dtype(np.int64),
+    "unsigned long long": np.dtype(np.uint64), "uint64_t": np.dtype(np.uint64),
+    "size_t": np.dtype(np.uint64),
+}
+# Pointers to vector types read arrays of their element type (reinterpreted loads).
+C_DTYPES_OF_POINTEE = {**C_DTYPES, "float2": np.dtype(np.float32),
+                       "float4": np.dtype(np.float32), "int2": np.dtype(np.int32),
+                       "int4": np.dtype(np.int32), "double2": np.dtype(np.float64),
+                       "__half2": np.dtype(np.float16)}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel parameter: its name, its C type with template arguments substituted and
+    qualifiers dropped (``"float"``), whether it is a pointer, and the NumPy dtype an
+    argument for it must have (None when the type is not one of :data:`C_DTYPES`)."""
+
+    name: str
+    ctype: str
+    pointer: bool
+    dtype: np.dtype | None
 
 
 def strip_comments(code: str) -> str:
@@ -91,6 +131,47 @@ class KernelSource:
             params[m.group("name")] = tuple(n for n in names if n != "void")
         return params
 
+    def signature(self, entry: str) -> tuple[Param, ...]:
+        """The parameters of entry point ``entry`` (``"name"`` or ``"name<float>"``), with the
+        template's arguments substituted: what a launch's arguments are checked against."""
+        return self._signatures.get(entry) or self._signature(entry)
+
+    @cached_property
+    def _signatures(self) -> dict[str, tuple[Param, ...]]:
+        return {}
+
+    def _signature(self, entry: str) -> tuple[Param, ...]:
+        name, _, rest = entry.partition("<")
+        name = name.strip()
+        args = split_top_level(rest.rstrip()[:-1]) if rest else []
+        code = strip_comments(self.code)
+        for m in _GLOBAL.finditer(code):
+            if m.group("name") != name:
+                continue
+            template = _TEMPLATE.search(code, 0, m.start())
+            names: list[str] = []
+            if template is not None and template.end() >= len(code[:m.start()].rstrip()):
+                names = [split_top_level(p, " ")[-1] if " " in p else p
+                         for p in split_top_level(template.group("params"))]
+            subst = dict(zip(names, args))
+            close = _matching_paren(code, m.end() - 1)
+            params = []
+            for i, text in enumerate(split_top_level(code[m.end():close])):
+                if text == "void":
+                    continue
+                ident = _LAST_IDENT.search(text)
+                pname = ident.group(1) if ident else f"#{i}"
+                decl = text[:ident.start()] if ident else text
+                pointer = "*" in decl
+                base = " ".join(_QUALIFIERS.sub(" ", decl.replace("*", " ")).split())
+                base = " ".join(subst.get(w, w) for w in base.split())
+                table = C_DTYPES_OF_POINTEE if pointer else C_DTYPES
+                params.append(Param(pname, base, pointer, table.get(base)))
+            result = tuple(params)
+            self._signatures[entry] = result
+            return result
+        return ()
+
     @cached_property
     def extern_c_kernels(self) -> tuple[str, ...]:
         """Names of the ``extern "C" __global__`` entry points."""
@@ -102,10 +183,44 @@ class KernelSource:
         """Every name a caller may fetch: extern "C" kernels, then declared instantiations."""
         return self.extern_c_kernels + self.name_expressions
 
+    @cached_property
+    def expanded_code(self) -> str:
+        """The code with its quoted ``#include`` files inlined (recursively, each file once, as
+        ``#pragma once`` would), framed by ``#line`` markers so messages still name the right
+        file and line. Compile caches keyed on the code text (CuPy's on-disk cache, the
+        emulator's) then see an edit of a header alone."""
+        seen: set[Path] = set()
+
+        def expand(text: str, name: str) -> str:
+            out, last, line = [], 0, 1
+            for m in _INCLUDE.finditer(text):
+                path = self._find(m.group(1))
+                if path is None:
+                    continue  # left to the compiler, which reports it
+                line += text.count("\n", last, m.start())
+                out.append(text[last:m.start()])
+                if path not in seen:
+                    seen.add(path)
+                    out.append(f'#line 1 "{path.name}"\n'
+                               f"{expand(path.read_text(), path.name)}\n")
+                out.append(f'#line {line + 1} "{name}"')
+                last = m.end()
+            out.append(text[last:])
+            return "".join(out)
+
+        return expand(self.code, self.name)
+
+    def _find(self, header: str) -> Path | None:
+        for d in self.include_dirs:
+            path = Path(d, header)
+            if path.is_file():
+                return path.resolve()
+        return None
+
     def tagged_code(self) -> str:
-        """The code with a ``#line`` marker, so NVRTC and g++ report errors against this file's
-        name rather than a temporary one."""
-        return f'#line 1 "{self.name}"\n{self.code}'
+        """The code, includes inlined (:attr:`expanded_code`), with a ``#line`` marker, so
+        NVRTC and g++ report errors against this file's name rather than a temporary one."""
+        return f'#line 1 "{self.name}"\n{self.expanded_code}'
 
     def options(self) -> tuple[str, ...]:
         """Compiler options shared by NVRTC (CuPy) and the emulator build."""

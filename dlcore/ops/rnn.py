@@ -53,6 +53,11 @@ class RNNLayerFunction(Function):
 
     def forward(self, x: Any, h0: Any, *rest: Any, mode: str, reverse: bool,
                 lengths: Any) -> tuple:
+        with self.device:  # every allocation and launch on the tensors' device
+            return self._forward(x, h0, *rest, mode=mode, reverse=reverse, lengths=lengths)
+
+    def _forward(self, x: Any, h0: Any, *rest: Any, mode: str, reverse: bool,
+                 lengths: Any) -> tuple:
         xp = self.device.xp
         lstm, gru = mode == "lstm", mode == "gru"
         params = rest[1:] if lstm else rest
@@ -127,6 +132,11 @@ class RNNLayerFunction(Function):
 
     def backward(self, gy: Tensor | None, gh_n: Tensor | None,
                  gc_n: Tensor | None = None) -> tuple:
+        with self.device:
+            return self._backward(gy, gh_n, gc_n)
+
+    def _backward(self, gy: Tensor | None, gh_n: Tensor | None,
+                  gc_n: Tensor | None = None) -> tuple:
         if is_grad_enabled():
             raise RuntimeError("RNNLayerFunction: double backward (create_graph=True) through "
                                "a fused recurrent layer is not supported")

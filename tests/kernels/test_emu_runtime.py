@@ -126,12 +126,15 @@ def test_invalid_launches_are_rejected(grid, block, shared_mem, message) -> None
 
 
 def test_wrong_argument_count_and_kind() -> None:
+    """The emulator's own checks (the launch layer checks first, with the declared types:
+    tests/kernels/test_launch_layer.py), so the module's function is called directly."""
+    run = EMU.kernels.module(SOURCE).get_function("indices")
     with pytest.raises(EmulatorError, match="takes 1 arguments but got 2"):
-        _run("indices", (1,), (1,), (np.zeros(1, np.int32), np.int32(0)))
+        run((1,), (1,), (np.zeros(1, np.int32), np.int32(0)))
     with pytest.raises(EmulatorError, match="pointer parameter but got a scalar"):
-        _run("indices", (1,), (1,), (np.int32(0),))
+        run((1,), (1,), (np.int32(0),))
     with pytest.raises(EmulatorError, match="not C-contiguous"):
-        _run("indices", (1,), (1,), (np.zeros((4, 4), np.int32)[:, 1],))
+        run((1,), (1,), (np.zeros((4, 4), np.int32)[:, 1],))
 
 
 def test_raw_module_mirrors_cupy(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -80,11 +80,16 @@ def test_nvrtc_log_is_parsed() -> None:
 
 
 def test_scalar_of_the_wrong_size_is_rejected() -> None:
+    """The emulator's own check, under the launch layer's (tests/kernels/test_launch_layer.py):
+    the module's function called directly still refuses a scalar of the wrong width."""
     x = np.ones(4, np.float32)
-    run = EMU.kernels.function(CU_DIR / "samples.cu", "scale<float>")
+    run = EMU.kernels.module(CU_DIR / "samples.cu").get_function("scale<float>")
     with pytest.raises(Exception,
                        match=r"argument 'alpha' \(#2\): the kernel takes a 4-byte scalar"):
         run((1,), (32,), (x, x.copy(), 2.0, np.int64(4)))
+    with pytest.raises(TypeError, match=r"parameter 'alpha' is float, a NumPy float32 scalar"):
+        EMU.kernels.function(CU_DIR / "samples.cu", "scale<float>")(
+            (1,), (32,), (x, x.copy(), 2.0, np.int64(4)))
 
 
 def test_wheel_ships_kernel_sources(tmp_path: Path) -> None:
