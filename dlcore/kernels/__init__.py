@@ -15,8 +15,9 @@ compiled lazily, on the first fetch of one of their functions, never at import t
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .sources import SOURCE_DIR, KernelSource, kernel_source, product_sources
 
 __all__ = ["CTYPES", "KernelCompileError", "KernelFamily", "KernelRunner", "KernelSource",
            "SOURCE_DIR", "ceil_div", "ctype", "families", "grid_1d", "kernel_source", "launch",
-           "product_sources", "runner_for"]
+           "product_sources", "runner_for", "stubbed_launches"]
 
 Dims = int | Sequence[int]
 Launcher = Callable[..., None]
@@ -108,7 +109,10 @@ class KernelRunner:
                 raise RuntimeError(f"kernel {src.name}:{name}: launched for {device} while the "
                                    f"current device is another one; launch under "
                                    f"'with device:' (the tensors' device)")
-            kernel(_as_dims(grid), _as_dims(block), tuple(args), shared_mem=shared_mem)
+            dims = _as_dims(grid), _as_dims(block)
+            if _stubbed.depth:
+                return  # measuring the host cost: everything but the launch itself
+            kernel(*dims, tuple(args), shared_mem=shared_mem)
 
         launch_kernel.__qualname__ = f"{src.name}:{name}"
         self._launchers[key] = launch_kernel
@@ -158,6 +162,25 @@ def _get_function(module: Any, src: KernelSource, name: str) -> Any:
             raise
         log = exc.get_message() if hasattr(exc, "get_message") else str(exc)
         raise KernelCompileError.from_nvrtc_log(src.name, log) from None
+
+
+class _Stubbed(threading.local):
+    depth = 0
+
+
+_stubbed = _Stubbed()
+
+
+@contextlib.contextmanager
+def stubbed_launches() -> Iterator[None]:
+    """Within it (in this thread) launches do everything but launch: argument checks, grid
+    arithmetic, marshalling; results stay unwritten. For measuring host cost per op
+    (``dlcore bench launch``), never for computing."""
+    _stubbed.depth += 1
+    try:
+        yield
+    finally:
+        _stubbed.depth -= 1
 
 
 _runners: dict[Any, KernelRunner] = {}

@@ -23,12 +23,11 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
            flags: int) -> None:
     param = arrays[0]
     xp, cast = device.xp, param.dtype.type
-    # NOTE: an unused state slot gets its own dummy, never an alias of another argument:
-    # the checked emulator copies arguments out and back, so aliases would clobber.
-    with device:
-        args = [xp.empty(1, dtype=param.dtype) if a is None else a for a in arrays]
     n = int(param.size)
-    args += [np.int64(n), *[cast(s) for s in scalars], np.int32(flags)]
     run = device.kernels.function(SOURCE, f"{rule}<{ctype(param.dtype)}>")
     with device:
+        # NOTE: an unused state slot gets its own dummy, never an alias of another argument:
+        # the checked emulator copies arguments out and back, so aliases would clobber.
+        args = [xp.empty(1, dtype=param.dtype) if a is None else a for a in arrays]
+        args += [np.int64(n), *[cast(s) for s in scalars], np.int32(flags)]
         run(grid_1d(n, THREADS, MAX_BLOCKS), (THREADS,), args)

@@ -13,6 +13,7 @@ they need no atomics and give the same bits on every run.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ def _launch(device: Any, name: str, n_items: int, args: tuple) -> None:
     device.kernels.function(SOURCE, name)(grid_1d(n_items, THREADS, MAX_BLOCKS), (THREADS,), args)
 
 
+@functools.lru_cache(maxsize=1024)
 def _ints(*values: int) -> tuple[np.int32, ...]:
     return tuple(np.int32(v) for v in values)
 

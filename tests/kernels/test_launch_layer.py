@@ -131,3 +131,19 @@ def test_optimizer_steps_run_under_the_parameters_device(name: str) -> None:
             opt.step()
         results[device] = p.numpy().copy()
     np.testing.assert_array_equal(results["emu"], results["emu:1"])
+
+
+def test_stubbed_launches_still_check_but_do_not_run() -> None:
+    """What `dlcore bench launch` times as host cost per op: everything but the launch."""
+    from dlcore.kernels import stubbed_launches
+
+    dev = Device("emu")
+    args = _adam_args(np)
+    run = dev.kernels.function("optim.cu", "adam_step<float>")
+    with stubbed_launches():
+        run((1,), (32,), args)
+        assert args[0][0] == 1.0  # not launched
+        with pytest.raises(TypeError, match="parameter 'n'"):
+            run((1,), (32,), args[:5] + [5] + args[6:])
+    run((1,), (32,), args)
+    assert args[0][0] != 1.0
