@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import compile_check
 from .errors import KernelCompileError
 from .family import CTYPES, KernelFamily, ctype, families
 from .sources import SOURCE_DIR, KernelSource, kernel_source, product_sources
@@ -77,9 +78,12 @@ class KernelRunner:
         with self._lock:
             mod = self._modules.get(code)
             if mod is None:
+                options = src.options()
+                if self.device.is_cuda:  # the emulator has its own versions of these headers
+                    options += tuple(f"-I{d}" for d in compile_check.cuda_include_dirs())
                 with self.device.use():
                     mod = self._module_class()(
-                        code=code, options=src.options(),
+                        code=code, options=options,
                         name_expressions=list(src.name_expressions) or None)
                 self._modules[code] = mod
         return mod

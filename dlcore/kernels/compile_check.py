@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import re
 import sys
 from collections.abc import Sequence
@@ -40,6 +41,27 @@ def _preload_nvrtc_wheel() -> None:
             return
 
 
+def cuda_include_dirs() -> tuple[str, ...]:
+    """The CUDA headers kernels may include beyond NVRTC's built-in ones (``cuda_fp16.h``,
+    ``cuda_bf16.h``, ``mma.h``, ``cuda_pipeline.h``, ``cooperative_groups.h``), from the CUDA
+    wheels of the NVRTC major version (``nvidia-cuda-runtime-cu12``; ``nvidia-cuda-nvcc-cu12``
+    for the ``crt/`` headers that ``mma.h`` includes) plus the libcu++ that CuPy bundles
+    (``nv/target``, which ``cooperative_groups.h`` includes), so no toolkit install is needed.
+    Empty when those wheels are absent (a GPU machine's CuPy then uses the toolkit's own)."""
+    dirs = []
+    for module, sub in (("nvidia.cuda_runtime", "include"), ("nvidia.cuda_nvcc", "include"),
+                        ("cupy", "_core/include/cupy/_cccl/libcudacxx")):
+        try:
+            spec = importlib.util.find_spec(module)  # found, not imported
+        except (ImportError, ValueError):
+            spec = None
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            include = Path(root, sub)
+            if include.is_dir():
+                dirs.append(str(include))
+    return tuple(dirs)
+
+
 def nvrtc_bindings() -> Any:
     """CuPy's NVRTC bindings, with libnvrtc loaded; raises ImportError with the reason."""
     from cupy_backends.cuda.libs import nvrtc  # CuPy is optional: imported only when used
@@ -60,7 +82,8 @@ def compile_for_arch(source: KernelSource, arch: int) -> bytes:
     try:
         for expr in source.name_expressions:
             nvrtc.addNameExpression(prog, expr)
-        options = [*source.options(), f"-arch=sm_{arch}"]
+        options = [*source.options(), *(f"-I{d}" for d in cuda_include_dirs()),
+                   f"-arch=sm_{arch}"]
         try:
             nvrtc.compileProgram(prog, options)
             failed = False
