@@ -18,8 +18,9 @@ from .dtypes import (bfloat16, bool, double, float, float16, float32, float64, g
                      half, int8, int16, int32, int64, long, set_default_dtype, uint8)
 from .ops import *  # noqa: F403
 from .io import load, save
+from .precision import autocast
 from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import Tensor
 
-from . import nn, optim  # noqa: E402  -- built on everything above
+from . import amp, nn, optim  # noqa: E402  -- built on everything above
 

@@ -23,6 +23,7 @@ from ..ops.conv import conv1d, conv2d, conv_transpose2d  # noqa: F401
 from ..ops.loss import (binary_cross_entropy, binary_cross_entropy_with_logits,  # noqa: F401
                         cross_entropy, huber_loss, kl_div, l1_loss, mse_loss, nll_loss,
                         smooth_l1_loss)
+from ..ops._util import float32_op, low_precision
 from ..ops.nn_ops import Elu, EmbeddingFunction, LinearFunction, NormAffine, Silu
 from ..ops.pool import (adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d,  # noqa: F401
                         max_pool2d)
@@ -35,6 +36,7 @@ def _shape(t: Tensor) -> tuple[int, ...]:
 
 
 # ---- linear --------------------------------------------------------------------------
+@low_precision
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``input @ weight.T + bias`` over the last dim of ``input``: (..., in) -> (..., out).
 
@@ -137,6 +139,7 @@ def _norm_affine(op: str, x: Tensor, weight: Tensor | None, bias: Tensor | None,
                             has_bias=bias is not None)
 
 
+@float32_op
 def batch_norm(input: Tensor, running_mean: Tensor | None,
                running_var: Tensor | None, weight: Tensor | None = None,
                bias: Tensor | None = None, training: bool = False, momentum: float = 0.1,
@@ -187,6 +190,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None,
     return y
 
 
+@float32_op
 def layer_norm(input: Tensor, normalized_shape: int | Sequence[int],
                weight: Tensor | None = None, bias: Tensor | None = None,
                eps: float = 1e-5) -> Tensor:
@@ -206,6 +210,7 @@ def layer_norm(input: Tensor, normalized_shape: int | Sequence[int],
     return _norm_affine("layer_norm", input, weight, bias, dims, eps)[0]
 
 
+@float32_op
 def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise (N, C, ...) over each group of ``C // num_groups`` channels and the

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
+from ..precision import cast_float32, cast_low, is_active
 from ..autograd import Function
 from ..dtypes import promote, scalar_result
 from ..tensor import Tensor
 
 SCALAR_TYPES = (int, float, bool, np.number, np.bool_)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def is_scalar(x: Any) -> bool:
@@ -87,3 +91,33 @@ def sum_to(g: Tensor, shape: tuple[int, ...]) -> Tensor:
     if g.data.shape == shape:
         return g
     return SumTo.apply(g, shape=shape)
+
+
+def _autocast_op(cast: Callable[..., tuple]) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def op(*args: Any, **kwargs: Any) -> Any:
+            if is_active():
+                args = _cast_tensors(cast, args)
+                kwargs = dict(zip(kwargs, _cast_tensors(cast, tuple(kwargs.values()))))
+            return fn(*args, **kwargs)
+        return op  # type: ignore[return-value]
+    return decorate
+
+
+def _cast_tensors(cast: Callable[..., tuple], values: tuple) -> tuple:
+    """``values`` with its Tensors passed through ``cast`` (together: one device decides)."""
+    where = [i for i, v in enumerate(values) if isinstance(v, Tensor)]
+    if not where:
+        return values
+    casted = cast(*[values[i] for i in where])
+    out = list(values)
+    for i, c in zip(where, casted):
+        out[i] = c
+    return tuple(out)
+
+
+# Decorators for the public functions of ops: under ``dlcore.autocast`` their Tensor
+# arguments are cast to the region's low dtype, or to float32 (see dlcore/autocast.py).
+low_precision = _autocast_op(cast_low)
+float32_op = _autocast_op(cast_float32)

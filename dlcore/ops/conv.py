@@ -30,6 +30,7 @@ from ..kernels import KernelFamily
 from ..tensor import Tensor
 from . import conv_cpu, conv_cuda
 from ._check import forward_backward, kwargs_case
+from ._util import low_precision
 from .shape import pad as pad_op
 
 Pair = tuple[int, int]
@@ -210,6 +211,7 @@ def _conv2d_nchw(x: Tensor, weight: Tensor, stride: Any, padding: Any, dilation:
 
 # ---- public functions ---------------------------------------------------------------------
 
+@low_precision
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
            stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
     """2-D cross-correlation over an NCHW input, PyTorch's ``F.conv2d``.
@@ -228,6 +230,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
     return y.squeeze(0) if unbatched else y
 
 
+@low_precision
 def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
            stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Tensor:
     """1-D cross-correlation over (N, C, L), PyTorch's ``F.conv1d``: the 2-D path with a
@@ -257,6 +260,7 @@ def _single(value: Any, name: str) -> int:
     return int(value[0])
 
 
+@low_precision
 def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
                      stride: Any = 1, padding: Any = 0, output_padding: Any = 0,
                      groups: int = 1, dilation: Any = 1) -> Tensor:

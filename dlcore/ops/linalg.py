@@ -6,7 +6,7 @@ from typing import Any
 
 from ..autograd import Function
 from ..tensor import Tensor
-from ._util import sum_to
+from ._util import low_precision, sum_to
 
 
 class MatMul(Function):
@@ -25,6 +25,7 @@ class MatMul(Function):
         return ga, gb
 
 
+@low_precision
 def matmul(input: Tensor, other: Tensor) -> Tensor:
     """Matrix product with PyTorch's rules for 1-D operands (a 1-D left operand is a row,
     a 1-D right operand a column, and the added dim is removed again).

@@ -21,6 +21,7 @@ import numpy as np
 from .. import autograd
 from ..autograd import Function
 from ..tensor import Tensor
+from ._util import float32_op
 from .elementwise import softplus, where
 from .reduce import log_softmax, softmax
 
@@ -185,6 +186,7 @@ class CrossEntropyIndices(Function):
         return (grad * (g.reshape(m, 1) if self.reduction == "none" else g),)
 
 
+@float32_op
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                   size_average: bool | None = None, ignore_index: int = -100,
                   reduce: bool | None = None, reduction: str = "mean",
@@ -233,6 +235,7 @@ def _cross_entropy_probs(input: Tensor, target: Tensor, weight: Any,
     return _reduce(-prod.sum(dim=class_dim), reduction)
 
 
+@float32_op
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
              size_average: bool | None = None, ignore_index: int = -100,
              reduce: bool | None = None, reduction: str = "mean") -> Tensor:
@@ -285,6 +288,7 @@ class BinaryCrossEntropy(Function):
         return gx, gt
 
 
+@float32_op
 def binary_cross_entropy(input: Tensor, target: Tensor,
                          weight: Tensor | None = None, size_average: bool | None = None,
                          reduce: bool | None = None, reduction: str = "mean") -> Tensor:
@@ -306,6 +310,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor,
     return _reduce(loss, reduction)
 
 
+@float32_op
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      weight: Tensor | None = None,
                                      size_average: bool | None = None,
@@ -335,6 +340,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
 
 
 # ---- regression ----------------------------------------------------------------------
+@float32_op
 def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
              reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Mean squared error.
@@ -348,6 +354,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     return _reduce(diff * diff, reduction)
 
 
+@float32_op
 def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
             reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Mean absolute error: robust to outliers, constant gradient.
@@ -360,6 +367,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     return _reduce((input - target).abs(), reduction)
 
 
+@float32_op
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
                    reduce: bool | None = None, reduction: str = "mean",
                    beta: float = 1.0) -> Tensor:
@@ -377,6 +385,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = No
     return _reduce(loss, reduction)
 
 
+@float32_op
 def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",
                delta: float = 1.0) -> Tensor:
     """``0.5 * d^2`` where ``|d| < delta``, else ``delta * (|d| - 0.5 * delta)``: smooth L1
@@ -393,6 +402,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",
 
 
 # ---- distributions -------------------------------------------------------------------
+@float32_op
 def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
            reduce: bool | None = None, reduction: str = "mean",
            log_target: bool = False) -> Tensor:

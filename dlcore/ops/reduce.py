@@ -11,7 +11,7 @@ import numpy as np
 from ..autograd import Function
 from ..dtypes import get_default_dtype, to_dtype
 from ..tensor import Tensor
-from ._util import cast, normalize_dim, normalize_dims, sum_to
+from ._util import cast, float32_op, normalize_dim, normalize_dims, sum_to
 from .elementwise import maximum, minimum
 from .index import scatter_add
 
@@ -216,6 +216,7 @@ def _float_for_mean(x: Tensor, op: str, dtype: Any = None) -> Tensor:
     return x
 
 
+@float32_op
 def sum(input: Tensor, dim: Any = None, keepdim: bool = False,
         dtype: Any = None) -> Tensor:
     """>>> dlcore.tensor([[1, 2], [3, 4]]).sum(dim=0).tolist()
@@ -228,12 +229,14 @@ def sum(input: Tensor, dim: Any = None, keepdim: bool = False,
     return Sum.apply(input, dims=dims, keepdim=keepdim)
 
 
+@float32_op
 def mean(input: Tensor, dim: Any = None, keepdim: bool = False,
          dtype: Any = None) -> Tensor:
     x = _float_for_mean(input, "mean", dtype)
     return Mean.apply(x, dims=normalize_dims(dim, x.ndim, "mean"), keepdim=keepdim)
 
 
+@float32_op
 def prod(input: Tensor, dim: int | None = None, keepdim: bool = False,
          dtype: Any = None) -> Tensor:
     if dtype is not None:
@@ -297,6 +300,7 @@ def argmin(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tens
     return _arg(input, dim, keepdim, "argmin")
 
 
+@float32_op
 def var(input: Tensor, dim: Any = None, unbiased: bool | None = None,
         keepdim: bool = False, correction: float | None = None) -> Tensor:
     """Variance; unbiased (``correction=1``) by default, as in PyTorch."""
@@ -307,11 +311,13 @@ def var(input: Tensor, dim: Any = None, unbiased: bool | None = None,
                      keepdim=keepdim)
 
 
+@float32_op
 def std(input: Tensor, dim: Any = None, unbiased: bool | None = None,
         keepdim: bool = False, correction: float | None = None) -> Tensor:
     return var(input, dim, unbiased, keepdim, correction).sqrt()
 
 
+@float32_op
 def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:
     x = _float_for_mean(input, "logsumexp") if input.data.dtype.kind == "f" else \
         cast(input, get_default_dtype())
@@ -321,11 +327,13 @@ def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:
     return LogSumExp.apply(x, dims=dims, keepdim=keepdim)
 
 
+@float32_op
 def softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
     x = cast(input, to_dtype(dtype)) if dtype is not None else input
     return Softmax.apply(x, dim=normalize_dim(dim, x.ndim, "softmax"))
 
 
+@float32_op
 def log_softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
     x = cast(input, to_dtype(dtype)) if dtype is not None else input
     return LogSoftmax.apply(x, dim=normalize_dim(dim, x.ndim, "log_softmax"))

@@ -36,6 +36,7 @@ from ..kernels import KernelFamily
 from ..tensor import Tensor
 from . import rnn_cpu, rnn_cuda
 from ._check import forward_backward, kwargs_case
+from ._util import low_precision
 
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
@@ -192,6 +193,7 @@ class RNNLayerFunction(Function):
                      for g, n in zip(grads, need))
 
 
+@low_precision
 def rnn_layer(input: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
               w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, mode: str,
               reverse: bool = False, lengths: Any = None) -> tuple[Tensor, ...]:

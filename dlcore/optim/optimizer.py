@@ -67,11 +67,14 @@ class _Bucket:
         self.flat = xp.empty(self.offsets[-1], dtype=self.dtype)
         self.grad = xp.empty_like(self.flat)
         self.views: list[Any] = []
+        self.grad_views: list[Any] = []  # each parameter's slice of the flat gradient buffer
         for i, p in enumerate(params):
             view = self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(p.data.shape)
             xp.copyto(view, p.data)
             p.data = view
             self.views.append(view)
+            self.grad_views.append(self.grad[self.offsets[i]:self.offsets[i + 1]]
+                                   .reshape(p.data.shape))
         self.state: dict[str, Any] = {}
         self.steps = np.zeros(len(params), dtype=np.int64)  # updates each parameter has had
 
@@ -118,6 +121,8 @@ class _Bucket:
         """The run's gradients copied into its slice of the flat gradient buffer."""
         lo, hi = self.offsets[first], self.offsets[last]
         dst = self.grad[lo:hi]
+        if all(_grad_of(self.params[i]).data is self.grad_views[i] for i in range(first, last)):
+            return dst  # already there (GradScaler.unscale_ gathered them)
         grads = [_grad_of(self.params[i]).data.reshape(-1) for i in range(first, last)]
         if len(grads) == 1:
             self.device.xp.copyto(dst, grads[0], casting="same_kind")
@@ -265,6 +270,26 @@ class Optimizer:
         :mod:`dlcore.ops.optim`: its name, its array arguments (``None`` for state an option
         leaves unused), its float scalars and its flag bits; ``step`` counts from 1."""
         raise NotImplementedError(f"{type(self).__name__}.update_rule")
+
+    def _unscale_grads_(self, inv_scale: float) -> bool:
+        """Multiply every gradient by ``inv_scale`` in place and say whether any is inf or
+        NaN (for ``dlcore.amp.GradScaler``): per bucket, the gradients are gathered into the
+        flat gradient buffer once, scaled and checked there in whole-buffer passes, and each
+        ``p.grad`` becomes a view of its slice, so ``step()`` (and a clip_grad_norm_ between
+        the two) work on the same memory without gathering again."""
+        found_inf = False
+        with autograd.no_grad():
+            for index in range(len(self.param_groups)):
+                for bucket in self._group_buckets(index):
+                    for first, last in bucket.runs():
+                        flat = bucket.gather_grads(first, last)
+                        flat *= flat.dtype.type(inv_scale)
+                        found_inf = found_inf or not bool(
+                            bucket.device.xp.isfinite(flat).all())
+                        for i in range(first, last):
+                            grad = _grad_of(bucket.params[i])
+                            grad.set_(Tensor._make(bucket.grad_views[i], bucket.device))
+        return found_inf
 
     # ---- state -----------------------------------------------------------------------
     @property
