@@ -338,6 +338,11 @@ class Module:
     def double(self) -> Module:
         return self.to(np.float64)
 
+    def half(self) -> Module:
+        """Cast floating point parameters and buffers to float16 (integer buffers such as
+        ``num_batches_tracked`` stay as they are), in place, as PyTorch's ``half``."""
+        return self.to(np.float16)
+
     # ---- state dict -----------------------------------------------------------------
     def state_dict(self, destination: dict | None = None, prefix: str = "",
                    keep_vars: bool = False) -> dict[str, Any]:

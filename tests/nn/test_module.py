@@ -271,3 +271,22 @@ def test_public_surface() -> None:
                  "group_norm", "embedding", "pad", "one_hot", "normalize", "cross_entropy",
                  "mse_loss"):
         assert callable(getattr(F, name)), name
+
+
+def test_half_and_float_cast_floating_state_only(tmp_path):
+    m = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    weight = m[0].weight
+    assert m.half() is m and m[0].weight is weight  # in place, the same Parameter
+    assert {p.dtype for p in m.parameters()} == {np.dtype(np.float16)}
+    assert m[1].running_mean.dtype == np.float16
+    assert m[1].num_batches_tracked.dtype == np.int64
+    y = m(dlcore.ones(4, 3).half())
+    assert y.dtype == np.float16
+    m.float()
+    assert {p.dtype for p in m.parameters()} == {np.dtype(np.float32)}
+    state = m.half().state_dict()
+    assert state["0.weight"].dtype == np.float16
+    dlcore.save(state, tmp_path / "half.safetensors")  # checkpoints keep float16
+    loaded = dlcore.load(tmp_path / "half.safetensors")
+    assert loaded["0.weight"].dtype == np.float16
+    np.testing.assert_array_equal(loaded["0.weight"].numpy(), state["0.weight"].numpy())
