@@ -43,7 +43,8 @@ PathLike = str | os.PathLike[str]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file is unreadable: truncated, corrupted, or not a dlcore checkpoint."""
+    """A checkpoint file is unreadable (truncated, corrupted, or not a dlcore checkpoint) or
+    could not be written (the previous file, if any, is then intact)."""
 
     def __init__(self, path: PathLike, problem: str) -> None:
         super().__init__(f"checkpoint {os.fspath(path)!r}: {problem}")
@@ -192,14 +193,56 @@ class _Decoder:
         return CheckpointError(self.path, f"damaged structure at {where}: {problem}")
 
 
+def _temporaries(path: Path) -> list[tuple[Path, int]]:
+    """The temporary files of saves to ``path`` (``.<name>.<pid>.<hex>.tmp``) and their
+    writers' process ids."""
+    found = []
+    prefix = f".{path.name}."
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid, _, token = name[len(prefix):-len(".tmp")].partition(".")
+        if pid.isdigit() and len(token) == 8:
+            found.append((entry, int(pid)))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what killed saves to ``path`` left behind: temporaries whose writer is gone
+    (a live writer's, another save in flight, stays)."""
+    for tmp, pid in _temporaries(path):
+        if not _alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
 def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
     """Run ``write(tmp)`` on a new temporary file next to ``path``, flush it to disk and
-    rename it over ``path``: readers see the old file or the new one, never a mix."""
+    rename it over ``path``: readers see the old file or the new one, never a mix. The one
+    temporary is removed on any failure, the temporaries of earlier writers that were killed
+    are removed first, and errors name ``path``, not the temporary."""
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # NOTE: safetensors writes its files with mode 0o600; creating the file ourselves first
     # learns the ordinary mode (0o666 less the umask), which the checkpoint then gets.
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         mode = os.stat(tmp).st_mode & 0o777
         write(os.fspath(tmp))
         os.chmod(tmp, mode)
@@ -209,7 +252,12 @@ def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        problem = str(exc).replace(os.fspath(tmp), os.fspath(path))
+        raise CheckpointError(path, f"could not be written ({type(exc).__name__}: "
+                                    f"{problem})") from exc
+    except BaseException:  # KeyboardInterrupt, SystemExit: clean up, then let it through
         tmp.unlink(missing_ok=True)
         raise
     if os.name == "posix":  # make the rename itself durable

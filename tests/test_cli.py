@@ -238,3 +238,14 @@ def test_dockerfile_has_the_required_instructions() -> None:
     assert names.index("USER") < names.index("ENTRYPOINT")
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv"} <= set(ignored)
+
+
+def test_train_out_that_is_a_file_or_unwritable_prints_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["train", "cnn", "--out", str(a_file)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert main(["train", "cnn", "--out", str(a_file / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write there" in err and "Traceback" not in err

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from .. import cuda
 from ..bench import runner as bench_runner  # the CLI imports the bench, never the reverse
 from ..device import Device
+from ..io import CheckpointError
 from ..random import manual_seed
 from ..sysinfo import collect
 from ..train import (Options, ResumeError, TrainingDiverged, adding, classify, fit, gan,
@@ -46,6 +48,10 @@ def _threads(count: int | None) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path("runs") / args.task if args.out is None else Path(args.out)
+    problem = _unwritable(out)
+    if problem:
+        print(f"dlcore train {args.task}: --out {out}: {problem}", file=sys.stderr)
+        return 2
     for flag, value in (("--data", args.data), ("--pack", args.pack)):
         if value is not None and args.task != "gan":
             print(f"dlcore train {args.task}: {flag} applies to the gan task only",
@@ -75,6 +81,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"dlcore train {args.task}: stopped, the training diverged: {exc}. The "
                   f"checkpoint in {out} (if any) is the last good one.", file=sys.stderr)
             return 1
+        except CheckpointError as exc:  # e.g. the disk filled up mid-run
+            print(f"dlcore train {args.task}: {exc}", file=sys.stderr)
+            return 1
         except ResumeError as exc:
             print(f"dlcore train {args.task}: {exc}", file=sys.stderr)
             return 2
@@ -92,6 +101,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
           + (", samples.png" if args.task == "gan" else "")
           + (", samples.npy" if args.task == "gan" and options.data == "ring" else ""))
     return 0
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the output folder cannot be used (None: it can): made if missing, then probed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError:
+        return "exists and is not a folder"
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
+    return None
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
