@@ -68,7 +68,9 @@ def max_pool2d_backward(device: Any, gy: Any, indices: Any, x_shape: tuple[int, 
         gy, indices = xp.ascontiguousarray(gy), xp.ascontiguousarray(indices)
         _, _, h, w = x_shape
         _, _, ho, wo = gy.shape
-        gx = xp.zeros(tuple(x_shape), dtype=gy.dtype)
+        # every element is written by the gather kernel: no zero fill, except when no
+        # window exists (then nothing is launched and the gradient is zero)
+        gx = (xp.empty if gy.size else xp.zeros)(tuple(x_shape), dtype=gy.dtype)
         if gx.size and gy.size:
             _launch(device, f"maxpool2d_backward<{ctype(gy.dtype)}>", gx.size,
                     (gy, indices, gx, np.int64(gx.size),
@@ -105,7 +107,9 @@ def avg_pool2d_backward(device: Any, gy: Any, x_shape: tuple[int, ...], kernel: 
         gy = xp.ascontiguousarray(gy)
         _, _, h, w = x_shape
         _, _, ho, wo = gy.shape
-        gx = xp.zeros(tuple(x_shape), dtype=gy.dtype)
+        # every element is written by the gather kernel: no zero fill, except when no
+        # window exists (then nothing is launched and the gradient is zero)
+        gx = (xp.empty if gy.size else xp.zeros)(tuple(x_shape), dtype=gy.dtype)
         if gx.size and gy.size:
             _launch(device, f"avgpool2d_backward<{ctype(gy.dtype)}>", gx.size,
                     (gy, gx, np.int64(gx.size),
