@@ -9,7 +9,8 @@
 
 from . import autograd, cuda, data, dtypes, io
 from ._version import __version__
-from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from . import accelerator, backends, utils
+from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy, full,
                        full_like, linspace, ones, ones_like, rand, rand_like, randint, randn,
                        randn_like, randperm, tensor, zeros, zeros_like)

@@ -95,6 +95,22 @@ class no_grad(_ModeContext):
     mode = False
 
 
+class inference_mode(_ModeContext):
+    """PyTorch's ``inference_mode``: no gradient recording (dlcore's ``no_grad``; dlcore has
+    no separate inference tensors). ``inference_mode(False)`` leaves the mode as it is."""
+
+    def __init__(self, mode: bool = True) -> None:
+        self.active = bool(mode)
+
+    def __enter__(self) -> None:
+        self.prev = _mode.enabled
+        if self.active:
+            _mode.enabled = False
+
+    def __call__(self, fn: Callable) -> Callable:
+        return _decorate(fn, False) if self.active else fn
+
+
 class enable_grad(_ModeContext):
     """Enable gradient recording inside a ``no_grad`` region."""
 

@@ -288,6 +288,12 @@ class Tensor:
             raise TypeError("iteration over a 0-d tensor")
         return (self[i] for i in range(self.data.shape[0]))
 
+    def __format__(self, spec: str) -> str:
+        """A one-element tensor formats as its value (``f"{loss:.3f}"``), as in PyTorch."""
+        if self.data.size == 1 and self.data.ndim == 0:
+            return format(self.item(), spec)
+        return object.__format__(self, spec) if spec else repr(self)
+
     def __repr__(self) -> str:
         body = np.array2string(self.numpy(), separator=", ", precision=4,
                                prefix="tensor(")
@@ -339,6 +345,18 @@ class Tensor:
 
     def __rmatmul__(self, other: Any) -> Tensor:
         return ops.matmul(other, self)
+
+    def __floordiv__(self, other: Any) -> Tensor:
+        return ops.floor_divide(self, other)
+
+    def __rfloordiv__(self, other: Any) -> Tensor:
+        return ops.floor_divide(other, self)
+
+    def __mod__(self, other: Any) -> Tensor:
+        return ops.remainder(self, other)
+
+    def __rmod__(self, other: Any) -> Tensor:
+        return ops.remainder(other, self)
 
     def __neg__(self) -> Tensor:
         return ops.neg(self)
@@ -509,6 +527,27 @@ class Tensor:
     def isfinite(self) -> Tensor:
         return ops.isfinite(self)
 
+    def isinf(self) -> Tensor:
+        return ops.isinf(self)
+
+    def floor_divide(self, other: Any) -> Tensor:
+        return ops.floor_divide(self, other)
+
+    def remainder(self, other: Any) -> Tensor:
+        return ops.remainder(self, other)
+
+    def all(self, dim: _int | None = None, keepdim: _bool = False) -> Tensor:
+        return ops.all(self, dim, keepdim)
+
+    def any(self, dim: _int | None = None, keepdim: _bool = False) -> Tensor:
+        return ops.any(self, dim, keepdim)
+
+    def tril(self, diagonal: _int = 0) -> Tensor:
+        return ops.tril(self, diagonal)
+
+    def triu(self, diagonal: _int = 0) -> Tensor:
+        return ops.triu(self, diagonal)
+
     def logical_not(self) -> Tensor:
         return ops.logical_not(self)
 
@@ -622,8 +661,47 @@ class Tensor:
     def flip(self, dims: Any) -> Tensor:
         return ops.flip(self, dims)
 
+    def narrow(self, dim: _int, start: _int, length: _int) -> Tensor:
+        return ops.narrow(self, dim, start, length)
+
     def contiguous(self) -> Tensor:
         return ops.contiguous(self)
+
+    def is_contiguous(self) -> _bool:
+        return _bool(self.data.flags.c_contiguous)
+
+    # ---- new tensors like this one (its dtype and device unless given) --------------------
+    def new_tensor(self, data: Any, dtype: Any = None, device: Any = None,
+                   requires_grad: _bool = False) -> Tensor:
+        return Tensor(data, dtype=self.dtype if dtype is None else dtype,
+                      device=self._device if device is None else device,
+                      requires_grad=requires_grad)
+
+    def new_full(self, size: Sequence[_int], fill_value: Any, dtype: Any = None,
+                 device: Any = None, requires_grad: _bool = False) -> Tensor:
+        dt = self.dtype if dtype is None else to_dtype(dtype)
+        dev = self._device if device is None else as_device(device)
+        with dev:
+            arr = dev.xp.full(tuple(size), fill_value, dtype=dt)
+        t = Tensor._make(arr, dev)
+        return t.requires_grad_() if requires_grad else t
+
+    def new_zeros(self, *size: Any, dtype: Any = None, device: Any = None,
+                  requires_grad: _bool = False) -> Tensor:
+        return self.new_full(_size_arg(size), 0, dtype, device, requires_grad)
+
+    def new_ones(self, *size: Any, dtype: Any = None, device: Any = None,
+                 requires_grad: _bool = False) -> Tensor:
+        return self.new_full(_size_arg(size), 1, dtype, device, requires_grad)
+
+    def new_empty(self, *size: Any, dtype: Any = None, device: Any = None,
+                  requires_grad: _bool = False) -> Tensor:
+        dt = self.dtype if dtype is None else to_dtype(dtype)
+        dev = self._device if device is None else as_device(device)
+        with dev:
+            arr = dev.xp.empty(_size_arg(size), dtype=dt)
+        t = Tensor._make(arr, dev)
+        return t.requires_grad_() if requires_grad else t
 
     def clone(self) -> Tensor:
         return ops.clone(self)
@@ -851,6 +929,13 @@ def parse_to_args(args: tuple, kwargs: dict, op: str) -> tuple[Device | None, An
             dtype = a
     return (None if device is None else Device(device),
             None if dtype is None else to_dtype(dtype))
+
+
+def _size_arg(size: tuple) -> tuple[_int, ...]:
+    """``(2, 3)`` or ``((2, 3),)`` -> ``(2, 3)``, as the ``new_*`` methods take sizes."""
+    if len(size) == 1 and isinstance(size[0], list | tuple):
+        size = tuple(size[0])
+    return tuple(_int(s) for s in size)
 
 
 def tensor_from_array(arr: Any) -> Tensor:

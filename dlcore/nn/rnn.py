@@ -246,6 +246,10 @@ class RNNBase(Module):
                              f"{arr.tolist()}")
         return arr.astype(np.int32)
 
+    def flatten_parameters(self) -> None:
+        """PyTorch compacts cuDNN's weight buffer here; dlcore's layers need no such step, so
+        this is a no-op kept for ported code."""
+
     def forward(self, input: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None,
                 lengths: Tensor | Sequence[int] | np.ndarray | None = None
                 ) -> tuple[Tensor, Tensor | tuple[Tensor, Tensor]]:

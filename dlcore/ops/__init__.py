@@ -6,10 +6,12 @@ from .elementwise import (abs, add, clamp, cos, div, eq, exp, ge, gelu, gt, isfi
                           softplus, sqrt, sub, tanh, where)
 from .index import gather, getitem, index_select, masked_fill, scatter_add, setitem
 from .linalg import bmm, matmul, mm
+from .logic import all, any, isinf, tril, triu
 from .reduce import (amax, amin, argmax, argmin, log_softmax, logsumexp, max, mean, min, prod,
                      softmax, std, sum, var)
-from .shape import (broadcast_to, cat, chunk, clone, contiguous, expand, flatten, flip, pad,
-                    permute, repeat, reshape, split, squeeze, stack, transpose, unbind,
+from .rounding import floor_divide, remainder
+from .shape import (broadcast_to, cat, chunk, clone, contiguous, expand, flatten, flip, narrow,
+                    pad, permute, repeat, reshape, split, squeeze, stack, transpose, unbind,
                     unflatten, unsqueeze, view)
 
 __all__ = [n for n in dir() if not n.startswith("_")]

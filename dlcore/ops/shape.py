@@ -445,3 +445,20 @@ def flip(input: Tensor, dims: Any) -> Tensor:
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     nd = tuple(normalize_dim(d, input.ndim, "flip") for d in dims)
     return Flip.apply(input, dims=nd)
+
+
+def narrow(input: Tensor, dim: int, start: int, length: int) -> Tensor:
+    """The ``length`` entries of ``dim`` from ``start`` on, a view (PyTorch's ``narrow``).
+
+    >>> dlcore.arange(5).narrow(0, 1, 3).tolist()
+    [1, 2, 3]
+    """
+    d = normalize_dim(dim, input.ndim, "narrow")
+    size = input.shape[d]
+    begin = start + size if start < 0 else start
+    if not 0 <= begin <= size or length < 0 or begin + length > size:
+        raise IndexError(f"narrow: start {start} + length {length} is out of range for dim "
+                         f"{dim} of size {size} (shape {tuple(input.shape)})")
+    index = (slice(None),) * d + (slice(begin, begin + length),)
+    return _view_of(Slice.apply(input, index=index), input, _slice_replay(index))
+

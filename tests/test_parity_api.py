@@ -1,0 +1,128 @@
+"""APIs ported PyTorch programs need: dlcore.accelerator, dlcore.utils.data, inference_mode,
+backends.cudnn, // and %, isinf/all/any, tril/triu, narrow, new_* and is_contiguous,
+__format__, LSTM.flatten_parameters. References are NumPy (and Python's own // and %)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from op_check import check, grad_ok, on, rand
+
+import dlcore
+import dlcore.nn as nn
+
+
+def test_accelerator_and_backends_as_ported_programs_use_them() -> None:
+    available = dlcore.accelerator.is_available()
+    assert available == dlcore.cuda.is_available()
+    device = (dlcore.accelerator.current_accelerator() if available
+              else dlcore.device("cpu"))
+    assert device.type in ("cuda", "cpu")
+    assert dlcore.accelerator.current_accelerator() is (dlcore.device("cuda") if available
+                                                        else None)
+    cudnn = dlcore.backends.cudnn
+    assert (cudnn.enabled, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic) == \
+        (True, True, False, False)
+    cudnn.benchmark = True  # what ported code does; accepted
+    cudnn.benchmark = False
+
+
+def test_utils_data_is_dlcore_data() -> None:
+    from dlcore.utils.data import DataLoader, TensorDataset, random_split
+
+    import dlcore.data
+
+    assert DataLoader is dlcore.data.DataLoader and TensorDataset is dlcore.data.TensorDataset
+    assert random_split is dlcore.data.random_split
+
+
+def test_inference_mode_disables_recording() -> None:
+    x = dlcore.ones(2, requires_grad=True)
+    with dlcore.inference_mode():
+        assert not (x * 2).requires_grad
+    with dlcore.inference_mode(False):
+        assert (x * 2).requires_grad
+
+    @dlcore.inference_mode()
+    def f(t: dlcore.Tensor) -> dlcore.Tensor:
+        return t * 2
+
+    assert not f(x).requires_grad and dlcore.is_grad_enabled()
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float64])
+def test_floor_divide_and_remainder_follow_python(device: str, dtype: type) -> None:
+    a = np.array([7, -7, 7, -7, 0], dtype=dtype)
+    b = np.array([3, 3, -3, -3, 5], dtype=dtype)
+    ta, tb = on(device, a), on(device, b)
+    check(ta // tb, np.array([x // y for x, y in zip(a, b)], dtype=dtype))
+    check(ta % tb, np.array([x % y for x, y in zip(a, b)], dtype=dtype))
+    check(ta % 4, np.array([x % 4 for x in a], dtype=dtype))
+    check(10 // ta[:4], np.array([10 // x for x in a[:4]], dtype=dtype))
+
+
+def test_remainder_gradient(device: str) -> None:
+    a = rand(6, seed=1) * 5
+    b = np.abs(rand(6, seed=2)) + 0.5
+    assert grad_ok(lambda x, y: x % y, [a, b], device)
+    x = on(device, a, requires_grad=True)
+    with pytest.raises(RuntimeError, match="FloorDivide is not differentiable"):
+        (x // 2.0).sum().backward()
+
+
+def test_isinf_all_any(device: str) -> None:
+    x = np.array([[1.0, np.inf, 0.0], [-np.inf, 2.0, 3.0]])
+    t = on(device, x)
+    check(t.isinf(), np.isinf(x))
+    check((t != 0).all(), np.array(np.all(x != 0)))
+    check((t != 0).all(1), np.all(x != 0, axis=1))
+    check(t.isinf().any(0, keepdim=True), np.any(np.isinf(x), axis=0, keepdims=True))
+    check(dlcore.any(t > 2.5), np.array(True))
+
+
+@pytest.mark.parametrize("diagonal", [-1, 0, 2])
+def test_tril_triu_values_and_gradients(device: str, diagonal: int) -> None:
+    x = rand(2, 3, 4, seed=3)
+    check(on(device, x).tril(diagonal), np.tril(x, diagonal))
+    check(on(device, x).triu(diagonal), np.triu(x, diagonal))
+    assert grad_ok(lambda t: t.tril(diagonal) * 2 + t.triu(diagonal), [x], device)
+    with pytest.raises(RuntimeError, match="tril: expected a tensor with at least 2 dims"):
+        on(device, np.ones(3)).tril()
+
+
+def test_narrow_is_a_view(device: str) -> None:
+    x = on(device, np.arange(12.0).reshape(3, 4))
+    n = x.narrow(1, -3, 2)
+    check(n, np.arange(12.0).reshape(3, 4)[:, 1:3])
+    n.fill_(0.0)
+    assert x.numpy()[:, 1:3].sum() == 0.0
+    with pytest.raises(IndexError, match="narrow: start 3 \\+ length 2 is out of range"):
+        x.narrow(1, 3, 2)
+
+
+def test_new_tensors_take_dtype_and_device_from_self(device: str) -> None:
+    base = on(device, np.ones(2, np.float64))
+    z = base.new_zeros(2, 3)
+    assert z.dtype == np.float64 and z.device is base.device and z.shape == (2, 3)
+    check(base.new_ones((3,)), np.ones(3))
+    check(base.new_full((2,), 7.0), np.full(2, 7.0))
+    assert base.new_empty(4).shape == (4,)
+    t = base.new_tensor([1, 2], dtype=dlcore.float32)
+    assert t.dtype == np.float32 and t.device is base.device
+    assert base.new_zeros(2, dtype=dlcore.int64, requires_grad=False).dtype == np.int64
+    assert base.is_contiguous() and not on(device, np.ones((2, 3))).t().is_contiguous()
+
+
+def test_format_of_a_zero_dim_tensor_is_its_value() -> None:
+    loss = dlcore.tensor(0.123456)
+    assert f"{loss:.3f}" == "0.123" and f"{dlcore.tensor(3)}" == "3"  # PyTorch's rule
+    assert f"{dlcore.ones(2)}" == repr(dlcore.ones(2))
+    with pytest.raises(TypeError):
+        f"{dlcore.ones(2):.3f}"
+
+
+def test_lstm_flatten_parameters_is_a_no_op() -> None:
+    lstm = nn.LSTM(3, 4)
+    before = {k: v.numpy().copy() for k, v in lstm.state_dict().items()}
+    assert lstm.flatten_parameters() is None
+    assert all(np.array_equal(before[k], v.numpy()) for k, v in lstm.state_dict().items())
