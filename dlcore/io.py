@@ -60,7 +60,7 @@ def save(obj: Any, path: PathLike) -> None:
     3
     """
     arrays: dict[str, np.ndarray] = {}
-    structure = _encode(obj, arrays, "obj")
+    structure = _encode(obj, arrays, "obj", set())
     metadata = {"dlcore.format": FORMAT,
                 "dlcore.structure": json.dumps(structure),
                 "dlcore.crc32": json.dumps({name: _crc32(a) for name, a in arrays.items()})}
@@ -103,9 +103,16 @@ def _crc32(array: np.ndarray) -> int:
     return zlib.crc32(np.require(array, requirements="C").reshape(-1).view(np.uint8).data)
 
 
-def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
+def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str, path: set[int]) -> Any:
     """The JSON node for ``obj``; its arrays are added to ``arrays``. ``where`` names the
-    position in the structure for error messages (``obj['model'][2]``)."""
+    position in the structure for error messages (``obj['model'][2]``); ``path`` holds the
+    ids of the containers enclosing it, so a structure that contains itself is refused
+    (instead of recursing until Python's limit)."""
+    if isinstance(obj, dict | list | tuple):
+        if id(obj) in path:
+            raise ValueError(f"save: the structure contains itself at {where}; checkpoints "
+                             "hold trees of containers")
+        path = path | {id(obj)}
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     if isinstance(obj, Tensor):
@@ -121,11 +128,11 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
             if not isinstance(key, str | int) or isinstance(key, bool):
                 raise TypeError(f"save: dict keys must be str or int, got "
                                 f"{type(key).__name__} {key!r} in {where}")
-            items.append([key, _encode(value, arrays, f"{where}[{key!r}]")])
+            items.append([key, _encode(value, arrays, f"{where}[{key!r}]", path)])
         return {"dict": items}
     if isinstance(obj, list | tuple):
         kind = "tuple" if isinstance(obj, tuple) else "list"
-        return {kind: [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]}
+        return {kind: [_encode(v, arrays, f"{where}[{i}]", path) for i, v in enumerate(obj)]}
     raise TypeError(f"save: cannot store {type(obj).__name__} at {where}; checkpoints hold "
                     "tensors, NumPy arrays, dicts, lists, tuples, int, float, str, bool, None")
 

@@ -18,9 +18,13 @@ _generators: dict[Device, Any] = {}
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every device's generator (existing and future ones)."""
+    """Seed every device's generator (existing and future ones). Any int64 is accepted, as
+    in PyTorch: a negative seed is taken modulo 2^64 (its two's-complement bits)."""
     global _seed
-    _seed = int(seed)
+    value = int(seed)
+    if not -2**63 <= value < 2**64:
+        raise ValueError(f"manual_seed: seed must fit in 64 bits, got {seed}")
+    _seed = value % 2**64
     _generators.clear()
 
 

@@ -126,3 +126,51 @@ def test_lstm_flatten_parameters_is_a_no_op() -> None:
     before = {k: v.numpy().copy() for k, v in lstm.state_dict().items()}
     assert lstm.flatten_parameters() is None
     assert all(np.array_equal(before[k], v.numpy()) for k, v in lstm.state_dict().items())
+
+
+# ---- bad input gets a clear error naming the op (or, where PyTorch gives one, a result) ---
+
+@pytest.mark.parametrize("layer", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_layers_take_a_zero_batch_and_refuse_zero_steps(device: str,
+                                                                   layer: type) -> None:
+    m = layer(3, 4, num_layers=2).to(device)
+    x = on(device, np.ones((5, 0, 3), np.float32), requires_grad=True)
+    out = m(x)
+    y = out[0]
+    assert tuple(y.shape) == (5, 0, 4)
+    y.sum().backward()
+    assert tuple(x.grad.shape) == (5, 0, 3)
+    with pytest.raises(RuntimeError, match=f"{layer.__name__}: expected a sequence length "
+                                           "above 0"):
+        m(on(device, np.ones((0, 2, 3), np.float32)))
+
+
+def test_repeat_with_a_negative_count_names_the_op() -> None:
+    with pytest.raises(RuntimeError, match=r"repeat: repeat counts must be non-negative, got "
+                                           r"\(-1,\)"):
+        dlcore.ones(2).repeat(-1)
+
+
+def test_masked_fill_with_a_mask_that_does_not_broadcast() -> None:
+    with pytest.raises(RuntimeError, match=r"masked_fill: mask of shape \(2,\) does not "
+                                           r"broadcast to the input's shape \(2, 3\)"):
+        dlcore.ones(2, 3).masked_fill(dlcore.tensor([True, False]), 0.0)
+
+
+def test_manual_seed_takes_any_int64_as_pytorch() -> None:
+    dlcore.manual_seed(-1)
+    a = dlcore.randn(3).numpy()
+    dlcore.manual_seed(2**64 - 1)  # the same 64 bits
+    np.testing.assert_array_equal(a, dlcore.randn(3).numpy())
+    with pytest.raises(ValueError, match="manual_seed: seed must fit in 64 bits"):
+        dlcore.manual_seed(2**64)
+
+
+def test_saving_a_structure_that_contains_itself_names_where(tmp_path) -> None:
+    d: dict = {"w": dlcore.ones(2)}
+    d["again"] = [d]
+    with pytest.raises(ValueError, match=r"save: the structure contains itself at "
+                                         r"obj\['again'\]\[0\]"):
+        dlcore.save(d, tmp_path / "x.safetensors")
+    shared = dlcore.ones(2)
+    dlcore.save({"a": [shared], "b": [shared]}, tmp_path / "ok.safetensors")  # a DAG is fine

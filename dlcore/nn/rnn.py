@@ -263,6 +263,9 @@ class RNNBase(Module):
         if batched and self.batch_first:
             x = x.transpose(0, 1)
         T, N, features = x.shape
+        if T == 0:  # PyTorch refuses it too; a zero batch (N == 0) gives empty outputs
+            raise RuntimeError(f"{owner}: expected a sequence length above 0, got input of "
+                               f"shape {tuple(input.shape)}")
         if features != self.input_size:
             raise RuntimeError(f"{owner}: input has {features} features, expected "
                                f"{self.input_size} (input shape {tuple(input.shape)})")

@@ -241,6 +241,11 @@ def masked_fill(input: Tensor, mask: Tensor, value: Any) -> Tensor:
     """``value`` where ``mask`` is True (mask broadcasts), differentiable w.r.t. input."""
     if not isinstance(mask, Tensor) or mask.dtype != np.bool_:
         raise TypeError("masked_fill: mask must be a bool tensor")
+    try:
+        np.broadcast_shapes(tuple(mask.shape), tuple(input.shape))
+    except ValueError:
+        raise RuntimeError(f"masked_fill: mask of shape {tuple(mask.shape)} does not broadcast "
+                           f"to the input's shape {tuple(input.shape)}") from None
     if isinstance(value, Tensor):
         value = value.to(input.dtype)
     else:

@@ -72,7 +72,7 @@ class RNNLayerFunction(Function):
 
         # the input projection of every step in one GEMM, with the biases folded in (GRU keeps
         # b_hn apart: the reset gate multiplies W_hn h + b_hn)
-        xg = (x.reshape(T * N, -1) @ w_ih.T).reshape(T, N, GH)
+        xg = (x.reshape(T * N, x.shape[2]) @ w_ih.T).reshape(T, N, GH)
         b_hn = xp.zeros(H, dtype) if gru else None
         if len(params) == 4:
             b_ih, b_hh = params[2], params[3]
@@ -183,7 +183,7 @@ class RNNLayerFunction(Function):
         if self.lstm:
             grads[2] = dc
         if need[k]:
-            grads[k] = dxg2.T @ x.reshape(T * N, -1)
+            grads[k] = dxg2.T @ x.reshape(T * N, x.shape[2])
         if need[k + 1]:
             grads[k + 1] = dhg2.T @ self.h_prev.reshape(T * N, H)
         if len(need) > k + 2:

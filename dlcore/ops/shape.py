@@ -247,6 +247,8 @@ def repeat(input: Tensor, *sizes: Any) -> Tensor:
     if len(sizes) < input.ndim:
         raise RuntimeError(f"repeat: number of repeat dims {len(sizes)} is less than the "
                            f"tensor's dims {input.ndim}")
+    if any(r < 0 for r in sizes):
+        raise RuntimeError(f"repeat: repeat counts must be non-negative, got {sizes}")
     x = reshape(input, *((1,) * (len(sizes) - input.ndim) + input.shape))
     inter, final = [], []
     for r, s in zip(sizes, x.shape):
