@@ -49,9 +49,33 @@ class DataLoader:
                  drop_last: bool = False, collate_fn: Callable[[list], Any] | None = None,
                  generator: GeneratorLike = None, num_workers: int = 0, prefetch: int = 2,
                  device: str | Device | None = None,
-                 sampler: Sampler[int] | Sequence[int] | None = None) -> None:
+                 sampler: Sampler[int] | Sequence[int] | None = None, *,
+                 pin_memory: bool = False, persistent_workers: bool = False,
+                 worker_init_fn: Callable[[int], None] | None = None,
+                 prefetch_factor: int | None = None) -> None:
+        """PyTorch's names, with dlcore's meaning: workers are threads (``num_workers`` of
+        them; ``worker_init_fn(i)`` runs in worker ``i`` before it loads anything);
+        ``prefetch_factor`` batches per worker are prepared ahead (``prefetch`` counts them
+        in total); batches for a ``device="cuda"`` loader always go through pinned memory,
+        so ``pin_memory`` changes nothing (dlcore has no pinned CPU tensors); worker
+        threads are cheap to start, so ``persistent_workers`` is accepted and each epoch
+        starts its own."""
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"DataLoader: num_workers must be an int >= 0, got {num_workers!r}")
+        if persistent_workers and num_workers == 0:
+            raise ValueError("DataLoader: persistent_workers option needs num_workers > 0")
+        if prefetch_factor is not None:
+            if num_workers == 0:
+                raise ValueError("DataLoader: prefetch_factor option could only be specified "
+                                 "in multiprocessing; let num_workers > 0 to enable it")
+            if not isinstance(prefetch_factor, int) or prefetch_factor < 1:
+                raise ValueError(f"DataLoader: prefetch_factor must be an int >= 1, got "
+                                 f"{prefetch_factor!r}")
+            prefetch = prefetch_factor * num_workers
+        if worker_init_fn is not None and not callable(worker_init_fn):
+            raise TypeError("DataLoader: worker_init_fn must be callable")
+        self.pin_memory, self.persistent_workers = bool(pin_memory), bool(persistent_workers)
+        self.worker_init_fn = worker_init_fn
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
         if prefetch == 0 and num_workers > 0:
@@ -103,7 +127,7 @@ class DataLoader:
         if self.prefetch == 0:
             return _InlineIterator(work, make_batch, transfer)
         return _ThreadedIterator(_Pipeline(work, make_batch, max(1, self.num_workers),
-                                           self.prefetch), transfer)
+                                           self.prefetch, self.worker_init_fn), transfer)
 
 
 class _Pipeline:
@@ -116,8 +140,10 @@ class _Pipeline:
     """
 
     def __init__(self, work: Iterator[Any], make_batch: Callable[[Any], Staged],
-                 threads: int, prefetch: int) -> None:
+                 threads: int, prefetch: int,
+                 worker_init_fn: Callable[[int], None] | None = None) -> None:
         self._work, self._make_batch, self._prefetch = work, make_batch, prefetch
+        self._worker_init_fn = worker_init_fn
         self._work_lock = threading.Lock()
         self._cond = threading.Condition()
         self._results: dict[int, tuple[bool, Any]] = {}
@@ -126,12 +152,19 @@ class _Pipeline:
         self._in_flight = 0  # slots reserved by threads and not yet freed by the consumer
         self._end: int | None = None  # number of batches, once the work ran out
         self._stopped = False
-        self.threads = [threading.Thread(target=self._run, name=f"dlcore-loader-{i}",
-                                         daemon=True) for i in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=(i,),
+                                         name=f"dlcore-loader-{i}", daemon=True)
+                         for i in range(threads)]
         for thread in self.threads:
             thread.start()
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
+        if self._worker_init_fn is not None:
+            try:
+                self._worker_init_fn(worker)
+            except BaseException as exc:  # reported to the consumer like a batch's failure
+                self._fail_init(exc)
+                return
         while True:
             with self._cond:
                 while not self._done() and self._in_flight >= self._prefetch:
@@ -163,6 +196,17 @@ class _Pipeline:
             with self._cond:
                 self._results[n] = item
                 self._cond.notify_all()
+
+    def _fail_init(self, exc: BaseException) -> None:
+        """A worker's ``worker_init_fn`` raised: file it as the next batch's failure, so the
+        consumer raises it where it would have got that batch."""
+        with self._work_lock:
+            n = self._taken
+            self._taken += 1
+        with self._cond:
+            self._in_flight += 1  # the slot the consumer frees when it takes this result
+            self._results[n] = (False, exc)
+            self._cond.notify_all()
 
     def _done(self) -> bool:
         return self._stopped or self._end is not None

@@ -207,3 +207,35 @@ def test_argument_validation() -> None:
         DataLoader(_dataset(), batch_size=0)
     with pytest.raises(ValueError, match="num_workers"):
         DataLoader(_dataset(), num_workers=-1)
+
+
+def test_pytorch_worker_options_have_their_meaning():
+    """pin_memory, persistent_workers, worker_init_fn and prefetch_factor, as ported code
+    passes them: worker_init_fn runs once in each worker thread before it loads."""
+    ds = TensorDataset(dlcore.arange(20.0))
+    seen = []
+    loader = DataLoader(ds, batch_size=4, num_workers=2, pin_memory=True,
+                        persistent_workers=True, prefetch_factor=3,
+                        worker_init_fn=lambda i: seen.append((i, threading.current_thread().name)))
+    assert [b[0].tolist() for b in loader] == [[4.0 * k + j for j in range(4)] for k in range(5)]
+    assert sorted(seen) == [(0, "dlcore-loader-0"), (1, "dlcore-loader-1")]
+    assert loader.prefetch == 6  # 3 per worker
+
+
+def test_worker_init_fn_failure_reaches_the_consumer():
+    def bad(worker: int) -> None:
+        raise ValueError(f"init {worker} failed")
+
+    with pytest.raises(ValueError, match=r"init \d failed"):
+        list(DataLoader(TensorDataset(dlcore.arange(8.0)), batch_size=2, num_workers=2,
+                        worker_init_fn=bad))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"persistent_workers": True}, "persistent_workers option needs num_workers > 0"),
+    ({"prefetch_factor": 2}, "prefetch_factor option could only be specified"),
+    ({"num_workers": 1, "prefetch_factor": 0}, "prefetch_factor must be an int >= 1"),
+])
+def test_worker_options_misuse(options, message):
+    with pytest.raises(ValueError, match=message):
+        DataLoader(TensorDataset(dlcore.arange(4.0)), **options)
