@@ -86,9 +86,12 @@ def load(path: PathLike, map_location: str | Device | None = None) -> Any:
     if metadata.get("dlcore.format") != FORMAT or "dlcore.structure" not in metadata:
         raise CheckpointError(path, f"not a dlcore checkpoint (format "
                                     f"{metadata.get('dlcore.format')!r}, expected {FORMAT!r})")
+    if "dlcore.crc32" not in metadata:
+        raise CheckpointError(path, "no checksum table (dlcore.crc32): its entries cannot be "
+                                    "verified")
     try:
         structure = json.loads(metadata["dlcore.structure"])
-        checksums = json.loads(metadata.get("dlcore.crc32", "{}"))
+        checksums = json.loads(metadata["dlcore.crc32"])
     except json.JSONDecodeError as exc:
         raise CheckpointError(path, f"damaged structure metadata ({exc})") from exc
     for name, array in arrays.items():

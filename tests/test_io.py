@@ -219,8 +219,12 @@ def test_foreign_and_damaged_metadata_raise_checkpoint_error(tmp_path: Path) -> 
     with pytest.raises(io.CheckpointError, match="missing tensor entry"):
         io.load(path)
     safetensors.numpy.save_file({}, path, metadata={
-        "dlcore.format": "1", "dlcore.structure": '{"list": [1, '})
+        "dlcore.format": "1", "dlcore.structure": '{"list": [1, ', "dlcore.crc32": "{}"})
     with pytest.raises(io.CheckpointError, match="damaged structure"):
+        io.load(path)
+    safetensors.numpy.save_file({"0": np.zeros(2)}, path, metadata={  # checksums stripped
+        "dlcore.format": "1", "dlcore.structure": '{"ndarray": "0"}'})
+    with pytest.raises(io.CheckpointError, match="no checksum table"):
         io.load(path)
     with pytest.raises(FileNotFoundError):
         io.load(tmp_path / "absent")
