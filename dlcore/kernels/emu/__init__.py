@@ -6,13 +6,21 @@ run on NumPy arrays, so kernels can be developed and tested on machines without 
     mod = RawModule(code=src, options=("-std=c++17",), name_expressions=["scale<float>"])
     mod.get_function("scale<float>")((blocks,), (256,), (x, y, np.int32(n)))
 
-Threads of a block are fibers scheduled in a random (seeded) order between sync points; shared
-memory starts as 0xFF bytes; barrier divergence and warp-collective deadlocks raise
-:class:`EmulatorError`. Environment:
+Threads of a block are fibers scheduled in a random (seeded) order between sync points, and the
+blocks of a grid run one after another in a seeded order; shared memory starts as 0xFF bytes;
+barrier divergence and warp-collective deadlocks raise :class:`EmulatorError`, and so does a
+launch CUDA would refuse (a block over the kernel's ``__launch_bounds__``). A module made with
+``enable_cooperative_groups=True`` launches cooperatively, as CuPy's does: every block is
+resident at once and ``cooperative_groups::this_grid().sync()`` works; a grid larger than the
+emulated device holds at once raises (see ``dlcore_emu_coop.h``). ``cuda_pipeline.h``'s
+asynchronous copies land when the issuing thread waits for them. Arithmetic follows the GPU
+build: ``a * b + c`` contracts into a fused multiply-add and float denormals flush to zero (see
+``build.py``). Environment:
 
 * ``DLCORE_EMU_CHECK=1`` -- checked mode: out-of-bounds global (and dynamic shared) accesses
   raise :class:`EmulatorError` naming the argument, element and thread.
-* ``DLCORE_EMU_SEED=<int>`` -- the fiber-order seed (default 0), printed in every error.
+* ``DLCORE_EMU_SEED=<int>`` -- the fiber-order and block-order seed (default 0, whose block
+  order is the index order), printed in every error.
 * ``DLCORE_CACHE_DIR`` -- where built shared objects are cached (default ``~/.cache/dlcore``).
 """
 
@@ -139,11 +147,13 @@ class Function:
 class RawModule:
     """CuPy-compatible ``RawModule`` for the emulator: built lazily on the first
     :meth:`get_function`, from ``code`` or ``path``; ``name_expressions`` name the template
-    instantiations to generate (extern "C" kernels are found in the source)."""
+    instantiations to generate (extern "C" kernels are found in the source);
+    ``enable_cooperative_groups`` launches every kernel of the module cooperatively."""
 
     def __init__(self, code: str | None = None, path: str | os.PathLike[str] | None = None,
                  options: Sequence[str] = (),
-                 name_expressions: Sequence[str] | None = None) -> None:
+                 name_expressions: Sequence[str] | None = None, *,
+                 enable_cooperative_groups: bool = False) -> None:
         if path is not None and code is None:
             p = Path(path)
             self.source = KernelSource(p.name, p.read_text(), (str(p.parent.resolve()),))
@@ -156,6 +166,7 @@ class RawModule:
         self.filename = self.source.name
         self._flags = [o for o in options if o[:2] in ("-D", "-U", "-I")]
         self._entries = list(self.source.extern_c_kernels) + list(name_expressions or ())
+        self.enable_cooperative_groups = bool(enable_cooperative_groups)
         self._lib: ctypes.CDLL | None = None
         self._functions: dict[str, Function] = {}
         self._lock = threading.Lock()
@@ -166,7 +177,8 @@ class RawModule:
                 include_dirs = tuple(o[2:] for o in self._flags if o.startswith("-I"))
                 src = KernelSource(self.source.name, self.source.code,
                                    self.source.include_dirs + include_dirs)
-                self._lib = ctypes.CDLL(str(_build.build(src, self._entries, self._flags)))
+                so = _build.build(src, self._entries, self._flags, self.enable_cooperative_groups)
+                self._lib = ctypes.CDLL(str(so))
             return self._lib
 
     def get_function(self, name: str) -> Function:

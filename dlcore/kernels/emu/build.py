@@ -1,15 +1,27 @@
 """Turn a CUDA source into an emulator shared object: inline quoted includes, rewrite the
-``__shared__`` declarations g++ cannot take, append one ``extern "C"`` trampoline per entry point,
-compile with g++ and cache the result on disk by content hash.
+``__shared__`` declarations g++ cannot take, move ``__launch_bounds__`` into a check at the top of
+each kernel, append one ``extern "C"`` trampoline per entry point, compile with g++ and cache the
+result on disk by content hash.
 
 The rewrite keeps every line where it was (``#line`` markers around inlined headers), so g++
 errors point at the original file and line.
+
+Numerics follow the GPU build. NVRTC contracts ``a * b + c`` into one fused multiply-add and CuPy
+passes ``-ftz=true``; g++ contracts with ``-ffp-contract=fast`` (off under ``-std=c++17``
+otherwise), and only from ``-O2`` or ``-fexpensive-optimizations`` on. x86-64's baseline ISA has
+no FMA instruction, so ``-mfma`` is added when the CPU has one (``/proc/cpuinfo``); on an older
+x86-64 CPU products are rounded before the add, one rounding more than on a GPU (a software
+``fmaf`` for every contraction would need a source rewrite g++ cannot do). Other CPUs (aarch64)
+have FMA in their baseline. The flags are part of the cache key, so a cache shared between
+machines never hands one an object built for another CPU. Denormals: see ``FlushDenormals`` in
+``dlcore_emu_launch.h``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -21,8 +33,10 @@ from ..errors import KernelCompileError
 from ..sources import KernelSource, strip_comments
 
 EMU_DIR = Path(__file__).resolve().parent
-HEADERS = ("dlcore_emu.h", "dlcore_emu_launch.h")
-CXX_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-w", "-fno-strict-aliasing")
+# Every header here (the runtime and the CUDA stand-ins) is part of each build's cache key.
+HEADERS = tuple(sorted(p.name for p in EMU_DIR.glob("*.h")))
+CXX_FLAGS = ("-std=c++17", "-O1", "-fexpensive-optimizations", "-ffp-contract=fast", "-fPIC",
+             "-shared", "-w", "-fno-strict-aliasing")
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"[^\n]*$', re.M)
 _PRAGMA_ONCE = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+once[^\n]*$", re.M)
@@ -30,6 +44,27 @@ _SHARED = re.compile(
     r"(?P<extern>\bextern\s+)?\b__shared__\s+(?P<type>[^;={}()\[\]]*?(?:__align__\s*\(\s*\d+\s*\)"
     r"[^;={}()\[\]]*?)?)\s*\b(?P<name>[A-Za-z_]\w*)\s*(?P<dims>(?:\[[^\]]*\]\s*)*);")
 _ALIGN = re.compile(r"__align__\s*\(\s*(\d+)\s*\)")
+_LAUNCH_BOUNDS = re.compile(r"\b__launch_bounds__\s*\(")
+_LINE_MARKER = re.compile(r"^#line (\d+)[^\n]*\n", re.M)
+_KERNEL_NAME = re.compile(r'\s*(?:(?:__global__|void|static|inline|extern\s*"C")\s+)*'
+                          r"(?P<name>[A-Za-z_]\w*)\s*\(")
+
+
+def cpu_has_fma() -> bool:
+    """Whether this x86-64 CPU has FMA3 (``fma`` among the flags in ``/proc/cpuinfo``)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and " fma " in f"{line} " for line in info.splitlines())
+
+
+@lru_cache(maxsize=1)
+def numerics_flags() -> tuple[str, ...]:
+    """``-mfma`` on an x86-64 CPU with FMA, so contraction can emit fused multiply-adds."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return ("-mfma",) if cpu_has_fma() else ()
+    return ()
 
 
 def cache_dir() -> Path:
@@ -128,21 +163,69 @@ def rewrite_shared(code: str, filename: str) -> str:
     return result
 
 
-def trampolines(entries: list[str]) -> str:
-    """One ``dlemu_entry_<i>`` per entry point; taking ``&name<T>`` instantiates a template."""
+def _matching_paren(code: str, open_at: int) -> int:
+    depth = 0
+    for i in range(open_at, len(code)):
+        depth += (code[i] == "(") - (code[i] == ")")
+        if depth == 0:
+            return i
+    return -1
+
+
+def _line_at(code: str, pos: int) -> int:
+    """The source line of ``code[pos]``, following the ``#line`` markers of inlined headers."""
+    markers = list(_LINE_MARKER.finditer(code, 0, pos))
+    if not markers:
+        return code.count("\n", 0, pos) + 1
+    return int(markers[-1].group(1)) + code.count("\n", markers[-1].end(), pos)
+
+
+def rewrite_launch_bounds(code: str) -> str:
+    """Move each kernel's ``__launch_bounds__(N, ...)`` into a call
+    ``::dlemu::check_launch_bounds(<line>, N, ...)`` opening its body, on the same line, so a
+    launch with more than N threads per block raises as CUDA refuses it; inside the body the
+    bounds may use the kernel's template parameters. The bounds of a declaration without a body
+    are dropped. A form not recognised here (the bounds not right before ``void`` or the kernel's
+    name) is left to the header's macro, which does not compile. Runs on comment-free code."""
+    out, pos = [], 0
+    for m in _LAUNCH_BOUNDS.finditer(code):
+        close = _matching_paren(code, m.end() - 1)
+        kernel = _KERNEL_NAME.match(code, close + 1) if close > 0 else None
+        params_end = _matching_paren(code, kernel.end() - 1) if kernel else -1
+        if params_end < 0:
+            continue
+        body = len(code) - len(code[params_end + 1:].lstrip())  # the first non-space
+        bounds = " ".join(code[m.end():close].split())
+        out.append(code[pos:m.start()])
+        out.append(re.sub(r"[^\n]", " ", code[m.start():close + 1]))  # keep lines where they were
+        out.append(code[close + 1:body])
+        pos = body
+        if code.startswith("{", body):
+            line = _line_at(code, m.start())
+            out.append(f"{{ ::dlemu::check_launch_bounds({line}, {bounds});")
+            pos = body + 1
+    out.append(code[pos:])
+    return "".join(out)
+
+
+def trampolines(entries: list[str], cooperative: bool = False) -> str:
+    """One ``dlemu_entry_<i>`` per entry point; taking ``&name<T>`` instantiates a template. A
+    cooperative module launches every kernel cooperatively, as CuPy does."""
     lines = ['#line 1 "<dlcore-emu entry points>"']
+    coop = "true" if cooperative else "false"
     for i, expr in enumerate(entries):
         lines.append(f'extern "C" int dlemu_entry_{i}(::dlemu::LaunchSpec* s) '
-                     f'{{ return ::dlemu::run_kernel(s, &{expr}); }}')
+                     f'{{ return ::dlemu::run_kernel(s, &{expr}, {coop}); }}')
     return "\n".join(lines) + "\n"
 
 
-def emulated_source(source: KernelSource, entries: list[str]) -> str:
+def emulated_source(source: KernelSource, entries: list[str], cooperative: bool = False) -> str:
     """The full translation unit g++ compiles for ``source``."""
     name = source.name
     code = inline_includes(source.code, name, list(source.include_dirs), set())
-    code = rewrite_shared(code, name)
-    return f'#include "dlcore_emu.h"\n#line 1 "{name}"\n{code}\n{trampolines(entries)}'
+    code = rewrite_launch_bounds(rewrite_shared(code, name))
+    return (f'#include "dlcore_emu.h"\n#line 1 "{name}"\n{code}\n'
+            f"{trampolines(entries, cooperative)}")
 
 
 @lru_cache(maxsize=1)
@@ -160,13 +243,16 @@ def _first_error_line(log: str, filename: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def build(source: KernelSource, entries: list[str], flags: list[str]) -> Path:
+def build(source: KernelSource, entries: list[str], flags: list[str],
+          cooperative: bool = False) -> Path:
     """Compile (or find in the cache) the shared object for ``source``; return its path.
-    ``flags`` are the -D/-U/-I options passed through from the module's NVRTC options."""
+    ``flags`` are the -D/-U/-I options passed through from the module's NVRTC options;
+    ``cooperative`` makes every launch of the module a cooperative one."""
     cxx, version = _compiler()
-    unit = emulated_source(source, entries)
+    unit = emulated_source(source, entries, cooperative)
+    compile_flags = (*CXX_FLAGS, *numerics_flags(), *flags)
     digest = hashlib.sha256()
-    for part in (unit, version, " ".join(CXX_FLAGS + tuple(flags)),
+    for part in (unit, version, " ".join(compile_flags),
                  *((EMU_DIR / h).read_text() for h in HEADERS)):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -179,7 +265,7 @@ def build(source: KernelSource, entries: list[str], flags: list[str]) -> Path:
         cpp = Path(tmp) / f"{Path(source.name).stem}.emu.cpp"
         cpp.write_text(unit)
         so = Path(tmp) / "out.so"
-        proc = subprocess.run([cxx, *CXX_FLAGS, *flags, f"-I{EMU_DIR}", str(cpp), "-o", str(so)],
+        proc = subprocess.run([cxx, *compile_flags, f"-I{EMU_DIR}", str(cpp), "-o", str(so)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise KernelCompileError(source.name, _first_error_line(proc.stderr, source.name),

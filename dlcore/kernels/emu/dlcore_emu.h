@@ -40,7 +40,9 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
-#define __launch_bounds__(...)
+// build.py moves each __launch_bounds__ into a check in the kernel body; one left here is in a
+// form it does not parse (e.g. hidden behind another macro), and fails to compile with this name.
+#define __launch_bounds__(...) alignas(::dlemu::launch_bounds_must_precede_the_kernel_name)
 #define __align__(n) alignas(n)
 
 struct dim3 {
@@ -57,7 +59,8 @@ constexpr size_t kStackBytes = 256 * 1024;
 constexpr int kMaxStatic = 64;
 
 enum class State { Runnable, Barrier, Collective, Done };
-enum class Op { Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, SyncWarp };
+enum class Op { Shfl, ShflUp, ShflDown, ShflXor, Ballot, Any, All, SyncWarp,
+                WmmaLoad, WmmaStore, WmmaMma };
 
 inline const char* op_name(Op op) {
   switch (op) {
@@ -69,6 +72,9 @@ inline const char* op_name(Op op) {
     case Op::Any: return "__any_sync";
     case Op::All: return "__all_sync";
     case Op::SyncWarp: return "__syncwarp";
+    case Op::WmmaLoad: return "wmma::load_matrix_sync";
+    case Op::WmmaStore: return "wmma::store_matrix_sync";
+    case Op::WmmaMma: return "wmma::mma_sync";
   }
   return "?";
 }
@@ -212,7 +218,10 @@ inline bool try_complete(Fiber& f) {
       case Op::Ballot: g.result = ballot; break;
       case Op::Any: g.result = ballot != 0; break;
       case Op::All: g.result = ballot == (uint64_t)group; break;
-      case Op::SyncWarp: break;
+      case Op::SyncWarp:
+      case Op::WmmaLoad:  // the last lane to arrive did the work (dlcore_emu_wmma.h)
+      case Op::WmmaStore:
+      case Op::WmmaMma: break;
     }
     if (src >= 0)  // a lane outside the group has no defined value on hardware either
       g.result = (group >> src & 1u) ? base[src].value : undefined_bits();
@@ -496,4 +505,9 @@ inline typename std::common_type<A, B>::type min(A a, B b) { return b < a ? b : 
 template <typename A, typename B>
 inline typename std::common_type<A, B>::type max(A a, B b) { return a < b ? b : a; }
 
+#include "dlcore_emu_vector.h"  // float2 float4 int2 int4 ..., misaligned-access check
+#include "dlcore_emu_fp16.h"    // __half __half2 __nv_bfloat16 __nv_bfloat162
+#include "dlcore_emu_wmma.h"    // nvcuda::wmma tensor-core fragments
+#include "dlcore_emu_pipeline.h"  // cuda_pipeline.h asynchronous copies
+#include "dlcore_emu_coop.h"      // cooperative launches, grid.sync()
 #include "dlcore_emu_launch.h"

@@ -1,5 +1,6 @@
 // dlcore CUDA emulator: the launch entry (argument unpacking, launch checks, guarded memory,
-// the fault handler). Included at the end of dlcore_emu.h; see there for the model.
+// the fault handler, the denormal mode, the block order, the setup of a cooperative grid).
+// Included at the end of dlcore_emu.h; see there for the model.
 #pragma once
 
 namespace dlemu {
@@ -18,9 +19,15 @@ struct StackPool {
 };
 inline thread_local StackPool pool;
 
-inline bool ensure_stacks(unsigned n) {
+inline void release_stacks_over(size_t n) {
+  if (pool.count <= n) return;
+  munmap(pool.base, pool.slot * pool.count);
+  pool = StackPool();
+}
+
+inline bool ensure_stacks(size_t n) {
   if (pool.count >= n) return true;
-  if (pool.base) munmap(pool.base, pool.slot * pool.count);
+  release_stacks_over(0);
   pool.slot = kStackBytes + page_size();
   void* m = mmap(nullptr, pool.slot * n, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -30,7 +37,7 @@ inline bool ensure_stacks(unsigned n) {
   }
   pool.base = (char*)m;
   pool.count = n;
-  for (unsigned i = 0; i < n; ++i) mprotect(pool.base + i * pool.slot, page_size(), PROT_NONE);
+  for (size_t i = 0; i < n; ++i) mprotect(pool.base + i * pool.slot, page_size(), PROT_NONE);
   return true;
 }
 
@@ -249,8 +256,161 @@ inline uint64_t splitmix(uint64_t x) {
   return (x ^ (x >> 31)) | 1;
 }
 
+// Called first in the body of a kernel declared with __launch_bounds__(max_threads, ...)
+// (build.py moves the bounds there, where template parameters are in scope): CUDA refuses a
+// launch with more threads per block than the bound.
+inline void check_launch_bounds(int line, long long max_threads, long long = 0, long long = 0) {
+  unsigned n = L->block.x * L->block.y * L->block.z;
+  if ((long long)n <= max_threads) return;
+  L->running = false;  // no block is to blame: the launch is
+  set_error("invalid launch: block (%u,%u,%u) has %u threads, more than the kernel's "
+            "__launch_bounds__(%lld) (line %d) allows; CUDA refuses it "
+            "(cudaErrorLaunchOutOfResources)", L->block.x, L->block.y, L->block.z, n, max_threads,
+            line);
+  fiber_abort();
+}
+
+// CuPy compiles with -ftz=true, so a GPU flushes float denormals to zero. On x86-64 a launch
+// sets MXCSR's FTZ (results) and DAZ (inputs) bits, restored after it; fibers inherit them
+// through getcontext, and swapcontext keeps them. MXCSR has no per-precision control, so double
+// denormals (below 2.2e-308) are flushed too, where the GPU keeps them. Other CPUs keep
+// denormals (IEEE semantics) in both precisions.
+struct FlushDenormals {
+#if defined(__x86_64__)
+  unsigned saved = __builtin_ia32_stmxcsr();
+  FlushDenormals() { __builtin_ia32_ldmxcsr(saved | 0x8040u); }
+  ~FlushDenormals() { __builtin_ia32_ldmxcsr(saved); }
+#endif
+};
+
+// The order blocks run in: index order for seed 0 (the default, so the first failing block of a
+// plain run is the lowest-numbered one), otherwise a seeded pseudo-random permutation of
+// [0, n): a 4-round Feistel network on the smallest even-bit domain covering n, cycle-walked
+// back into range, so no table of n entries is needed.
+struct BlockOrder {
+  uint64_t n, keys[4];
+  unsigned half_bits = 0;
+  bool shuffled;
+  BlockOrder(uint64_t n_, uint64_t seed) : n(n_), shuffled(seed != 0 && n_ > 1) {
+    while (half_bits < 32 && (1ull << (2 * half_bits)) < n) ++half_bits;
+    for (int k = 0; k < 4; ++k) keys[k] = splitmix(seed * 4 + (uint64_t)k);
+  }
+  uint64_t permute(uint64_t x) const {
+    uint64_t mask = (1ull << half_bits) - 1, l = x >> half_bits, r = x & mask;
+    for (uint64_t key : keys) {
+      uint64_t t = l ^ ((splitmix(r ^ key) >> 1) & mask);  // splitmix sets bit 0
+      l = r;
+      r = t;
+    }
+    return l << half_bits | r;
+  }
+  uint64_t operator[](uint64_t k) const {
+    if (!shuffled) return k;
+    do k = permute(k);
+    while (k >= n);
+    return k;
+  }
+};
+
+inline dim3 block_index(uint64_t b, const dim3& grid) {
+  return dim3((unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y),
+              (unsigned)(b / ((uint64_t)grid.x * grid.y)));
+}
+
+inline uint64_t block_seed(uint64_t seed, const dim3& b) {
+  return splitmix(seed * 0x100000001b3ull + ((uint64_t)b.z << 42) + ((uint64_t)b.y << 31) + b.x);
+}
+
+// An ordinary launch: the blocks run one after another, in BlockOrder.
+inline void run_blocks(const ucontext_t& proto, unsigned nthreads, uint64_t nblocks) {
+  Launch* l = L;
+  l->fibers.resize(nthreads);
+  for (unsigned i = 0; i < nthreads; ++i) l->stacks.push_back(pool.base + i * pool.slot + page_size());
+  BlockOrder order(nblocks, l->spec->seed);
+  l->running = true;
+  for (uint64_t k = 0; k < nblocks && !l->failed; ++k) {
+    l->bid = block_index(order[k], l->grid);
+    l->rng = block_seed(l->spec->seed, l->bid);
+    pipelines_reset();
+    run_block(proto);
+  }
+  l->running = false;
+}
+
+// Block `b` of a cooperative grid: its own fibers (stacks b * nthreads ...), shared memory and,
+// in checked mode, a guarded dynamic shared region plus the master's guarded arguments.
+inline Launch* cooperative_block(Launch* master, const ucontext_t& proto, uint64_t b,
+                                 unsigned nthreads) {
+  Launch* blk = new Launch();
+  const LaunchSpec* s = master->spec;
+  blk->spec = s;
+  blk->grid = master->grid;
+  blk->block = master->block;
+  blk->bid = block_index(b, master->grid);
+  blk->body = master->body;
+  blk->body_ctx = master->body_ctx;
+  blk->running = true;
+  for (const Guarded& g : master->guarded)
+    if (g.argi >= 0) blk->guarded.push_back(g);
+  if (s->checked) {
+    Guarded dyn;
+    dyn.nbytes = (size_t)s->shared_mem;
+    blk->guarded.push_back(dyn);
+    if (!guard_region(blk->guarded.back())) {
+      L = master;
+      set_error("could not map guarded dynamic shared memory for block %llu", (unsigned long long)b);
+      return blk;
+    }
+    blk->dynamic_shared = blk->guarded.back().data;
+  } else if (s->shared_mem > 0) {
+    blk->dynamic_plain.assign((size_t)s->shared_mem, 0);
+    blk->dynamic_shared = blk->dynamic_plain.data();
+  }
+  memset(blk->static_shared, 0xFF, sizeof blk->static_shared);
+  if (blk->dynamic_shared) memset(blk->dynamic_shared, 0xFF, (size_t)s->shared_mem);
+  blk->fibers.resize(nthreads);
+  for (unsigned i = 0; i < nthreads; ++i) {
+    Fiber& f = blk->fibers[i];
+    f.tid = dim3(i % blk->block.x, (i / blk->block.x) % blk->block.y,
+                 i / (blk->block.x * blk->block.y));
+    f.warp = i / kWarp;
+    f.lane = i % kWarp;
+    f.ctx = proto;
+    f.ctx.uc_stack.ss_sp = pool.base + (b * nthreads + i) * pool.slot + page_size();
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  return blk;
+}
+
+// A cooperative launch: every block resident at once, their fibers run by run_grid.
+inline void run_cooperative(const ucontext_t& proto, unsigned nthreads, uint64_t nblocks) {
+  Launch* master = L;
+  Grid g;
+  g.master = master;
+  for (uint64_t b = 0; b < nblocks && !master->failed; ++b)
+    g.blocks.push_back(cooperative_block(master, proto, b, nthreads));
+  master->rng = splitmix(master->spec->seed ^ 0x636f6f70ull);
+  if (!master->failed) {
+    running_grid = &g;
+    pipelines_reset();
+    run_grid(g);
+    running_grid = nullptr;
+    L = master;
+  }
+  for (Launch* blk : g.blocks) {
+    if (blk->failed) master->failed = true;  // its message is already in the shared buffer
+    if (master->spec->checked && !blk->guarded.empty() && blk->guarded.back().argi < 0)
+      munmap(blk->guarded.back().map, blk->guarded.back().map_len);
+    delete blk;
+  }
+  pipelines_reset();
+  release_stacks_over(1024);  // a large grid's stacks do not outlive it
+}
+
 template <typename... A>
-inline int run_kernel(LaunchSpec* s, void (*fn)(A...)) {
+inline int run_kernel(LaunchSpec* s, void (*fn)(A...), bool cooperative) {
   Launch* l = new Launch();
   L = l;
   l->spec = s;
@@ -261,6 +421,9 @@ inline int run_kernel(LaunchSpec* s, void (*fn)(A...)) {
     set_error("the kernel takes %d arguments but got %d", (int)sizeof...(A), s->nargs);
     ok = false;
   }
+  unsigned nthreads = l->block.x * l->block.y * l->block.z;
+  uint64_t nblocks = (uint64_t)l->grid.x * l->grid.y * l->grid.z;
+  ok = ok && (!cooperative || check_co_residency(nblocks, nthreads));
   std::vector<void*> ptrs;
   for (int i = 0; ok && i < s->nargs; ++i) ptrs.push_back(s->args[i].ptr);
   if (ok && s->checked) {
@@ -271,28 +434,20 @@ inline int run_kernel(LaunchSpec* s, void (*fn)(A...)) {
   }
   Call<A...> call{fn, {}};
   ok = ok && call.unpack(ptrs.data(), std::index_sequence_for<A...>{});
-  unsigned nthreads = l->block.x * l->block.y * l->block.z;
-  if (ok && !ensure_stacks(nthreads)) {
-    set_error("could not map %u fiber stacks", nthreads);
+  uint64_t nfibers = cooperative ? nblocks * nthreads : nthreads;
+  if (ok && !ensure_stacks(nfibers)) {
+    set_error("could not map %llu fiber stacks", (unsigned long long)nfibers);
     ok = false;
   }
   if (ok) {
     l->body = &Call<A...>::invoke;
     l->body_ctx = &call;
-    l->fibers.resize(nthreads);
-    for (unsigned i = 0; i < nthreads; ++i) l->stacks.push_back(pool.base + i * pool.slot + page_size());
+    FlushDenormals ftz;  // before getcontext: the fibers start from proto's MXCSR
     ucontext_t proto;
     getcontext(&proto);
     FaultHandler* handler = s->checked ? new FaultHandler() : nullptr;
-    l->running = true;
-    for (unsigned z = 0; z < l->grid.z && !l->failed; ++z)
-      for (unsigned y = 0; y < l->grid.y && !l->failed; ++y)
-        for (unsigned x = 0; x < l->grid.x && !l->failed; ++x) {
-          l->bid = dim3(x, y, z);
-          l->rng = splitmix(s->seed * 0x100000001b3ull + ((uint64_t)z << 42) + ((uint64_t)y << 31) + x);
-          run_block(proto);
-        }
-    l->running = false;
+    if (cooperative) run_cooperative(proto, nthreads, nblocks);
+    else run_blocks(proto, nthreads, nblocks);
     delete handler;
   }
   if (s->checked) {

@@ -1,0 +1,257 @@
+"""Every product kernel (kernels/*.cu) gives bit-identical results under several block orders
+and fiber orders (``DLCORE_EMU_SEED``), launched through dlcore's own paths on the emu device
+(``dlcore/ops/*_cuda.py``, the recurrent op, the optimizers); a planted kernel whose result
+depends on the block order fails the same check. No product kernel is documented as
+non-deterministic: none is exempt.
+
+Shapes are small but span several blocks, so the block order matters wherever it could.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import dlcore
+from dlcore import optim
+from dlcore.device import Device
+from dlcore.kernels import KernelSource, kernel_source, product_sources
+from dlcore.nn.parameter import Parameter
+from dlcore.ops import conv_cuda, pool_cuda
+from dlcore.ops.rnn import GATES, rnn_layer
+from kernel_samples import CU_DIR
+
+EMU = Device("emu")
+DETERMINISM_SEEDS = (0, 1, 2, 7, 1234)  # seed 0 runs the blocks in index order, others permute
+Outputs = Sequence[Any]
+
+
+def assert_deterministic(monkeypatch: pytest.MonkeyPatch, run: Callable[[], Outputs],
+                         seeds: Sequence[int] = DETERMINISM_SEEDS) -> None:
+    """Run ``run`` (returning arrays) once per emulator seed -- each a different fiber order in
+    every block and a different block order -- and assert that every output has the same bits
+    as under the first seed."""
+    first: list[np.ndarray] = []
+    for seed in seeds:
+        monkeypatch.setenv("DLCORE_EMU_SEED", str(seed))
+        outputs = [np.ascontiguousarray(np.asarray(o)) for o in run()]
+        if not first:
+            first = outputs
+            continue
+        for k, (a, b) in enumerate(zip(first, outputs)):
+            if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+                differ = int((a.view(np.uint8) != b.view(np.uint8)).reshape(a.size, -1)
+                             .any(axis=1).sum()) if a.shape == b.shape else a.size
+                raise AssertionError(f"output {k} differs between DLCORE_EMU_SEED={seeds[0]} "
+                                     f"and {seed}: {differ} of {a.size} elements "
+                                     f"(first {a.ravel()[:4]}, then {b.ravel()[:4]})")
+
+
+@pytest.fixture
+def launched(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The ``file:entry`` names of the kernels fetched through the emu runner during a test."""
+    names: set[str] = set()
+    runner = EMU.kernels
+    fetch = runner.function
+
+    def recording(source: Any, name: str) -> Any:
+        names.add(f"{kernel_source(source).name}:{name}")
+        return fetch(source, name)
+
+    monkeypatch.setattr(runner, "function", recording)
+    return names
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ---- one case per product kernel family; each returns its outputs --------------------------
+def conv_case(dtype: type, grouped: bool) -> Outputs:
+    rng = _rng(0)
+    if grouped:  # strided, dilated, two groups: grid z = 2
+        x_shape, w_shape = (2, 4, 11, 11), (6, 2, 3, 3)
+        stride, padding, dilation, groups = 2, 2, 2, 2
+    else:  # N*Ho*Wo = 324: backward-weight splits K in two and runs its reduce kernel
+        x_shape, w_shape = (4, 3, 9, 9), (5, 3, 3, 3)
+        stride, padding, dilation, groups = 1, 1, 1, 1
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    out = (x_shape[2] + 2 * padding - dilation * (w_shape[2] - 1) - 1) // stride + 1
+    geo = ((stride, stride), (padding, padding), (dilation, dilation), groups)
+    y = conv_cuda.conv2d_forward(EMU, x, w, (out, out), *geo)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx = conv_cuda.conv2d_backward_data(EMU, gy, w, x.shape, *geo)
+    gw = conv_cuda.conv2d_backward_weight(EMU, x, gy, w.shape, *geo)
+    return [y, gx, gw]
+
+
+def pool_case(dtype: type) -> Outputs:
+    rng = _rng(1)
+    x = rng.integers(0, 5, (2, 4, 17, 17)).astype(dtype)  # ties: the first maximum wins
+    kernel, stride, padding, dilation = (3, 3), (2, 2), (1, 1), (1, 1)
+    out_hw = (9, 9)  # overlapping windows: backward gathers from several outputs
+    y, indices = pool_cuda.max_pool2d_forward(EMU, x, out_hw, kernel, stride, padding, dilation)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx = pool_cuda.max_pool2d_backward(EMU, gy, indices, x.shape, kernel, stride, padding,
+                                       dilation)
+    ya = pool_cuda.avg_pool2d_forward(EMU, x, out_hw, kernel, stride, padding, True, None)
+    ga = pool_cuda.avg_pool2d_backward(EMU, gy, x.shape, kernel, stride, padding, False, 5)
+    return [y, indices, gx, ya, ga]
+
+
+def rnn_case(mode: str, dtype: type) -> Outputs:
+    T, N, I, H = 3, 4, 3, 80  # N * H = 320 states: two blocks of 256 threads
+    G = GATES[mode]
+    rng = _rng(2)
+
+    def tensor(*shape: int, scale: float = 1.0) -> dlcore.Tensor:
+        data = rng.uniform(-scale, scale, shape).astype(dtype)
+        return dlcore.tensor(data, device="emu", requires_grad=True)
+
+    x, h0 = tensor(T, N, I), tensor(N, H)
+    c0 = tensor(N, H) if mode == "lstm" else None
+    weights = [tensor(G * H, I, scale=0.5), tensor(G * H, H, scale=0.1), tensor(G * H),
+               tensor(G * H)]
+    out = rnn_layer(x, h0, c0, *weights, mode=mode, reverse=True, lengths=[3, 1, 2, 3])
+    loss = None
+    for o in out:
+        term = (o * dlcore.tensor(rng.standard_normal(o.shape).astype(dtype), device="emu")).sum()
+        loss = term if loss is None else loss + term
+    inputs = [t for t in (x, h0, c0, *weights) if t is not None]
+    return [o.numpy() for o in out] + [g.numpy() for g in dlcore.autograd.grad(loss, inputs)]
+
+
+OPTIMIZERS = [(optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+              (optim.Adam, {"amsgrad": True, "weight_decay": 0.1}),
+              (optim.AdamW, {"lr": 0.01}),
+              (optim.RMSprop, {"momentum": 0.5, "centered": True, "weight_decay": 0.1}),
+              (optim.Adagrad, {"lr_decay": 0.05, "weight_decay": 0.1})]
+
+
+def optim_case(cls: type, options: dict, dtype: type) -> Outputs:
+    rng = _rng(3)
+    params = [Parameter(dlcore.tensor(rng.standard_normal(s).astype(dtype), device="emu"))
+              for s in ((300,), (17, 20))]  # one 640-element group: three blocks
+    opt = cls(params, **options)
+    for _ in range(3):
+        for p in params:
+            p.grad = dlcore.tensor(rng.standard_normal(p.shape).astype(dtype), device="emu")
+        opt.step()
+    return [p.numpy().copy() for p in params]
+
+
+DTYPES = [np.float32, np.float64]
+CASES: dict[str, Callable[[type], Outputs]] = {
+    "conv2d": lambda dt: [*conv_case(dt, False), *conv_case(dt, True)],
+    "pool2d": pool_case,
+    **{f"rnn-{mode}": (lambda dt, mode=mode: rnn_case(mode, dt)) for mode in GATES},
+    **{f"optim-{cls.__name__}": (lambda dt, cls=cls, options=options: optim_case(cls, options, dt))
+       for cls, options in OPTIMIZERS},
+}
+# Entry points each case must launch (checked against what it fetched), and together: all.
+FAMILY_SOURCE = {"conv2d": "conv2d.cu", "pool2d": "pool2d.cu", "rnn": "rnn_cell.cu",
+                 "optim": "optim.cu"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", list(CASES))
+def test_product_kernel_is_deterministic(monkeypatch: pytest.MonkeyPatch, launched: set[str],
+                                         case: str, dtype: type) -> None:
+    assert_deterministic(monkeypatch, lambda: CASES[case](dtype))
+    source = FAMILY_SOURCE[case.partition("-")[0]]
+    assert any(name.startswith(f"{source}:") for name in launched), launched
+
+
+def test_every_product_entry_point_is_covered(monkeypatch: pytest.MonkeyPatch,
+                                              launched: set[str]) -> None:
+    monkeypatch.setenv("DLCORE_EMU_SEED", "3")
+    for case in CASES.values():
+        for dtype in DTYPES:
+            case(dtype)
+    declared = {f"{p.name}:{e}" for p in product_sources() for e in kernel_source(p).entry_points}
+    assert declared <= launched, f"no determinism case launches {sorted(declared - launched)}"
+
+
+# ---- the samples of the other emulator features are deterministic too -----------------------
+SAMPLES = CU_DIR / "samples_pipeline_coop.cu"
+
+
+def test_pipelined_and_cooperative_samples_are_deterministic(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_emu_pipeline_coop import normalize, row_sums
+
+    x = _rng(4).standard_normal((5, 4 * 200)).astype(np.float32)
+    assert_deterministic(monkeypatch, lambda: [row_sums(x), normalize(x.ravel(), 12)])
+
+
+# ---- block order --------------------------------------------------------------------------
+ORDER = KernelSource("block_order.cu", r"""
+extern "C" __global__ void record_block_order(int* order, int* next) {
+  if (threadIdx.x == 0) {
+    const int b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    order[atomicAdd(next, 1)] = b;
+  }
+}
+""")
+
+
+def _block_order(grid: tuple[int, ...]) -> np.ndarray:
+    order = np.full(int(np.prod(grid)), -1, np.int32)
+    EMU.kernels.function(ORDER, "record_block_order")(grid, (2,), (order, np.zeros(1, np.int32)))
+    return order
+
+
+def test_blocks_run_in_a_seeded_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = (5, 3, 2)
+    monkeypatch.setenv("DLCORE_EMU_SEED", "0")
+    np.testing.assert_array_equal(_block_order(grid), np.arange(30))
+    orders = []
+    for seed in (1, 2):
+        monkeypatch.setenv("DLCORE_EMU_SEED", str(seed))
+        order = _block_order(grid)
+        np.testing.assert_array_equal(np.sort(order), np.arange(30))  # each block once
+        np.testing.assert_array_equal(_block_order(grid), order)  # the seed replays it
+        orders.append(order)
+    assert not np.array_equal(orders[0], np.arange(30))
+    assert not np.array_equal(orders[0], orders[1])
+    small = set()
+    for seed in range(1, 7):  # a grid of a few blocks is shuffled too
+        monkeypatch.setenv("DLCORE_EMU_SEED", str(seed))
+        small.add(tuple(_block_order((4,))))
+    assert len(small) > 2 and all(sorted(order) == [0, 1, 2, 3] for order in small)
+
+
+# ---- the planted bug: a result that depends on the block order ------------------------------
+def test_order_dependent_atomic_accumulation_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks, threads = 8, 32
+    x = np.zeros(blocks * threads, np.float32)
+    # Block partials 2^24, 1, ..., 1, -2^24: each 1 added after 2^24 rounds away (to even).
+    x[::threads] = [2.0**24, 1, 1, 1, 1, 1, 1, -(2.0**24)]
+    run = EMU.kernels.function(CU_DIR / "planted_bugs_pipeline_coop.cu", "total_by_atomic_add")
+
+    def total() -> Outputs:
+        out = np.zeros(1, np.float32)
+        run((blocks,), (threads,), (x, out, np.int64(x.size)))
+        return [out]
+
+    with pytest.raises(AssertionError, match=r"output 0 differs between DLCORE_EMU_SEED=0 and "):
+        assert_deterministic(monkeypatch, total)
+
+
+def test_the_determinism_check_passes_an_order_independent_kernel(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = Path(CU_DIR / "samples.cu")
+    x = _rng(5).standard_normal(3000).astype(np.float32)
+
+    def partial_sums() -> Outputs:
+        partial = np.zeros(4, np.float32)
+        EMU.kernels.function(path, "block_sum<float>")((4,), (256,),
+                                                       (x, partial, np.int64(x.size)))
+        return [partial]
+
+    assert_deterministic(monkeypatch, partial_sums)
