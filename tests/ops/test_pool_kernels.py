@@ -121,6 +121,8 @@ def _host(a: Any) -> np.ndarray:
 def _close(actual: Any, expected: np.ndarray, dtype: type) -> None:
     actual = _host(actual)
     assert actual.dtype == dtype and actual.shape == expected.shape
+    # max pooling is exact; an average sums at most 49 values then scales once: a few
+    # float32 ulps (2^-24 each) of values of order 1, well under 1e-6 (1e-13 for float64)
     tol = 1e-6 if dtype == np.float32 else 1e-13
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)
 
