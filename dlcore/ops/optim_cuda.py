@@ -22,12 +22,25 @@ MAX_BLOCKS = 4096
 def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[float],
            flags: int) -> None:
     param = arrays[0]
-    xp, cast = device.xp, param.dtype.type
+    cast = param.dtype.type
     n = int(param.size)
     run = device.kernels.function(SOURCE, f"{rule}<{ctype(param.dtype)}>")
     with device:
-        # NOTE: an unused state slot gets its own dummy, never an alias of another argument:
-        # the checked emulator copies arguments out and back, so aliases would clobber.
-        args = [xp.empty(1, dtype=param.dtype) if a is None else a for a in arrays]
+        args = [_unused(device, param.dtype, i) if a is None else a
+                for i, a in enumerate(arrays)]
         args += [np.int64(n), *[cast(s) for s in scalars], np.int32(flags)]
         run(grid_1d(n, THREADS, MAX_BLOCKS), (THREADS,), args)
+
+
+_dummies: dict[tuple[Any, np.dtype, int], Any] = {}
+
+
+def _unused(device: Any, dtype: np.dtype, position: int) -> Any:
+    """A 1-element array for the state slot at ``position`` that an option leaves unused,
+    made once per device, dtype and slot. NOTE: each slot its own, never an alias of another
+    argument: the checked emulator copies arguments out and back, so aliases would clobber."""
+    key = (device, dtype, position)
+    dummy = _dummies.get(key)
+    if dummy is None:
+        dummy = _dummies[key] = device.xp.empty(1, dtype=dtype)
+    return dummy

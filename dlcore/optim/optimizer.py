@@ -255,9 +255,12 @@ class Optimizer:
             lo, hi = bucket.offsets[first], bucket.offsets[last]
             bucket.steps[first:last] += 1
             step = int(bucket.steps[first])
-            state = {k: v[lo:hi] for k, v in bucket.state.items()}
-            rule, arrays, scalars, flags = self.update_rule(grad, bucket.flat[lo:hi], state,
-                                                            group, step)
+            if lo == 0 and hi == bucket.flat.size:  # the usual case: the whole bucket
+                state, param = bucket.state, bucket.flat
+            else:
+                state = {k: v[lo:hi] for k, v in bucket.state.items()}
+                param = bucket.flat[lo:hi]
+            rule, arrays, scalars, flags = self.update_rule(grad, param, state, group, step)
             update_rules.update(bucket.device, rule, arrays, scalars, flags)
 
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
