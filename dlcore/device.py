@@ -166,14 +166,19 @@ class Device:
 
     def __enter__(self) -> Device:
         """``with device:`` -- :meth:`use` as a statement; nests, per thread."""
-        ctx = self.use()
         stack = self._contexts.__dict__.setdefault("stack", [])
+        if self.type == "cpu" or self.is_current():
+            stack.append(None)  # already current: nothing to switch (the common case)
+            return self
+        ctx = self.use()
         stack.append(ctx)
         ctx.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._contexts.stack.pop().__exit__(*exc)
+        ctx = self._contexts.stack.pop()
+        if ctx is not None:
+            ctx.__exit__(*exc)
 
     # ---- copies ---------------------------------------------------------------------
     def asarray(self, data: Any, dtype: np.dtype | None = None, copy: bool = False) -> Any:

@@ -49,6 +49,8 @@ def grid_1d(n: int, block: int = 256, max_blocks: int | None = None) -> tuple[in
 
 
 def _as_dims(d: Dims) -> tuple[int, ...]:
+    if type(d) is tuple and all(type(v) is int for v in d):
+        return d  # what grid_1d and the ops pass: nothing to convert
     return (int(d),) if isinstance(d, int) else tuple(int(v) for v in d)
 
 

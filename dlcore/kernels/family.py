@@ -74,6 +74,7 @@ class KernelFamily:
         for d in self.kernel_dtypes:
             ctype(d)  # every kernel dtype has a C type
         self.checks: dict[str, CheckCase] = {}
+        self._selected: dict[tuple[Any, np.dtype], Any] = {}  # (device, dtype) -> impl
         _FAMILIES[name] = self
 
     def __repr__(self) -> str:
@@ -82,6 +83,9 @@ class KernelFamily:
     def select(self, device: Any, dtype: Any, op: str | None = None) -> Any:
         """The implementation for ``device`` and ``dtype`` (the ``kernel`` one where the device
         runs kernels, else ``cpu``), or a TypeError naming ``op`` and what is supported."""
+        hit = self._selected.get((device, dtype))
+        if hit is not None:
+            return hit
         on_kernels = device.kernels is not None
         supported = self.kernel_dtypes if on_kernels else self.cpu_dtypes
         dt = np.dtype(dtype)
@@ -89,7 +93,9 @@ class KernelFamily:
             path = f"the {self.name} kernels" if on_kernels else f"the {self.name} cpu path"
             raise TypeError(f"{op or self.name}: dtype {dt} is not supported on device "
                             f"{device}; {path} take {_names(supported)}")
-        return self.kernel if on_kernels else self.cpu
+        impl = self.kernel if on_kernels else self.cpu
+        self._selected[(device, dt)] = impl
+        return impl
 
     def check(self, name: str) -> Callable[[CheckCase], CheckCase]:
         """Register a ``dlcore check`` case: ``case(device) -> {quantity: array}``, run on the

@@ -24,7 +24,10 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
     param = arrays[0]
     cast = param.dtype.type
     n = int(param.size)
-    run = device.kernels.function(SOURCE, f"{rule}<{ctype(param.dtype)}>")
+    key = (device, rule, param.dtype)
+    run = _launchers.get(key)
+    if run is None:
+        run = _launchers[key] = device.kernels.function(SOURCE, f"{rule}<{ctype(param.dtype)}>")
     with device:
         args = [_unused(device, param.dtype, i) if a is None else a
                 for i, a in enumerate(arrays)]
@@ -32,6 +35,7 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
         run(grid_1d(n, THREADS, MAX_BLOCKS), (THREADS,), args)
 
 
+_launchers: dict[tuple[Any, str, np.dtype], Any] = {}
 _dummies: dict[tuple[Any, np.dtype, int], Any] = {}
 
 

@@ -21,6 +21,10 @@ class _FakeCupy:
         self.log: list[tuple] = []
         self.current_stream = _FakeStream(self, "consumer")
         self.cuda = self  # cp.cuda.X -> self.X
+        self.runtime = self  # cp.cuda.runtime.X -> self.X
+
+    def getDevice(self) -> int:  # CuPy's name
+        return 1  # another GPU is current, so work for cuda:0 must switch to it
 
     def Device(self, index: int) -> Any:  # CuPy's name
         fake = self
