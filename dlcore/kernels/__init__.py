@@ -83,10 +83,11 @@ class KernelRunner:
                 options = src.options()
                 if self.device.is_cuda:  # the emulator has its own versions of these headers
                     options += tuple(f"-I{d}" for d in compile_check.cuda_include_dirs())
+                extra = {"enable_cooperative_groups": True} if src.cooperative else {}
                 with self.device.use():
                     mod = self._module_class()(
                         code=code, options=options,
-                        name_expressions=list(src.name_expressions) or None)
+                        name_expressions=list(src.name_expressions) or None, **extra)
                 self._modules[code] = mod
         return mod
 

@@ -12,6 +12,7 @@ instantiation dlcore launches is declared by a comment line in the file::
     // dlcore: instantiate block_sum<double>
 
 The NVRTC compile check, the CuPy loader (``name_expressions``) and the emulator all read these.
+A ``// dlcore: cooperative`` line makes every launch of the file's kernels cooperative.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 SOURCE_DIR = Path(__file__).resolve().parent / "cuda_src"
 
+_COOPERATIVE = re.compile(r"^[ \t]*//[ \t]*dlcore:[ \t]*cooperative[ \t]*$", re.M)
 _INSTANTIATE = re.compile(r"^[ \t]*//[ \t]*dlcore:[ \t]*instantiate[ \t]+(.+?)[ \t]*$", re.M)
 _GLOBAL = re.compile(
     r"(?P<externc>extern\s+\"C\"\s+)?__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?"
@@ -111,6 +113,13 @@ class KernelSource:
     name: str
     code: str
     include_dirs: tuple[str, ...] = ()
+
+    @cached_property
+    def cooperative(self) -> bool:
+        """Whether the file asks for cooperative launches (a ``// dlcore: cooperative`` line):
+        its kernels may then ``cooperative_groups::this_grid().sync()``, every block resident
+        at once (CuPy's and the emulator's ``enable_cooperative_groups``)."""
+        return _COOPERATIVE.search(self.code) is not None
 
     @cached_property
     def name_expressions(self) -> tuple[str, ...]:

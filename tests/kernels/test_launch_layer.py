@@ -147,3 +147,30 @@ def test_stubbed_launches_still_check_but_do_not_run() -> None:
             run((1,), (32,), args[:5] + [5] + args[6:])
     run((1,), (32,), args)
     assert args[0][0] != 1.0
+
+
+def test_a_source_can_ask_for_cooperative_launches(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """'// dlcore: cooperative' makes the runner build the module with
+    enable_cooperative_groups, so its kernels may sync the whole grid."""
+    monkeypatch.setenv("DLCORE_CACHE_DIR", str(tmp_path / "cache"))
+    code = ('#include <cooperative_groups.h>\n'
+            'extern "C" __global__ void ring(float* x, int n) {\n'
+            '  namespace cg = cooperative_groups;\n'
+            '  int i = blockIdx.x * blockDim.x + threadIdx.x;\n'
+            '  float mine = x[i];\n'
+            '  cg::this_grid().sync();\n'
+            '  x[(i + 1) % n] = mine;  // every read happened before any write\n'
+            '}\n')
+    plain, coop = tmp_path / "plain.cu", tmp_path / "coop.cu"
+    plain.write_text(code)
+    coop.write_text("// dlcore: cooperative\n" + code)
+    assert kernel_source(str(coop)).cooperative and not kernel_source(str(plain)).cooperative
+    x = np.arange(64, dtype=np.float32)
+    KernelRunner(Device("emu")).function(str(coop), "ring")((4,), (16,), (x, np.int32(64)))
+    np.testing.assert_array_equal(x, np.roll(np.arange(64, dtype=np.float32), 1))
+    from dlcore.kernels.emu import EmulatorError
+
+    with pytest.raises(EmulatorError, match="cooperative"):
+        KernelRunner(Device("emu")).function(str(plain), "ring")(
+            (4,), (16,), (np.zeros(64, np.float32), np.int32(64)))
