@@ -12,8 +12,8 @@ from ._version import __version__
 from . import accelerator, backends, utils
 from .autograd import enable_grad, inference_mode, is_grad_enabled, no_grad, set_grad_enabled
 from .creation import (arange, as_tensor, empty, empty_like, eye, from_dlpack, from_numpy, full,
-                       full_like, linspace, ones, ones_like, rand, rand_like, randint, randn,
-                       randn_like, randperm, tensor, zeros, zeros_like)
+                       full_like, linspace, multinomial, ones, ones_like, rand, rand_like,
+                       randint, randn, randn_like, randperm, tensor, zeros, zeros_like)
 from .device import Device, device, get_default_device, set_default_device
 from .dtypes import (bfloat16, bool, double, float, float16, float32, float64, get_default_dtype,
                      half, int8, int16, int32, int64, long, set_default_dtype, uint8)
@@ -21,6 +21,7 @@ from .ops import *  # noqa: F403
 from .io import load, save
 from .precision import autocast
 from .random import get_rng_state, manual_seed, set_rng_state
+from .threads import get_num_threads, set_num_threads
 from .tensor import Tensor
 
 from . import amp, nn, optim  # noqa: E402  -- built on everything above

@@ -226,3 +226,46 @@ def rand_like(t: Tensor, dtype: Any = None, device: Any = None) -> Tensor:
 def randn_like(t: Tensor, dtype: Any = None, device: Any = None) -> Tensor:
     dt, dev = _like(t, dtype, device)
     return randn(*t.shape, dtype=dt, device=dev)
+
+
+def multinomial(input: Tensor, num_samples: int, replacement: bool = False) -> Tensor:
+    """Indices drawn from the categories of each row of ``input`` (non-negative weights, not
+    necessarily normalised), PyTorch's ``multinomial``: an int64 tensor of shape
+    ``(rows, num_samples)`` (``(num_samples,)`` for 1-D input), seeded by ``manual_seed``.
+    With replacement each draw inverts the row's CDF; without, the first ``num_samples`` of
+    the Gumbel-perturbed log weights, which draws categories one after another with
+    probability proportional to their weights among those left (as PyTorch's does).
+
+    >>> dlcore.multinomial(dlcore.tensor([0.0, 1.0, 0.0]), 2, replacement=True).tolist()
+    [1, 1]
+    """
+    op = "multinomial"
+    if input.ndim not in (1, 2) or input.dtype.kind != "f":
+        raise RuntimeError(f"{op}: expected a 1-D or 2-D floating point tensor of weights, got "
+                           f"shape {tuple(input.shape)} and dtype {input.dtype}")
+    dev, xp = input.device, input.device.xp
+    w = input.data.reshape(1, -1) if input.ndim == 1 else input.data
+    rows, categories = w.shape
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise RuntimeError(f"{op}: num_samples must be a positive int, got {num_samples!r}")
+    if not replacement and num_samples > categories:
+        raise RuntimeError(f"{op}: cannot draw {num_samples} samples without replacement from "
+                           f"{categories} categories")
+    w64 = w.astype(np.float64)
+    if bool((w64 < 0).any()) or not bool(xp.isfinite(w64).all()):
+        raise RuntimeError(f"{op}: weights must be finite and non-negative")
+    totals = w64.sum(axis=1, keepdims=True)
+    if bool((totals <= 0).any()):
+        raise RuntimeError(f"{op}: every row needs a positive total weight")
+    if replacement:
+        cdf = xp.cumsum(w64 / totals, axis=1)
+        u = _random.uniform_array((rows, num_samples), 0.0, 1.0, np.dtype(np.float64), dev)
+        picks = (u[:, :, None] >= cdf[:, None, :]).sum(axis=2)
+        picks = xp.minimum(picks, categories - 1)  # u can round past the last cdf step
+    else:
+        u = _random.uniform_array((rows, categories), 0.0, 1.0, np.dtype(np.float64), dev)
+        with np.errstate(divide="ignore"):
+            keys = xp.log(w64) - xp.log(-xp.log(xp.maximum(u, 1e-300)))
+        picks = xp.argsort(-keys, axis=1, kind="stable")[:, :num_samples]
+    picks = picks.astype(np.int64)
+    return Tensor._make(picks.reshape(-1) if input.ndim == 1 else picks, dev)

@@ -67,13 +67,19 @@ def save(obj: Any, path: PathLike) -> None:
     _write_atomic(Path(path), lambda tmp: safetensors.numpy.save_file(arrays, tmp, metadata))
 
 
-def load(path: PathLike, map_location: str | Device | None = None) -> Any:
-    """Read a checkpoint written by :func:`save`.
+def load(path: PathLike, map_location: str | Device | None = None, *,
+         weights_only: bool = True) -> Any:
+    """Read a checkpoint written by :func:`save`. Loading never runs code (no pickle), so
+    ``weights_only`` (PyTorch's safety switch, accepted for ported code) is always true;
+    ``weights_only=False`` is refused rather than implying an unpickler dlcore does not have.
 
     Tuples come back as tuples, NumPy arrays as NumPy arrays, tensors as dlcore Tensors on
     ``map_location`` (default: the device they were saved from when it exists here, else
     cpu), all with their dtypes.
     """
+    if not weights_only:
+        raise ValueError("load: dlcore checkpoints hold only tensors and plain values "
+                         "(safetensors, no pickle); weights_only=False has nothing to enable")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"load: no checkpoint file at {os.fspath(path)!r}")

@@ -725,6 +725,9 @@ class Tensor:
     def masked_fill_(self, mask: Tensor, value: Any) -> Tensor:
         return self.copy_(ops.masked_fill(self, mask, value))
 
+    def multinomial(self, num_samples: _int, replacement: _bool = False) -> Tensor:
+        return creation.multinomial(self, num_samples, replacement)
+
     def type_as(self, other: Tensor) -> Tensor:
         return self.to(other.dtype)
 
@@ -943,7 +946,7 @@ def tensor_from_array(arr: Any) -> Tensor:
     return Tensor._make(arr, device_of_array(arr))
 
 
-# NOTE: the ops build Tensors, so they import this module; Tensor's methods call them at run
-# time through this module-level import, which must come after the class it needs.
-from . import ops  # noqa: E402
+# NOTE: the ops and creation build Tensors, so they import this module; Tensor's methods call
+# them at run time through these module-level imports, which must come after the class.
+from . import creation, ops  # noqa: E402
 

@@ -174,3 +174,51 @@ def test_saving_a_structure_that_contains_itself_names_where(tmp_path) -> None:
         dlcore.save(d, tmp_path / "x.safetensors")
     shared = dlcore.ones(2)
     dlcore.save({"a": [shared], "b": [shared]}, tmp_path / "ok.safetensors")  # a DAG is fine
+
+
+def test_multinomial_draws_in_proportion(device: str) -> None:
+    dlcore.manual_seed(3)
+    w = on(device, np.array([[1.0, 2.0, 7.0], [0.0, 0.0, 1.0]]))
+    s = dlcore.multinomial(w, 20000, replacement=True).numpy()
+    assert s.shape == (2, 20000) and s.dtype == np.int64
+    freq = np.bincount(s[0], minlength=3) / 20000
+    np.testing.assert_allclose(freq, [0.1, 0.2, 0.7], atol=0.015)  # ~4 standard errors
+    assert (s[1] == 2).all()  # zero weights are never drawn
+    no_repeat = w.multinomial(3)
+    assert sorted(no_repeat.numpy()[0].tolist()) == [0, 1, 2]
+    firsts = np.array([dlcore.multinomial(w[0], 1).item() for _ in range(3000)])
+    np.testing.assert_allclose(np.bincount(firsts, minlength=3) / 3000, [0.1, 0.2, 0.7],
+                               atol=0.03)
+    with pytest.raises(RuntimeError, match="cannot draw 4 samples without replacement"):
+        w.multinomial(4)
+    with pytest.raises(RuntimeError, match="finite and non-negative"):
+        on(device, np.array([1.0, -1.0])).multinomial(1)
+
+
+def test_set_num_threads_sets_the_blas_pool() -> None:
+    before = dlcore.get_num_threads()
+    try:
+        dlcore.set_num_threads(1)
+        assert dlcore.get_num_threads() == 1
+    finally:
+        dlcore.set_num_threads(max(1, before))
+    with pytest.raises(ValueError, match="set_num_threads: expected an int >= 1"):
+        dlcore.set_num_threads(0)
+
+
+def test_load_accepts_weights_only(tmp_path) -> None:
+    dlcore.save({"w": dlcore.ones(2)}, tmp_path / "c.safetensors")
+    assert dlcore.load(tmp_path / "c.safetensors", weights_only=True)["w"].shape == (2,)
+    with pytest.raises(ValueError, match="weights_only=False has nothing to enable"):
+        dlcore.load(tmp_path / "c.safetensors", weights_only=False)
+
+
+def test_bce_shape_mismatch_raises_without_a_warning_first() -> None:
+    import warnings
+
+    import dlcore.nn.functional as F
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="target size"):
+            F.binary_cross_entropy_with_logits(dlcore.zeros(4, 2), dlcore.zeros(4, 1))

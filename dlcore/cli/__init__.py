@@ -41,7 +41,7 @@ def _threads(count: int | None) -> Any:
     """A context limiting BLAS to ``count`` threads (``None``: leave it alone)."""
     if count is None:
         return nullcontext()
-    from threadpoolctl import threadpool_limits  # the cli extra (and scikit-learn) has it
+    from threadpoolctl import threadpool_limits  # a core dependency; imported when used
 
     return threadpool_limits(limits=count, user_api="blas")
 
