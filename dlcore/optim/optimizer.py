@@ -76,7 +76,9 @@ class _Bucket:
             self.grad_views.append(self.grad[self.offsets[i]:self.offsets[i + 1]]
                                    .reshape(p.data.shape))
         self.state: dict[str, Any] = {}
-        self.steps = np.zeros(len(params), dtype=np.int64)  # updates each parameter has had
+        # updates each parameter has had (a list: NumPy's per-call cost on a tiny array was
+        # a tenth of a step's host time)
+        self.steps = [0] * len(params)
 
     def moved(self) -> bool:
         """Whether a parameter now lives on another device or has another dtype (the model
@@ -253,8 +255,9 @@ class Optimizer:
         for first, last in bucket.runs():
             grad = bucket.gather_grads(first, last)
             lo, hi = bucket.offsets[first], bucket.offsets[last]
-            bucket.steps[first:last] += 1
-            step = int(bucket.steps[first])
+            for i in range(first, last):
+                bucket.steps[i] += 1
+            step = bucket.steps[first]
             if lo == 0 and hi == bucket.flat.size:  # the usual case: the whole bucket
                 state, param = bucket.state, bucket.flat
             else:
