@@ -24,10 +24,7 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
     param = arrays[0]
     cast = param.dtype.type
     n = int(param.size)
-    key = (device, rule, param.dtype)
-    run = _launchers.get(key)
-    if run is None:
-        run = _launchers[key] = device.kernels.function(SOURCE, f"{rule}<{ctype(param.dtype)}>")
+    run = device.kernels.function(SOURCE, f"{rule}<{ctype(param.dtype)}>")
     with device:
         args = [_unused(device, param.dtype, i) if a is None else a
                 for i, a in enumerate(arrays)]
@@ -35,7 +32,6 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
         run(grid_1d(n, THREADS, MAX_BLOCKS), (THREADS,), args)
 
 
-_launchers: dict[tuple[Any, str, np.dtype], Any] = {}
 _dummies: dict[tuple[Any, np.dtype, int], Any] = {}
 
 
