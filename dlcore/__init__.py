@@ -18,6 +18,7 @@ from .device import Device, device, get_default_device, set_default_device
 from .dtypes import (bfloat16, bool, double, float, float16, float32, float64, get_default_dtype,
                      half, int8, int16, int32, int64, long, set_default_dtype, uint8)
 from .ops import *  # noqa: F403
+from .ops import linalg  # dlcore.linalg.norm / vector_norm, as torch.linalg
 from .io import load, save
 from .precision import autocast
 from .random import get_rng_state, manual_seed, set_rng_state

@@ -542,6 +542,20 @@ class Tensor:
     def any(self, dim: _int | None = None, keepdim: _bool = False) -> Tensor:
         return ops.any(self, dim, keepdim)
 
+    def norm(self, p: Any = "fro", dim: Any = None, keepdim: _bool = False) -> Tensor:
+        """PyTorch's ``Tensor.norm``: the Frobenius/Euclidean norm by default, or the
+        ``p``-norm of the elements (over ``dim``)."""
+        return ops.linalg.vector_norm(self, 2 if p == "fro" else p, dim, keepdim)
+
+    def sort(self, dim: _int = -1, descending: _bool = False) -> Any:
+        return ops.sort(self, dim, descending)
+
+    def argsort(self, dim: _int = -1, descending: _bool = False) -> Tensor:
+        return ops.argsort(self, dim, descending)
+
+    def topk(self, k: _int, dim: _int = -1, largest: _bool = True, sorted: _bool = True) -> Any:
+        return ops.topk(self, k, dim, largest, sorted)
+
     def tril(self, diagonal: _int = 0) -> Tensor:
         return ops.tril(self, diagonal)
 

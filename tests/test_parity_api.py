@@ -222,3 +222,45 @@ def test_bce_shape_mismatch_raises_without_a_warning_first() -> None:
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="target size"):
             F.binary_cross_entropy_with_logits(dlcore.zeros(4, 2), dlcore.zeros(4, 1))
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_and_argsort_are_stable(device: str, descending: bool) -> None:
+    x = np.array([[3.0, 1.0, 2.0, 1.0], [0.0, 5.0, 5.0, -1.0]])
+    values, indices = on(device, x).sort(1, descending=descending)
+    keys = -x if descending else x
+    want = np.argsort(keys, axis=1, kind="stable")
+    check(indices, want)
+    check(values, np.take_along_axis(x, want, axis=1))
+    check(on(device, x).argsort(0, descending=descending),
+          np.argsort(-x if descending else x, axis=0, kind="stable"))
+
+
+def test_topk_values_indices_and_gradient(device: str) -> None:
+    x = np.array([[1.0, 5.0, 3.0, 4.0], [2.0, 2.0, 9.0, 0.0]])
+    values, indices = on(device, x).topk(2, dim=1)
+    check(indices, np.array([[1, 3], [2, 0]]))  # ties: the first index wins
+    check(values, np.array([[5.0, 4.0], [9.0, 2.0]]))
+    check(on(device, x).topk(1, 1, largest=False).values, np.array([[1.0], [0.0]]))
+    t = on(device, x, requires_grad=True)
+    t.topk(2, 1).values.sum().backward()
+    check(t.grad, np.array([[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0]]))
+    with pytest.raises(RuntimeError, match=r"topk: k \(5\) is out of range"):
+        on(device, x).topk(5, dim=1)
+
+
+@pytest.mark.parametrize("order", [2, 1, 3, float("inf"), 0])
+def test_vector_norm_matches_numpy(device: str, order: float) -> None:
+    x = rand(3, 4, seed=7)
+    check(dlcore.linalg.vector_norm(on(device, x), order, dim=1),
+          np.linalg.norm(x, ord=order, axis=1))
+    check(on(device, x).norm(), np.array(np.linalg.norm(x)))
+
+
+def test_euclidean_norm_gradient_is_zero_at_zero(device: str) -> None:
+    x = on(device, np.array([[3.0, 4.0], [0.0, 0.0]]), requires_grad=True)
+    x.norm(dim=1).sum().backward()
+    check(x.grad, np.array([[0.6, 0.8], [0.0, 0.0]]))
+    assert grad_ok(lambda t: dlcore.linalg.norm(t, dim=1), [rand(3, 4, seed=8)], device)
+    with pytest.raises(NotImplementedError, match="matrix norm ord='nuc'"):
+        dlcore.linalg.norm(on(device, np.ones((2, 2))), ord="nuc")

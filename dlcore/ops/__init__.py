@@ -7,6 +7,7 @@ from .elementwise import (abs, add, clamp, cos, div, eq, exp, ge, gelu, gt, isfi
 from .index import gather, getitem, index_select, masked_fill, scatter_add, setitem
 from .linalg import bmm, matmul, mm
 from .logic import all, any, isinf, tril, triu
+from .ordering import argsort, sort, topk
 from .reduce import (amax, amin, argmax, argmin, log_softmax, logsumexp, max, mean, min, prod,
                      softmax, std, sum, var)
 from .rounding import floor_divide, remainder

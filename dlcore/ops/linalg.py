@@ -6,7 +6,7 @@ from typing import Any
 
 from ..autograd import Function
 from ..tensor import Tensor
-from ._util import low_precision, sum_to
+from ._util import float32_op, low_precision, sum_to
 
 
 class MatMul(Function):
@@ -72,3 +72,68 @@ def bmm(input: Tensor, mat2: Tensor) -> Tensor:
         raise RuntimeError(f"bmm: expected 3-D tensors with equal batch, got shapes "
                            f"{tuple(input.shape)} and {tuple(mat2.shape)}")
     return matmul(input, mat2)
+
+
+class _EuclideanNorm(Function):
+    """sqrt(sum x^2) over ``dims``; gradient x / norm, and 0 where the norm is 0 (PyTorch's
+    choice: the subgradient of smallest size, never NaN)."""
+
+    save_inputs = True
+    save_output = True
+
+    def forward(self, x: Any, dims: tuple[int, ...] | None, keepdim: bool) -> Any:
+        xp = self.device.xp
+        self.dims, self.keepdim = dims, keepdim
+        return xp.sqrt((x * x).sum(axis=dims, keepdims=keepdim))
+
+    def backward(self, g: Tensor) -> tuple:
+        (x,) = self.saved_tensors
+        norm = self.output()
+        if not self.keepdim and self.dims is not None:
+            shape = [1 if i in self.dims else s for i, s in enumerate(x.shape)]
+            norm, g = norm.reshape(*shape), g.reshape(*shape)
+        elif not self.keepdim:
+            norm, g = norm.reshape(*([1] * x.ndim)), g.reshape(*([1] * x.ndim))
+        zero = norm == 0
+        safe = norm.masked_fill(zero, 1.0)
+        return ((g * x / safe).masked_fill(zero.expand(*x.shape), 0.0),)
+
+
+@float32_op
+def vector_norm(x: Tensor, ord: float = 2, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """The ``ord``-norm of ``x`` over ``dim`` (all elements by default), PyTorch's
+    ``linalg.vector_norm``: ``ord`` 2 (Euclidean), 1, inf, -inf, 0 (the count of non-zeros)
+    or any other positive number.
+
+    >>> dlcore.linalg.vector_norm(dlcore.tensor([3.0, 4.0])).item()
+    5.0
+    """
+    if x.dtype.kind != "f":
+        raise RuntimeError(f"vector_norm: expected a floating point tensor, got {x.dtype}")
+    dims = None if dim is None else tuple(
+        sorted({int(d) % max(x.ndim, 1) for d in ((dim,) if isinstance(dim, int) else dim)}))
+    if ord == 2:
+        return _EuclideanNorm.apply(x, dims=dims, keepdim=keepdim)
+    a = x.abs()
+    if ord == float("inf"):
+        return a.amax(dim=() if dims is None else dims, keepdim=keepdim)
+    if ord == float("-inf"):
+        return a.amin(dim=() if dims is None else dims, keepdim=keepdim)
+    if ord == 0:
+        return (a != 0).to(x.dtype).sum(dim=dims, keepdim=keepdim)
+    if ord == 1:
+        return a.sum(dim=dims, keepdim=keepdim)
+    if not ord > 0:
+        raise RuntimeError(f"vector_norm: ord must be positive, 0 or +-inf, got {ord}")
+    return (a ** ord).sum(dim=dims, keepdim=keepdim) ** (1.0 / ord)
+
+
+def norm(x: Tensor, ord: Any = None, dim: Any = None, keepdim: bool = False) -> Tensor:
+    """PyTorch's ``linalg.norm`` for vectors and the Frobenius norm of matrices (``ord``
+    None or 'fro'); other matrix norms are not built (a clear error)."""
+    if ord is None or ord == "fro":
+        return vector_norm(x, 2, dim, keepdim)
+    if isinstance(ord, str) or (dim is not None and not isinstance(dim, int) and len(dim) == 2):
+        raise NotImplementedError(f"norm: matrix norm ord={ord!r} is not available in dlcore "
+                                  "(vector norms and 'fro' are)")
+    return vector_norm(x, ord, dim, keepdim)
