@@ -693,29 +693,27 @@ class Tensor:
 
     def new_full(self, size: Sequence[_int], fill_value: Any, dtype: Any = None,
                  device: Any = None, requires_grad: _bool = False) -> Tensor:
-        dt = self.dtype if dtype is None else to_dtype(dtype)
-        dev = self._device if device is None else as_device(device)
-        with dev:
-            arr = dev.xp.full(tuple(size), fill_value, dtype=dt)
-        t = Tensor._make(arr, dev)
-        return t.requires_grad_() if requires_grad else t
+        return creation.full(size, fill_value, dtype=self.dtype if dtype is None else dtype,
+                             device=self._device if device is None else device,
+                             requires_grad=requires_grad)
 
     def new_zeros(self, *size: Any, dtype: Any = None, device: Any = None,
                   requires_grad: _bool = False) -> Tensor:
-        return self.new_full(_size_arg(size), 0, dtype, device, requires_grad)
+        return creation.zeros(*size, dtype=self.dtype if dtype is None else dtype,
+                              device=self._device if device is None else device,
+                              requires_grad=requires_grad)
 
     def new_ones(self, *size: Any, dtype: Any = None, device: Any = None,
                  requires_grad: _bool = False) -> Tensor:
-        return self.new_full(_size_arg(size), 1, dtype, device, requires_grad)
+        return creation.ones(*size, dtype=self.dtype if dtype is None else dtype,
+                             device=self._device if device is None else device,
+                             requires_grad=requires_grad)
 
     def new_empty(self, *size: Any, dtype: Any = None, device: Any = None,
                   requires_grad: _bool = False) -> Tensor:
-        dt = self.dtype if dtype is None else to_dtype(dtype)
-        dev = self._device if device is None else as_device(device)
-        with dev:
-            arr = dev.xp.empty(_size_arg(size), dtype=dt)
-        t = Tensor._make(arr, dev)
-        return t.requires_grad_() if requires_grad else t
+        return creation.empty(*size, dtype=self.dtype if dtype is None else dtype,
+                              device=self._device if device is None else device,
+                              requires_grad=requires_grad)
 
     def clone(self) -> Tensor:
         return ops.clone(self)
@@ -946,13 +944,6 @@ def parse_to_args(args: tuple, kwargs: dict, op: str) -> tuple[Device | None, An
             dtype = a
     return (None if device is None else Device(device),
             None if dtype is None else to_dtype(dtype))
-
-
-def _size_arg(size: tuple) -> tuple[_int, ...]:
-    """``(2, 3)`` or ``((2, 3),)`` -> ``(2, 3)``, as the ``new_*`` methods take sizes."""
-    if len(size) == 1 and isinstance(size[0], list | tuple):
-        size = tuple(size[0])
-    return tuple(_int(s) for s in size)
 
 
 def tensor_from_array(arr: Any) -> Tensor:

@@ -10,6 +10,7 @@ import pytest
 
 import dlcore
 from dlcore import optim
+from dlcore.device import device_count
 from dlcore.nn.parameter import Parameter
 
 SHAPES = ((3, 4), (5,), (2, 3, 2))
@@ -141,11 +142,14 @@ def test_matches_formula(cls, ref, options):
         np.testing.assert_allclose(p, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel_device", ["emu", "cuda"])
 @pytest.mark.parametrize("cls, ref, options", CASES,
                          ids=[f"{c.__name__}-{i}" for i, (c, _, _) in enumerate(CASES)])
-def test_kernel_matches_numpy_path(device, cls, ref, options):
-    if device == "cpu":
-        pytest.skip("the NumPy path is the reference")
+def test_kernel_matches_numpy_path(kernel_device, cls, ref, options):
+    """The kernel devices against the cpu path (the NumPy twin is the reference)."""
+    if kernel_device == "cuda" and device_count() == 0:
+        pytest.skip("no CUDA device")
+    device = kernel_device
     for dtype in (np.float32, np.float64):
         expected = _run(cls, options, "cpu", dtype, steps=6)
         got = _run(cls, options, device, dtype, steps=6)
