@@ -19,7 +19,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,8 +29,8 @@ from .family import CTYPES, KernelFamily, ctype, families
 from .sources import SOURCE_DIR, KernelSource, kernel_source, product_sources
 
 __all__ = ["CTYPES", "KernelCompileError", "KernelFamily", "KernelRunner", "KernelSource",
-           "SOURCE_DIR", "ceil_div", "ctype", "families", "grid_1d", "kernel_source", "launch",
-           "product_sources", "runner_for", "stubbed_launches"]
+           "Launch", "SOURCE_DIR", "ceil_div", "ctype", "families", "grid_1d", "kernel_source",
+           "launch", "product_sources", "recorded_launches", "runner_for", "stubbed_launches"]
 
 Dims = int | Sequence[int]
 Launcher = Callable[..., None]
@@ -117,6 +117,9 @@ class KernelRunner:
                                    f"current device is another one; launch under "
                                    f"'with device:' (the tensors' device)")
             dims = _as_dims(grid), _as_dims(block)
+            if _recorded.logs:
+                for log in _recorded.logs:
+                    log.append(Launch(launch_kernel.__qualname__, *dims, shared_mem))
             if _stubbed.depth:
                 return  # measuring the host cost: everything but the launch itself
             kernel(*dims, tuple(args), shared_mem=shared_mem)
@@ -188,6 +191,40 @@ def stubbed_launches() -> Iterator[None]:
         yield
     finally:
         _stubbed.depth -= 1
+
+
+class Launch(NamedTuple):
+    """One recorded launch: ``kernel`` is ``"<file>:<entry point>"``."""
+
+    kernel: str
+    grid: tuple[int, ...]
+    block: tuple[int, ...]
+    shared_mem: int
+
+
+class _Recorded(threading.local):
+    def __init__(self) -> None:
+        self.logs: list[list[Launch]] = []
+
+
+_recorded = _Recorded()
+
+
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[list[Launch]]:
+    """Within it (in this thread) every kernel launch is appended to the yielded list as a
+    :class:`Launch`, so tests can name which kernel served a shape::
+
+        with recorded_launches() as launches:
+            F.conv2d(x, w)
+        assert [l.kernel for l in launches] == ["conv2d.cu:conv2d_forward<float>"]
+    """
+    log: list[Launch] = []
+    _recorded.logs.append(log)
+    try:
+        yield log
+    finally:
+        _recorded.logs.remove(log)
 
 
 _runners: dict[Any, KernelRunner] = {}

@@ -149,6 +149,23 @@ def test_stubbed_launches_still_check_but_do_not_run() -> None:
     assert args[0][0] != 1.0
 
 
+def test_recorded_launches_name_each_kernel_in_order() -> None:
+    """Tests name which kernel served a shape by recording launches; nesting records in both
+    logs, and nothing is recorded outside the block."""
+    from dlcore.kernels import recorded_launches
+
+    dev = Device("emu")
+    run = dev.kernels.function("optim.cu", "adam_step<float>")
+    with recorded_launches() as outer:
+        run((1,), (32,), _adam_args(np))
+        with recorded_launches() as inner:
+            run((2,), (64,), _adam_args(np))
+    run((1,), (32,), _adam_args(np))
+    assert [(rec.kernel, rec.grid, rec.block) for rec in outer] == [
+        ("optim.cu:adam_step<float>", (1,), (32,)), ("optim.cu:adam_step<float>", (2,), (64,))]
+    assert [rec.grid for rec in inner] == [(2,)]
+
+
 def test_a_source_can_ask_for_cooperative_launches(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """'// dlcore: cooperative' makes the runner build the module with
