@@ -1,58 +1,71 @@
-// conv2d.cu -- 2-D convolution as implicit GEMM: forward, backward-data, backward-weight.
+// conv2d.cu -- 2-D convolution as table-driven implicit GEMM: forward, backward-data (split by
+// stride phase) and backward-weight, SIMT (FFMA/DFMA; the tensor-core kernels are elsewhere).
 //
 // Shape letters: N batch, C input channels, H x W input plane, F output channels, Ho x Wo
-// output plane, KH x KW kernel taps, G groups, Cg = C / G, Fg = F / G. x is (N, C, H, W), w is
-// (F, Cg, KH, KW), y is (N, F, Ho, Wo); all C-contiguous. Stride (SH, SW), padding (PH, PW),
-// dilation (DH, DW).
+// output plane, KH x KW kernel taps, T = KH*KW, G groups, Cg = C / G, Fg = F / G. x is
+// (N, C, H, W), w is (F, Cg, KH, KW), y is (N, F, Ho, Wo); all C-contiguous. Stride (SH, SW),
+// padding (PH, PW), dilation (DH, DW).
 //
 // Algorithm. Each direction is one GEMM per group, D[M x Nc] = sum_k A[M x K] * B[K x Nc], whose
-// operands are gathered from the tensors on the fly: no im2col buffer ever exists in global
-// memory. A block computes a BM x BN = 64 x 64 tile of D with 256 threads, each owning a 4 x 4
-// register micro-tile (rows tx + 16 i, columns ty + 16 j, tx = t % 16, ty = t / 16, so a warp's
-// stores run along the tile's rows). The K loop moves in BK = 16 steps: the gathered A and B
-// slices are staged in shared memory (one slot of padding per row against bank conflicts),
-// and the next slice is fetched into registers while the current one is multiplied, so global
-// latency overlaps the FMAs. Accumulation is in T (float for float inputs).
+// operands are gathered from the tensors on the fly (no im2col buffer in global memory). A block
+// computes a BM x BM tile of D (BM = 128: 8 x 8 outputs per thread; BM = 64: 4 x 4) with 256
+// threads as 16 x 16; thread (tx, ty) owns rows {64 q + 4 tx + e} and columns {64 q + 4 ty + e},
+// so each K step reads its operands from shared memory as 4-wide vectors (LDS.128 for float):
+// per step of BK = 8 a thread issues BM/8 vector loads for BM*BM/256 FMAs. The K loop is double
+// buffered: the next step's gathers are issued into registers before this step's multiply, and
+// stored into the other shared-memory buffer after it, one barrier per step.
 //
-//   forward         D = y        rows (n, oh, ow)   cols f       K = (c, kh, kw), Cg*KH*KW
-//   backward-data   D = gx       rows (n, ih, iw)   cols c       K = (f, kh, kw), Fg*KH*KW
-//   backward-weight D = gw^T     rows (c, kh, kw)   cols f       K = (n, oh, ow), N*Ho*Wo
+// No integer division in the K loop: the host precomputes, once per layer shape, a table with
+// one int4 per k, {a offset, du, dv, b offset}; a gather of A at row (u0, v0) is valid when
+// u0 + du and v0 + dv lie inside A's plane, and reads A[row base + a offset]; B is read at
+// column base + b offset. Rows decode (n, u, v) once, in the prologue. Table entries past the
+// end of K hold du = dv = kFar and b offset -1, so every tail gather is zero.
 //
-// Backward-data gathers gy at oh = (ih + PH - kh*DH) / SH only where that division is exact and
-// in range (the transposed convolution); taps that fail the test contribute zero. Backward-weight
-// computes gw transposed (rows = Cg*KH*KW, contiguous in gw) so its stores coalesce, and splits
-// its long K = N*Ho*Wo into `splits` ranges: split s writes its partial gw into
-// partial[s * F*Cg*KH*KW ...], and conv2d_backward_weight_reduce sums the splits in a fixed
-// order (deterministic, no atomics). With splits == 1, partial is gw itself.
+//   direction        A    rows (n, u, v)       table k                          B
+//   forward          x    (n, oh, ow)          (c, r, s): c*H*W + r*DH*W + s*DW  w[f, k]
+//   backward-data    gy   (n, i', j') phase    (f, r, s) of taps that land       w[f, c, r, s]
 //
-// Launch shape (256 threads, 1-D blocks; no dynamic shared memory):
-//   forward          grid (ceil(N*Ho*Wo / 64), ceil(Fg / 64), G)
-//   backward-data    grid (ceil(N*H*W / 64), ceil(Cg / 64), G)
-//   backward-weight  grid (ceil(Cg*KH*KW / 64) * splits, ceil(Fg / 64), G); chunk = K per split,
-//                    a multiple of 16
-//   reduce           1-D grid-stride over F*Cg*KH*KW
-// Static shared memory: 2 * 16 * 65 * sizeof(T) (8.3 KB float, 16.6 KB double).
-// __launch_bounds__(256, 2) caps registers at 128 so two blocks fit per SM; without the hint
-// ptxas chose a 64-register budget and the float backward-weight spilled. Registers (sm_90):
-// about 80-96 float, 118-126 double, no spills.
+// Backward-data is split by stride phase (ph_h, ph_w) in [0, SH) x [0, SW): the gx rows
+// ih = ph_h + SH*i' receive only the taps r with (ph_h + PH - r*DH) % SH == 0, and from gy row
+// oh = i' + (ph_h + PH - r*DH) / SH, so each phase is a dense GEMM over its own K (no
+// multiply-add lands on a zero tap; at stride 2, 75% did before). A phase record
+// {table offset, K, Mu, Mv, out u0, out v0, out u step, out v step} per phase; grid.z runs over
+// groups x phases. Forward is the one-phase case. A phase with no tap writes zeros.
 //
-// Memory traffic. Each block reads its A rows once per column tile and its B columns once per
-// row tile: x (or gy) is read ceil(Nc / 64) times and w once per 64-row tile of M, the output
-// written once. Gathers along a row of A are coalesced when consecutive rows are consecutive
-// ow (forward, stride 1) or iw (backward-data); weight reads are k-contiguous.
+// Backward-weight computes gw transposed, D[(c, r, s)][f], K = (n, oh, ow): thread rows are
+// fixed, so their (c, r, s) decode is hoisted out of the loop, and the per-position table
+// {oh*SH - PH, ow*SW - PW, (oh*SH - PH)*W + ow*SW - PW, p} covers one output plane padded to
+// Ppad (a multiple of BK): a K step never straddles two images, and the image advances with one
+// comparison per step. Its long K splits over blocks; split s writes partial gw into
+// partial[s * F*Cg*KH*KW ...] and conv2d_backward_weight_reduce sums the splits in a fixed
+// order (deterministic, no atomics). With one split, partial is gw itself.
 //
-// Limits. Element offsets are 64-bit (tensors may exceed 2^31 elements); per-group GEMM sizes M,
-// K and Nc, and each dimension, must fit in int32 except the M of forward/backward-data and
-// backward-weight's K, which are 64-bit. G <= 65535 and ceil(Fg / 64) <= 65535 (grid y/z).
-// Depthwise convolution (Fg = Cg = 1) runs at 1/64 of the tile's width: correct, not fast.
+// Launch shape (256 threads, 1-D blocks; static shared memory 2 * 2 * 8 * (BM + 4) * sizeof(T):
+// 16.9 KB at BM = 128 float, 8.7 KB at BM = 64 float, 17.4 KB at BM = 64 double):
+//   conv2d_gemm    grid (ceil(max over phases of N*Mu*Mv / BM), ceil(Nc / BM), G * phases)
+//   conv2d_wgrad   grid (ceil(Cg*T / BM) * splits, ceil(Fg / BM), G); chunk = K per split, a
+//                  multiple of BK; K = N * Ppad
+//   reduce         1-D grid-stride over F*Cg*KH*KW
+// __launch_bounds__(256, 2): registers capped at 128 so two blocks fit per SM.
+//
+// Memory traffic. Each block reads its A rows once per column tile and B once per row tile:
+// A is read ceil(Nc / BM) times, B ceil(M / BM) times, D written once. Gathers of A along rows
+// are coalesced when consecutive rows are consecutive ow (forward at stride 1) or j' (backward
+// data); B reads are 8 consecutive k per column (32 B segments). The tables are a few KB, read
+// through L1 as warp-uniform loads.
+//
+// Limits. Element offsets of tensor bases are 64-bit; inside one (image, group) slice of A,
+// offsets are int32 (the Python side checks Cg*H*W, Fg*Ho*Wo, Fg*Cg*T < 2^31), and so are
+// per-group GEMM sizes except M and backward-weight's K, which are 64-bit. G * phases <= 65535,
+// ceil(Nc / BM) <= 65535 (grid y/z). Depthwise convolutions have a kernel of their own.
 #include "common.cuh"
 
-// dlcore: instantiate conv2d_forward<float>
-// dlcore: instantiate conv2d_forward<double>
-// dlcore: instantiate conv2d_backward_data<float>
-// dlcore: instantiate conv2d_backward_data<double>
-// dlcore: instantiate conv2d_backward_weight<float>
-// dlcore: instantiate conv2d_backward_weight<double>
+// dlcore: instantiate conv2d_gemm<float, 128>
+// dlcore: instantiate conv2d_gemm<float, 64>
+// dlcore: instantiate conv2d_gemm<double, 64>
+// dlcore: instantiate conv2d_wgrad<float, 128>
+// dlcore: instantiate conv2d_wgrad<float, 64>
+// dlcore: instantiate conv2d_wgrad<double, 64>
 // dlcore: instantiate conv2d_backward_weight_reduce<float>
 // dlcore: instantiate conv2d_backward_weight_reduce<double>
 
@@ -60,316 +73,302 @@ namespace conv {
 
 using dl::index_t;
 
-constexpr int kBM = 64;        // tile rows (M)
-constexpr int kBN = 64;        // tile columns (Nc)
-constexpr int kBK = 16;        // K step
-constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
-constexpr int kMicro = 4;      // micro-tile edge; kBM == 16 * kMicro
-constexpr int kLoads = 4;      // elements of A (and of B) each thread gathers per K step
+constexpr int kThreads = 256;       // 16 x 16
+constexpr int kBK = 8;              // K step
+constexpr int kFar = -(1 << 29);    // a coordinate offset that fails every bounds test
 
-// Geometry shared by all three directions (plain ints: every dimension fits in int32).
-struct Geometry {
-  int n, c, h, w, f, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, groups;
-  __device__ int cg() const { return c / groups; }
-  __device__ int fg() const { return f / groups; }
-  __device__ int taps() const { return kh * kw; }
+// Four consecutive elements, loaded from shared memory as one vector (16 B for float).
+template <typename T>
+struct alignas(4 * sizeof(T)) Quad {
+  T v[4];
 };
 
-// The shared K loop. `Tile` gathers operand slices into registers:
-//   load_a(k0, regs) / load_b(k0, regs): the thread's kLoads elements of the K step at k0, zero
-//   outside the problem; Tile::kAKFast / kBKFast give the thread -> element layout:
-//   K-fast: k = k0 + t % 16, row/col = t / 16 + 16 i (coalesced when K is the contiguous axis);
-//   M-fast: k = k0 + t / 64 + 4 i, row/col = t % 64 (coalesced when rows are contiguous).
-// `acc[i][j]` accumulates D[row0 + tx + 16 i][col0 + ty + 16 j].
-template <typename T, class Tile>
-__device__ __forceinline__ void gemm_k_loop(Tile& tile, index_t k_begin, index_t k_end,
-                                            T (&acc)[kMicro][kMicro]) {
-  __shared__ T a_tile[kBK][kBM + 1];
-  __shared__ T b_tile[kBK][kBN + 1];
-  const int t = threadIdx.x, tx = t % 16, ty = t / 16;
-  T a_regs[kLoads], b_regs[kLoads];
-  tile.load_a(k_begin, a_regs);
-  tile.load_b(k_begin, b_regs);
-  for (index_t k0 = k_begin; k0 < k_end; k0 += kBK) {
+template <typename T, int BM>
+struct Config {
+  static constexpr int kMicro = BM / 16;                // outputs per thread along each axis
+  static constexpr int kLd = BM + 4;                    // shared row: +4 keeps rows 16-B aligned
+  // and, for the K-fast stores below (8 k x 4 rows per warp), puts k's rows 4 banks apart
+  static constexpr int kLoads = kBK * BM / kThreads;    // A (and B) elements per thread per step
+  static constexpr int kRowStride = kThreads / BM;      // M-fast: k stride between a thread's A loads
+  static constexpr int kColStride = kThreads / kBK;     // K-fast: row/column stride (32)
+  // Blocks per SM the register budget must allow: at BM = 128 the 64 accumulators, operand
+  // fragments and gather state need ~170 registers, so one block (ptxas spilled at the cap of
+  // 128 that two would impose); BM = 64 fits two.
+  static constexpr int kMinBlocks = BM == 128 ? 1 : 2;
+};
+
+template <typename T, int BM>
+using SmemTile = T[kBK][Config<T, BM>::kLd];
+
+// acc[i][j] += sum over the step's 8 k of A[k][row_i] * B[k][col_j]: the hot loop's math.
+template <typename T, int BM>
+__device__ __forceinline__ void multiply(const SmemTile<T, BM>& as, const SmemTile<T, BM>& bs,
+                                         T (&acc)[BM / 16][BM / 16]) {
+  constexpr int kM = BM / 16;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      if constexpr (Tile::kAKFast) a_tile[t % 16][t / 16 + 16 * i] = a_regs[i];
-      else a_tile[t / 64 + 4 * i][t % 64] = a_regs[i];
-      if constexpr (Tile::kBKFast) b_tile[t % 16][t / 16 + 16 * i] = b_regs[i];
-      else b_tile[t / 64 + 4 * i][t % 64] = b_regs[i];
+  for (int kk = 0; kk < kBK; ++kk) {
+    T a[kM], b[kM];
+#pragma unroll
+    for (int q = 0; q < kM / 4; ++q) {
+      const Quad<T> qa = *reinterpret_cast<const Quad<T>*>(&as[kk][64 * q + 4 * tx]);
+      const Quad<T> qb = *reinterpret_cast<const Quad<T>*>(&bs[kk][64 * q + 4 * ty]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        a[4 * q + e] = qa.v[e];
+        b[4 * q + e] = qb.v[e];
+      }
     }
-    __syncthreads();
-    if (k0 + kBK < k_end) {  // prefetch the next slice while this one is multiplied
-      tile.load_a(k0 + kBK, a_regs);
-      tile.load_b(k0 + kBK, b_regs);
-    }
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      T a[kMicro], b[kMicro];
+    for (int i = 0; i < kM; ++i)
 #pragma unroll
-      for (int i = 0; i < kMicro; ++i) a[i] = a_tile[kk][tx + 16 * i];
-#pragma unroll
-      for (int j = 0; j < kMicro; ++j) b[j] = b_tile[kk][ty + 16 * j];
-#pragma unroll
-      for (int i = 0; i < kMicro; ++i)
-#pragma unroll
-        for (int j = 0; j < kMicro; ++j) acc[i][j] += a[i] * b[j];
-    }
-    __syncthreads();  // the next iteration overwrites the tiles
+      for (int j = 0; j < kM; ++j) acc[i][j] += a[i] * b[j];
   }
 }
 
-// Forward. A = x gathered as im2col rows (M-fast: the thread's row is fixed, so its (n, oh, ow)
-// decode happens once); B = w rows, K-contiguous (K-fast).
-template <typename T>
-struct ForwardTile {
-  static constexpr bool kAKFast = false, kBKFast = true;
-  const T* x_plane;  // x[n, g*Cg] for this thread's row, or null past M
-  const T* w_group;  // w[g*Fg]
-  int ih0, iw0, k_total, col0;
-  Geometry geo;
+// The double-buffered K loop over `steps` steps of kBK. `Gather` provides load(ra, rb) (this
+// step's elements into registers), store(as, bs, ra, rb) and advance() (to the next step).
+template <typename T, int BM, class Gather>
+__device__ __forceinline__ void k_loop(Gather& g, index_t steps, T (&acc)[BM / 16][BM / 16]) {
+  constexpr int kN = Config<T, BM>::kLoads;
+  __shared__ __align__(32) T a_tiles[2][kBK][Config<T, BM>::kLd];
+  __shared__ __align__(32) T b_tiles[2][kBK][Config<T, BM>::kLd];
+  if (steps <= 0) return;  // uniform across the block
+  T ra[kN], rb[kN];
+  g.load(ra, rb);
+  g.store(a_tiles[0], b_tiles[0], ra, rb);
+  __syncthreads();
+  for (index_t s = 0; s < steps; ++s) {
+    const int cur = (int)(s & 1);
+    const bool more = s + 1 < steps;
+    if (more) {  // issue the next step's global loads before this step's math
+      g.advance();
+      g.load(ra, rb);
+    }
+    multiply<T, BM>(a_tiles[cur], b_tiles[cur], acc);
+    // NOTE: the other buffer was last read in the previous step, before the barrier below it
+    if (more) g.store(a_tiles[cur ^ 1], b_tiles[cur ^ 1], ra, rb);
+    __syncthreads();
+  }
+}
 
-  __device__ ForwardTile(const T* x, const T* w, const Geometry& g, index_t row, int col0_,
-                         int group)
-      : geo(g) {
-    const index_t m_total = (index_t)g.n * g.ho * g.wo;
-    const int ow = (int)(row % g.wo), oh = (int)((row / g.wo) % g.ho);
-    const index_t n = row / ((index_t)g.ho * g.wo);
-    x_plane = row < m_total ? x + (n * g.c + (index_t)group * g.cg()) * g.h * g.w : nullptr;
-    ih0 = oh * g.sh - g.ph;
-    iw0 = ow * g.sw - g.pw;
-    k_total = g.cg() * g.taps();
-    w_group = w + (index_t)group * g.fg() * k_total;
-    col0 = col0_;
+// Forward and backward-data: A gathered M-fast (a thread's row is fixed; its kLoads elements are
+// k = t / BM + kRowStride * i), B K-fast (k = t % 8, columns t / 8 + 32 j).
+template <typename T, int BM>
+struct TableGather {
+  using Cfg = Config<T, BM>;
+  const T* a;        // the row's (image, group) plane of A
+  const T* b;        // B
+  const int4* tab;   // this step's table entries
+  int a_row, u0, v0, a_h, a_w;
+  int b_col[Cfg::kLoads];  // group and column offset into B, or -1 past the columns
+
+  __device__ void load(T (&ra)[Cfg::kLoads], T (&rb)[Cfg::kLoads]) const {
+    const int t = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < Cfg::kLoads; ++i) {
+      const int4 e = tab[t / BM + Cfg::kRowStride * i];
+      const bool inside = (unsigned)(u0 + e.y) < (unsigned)a_h && (unsigned)(v0 + e.z) < (unsigned)a_w;
+      ra[i] = inside ? a[(unsigned)(a_row + e.x)] : T(0);  // >= 0 when inside: 32-bit index math
+    }
+    const int b_off = tab[t % kBK].w;
+#pragma unroll
+    for (int j = 0; j < Cfg::kLoads; ++j)
+      rb[j] = (b_off >= 0 && b_col[j] >= 0) ? b[(unsigned)(b_col[j] + b_off)] : T(0);
   }
 
-  __device__ void load_a(index_t k0, T (&regs)[kLoads]) const {
-    const int taps = geo.taps();
+  __device__ void store(SmemTile<T, BM>& as, SmemTile<T, BM>& bs, const T (&ra)[Cfg::kLoads],
+                        const T (&rb)[Cfg::kLoads]) const {
+    const int t = threadIdx.x;
 #pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int k = (int)k0 + threadIdx.x / 64 + 4 * i;
-      T v = T(0);
-      if (x_plane != nullptr && k < k_total) {
-        const int ci = k / taps, tap = k - ci * taps, r = tap / geo.kw, s = tap - r * geo.kw;
-        const int ih = ih0 + r * geo.dh, iw = iw0 + s * geo.dw;
-        if (ih >= 0 && ih < geo.h && iw >= 0 && iw < geo.w)
-          v = x_plane[((index_t)ci * geo.h + ih) * geo.w + iw];
-      }
-      regs[i] = v;
+    for (int i = 0; i < Cfg::kLoads; ++i) as[t / BM + Cfg::kRowStride * i][t % BM] = ra[i];
+#pragma unroll
+    for (int j = 0; j < Cfg::kLoads; ++j) bs[t % kBK][t / kBK + Cfg::kColStride * j] = rb[j];
+  }
+
+  __device__ void advance() { tab += kBK; }
+};
+
+// Backward-weight: both operands K-fast (k = t % 8; rows / columns t / 8 + 32 i), so a warp's
+// gathers run along consecutive output positions.
+template <typename T, int BM>
+struct WeightGather {
+  using Cfg = Config<T, BM>;
+  const T* x_img;     // x[n, g*Cg]
+  const T* gy_img;    // gy[n, g*Fg]
+  const int4* ptab;   // per-position table, Ppad entries
+  index_t x_step, gy_step;  // C*H*W and F*Ho*Wo: one image
+  int p0, p_pad, h, w;
+  int row_off[Cfg::kLoads], row_dh[Cfg::kLoads], row_dw[Cfg::kLoads];  // per A row (c, r, s)
+  int col_off[Cfg::kLoads];  // f * Ho*Wo per B column, or -1 past the columns
+
+  __device__ void load(T (&ra)[Cfg::kLoads], T (&rb)[Cfg::kLoads]) const {
+    const int4 e = ptab[p0 + threadIdx.x % kBK];
+#pragma unroll
+    for (int i = 0; i < Cfg::kLoads; ++i) {
+      const bool inside = (unsigned)(e.x + row_dh[i]) < (unsigned)h &&
+                          (unsigned)(e.y + row_dw[i]) < (unsigned)w;
+      ra[i] = inside ? x_img[(unsigned)(e.z + row_off[i])] : T(0);
+    }
+#pragma unroll
+    for (int j = 0; j < Cfg::kLoads; ++j)
+      rb[j] = (e.w >= 0 && col_off[j] >= 0) ? gy_img[(unsigned)(col_off[j] + e.w)] : T(0);
+  }
+
+  __device__ void store(SmemTile<T, BM>& as, SmemTile<T, BM>& bs, const T (&ra)[Cfg::kLoads],
+                        const T (&rb)[Cfg::kLoads]) const {
+    const int t = threadIdx.x;
+#pragma unroll
+    for (int i = 0; i < Cfg::kLoads; ++i) {
+      as[t % kBK][t / kBK + Cfg::kColStride * i] = ra[i];
+      bs[t % kBK][t / kBK + Cfg::kColStride * i] = rb[i];
     }
   }
 
-  __device__ void load_b(index_t k0, T (&regs)[kLoads]) const {
-    const int k = (int)k0 + threadIdx.x % 16;
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int col = col0 + threadIdx.x / 16 + 16 * i;
-      regs[i] = (k < k_total && col < geo.fg()) ? w_group[(index_t)col * k_total + k] : T(0);
+  __device__ void advance() {
+    p0 += kBK;
+    if (p0 == p_pad) {  // the next image
+      p0 = 0;
+      x_img += x_step;
+      gy_img += gy_step;
     }
   }
 };
 
-// Backward-data. A = gy gathered through the transposed taps (M-fast, row decode once);
-// B[k = (f, r, s)][c] = w[g*Fg + f, c, r, s] (K-fast: the taps of one filter are contiguous).
-template <typename T>
-struct BackwardDataTile {
-  static constexpr bool kAKFast = false, kBKFast = true;
-  const T* gy_plane;  // gy[n, g*Fg] for this thread's row, or null past M
-  const T* w_group;   // w[g*Fg]
-  int th0, tw0, k_total, col0;
-  Geometry geo;
-
-  __device__ BackwardDataTile(const T* gy, const T* w, const Geometry& g, index_t row, int col0_,
-                              int group)
-      : geo(g) {
-    const index_t m_total = (index_t)g.n * g.h * g.w;
-    const int iw = (int)(row % g.w), ih = (int)((row / g.w) % g.h);
-    const index_t n = row / ((index_t)g.h * g.w);
-    gy_plane = row < m_total ? gy + (n * g.f + (index_t)group * g.fg()) * g.ho * g.wo : nullptr;
-    th0 = ih + g.ph;
-    tw0 = iw + g.pw;
-    k_total = g.fg() * g.taps();
-    w_group = w + (index_t)group * g.fg() * g.cg() * g.taps();
-    col0 = col0_;
-  }
-
-  __device__ void load_a(index_t k0, T (&regs)[kLoads]) const {
-    const int taps = geo.taps();
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int k = (int)k0 + threadIdx.x / 64 + 4 * i;
-      T v = T(0);
-      if (gy_plane != nullptr && k < k_total) {
-        const int fo = k / taps, tap = k - fo * taps, r = tap / geo.kw, s = tap - r * geo.kw;
-        const int th = th0 - r * geo.dh, tw = tw0 - s * geo.dw;
-        // NOTE: test th >= 0 before %: C++ remainder of a negative number is negative, not 0.
-        if (th >= 0 && tw >= 0 && th % geo.sh == 0 && tw % geo.sw == 0) {
-          const int oh = th / geo.sh, ow = tw / geo.sw;
-          if (oh < geo.ho && ow < geo.wo) v = gy_plane[((index_t)fo * geo.ho + oh) * geo.wo + ow];
-        }
-      }
-      regs[i] = v;
-    }
-  }
-
-  __device__ void load_b(index_t k0, T (&regs)[kLoads]) const {
-    const int taps = geo.taps();
-    const int k = (int)k0 + threadIdx.x % 16;
-    const int fo = k / taps, tap = k - fo * taps;
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int col = col0 + threadIdx.x / 16 + 16 * i;
-      regs[i] = (k < k_total && col < geo.cg())
-                    ? w_group[((index_t)fo * geo.cg() + col) * taps + tap] : T(0);
-    }
-  }
-};
-
-// Backward-weight (transposed: rows (c, r, s), columns f). Both operands are K-fast, so a warp
-// reads consecutive ow of one output row; the thread's rows are fixed, so their (c, r, s)
-// decode is hoisted into the constructor.
-template <typename T>
-struct BackwardWeightTile {
-  static constexpr bool kAKFast = true, kBKFast = true;
-  const T* x;
-  const T* gy;
-  index_t k_end;  // end of this split's K range
-  // Channel, r*DH and s*DW of the thread's A rows (channel -1 past the row count). Kept as
-  // ints, not a 64-bit offset: the double instantiation would otherwise spill.
-  int row_channel[kLoads], row_dh[kLoads], row_dw[kLoads], group, col0;
-  Geometry geo;
-
-  __device__ BackwardWeightTile(const T* x_, const T* gy_, const Geometry& g, int row0, int col0_,
-                                int group_, index_t k_end_)
-      : x(x_), gy(gy_), k_end(k_end_), group(group_), col0(col0_), geo(g) {
-    const int taps = g.taps(), rows = g.cg() * taps;
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int row = row0 + threadIdx.x / 16 + 16 * i;
-      const int ci = row / taps, tap = row - ci * taps, r = tap / g.kw, s = tap - r * g.kw;
-      row_channel[i] = row < rows ? ci : -1;
-      row_dh[i] = r * g.dh;
-      row_dw[i] = s * g.dw;
-    }
-  }
-
-  __device__ void load_a(index_t k0, T (&regs)[kLoads]) const {
-    const index_t k = k0 + threadIdx.x % 16;
-    const index_t plane = (index_t)geo.ho * geo.wo;
-    const index_t n = k / plane;
-    const int p = (int)(k - n * plane), oh = p / geo.wo, ow = p - oh * geo.wo;
-    const T* x_group = x + (n * geo.c + (index_t)group * geo.cg()) * geo.h * geo.w;
-    const int ih0 = oh * geo.sh - geo.ph, iw0 = ow * geo.sw - geo.pw;
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int ih = ih0 + row_dh[i], iw = iw0 + row_dw[i];
-      const bool inside = k < k_end && row_channel[i] >= 0 && ih >= 0 && ih < geo.h && iw >= 0 &&
-                          iw < geo.w;
-      regs[i] = inside ? x_group[((index_t)row_channel[i] * geo.h + ih) * geo.w + iw] : T(0);
-    }
-  }
-
-  __device__ void load_b(index_t k0, T (&regs)[kLoads]) const {
-    const index_t k = k0 + threadIdx.x % 16;
-    const index_t plane = (index_t)geo.ho * geo.wo;
-    const index_t n = k / plane, p = k - n * plane;
-    const T* gy_group = gy + (n * geo.f + (index_t)group * geo.fg()) * plane + p;
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const int col = col0 + threadIdx.x / 16 + 16 * i;
-      regs[i] = (k < k_end && col < geo.fg()) ? gy_group[(index_t)col * plane] : T(0);
-    }
-  }
-};
+// Row (or column) `i` of the thread's micro-tile, relative to the block tile.
+__device__ __forceinline__ int micro_index(int i, int lane16) {
+  return 64 * (i / 4) + 4 * lane16 + i % 4;
+}
 
 }  // namespace conv
 
-// y = conv2d(x, w). Grid (ceil(N*Ho*Wo / 64), ceil(Fg / 64), G), 256 threads.
-template <typename T>
-__global__ void __launch_bounds__(conv::kThreads, 2) conv2d_forward(
-    const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ y,
-    int n, int c, int h, int w, int f, int ho, int wo, int kh, int kw, int sh, int sw, int ph,
-    int pw, int dh, int dw, int groups) {
-  const conv::Geometry geo = {n, c, h, w, f, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, groups};
-  const dl::index_t row0 = (dl::index_t)blockIdx.x * conv::kBM;
-  const int col0 = blockIdx.y * conv::kBN, group = blockIdx.z;
-  conv::ForwardTile<T> tile(x, weight, geo, row0 + threadIdx.x % 64, col0, group);
-  T acc[conv::kMicro][conv::kMicro] = {};
-  conv::gemm_k_loop(tile, 0, tile.k_total, acc);
+// D = A * B for forward (A = x, B = w) and backward-data (A = gy, B = w), see the header.
+// phases: 8 ints per phase {table offset, K, Mu, Mv, out u0, out v0, out u step, out v step}.
+// A's geometry: a_channels per image, a_h x a_w plane, row (u, v) -> (u*a_su - a_pu,
+// v*a_sv - a_pv); out: out_channels per image, out_h x out_w plane. bias (length G*cols) is added
+// when has_bias != 0.
+template <typename T, int BM>
+__global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBlocks)) conv2d_gemm(
+    const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias,
+    T* __restrict__ out, const int* __restrict__ table, const int* __restrict__ phases, int n,
+    int a_channels, int a_group_channels, int a_h, int a_w, int a_su, int a_sv, int a_pu,
+    int a_pv, int b_col_stride, int b_group_stride, int cols, int out_channels, int out_h,
+    int out_w, int num_phases, int has_bias) {
+  using Cfg = conv::Config<T, BM>;
+  constexpr int kM = BM / 16;
+  const int group = blockIdx.z / num_phases, phase = blockIdx.z - group * num_phases;
+  const int* rec = phases + 8 * phase;
+  const int tab_off = rec[0], k_total = rec[1], mu = rec[2], mv = rec[3];
+  const dl::index_t plane_m = (dl::index_t)mu * mv, m_total = n * plane_m;
+  const dl::index_t row0 = (dl::index_t)blockIdx.x * BM;
+  if (row0 >= m_total) return;  // this phase has fewer rows than the largest one
+  const int col0 = blockIdx.y * BM, t = threadIdx.x;
 
-  const dl::index_t m_total = (dl::index_t)n * ho * wo, plane = (dl::index_t)ho * wo;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16, fg = geo.fg();
+  conv::TableGather<T, BM> g;
+  g.tab = reinterpret_cast<const int4*>(table) + tab_off;
+  g.a_h = a_h;
+  g.a_w = a_w;
+  // NOTE: the group's offset goes into the 32-bit column offsets, not into g.b: with a 64-bit
+  // group base, ptxas recomputed the base's multiply for every B element of the hot loop.
+  g.b = b;
+  const dl::index_t a_plane = (dl::index_t)a_h * a_w;
+  const dl::index_t m = row0 + t % BM;
+  if (m < m_total) {
+    const dl::index_t nn = m / plane_m;
+    const int p = (int)(m - nn * plane_m), u = p / mv, v = p - u * mv;
+    g.u0 = u * a_su - a_pu;
+    g.v0 = v * a_sv - a_pv;
+    g.a_row = g.u0 * a_w + g.v0;
+    g.a = a + (nn * a_channels + (dl::index_t)group * a_group_channels) * a_plane;
+  } else {
+    g.u0 = g.v0 = conv::kFar;
+    g.a_row = 0;
+    g.a = a;
+  }
 #pragma unroll
-  for (int i = 0; i < conv::kMicro; ++i) {
-    const dl::index_t row = row0 + tx + 16 * i;
+  for (int j = 0; j < Cfg::kLoads; ++j) {
+    const int col = col0 + t / conv::kBK + Cfg::kColStride * j;
+    g.b_col[j] = col < cols ? group * b_group_stride + col * b_col_stride : -1;
+  }
+
+  T acc[kM][kM] = {};
+  conv::k_loop<T, BM>(g, (k_total + conv::kBK - 1) / conv::kBK, acc);
+
+  const int ou0 = rec[4], ov0 = rec[5], osu = rec[6], osv = rec[7];
+  const dl::index_t out_plane = (dl::index_t)out_h * out_w;
+  const int tx = t % 16, ty = t / 16;
+#pragma unroll
+  for (int i = 0; i < kM; ++i) {
+    const dl::index_t row = row0 + conv::micro_index(i, tx);
     if (row >= m_total) continue;
-    const dl::index_t nn = row / plane, p = row - nn * plane;
-    T* y_row = y + (nn * f + (dl::index_t)group * fg) * plane + p;
+    const dl::index_t nn = row / plane_m;
+    const int p = (int)(row - nn * plane_m), u = p / mv, v = p - u * mv;
+    T* o = out + (nn * out_channels + (dl::index_t)group * cols) * out_plane +
+           (dl::index_t)(ou0 + osu * u) * out_w + (ov0 + osv * v);
 #pragma unroll
-    for (int j = 0; j < conv::kMicro; ++j) {
-      const int col = col0 + ty + 16 * j;
-      if (col < fg) y_row[(dl::index_t)col * plane] = acc[i][j];
+    for (int j = 0; j < kM; ++j) {
+      const int col = col0 + conv::micro_index(j, ty);
+      if (col < cols) {
+        const T add = has_bias ? bias[group * cols + col] : T(0);
+        o[(dl::index_t)col * out_plane] = acc[i][j] + add;
+      }
     }
   }
 }
 
-// gx = d(loss)/dx from gy. Grid (ceil(N*H*W / 64), ceil(Cg / 64), G), 256 threads.
-template <typename T>
-__global__ void __launch_bounds__(conv::kThreads, 2) conv2d_backward_data(
-    const T* __restrict__ gy, const T* __restrict__ weight, T* __restrict__ gx,
-    int n, int c, int h, int w, int f, int ho, int wo, int kh, int kw, int sh, int sw, int ph,
-    int pw, int dh, int dw, int groups) {
-  const conv::Geometry geo = {n, c, h, w, f, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, groups};
-  const dl::index_t row0 = (dl::index_t)blockIdx.x * conv::kBM;
-  const int col0 = blockIdx.y * conv::kBN, group = blockIdx.z;
-  conv::BackwardDataTile<T> tile(gy, weight, geo, row0 + threadIdx.x % 64, col0, group);
-  T acc[conv::kMicro][conv::kMicro] = {};
-  conv::gemm_k_loop(tile, 0, tile.k_total, acc);
-
-  const dl::index_t m_total = (dl::index_t)n * h * w, plane = (dl::index_t)h * w;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16, cg = geo.cg();
-#pragma unroll
-  for (int i = 0; i < conv::kMicro; ++i) {
-    const dl::index_t row = row0 + tx + 16 * i;
-    if (row >= m_total) continue;
-    const dl::index_t nn = row / plane, p = row - nn * plane;
-    T* gx_row = gx + (nn * c + (dl::index_t)group * cg) * plane + p;
-#pragma unroll
-    for (int j = 0; j < conv::kMicro; ++j) {
-      const int col = col0 + ty + 16 * j;
-      if (col < cg) gx_row[(dl::index_t)col * plane] = acc[i][j];
-    }
-  }
-}
-
-// Partial gw over K range [split * chunk, (split + 1) * chunk) into
-// partial[split * F*Cg*KH*KW ...]. Grid (ceil(Cg*KH*KW / 64) * splits, ceil(Fg / 64), G).
-template <typename T>
-__global__ void __launch_bounds__(conv::kThreads, 2) conv2d_backward_weight(
-    const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ partial, long long chunk,
-    int n, int c, int h, int w, int f, int ho, int wo, int kh, int kw, int sh, int sw, int ph,
-    int pw, int dh, int dw, int groups) {
-  const conv::Geometry geo = {n, c, h, w, f, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, groups};
-  const int rows = geo.cg() * geo.taps(), row_tiles = (rows + conv::kBM - 1) / conv::kBM;
-  const int row0 = (blockIdx.x % row_tiles) * conv::kBM, split = blockIdx.x / row_tiles;
-  const int col0 = blockIdx.y * conv::kBN, group = blockIdx.z;
-  const dl::index_t k_total = (dl::index_t)n * ho * wo;
-  const dl::index_t k_begin = split * chunk;
+// Partial gw over K range [split * chunk, (split + 1) * chunk) of K = N * p_pad into
+// partial[split * F*Cg*KH*KW ...]. ptable: 4 ints per padded output position (see the header).
+template <typename T, int BM>
+__global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBlocks)) conv2d_wgrad(
+    const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ partial,
+    const int* __restrict__ ptable, long long chunk, int n, int c, int h, int w, int f, int ho,
+    int wo, int kh, int kw, int dh, int dw, int groups, int p_pad) {
+  using Cfg = conv::Config<T, BM>;
+  constexpr int kM = BM / 16;
+  const int cg = c / groups, fg = f / groups, taps = kh * kw, rows = cg * taps;
+  const int row_tiles = (rows + BM - 1) / BM;
+  const int row0 = (blockIdx.x % row_tiles) * BM, split = blockIdx.x / row_tiles;
+  const int col0 = blockIdx.y * BM, group = blockIdx.z, t = threadIdx.x;
+  const dl::index_t k_total = (dl::index_t)n * p_pad, k_begin = split * chunk;
   const dl::index_t k_end = k_begin + chunk < k_total ? k_begin + chunk : k_total;
-  conv::BackwardWeightTile<T> tile(x, gy, geo, row0, col0, group, k_end);
-  T acc[conv::kMicro][conv::kMicro] = {};
-  conv::gemm_k_loop(tile, k_begin, k_end, acc);
+  const int plane = ho * wo;
 
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16, fg = geo.fg();
-  T* out = partial + (dl::index_t)split * f * rows + (dl::index_t)group * fg * rows;
+  conv::WeightGather<T, BM> g;
+  g.ptab = reinterpret_cast<const int4*>(ptable);
+  g.p_pad = p_pad;
+  g.h = h;
+  g.w = w;
+  g.x_step = (dl::index_t)c * h * w;
+  g.gy_step = (dl::index_t)f * plane;
+  const dl::index_t image = k_begin / p_pad;
+  g.p0 = (int)(k_begin - image * p_pad);
+  g.x_img = x + image * g.x_step + (dl::index_t)group * cg * h * w;
+  g.gy_img = gy + image * g.gy_step + (dl::index_t)group * fg * plane;
 #pragma unroll
-  for (int j = 0; j < conv::kMicro; ++j) {
-    const int col = col0 + ty + 16 * j;
+  for (int i = 0; i < Cfg::kLoads; ++i) {
+    const int row = row0 + t / conv::kBK + Cfg::kColStride * i;
+    const int ci = row / taps, tap = row - ci * taps, r = tap / kw, s = tap - r * kw;
+    const bool valid = row < rows;
+    g.row_off[i] = valid ? (ci * h + r * dh) * w + s * dw : 0;
+    g.row_dh[i] = valid ? r * dh : conv::kFar;
+    g.row_dw[i] = valid ? s * dw : conv::kFar;
+    const int col = col0 + t / conv::kBK + Cfg::kColStride * i;
+    g.col_off[i] = col < fg ? col * plane : -1;
+  }
+
+  T acc[kM][kM] = {};
+  conv::k_loop<T, BM>(g, (k_end - k_begin) / conv::kBK, acc);
+
+  const int tx = t % 16, ty = t / 16;
+  T* o = partial + (dl::index_t)split * f * rows + (dl::index_t)group * fg * rows;
+#pragma unroll
+  for (int j = 0; j < kM; ++j) {
+    const int col = col0 + conv::micro_index(j, ty);
     if (col >= fg) continue;
 #pragma unroll
-    for (int i = 0; i < conv::kMicro; ++i) {
-      const int row = row0 + tx + 16 * i;
-      if (row < rows) out[(dl::index_t)col * rows + row] = acc[i][j];
+    for (int i = 0; i < kM; ++i) {
+      const int row = row0 + conv::micro_index(i, tx);
+      if (row < rows) o[(dl::index_t)col * rows + row] = acc[i][j];
     }
   }
 }

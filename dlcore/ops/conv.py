@@ -11,14 +11,16 @@ NCHW, every argument already validated here and normalised to int pairs (``strid
 with output_padding, x has trailing rows/cols that no window reads (backward_data leaves zeros
 there)::
 
-    conv2d_forward(device, x, w, out_hw, stride, padding, dilation, groups) -> y
+    conv2d_forward(device, x, w, out_hw, stride, padding, dilation, groups, bias=None) -> y
     conv2d_backward_data(device, gy, w, x_shape, stride, padding, dilation, groups) -> gx
     conv2d_backward_weight(device, x, gy, w_shape, stride, padding, dilation, groups) -> gw
 
 Three Function classes wrap them, and each one's gradient is written with the other two
 (Chainer's deconvolution design), so first and second derivatives come from the same three
-primitives. conv_transpose2d *is* the backward-data Function. Bias is a broadcast add
-outside the primitives; asymmetric "same" padding pads the input explicitly first.
+primitives. conv_transpose2d *is* the backward-data Function. conv2d's bias goes into the
+forward primitive (the kernels add it in their epilogue, no extra pass over y);
+conv_transpose2d's is a broadcast add. Asymmetric "same" padding pads the input explicitly
+first.
 """
 
 from __future__ import annotations
@@ -44,24 +46,28 @@ def conv2d_out_size(size: int, kernel: int, stride: int, padding: int, dilation:
 
 
 class Conv2d(Function):
-    """y = conv2d(x, w); gradients are ConvBackwardData / ConvBackwardWeight nodes."""
+    """y = conv2d(x, w) (+ b: inputs (x, w) or (x, w, b); the kernels add the bias in their
+    epilogue); gradients are ConvBackwardData / ConvBackwardWeight nodes and a sum for b."""
 
     save_inputs = True
 
-    def forward(self, x: Any, w: Any, args: tuple) -> Any:
+    def forward(self, x: Any, w: Any, b: Any = None, *, args: tuple) -> Any:
         self.args = args  # (stride, padding, dilation, groups)
         stride, padding, dilation, _ = args
         out_hw = tuple(conv2d_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i],
                                        dilation[i]) for i in range(2))
         impl = CONV2D.select(self.device, x.dtype, "conv2d")
-        return impl.conv2d_forward(self.device, x, w, out_hw, *args)
+        return impl.conv2d_forward(self.device, x, w, out_hw, *args, bias=b)
 
     def backward(self, gy: Tensor) -> tuple:
-        x, w = self.saved_tensors
-        nx, nw = self.needs_input_grad
+        x, w = self.saved_tensors[:2]
+        nx, nw = self.needs_input_grad[:2]
         gx = ConvBackwardData.apply(gy, w, x_shape=x.shape, args=self.args) if nx else None
         gw = ConvBackwardWeight.apply(x, gy, w_shape=w.shape, args=self.args) if nw else None
-        return gx, gw
+        if len(self.needs_input_grad) == 2:
+            return gx, gw
+        gb = gy.sum(dim=(0, 2, 3)) if self.needs_input_grad[2] else None
+        return gx, gw, gb
 
 
 class ConvBackwardData(Function):
@@ -179,10 +185,13 @@ def _check_conv_shapes(x: Tensor, w: Tensor, groups: int, op: str) -> None:
                          f"channels with groups={groups}, but input {tuple(x.shape)} has {c}")
 
 
-def _conv2d_nchw(x: Tensor, weight: Tensor, stride: Any, padding: Any, dilation: Any,
-                 groups: int, op: str) -> Tensor:
+def _conv2d_nchw(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
+                 dilation: Any, groups: int, op: str) -> Tensor:
     """Validate, resolve padding (int, pair, "valid", "same") and run Conv2d on 4-D x."""
     _check_conv_shapes(x, weight, groups, op)
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got "
+                         f"{tuple(bias.shape)}")
     stride = _pair(stride, "stride", op, 1)
     dilation = _pair(dilation, "dilation", op, 1)
     kernel = (weight.shape[2], weight.shape[3])
@@ -206,7 +215,10 @@ def _conv2d_nchw(x: Tensor, weight: Tensor, stride: Any, padding: Any, dilation:
             raise ValueError(f"{op}: kernel size {kernel} (dilated extent {span} in dim "
                              f"{dim + 2}) is larger than the padded input: input "
                              f"{tuple(x.shape)}, padding {padding}")
-    return Conv2d.apply(x, weight, args=(stride, padding, dilation, groups))
+    args = (stride, padding, dilation, groups)
+    if bias is None:
+        return Conv2d.apply(x, weight, args=args)
+    return Conv2d.apply(x, weight, bias, args=args)
 
 
 # ---- public functions ---------------------------------------------------------------------
@@ -225,8 +237,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
     """
     x, unbatched = _batched(input, "conv2d", 2)
     _check_float(x, weight, bias, "conv2d")
-    y = _add_bias(_conv2d_nchw(x, weight, stride, padding, dilation, groups, "conv2d"), bias,
-                  weight.shape[0], "conv2d")
+    y = _conv2d_nchw(x, weight, bias, stride, padding, dilation, groups, "conv2d")
     return y.squeeze(0) if unbatched else y
 
 
@@ -246,9 +257,8 @@ def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None,
                          f"got shape {tuple(weight.shape)}")
     if not isinstance(padding, str):
         padding = (0, _single(padding, "padding"))
-    y = _conv2d_nchw(x.unsqueeze(2), weight.unsqueeze(2), (1, _single(stride, "stride")),
-                     padding, (1, _single(dilation, "dilation")), groups, "conv1d")
-    y = _add_bias(y, bias, weight.shape[0], "conv1d").squeeze(2)
+    y = _conv2d_nchw(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, _single(stride, "stride")),
+                     padding, (1, _single(dilation, "dilation")), groups, "conv1d").squeeze(2)
     return y.squeeze(0) if unbatched else y
 
 

@@ -94,8 +94,18 @@ def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
 
 
 def conv2d_forward(device: Any, x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
-                   padding: Pair, dilation: Pair, groups: int) -> np.ndarray:
-    """y (N, O, *out_hw) = conv2d(x, w): im2col + GEMM (depthwise: shifted multiply-adds)."""
+                   padding: Pair, dilation: Pair, groups: int,
+                   bias: np.ndarray | None = None) -> np.ndarray:
+    """y (N, O, *out_hw) = conv2d(x, w) + bias: im2col + GEMM (depthwise: shifted
+    multiply-adds); the bias is added in place to the fresh output."""
+    y = _forward(x, w, out_hw, stride, padding, dilation, groups)
+    if bias is not None:
+        y += bias.astype(y.dtype, copy=False).reshape(1, -1, 1, 1)
+    return y
+
+
+def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: Pair,
+             dilation: Pair, groups: int) -> np.ndarray:
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     oh, ow = out_hw

@@ -5,10 +5,19 @@ Array-level twins of the NumPy functions in :mod:`dlcore.ops.conv_cpu`, with the
     y = conv2d_forward(device, x, w, (5, 5), (1, 1), (1, 1), (1, 1), 1)
 
 Arrays are NCHW (weights ``(F, C/groups, KH, KW)``), float32 or float64, on ``device``;
-``stride``, ``padding`` and ``dilation`` are int pairs already validated by the caller. All three
-directions are implicit GEMMs (see the header of ``kernels/conv2d.cu``); backward-weight splits
-its long reduction over ``N*Ho*Wo`` across blocks and sums the partial results in a second,
-deterministic pass.
+``stride``, ``padding`` and ``dilation`` are int pairs already validated by the caller.
+
+Which kernel serves a shape (tests assert it through :func:`dlcore.kernels.recorded_launches`):
+
+* 1x1 kernels at stride 1 without padding are plain GEMMs, ``w (F, C) @ x[n] (C, H*W)`` per
+  group: ``xp.matmul``, i.e. cuBLAS on ``cuda`` (NumPy's BLAS on ``emu``), no kernel of ours;
+* everything else runs the table-driven implicit GEMMs of ``kernels/conv2d.cu``
+  (``conv2d_gemm`` for forward and backward-data, ``conv2d_wgrad`` for backward-weight), with a
+  128 x 128 block tile for float32 problems wide enough to fill it and 64 x 64 otherwise.
+
+The kernels read per-shape tables (see the header of ``kernels/conv2d.cu``), built here with
+NumPy once per layer shape and kept on the device (:func:`_on_device`): after the first call a
+launch costs the same host work as before the tables existed.
 """
 
 from __future__ import annotations
@@ -20,52 +29,184 @@ import numpy as np
 
 from ..kernels import ceil_div, ctype, grid_1d
 
-__all__ = ["conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward"]
+__all__ = ["conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward", "tile_for"]
 
 Pair = tuple[int, int]
 
 SOURCE = "conv2d.cu"
-TILE = 64  # BM = BN of the kernels' block tile
-K_STEP = 16  # BK
+K_STEP = 8  # BK of the kernels
 THREADS = 256
+FAR = -(1 << 29)  # kFar of the kernels: an offset that fails every bounds test
+INT32_MAX = 2**31 - 1
 # Backward-weight split-K: aim for this many blocks in flight (a few waves on a large GPU), but
 # give every split at least MIN_SPLIT_STEPS K-steps so the partial sums stay worth their traffic.
 TARGET_BLOCKS = 512
-MIN_SPLIT_STEPS = 8
+MIN_SPLIT_STEPS = 16
 MAX_GRID_YZ = 65535
 
 
+def tile_for(dtype: Any, rows: int, cols: int) -> int:
+    """The block tile edge for a GEMM of ``rows`` x ``cols`` outputs: 128 for float32 when both
+    sides fill most of it (an 8 x 8 register tile per thread: 80% of the hot loop is FFMA),
+    else 64 (float64's 64 accumulators would not fit 8 x 8 doubles in registers)."""
+    if np.dtype(dtype) != np.float32:
+        return 64
+    return 128 if cols > 64 and rows >= 4 * 128 else 64
+
+
+def _is_pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair) -> bool:
+    return tuple(w_shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
+
+
+def _check_int32(op: str, **sizes: int) -> None:
+    """The kernels index inside one (image, group) slice and the weights in int32."""
+    for name, size in sizes.items():
+        if size > INT32_MAX:
+            raise ValueError(f"{op}: {name} has {size} elements; the conv2d kernels index it "
+                             f"with 32-bit offsets (at most {INT32_MAX})")
+
+
+def _padded(table: np.ndarray, fill: tuple[int, int, int, int]) -> np.ndarray:
+    """``table`` (k, 4) with rows of ``fill`` appended up to a multiple of K_STEP."""
+    extra = -len(table) % K_STEP
+    if extra:
+        table = np.concatenate([table, np.tile(np.array(fill, np.int32), (extra, 1))])
+    return table
+
+
+TAIL = (0, FAR, FAR, -1)  # a K-tail entry: A outside its plane, B offset -1 (both read as 0)
+
+
+@functools.lru_cache(maxsize=512)
+def _forward_tables(cg: int, h: int, w: int, kh: int, kw: int, dilation: Pair, out_hw: Pair
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``(table, phases)`` of the forward GEMM: k = (c, r, s) in the weight's order."""
+    dh, dw = dilation
+    c, r, s = (a.ravel() for a in np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw),
+                                               indexing="ij"))
+    k = np.arange(cg * kh * kw)
+    table = np.stack([(c * h + r * dh) * w + s * dw, r * dh, s * dw, k], 1).astype(np.int32)
+    phases = np.array([[0, len(k), *out_hw, 0, 0, 1, 1]], np.int32)
+    return _padded(table, TAIL).ravel(), phases.ravel()
+
+
+@functools.lru_cache(maxsize=512)
+def _backward_data_tables(cg: int, fg: int, x_hw: Pair, y_hw: Pair, kernel: Pair,
+                          stride: Pair, padding: Pair, dilation: Pair
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """``(table, phases)`` of backward-data split by stride phase: phase (a, b) holds the gx
+    rows ih = a + SH*i' (iw likewise) and, as its K, only the taps (f, r, s) that reach them,
+    with the gy row they read, oh = i' + (a + PH - r*DH) / SH."""
+    (h, w), (ho, wo), (kh, kw) = x_hw, y_hw, kernel
+    taps = kh * kw
+    tables, phases, offset = [], [], 0
+    for a in range(stride[0]):
+        for b in range(stride[1]):
+            rows = [(r, (a + padding[0] - r * dilation[0]) // stride[0]) for r in range(kh)
+                    if (a + padding[0] - r * dilation[0]) % stride[0] == 0]
+            cols = [(s, (b + padding[1] - s * dilation[1]) // stride[1]) for s in range(kw)
+                    if (b + padding[1] - s * dilation[1]) % stride[1] == 0]
+            entries = [((f * ho + du) * wo + dv, du, dv, f * cg * taps + r * kw + s)
+                       for f in range(fg) for r, du in rows for s, dv in cols]
+            table = _padded(np.array(entries, np.int32).reshape(-1, 4), TAIL)
+            mu, mv = max(0, ceil_div(h - a, stride[0])), max(0, ceil_div(w - b, stride[1]))
+            phases.append([offset, len(entries), mu, mv, a, b, *stride])
+            tables.append(table)
+            offset += len(table)
+    return (np.concatenate(tables).ravel().astype(np.int32),
+            np.array(phases, np.int32).ravel())
+
+
+@functools.lru_cache(maxsize=512)
+def _position_table(y_hw: Pair, stride: Pair, padding: Pair, w: int) -> np.ndarray:
+    """Backward-weight's per-position table over one output plane padded to K_STEP:
+    {ih0, iw0, ih0*W + iw0, p}, and {FAR, FAR, 0, -1} past the plane."""
+    ho, wo = y_hw
+    oh, ow = (a.ravel() for a in np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij"))
+    ih0, iw0 = oh * stride[0] - padding[0], ow * stride[1] - padding[1]
+    table = np.stack([ih0, iw0, ih0 * w + iw0, np.arange(ho * wo)], 1).astype(np.int32)
+    return _padded(table, (FAR, FAR, 0, -1)).ravel()
+
+
 @functools.lru_cache(maxsize=1024)
-def _geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_hw: Pair, stride: Pair,
-              padding: Pair, dilation: Pair, groups: int) -> tuple[np.int32, ...]:
-    """The kernels' trailing int32 arguments: N, C, H, W, F, Ho, Wo, KH, KW, SH, SW, PH, PW, DH,
-    DW, G (every kernel of the file takes them in this order). Cached per layer shape: the
-    16 scalar conversions were a third of a launch's host cost."""
-    n, c, h, w = x_shape
-    f, _, kh, kw = w_shape
-    if groups > MAX_GRID_YZ or ceil_div(max(f, c) // groups, TILE) > MAX_GRID_YZ:
-        raise ValueError(f"conv2d kernels: groups={groups} or channels per group exceed the grid "
-                         f"limit ({MAX_GRID_YZ} blocks on grid y/z)")
-    return tuple(np.int32(v) for v in (n, c, h, w, f, *y_hw, kh, kw, *stride, *padding,
-                                       *dilation, groups))
+def _on_device(device: Any, table: Any) -> Any:
+    """``table`` (a cached host array, so hashed by identity) copied to ``device`` once."""
+    return device.xp.asarray(table.array)
+
+
+class _Key:
+    """Hash a cached NumPy array by identity (lru_cache needs a hashable argument)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __hash__(self) -> int:
+        return id(self.array)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and other.array is self.array
+
+
+def _device_table(device: Any, table: np.ndarray) -> Any:
+    return _on_device(device, _Key(table))
+
+
+_bias_dummies: dict[tuple[Any, np.dtype], Any] = {}
+
+
+def _no_bias(device: Any, dtype: np.dtype) -> Any:
+    key = (device, dtype)
+    dummy = _bias_dummies.get(key)
+    if dummy is None:
+        dummy = _bias_dummies[key] = device.xp.zeros(1, dtype=dtype)
+    return dummy
+
+
+@functools.lru_cache(maxsize=1024)
+def _ints(*values: int) -> tuple[np.int32, ...]:
+    return tuple(np.int32(v) for v in values)
+
+
+def _check_grid(op: str, groups_phases: int, col_tiles: int) -> None:
+    if groups_phases > MAX_GRID_YZ or col_tiles > MAX_GRID_YZ:
+        raise ValueError(f"{op}: groups x stride phases ({groups_phases}) or column tiles "
+                         f"({col_tiles}) exceed the grid limit ({MAX_GRID_YZ} blocks on y/z)")
 
 
 def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padding: Pair,
-                   dilation: Pair, groups: int) -> Any:
-    """``y`` (N, F, *out_hw) = conv2d of ``x`` (N, C, H, W) with ``w`` (F, C/groups, KH, KW)."""
+                   dilation: Pair, groups: int, bias: Any = None) -> Any:
+    """``y`` (N, F, *out_hw) = conv2d of ``x`` (N, C, H, W) with ``w`` (F, C/groups, KH, KW),
+    plus ``bias`` (F,) when given (added in the kernel's epilogue)."""
     xp = device.xp
     with device.use():
         x, w = xp.ascontiguousarray(x), xp.ascontiguousarray(w.astype(x.dtype, copy=False))
-        n = x.shape[0]
-        f = w.shape[0]
+        n, c, h, wd = x.shape
+        f, cg, kh, kw = w.shape
         ho, wo = out_hw
+        fg = f // groups
         if n * f * ho * wo == 0:
             return xp.zeros((n, f, ho, wo), dtype=x.dtype)
+        if _is_pointwise(w.shape, stride, padding):
+            y = xp.matmul(w.reshape(groups, fg, cg), x.reshape(n, groups, cg, h * wd))
+            y = y.reshape(n, f, ho, wo)
+            return y if bias is None else y + bias.astype(x.dtype).reshape(1, f, 1, 1)
+        _check_int32("conv2d", **{"an (image, group) slice of x": cg * h * wd,
+                                  "the weight": w.size})
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
-        geo = _geometry(x.shape, w.shape, (ho, wo), stride, padding, dilation, groups)
-        grid = (ceil_div(n * ho * wo, TILE), ceil_div(f // groups, TILE), groups)
-        device.kernels.function(SOURCE, f"conv2d_forward<{ctype(x.dtype)}>")(
-            grid, (THREADS,), (x, w, y, *geo))
+        table, phases = _forward_tables(cg, h, wd, kh, kw, dilation, (ho, wo))
+        tile = tile_for(x.dtype, n * ho * wo, fg)
+        grid = (ceil_div(n * ho * wo, tile), ceil_div(fg, tile), groups)
+        _check_grid("conv2d", groups, grid[1])
+        b = _no_bias(device, x.dtype) if bias is None else \
+            xp.ascontiguousarray(bias.astype(x.dtype, copy=False))
+        device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(x.dtype)}, {tile}>")(
+            grid, (THREADS,),
+            (x, w, b, y, _device_table(device, table), _device_table(device, phases),
+             *_ints(n, c, cg, h, wd, *stride, *padding, cg * kh * kw, fg * cg * kh * kw, fg, f,
+                    ho, wo, 1,
+                    bias is not None)))
     return y
 
 
@@ -76,13 +217,30 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
     with device.use():
         gy, w = xp.ascontiguousarray(gy), xp.ascontiguousarray(w.astype(gy.dtype, copy=False))
         n, c, h, wd = x_shape
+        f, cg, kh, kw = w.shape
+        ho, wo = gy.shape[2:]
+        fg = f // groups
         if n * c * h * wd == 0 or gy.size == 0:
             return xp.zeros(tuple(x_shape), dtype=gy.dtype)
+        if _is_pointwise(w.shape, stride, padding) and (h, wd) == (ho, wo):
+            wt = w.reshape(groups, fg, cg).transpose(0, 2, 1)
+            return xp.matmul(wt, gy.reshape(n, groups, fg, h * wd)).reshape(x_shape)
+        _check_int32("conv2d backward", **{"an (image, group) slice of gy": fg * ho * wo,
+                                           "the weight": w.size})
         gx = xp.empty(tuple(x_shape), dtype=gy.dtype)
-        geo = _geometry(tuple(x_shape), w.shape, gy.shape[2:], stride, padding, dilation, groups)
-        grid = (ceil_div(n * h * wd, TILE), ceil_div(c // groups, TILE), groups)
-        device.kernels.function(SOURCE, f"conv2d_backward_data<{ctype(gy.dtype)}>")(
-            grid, (THREADS,), (gy, w, gx, *geo))
+        table, phases = _backward_data_tables(cg, fg, (h, wd), (ho, wo), (kh, kw), stride,
+                                              padding, dilation)
+        num_phases = stride[0] * stride[1]
+        rows = max(int(phases[2 + 8 * i]) * int(phases[3 + 8 * i]) for i in range(num_phases))
+        tile = tile_for(gy.dtype, n * rows, cg)
+        grid = (max(1, ceil_div(n * rows, tile)), ceil_div(cg, tile), groups * num_phases)
+        _check_grid("conv2d backward", grid[2], grid[1])
+        device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(gy.dtype)}, {tile}>")(
+            grid, (THREADS,),
+            (gy, w, _no_bias(device, gy.dtype), gx, _device_table(device, table),
+             _device_table(device, phases),
+             *_ints(n, f, fg, ho, wo, 1, 1, 0, 0, kh * kw, fg * cg * kh * kw, cg, c, h, wd,
+                    num_phases, 0)))
     return gx
 
 
@@ -102,21 +260,33 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
     xp = device.xp
     with device.use():
         x, gy = xp.ascontiguousarray(x), xp.ascontiguousarray(gy.astype(x.dtype, copy=False))
-        n, c, _, _ = x.shape
+        n, c, h, wd = x.shape
         f, cg, kh, kw = w_shape
         _, _, ho, wo = gy.shape
-        k_total = n * ho * wo
-        if f * cg * kh * kw == 0 or k_total == 0:
+        fg = f // groups
+        if f * cg * kh * kw == 0 or n * ho * wo == 0:
             return xp.zeros(tuple(w_shape), dtype=x.dtype)
+        if _is_pointwise(w_shape, stride, padding) and (h, wd) == (ho, wo):
+            # gw[g] = sum over n of gy[n, g] (Fg, P) @ x[n, g]^T (P, Cg), one batched GEMM
+            prod = xp.matmul(gy.reshape(n, groups, fg, ho * wo),
+                             x.reshape(n, groups, cg, h * wd).transpose(0, 1, 3, 2))
+            return prod.sum(axis=0).reshape(w_shape)
+        _check_int32("conv2d backward", **{"an (image, group) slice of x": cg * h * wd,
+                                           "an (image, group) slice of gy": fg * ho * wo})
         gw = xp.empty(tuple(w_shape), dtype=x.dtype)
-        geo = _geometry(x.shape, tuple(w_shape), (ho, wo), stride, padding, dilation, groups)
-        row_tiles, col_tiles = ceil_div(cg * kh * kw, TILE), ceil_div(f // groups, TILE)
-        splits, chunk = _split_k(k_total, row_tiles * col_tiles * groups)
+        ptable = _position_table((ho, wo), stride, padding, wd)
+        p_pad = len(ptable) // 4
+        rows = cg * kh * kw
+        tile = tile_for(x.dtype, rows, fg)
+        row_tiles, col_tiles = ceil_div(rows, tile), ceil_div(fg, tile)
+        _check_grid("conv2d backward", groups, col_tiles)
+        splits, chunk = _split_k(n * p_pad, row_tiles * col_tiles * groups)
         partial = gw if splits == 1 else xp.empty((splits, *w_shape), dtype=x.dtype)
         elem = ctype(x.dtype)
-        device.kernels.function(SOURCE, f"conv2d_backward_weight<{elem}>")(
+        device.kernels.function(SOURCE, f"conv2d_wgrad<{elem}, {tile}>")(
             (row_tiles * splits, col_tiles, groups), (THREADS,),
-            (x, gy, partial, np.int64(chunk), *geo))
+            (x, gy, partial, _device_table(device, ptable), np.int64(chunk),
+             *_ints(n, c, h, wd, f, ho, wo, kh, kw, *dilation, groups, p_pad)))
         if splits > 1:
             device.kernels.function(SOURCE, f"conv2d_backward_weight_reduce<{elem}>")(
                 grid_1d(gw.size, THREADS, 4096), (THREADS,),

@@ -71,9 +71,12 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 # ---- one case per product kernel family; each returns its outputs --------------------------
-def conv_case(dtype: type, grouped: bool) -> Outputs:
+def conv_case(dtype: type, grouped: bool, wide: bool = False) -> Outputs:
     rng = _rng(0)
-    if grouped:  # strided, dilated, two groups: grid z = 2
+    if wide:  # float32 runs the 128 x 128 tiles (rows >= 512, columns > 64), stride phases
+        x_shape, w_shape = (2, 72, 31, 31), (80, 72, 3, 3)
+        stride, padding, dilation, groups = 2, 1, 1, 1
+    elif grouped:  # strided, dilated, two groups: grid z = 2 x 4 stride phases in backward
         x_shape, w_shape = (2, 4, 11, 11), (6, 2, 3, 3)
         stride, padding, dilation, groups = 2, 2, 2, 2
     else:  # N*Ho*Wo = 324: backward-weight splits K in two and runs its reduce kernel
@@ -147,7 +150,8 @@ def optim_case(cls: type, options: dict, dtype: type) -> Outputs:
 
 DTYPES = [np.float32, np.float64]
 CASES: dict[str, Callable[[type], Outputs]] = {
-    "conv2d": lambda dt: [*conv_case(dt, False), *conv_case(dt, True)],
+    "conv2d": lambda dt: [*conv_case(dt, False), *conv_case(dt, True),
+                          *conv_case(dt, False, wide=True)],
     "pool2d": pool_case,
     **{f"rnn-{mode}": (lambda dt, mode=mode: rnn_case(mode, dt)) for mode in GATES},
     **{f"optim-{cls.__name__}": (lambda dt, cls=cls, options=options: optim_case(cls, options, dt))
