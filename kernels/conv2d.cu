@@ -8,10 +8,10 @@
 //
 // Algorithm. Each direction is one GEMM per group, D[M x Nc] = sum_k A[M x K] * B[K x Nc], whose
 // operands are gathered from the tensors on the fly (no im2col buffer in global memory). A block
-// computes a BM x BM tile of D (BM = 128: 8 x 8 outputs per thread; BM = 64: 4 x 4) with 256
-// threads as 16 x 16; thread (tx, ty) owns rows {64 q + 4 tx + e} and columns {64 q + 4 ty + e},
-// so each K step reads its operands from shared memory as 4-wide vectors (LDS.128 for float):
-// per step of BK = 8 a thread issues BM/8 vector loads for BM*BM/256 FMAs. The K loop is double
+// computes a BM x BM tile of D (BM = 128: 8 x 8 outputs per thread, K step BK = 16; BM = 64:
+// 4 x 4, BK = 8) with 256 threads as 16 x 16; thread (tx, ty) owns rows {64 q + 4 tx + e} and
+// columns {64 q + 4 ty + e}, so each k reads its operands from shared memory as 4-wide vectors
+// (LDS.128 for float): BM/32 vector loads for (BM/16)^2 FMAs. The K loop is double
 // buffered: the next step's gathers are issued into registers before this step's multiply, and
 // stored into the other shared-memory buffer after it, one barrier per step.
 //
@@ -40,13 +40,19 @@
 // partial[s * F*Cg*KH*KW ...] and conv2d_backward_weight_reduce sums the splits in a fixed
 // order (deterministic, no atomics). With one split, partial is gw itself.
 //
-// Launch shape (256 threads, 1-D blocks; static shared memory 2 * 2 * 8 * (BM + 4) * sizeof(T):
-// 16.9 KB at BM = 128 float, 8.7 KB at BM = 64 float, 17.4 KB at BM = 64 double):
+// Launch shape (256 threads, 1-D blocks; static shared memory 2 * 2 * BK * (BM + 4) * sizeof(T):
+// 33.8 KB at BM = 128 float, 8.7 KB at BM = 64 float, 17.4 KB at BM = 64 double):
 //   conv2d_gemm    grid (ceil(max over phases of N*Mu*Mv / BM), ceil(Nc / BM), G * phases)
 //   conv2d_wgrad   grid (ceil(Cg*T / BM) * splits, ceil(Fg / BM), G); chunk = K per split, a
 //                  multiple of BK; K = N * Ppad
 //   reduce         1-D grid-stride over F*Cg*KH*KW
-// __launch_bounds__(256, 2): registers capped at 128 so two blocks fit per SM.
+// __launch_bounds__(256, 1) at BM = 128 (about 160 registers, no spills; capped at 128 for two
+// blocks per SM, ptxas spilled), (256, 2) at BM = 64.
+//
+// Static report (sm_90, `python -m dlcore.kernels.resources --sass`), hot-loop math share:
+// BM = 128 float 82% forward/backward-data (conv2d_gemm), 81% backward-weight; BM = 64: 55-60%
+// (a 4 x 4 tile issues 2 vector loads per 16 FMAs and gathers half as much per FMA). Before
+// the tables (64 x 64 tiles, scalar shared loads, im2col decode per element): 34% / 24% / 41%.
 //
 // Memory traffic. Each block reads its A rows once per column tile and B once per row tile:
 // A is read ceil(Nc / BM) times, B ceil(M / BM) times, D written once. Gathers of A along rows
@@ -74,7 +80,6 @@ namespace conv {
 using dl::index_t;
 
 constexpr int kThreads = 256;       // 16 x 16
-constexpr int kBK = 8;              // K step
 constexpr int kFar = -(1 << 29);    // a coordinate offset that fails every bounds test
 
 // Four consecutive elements, loaded from shared memory as one vector (16 B for float).
@@ -85,12 +90,14 @@ struct alignas(4 * sizeof(T)) Quad {
 
 template <typename T, int BM>
 struct Config {
+  // K step: 16 at BM = 128 halves the per-step barrier and loop overhead against 1024 FMAs
+  static constexpr int kBK = BM == 128 ? 16 : 8;
   static constexpr int kMicro = BM / 16;                // outputs per thread along each axis
   static constexpr int kLd = BM + 4;                    // shared row: +4 keeps rows 16-B aligned
   // and, for the K-fast stores below (8 k x 4 rows per warp), puts k's rows 4 banks apart
   static constexpr int kLoads = kBK * BM / kThreads;    // A (and B) elements per thread per step
   static constexpr int kRowStride = kThreads / BM;      // M-fast: k stride between a thread's A loads
-  static constexpr int kColStride = kThreads / kBK;     // K-fast: row/column stride (32)
+  static constexpr int kColStride = kThreads / kBK;     // K-fast: row/column stride
   // Blocks per SM the register budget must allow: at BM = 128 the 64 accumulators, operand
   // fragments and gather state need ~170 registers, so one block (ptxas spilled at the cap of
   // 128 that two would impose); BM = 64 fits two.
@@ -98,7 +105,7 @@ struct Config {
 };
 
 template <typename T, int BM>
-using SmemTile = T[kBK][Config<T, BM>::kLd];
+using SmemTile = T[Config<T, BM>::kBK][Config<T, BM>::kLd];
 
 // acc[i][j] += sum over the step's 8 k of A[k][row_i] * B[k][col_j]: the hot loop's math.
 template <typename T, int BM>
@@ -107,7 +114,7 @@ __device__ __forceinline__ void multiply(const SmemTile<T, BM>& as, const SmemTi
   constexpr int kM = BM / 16;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
-  for (int kk = 0; kk < kBK; ++kk) {
+  for (int kk = 0; kk < Config<T, BM>::kBK; ++kk) {
     T a[kM], b[kM];
 #pragma unroll
     for (int q = 0; q < kM / 4; ++q) {
@@ -129,17 +136,17 @@ __device__ __forceinline__ void multiply(const SmemTile<T, BM>& as, const SmemTi
 // The double-buffered K loop over `steps` steps of kBK. `Gather` provides load(ra, rb) (this
 // step's elements into registers), store(as, bs, ra, rb) and advance() (to the next step).
 template <typename T, int BM, class Gather>
-__device__ __forceinline__ void k_loop(Gather& g, index_t steps, T (&acc)[BM / 16][BM / 16]) {
+__device__ __forceinline__ void k_loop(Gather& g, int steps, T (&acc)[BM / 16][BM / 16]) {
   constexpr int kN = Config<T, BM>::kLoads;
-  __shared__ __align__(32) T a_tiles[2][kBK][Config<T, BM>::kLd];
-  __shared__ __align__(32) T b_tiles[2][kBK][Config<T, BM>::kLd];
+  __shared__ __align__(32) T a_tiles[2][Config<T, BM>::kBK][Config<T, BM>::kLd];
+  __shared__ __align__(32) T b_tiles[2][Config<T, BM>::kBK][Config<T, BM>::kLd];
   if (steps <= 0) return;  // uniform across the block
   T ra[kN], rb[kN];
   g.load(ra, rb);
   g.store(a_tiles[0], b_tiles[0], ra, rb);
   __syncthreads();
-  for (index_t s = 0; s < steps; ++s) {
-    const int cur = (int)(s & 1);
+  for (int s = 0; s < steps; ++s) {
+    const int cur = s & 1;
     const bool more = s + 1 < steps;
     if (more) {  // issue the next step's global loads before this step's math
       g.advance();
@@ -171,7 +178,7 @@ struct TableGather {
       const bool inside = (unsigned)(u0 + e.y) < (unsigned)a_h && (unsigned)(v0 + e.z) < (unsigned)a_w;
       ra[i] = inside ? a[(unsigned)(a_row + e.x)] : T(0);  // >= 0 when inside: 32-bit index math
     }
-    const int b_off = tab[t % kBK].w;
+    const int b_off = tab[t % Cfg::kBK].w;
 #pragma unroll
     for (int j = 0; j < Cfg::kLoads; ++j)
       rb[j] = (b_off >= 0 && b_col[j] >= 0) ? b[(unsigned)(b_col[j] + b_off)] : T(0);
@@ -183,10 +190,10 @@ struct TableGather {
 #pragma unroll
     for (int i = 0; i < Cfg::kLoads; ++i) as[t / BM + Cfg::kRowStride * i][t % BM] = ra[i];
 #pragma unroll
-    for (int j = 0; j < Cfg::kLoads; ++j) bs[t % kBK][t / kBK + Cfg::kColStride * j] = rb[j];
+    for (int j = 0; j < Cfg::kLoads; ++j) bs[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * j] = rb[j];
   }
 
-  __device__ void advance() { tab += kBK; }
+  __device__ void advance() { tab += Cfg::kBK; }
 };
 
 // Backward-weight: both operands K-fast (k = t % 8; rows / columns t / 8 + 32 i), so a warp's
@@ -203,7 +210,7 @@ struct WeightGather {
   int col_off[Cfg::kLoads];  // f * Ho*Wo per B column, or -1 past the columns
 
   __device__ void load(T (&ra)[Cfg::kLoads], T (&rb)[Cfg::kLoads]) const {
-    const int4 e = ptab[p0 + threadIdx.x % kBK];
+    const int4 e = ptab[p0 + threadIdx.x % Cfg::kBK];
 #pragma unroll
     for (int i = 0; i < Cfg::kLoads; ++i) {
       const bool inside = (unsigned)(e.x + row_dh[i]) < (unsigned)h &&
@@ -220,13 +227,13 @@ struct WeightGather {
     const int t = threadIdx.x;
 #pragma unroll
     for (int i = 0; i < Cfg::kLoads; ++i) {
-      as[t % kBK][t / kBK + Cfg::kColStride * i] = ra[i];
-      bs[t % kBK][t / kBK + Cfg::kColStride * i] = rb[i];
+      as[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * i] = ra[i];
+      bs[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * i] = rb[i];
     }
   }
 
   __device__ void advance() {
-    p0 += kBK;
+    p0 += Cfg::kBK;
     if (p0 == p_pad) {  // the next image
       p0 = 0;
       x_img += x_step;
@@ -287,12 +294,12 @@ __global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBloc
   }
 #pragma unroll
   for (int j = 0; j < Cfg::kLoads; ++j) {
-    const int col = col0 + t / conv::kBK + Cfg::kColStride * j;
+    const int col = col0 + t / Cfg::kBK + Cfg::kColStride * j;
     g.b_col[j] = col < cols ? group * b_group_stride + col * b_col_stride : -1;
   }
 
   T acc[kM][kM] = {};
-  conv::k_loop<T, BM>(g, (k_total + conv::kBK - 1) / conv::kBK, acc);
+  conv::k_loop<T, BM>(g, (k_total + Cfg::kBK - 1) / Cfg::kBK, acc);
 
   const int ou0 = rec[4], ov0 = rec[5], osu = rec[6], osv = rec[7];
   const dl::index_t out_plane = (dl::index_t)out_h * out_w;
@@ -346,18 +353,18 @@ __global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBloc
   g.gy_img = gy + image * g.gy_step + (dl::index_t)group * fg * plane;
 #pragma unroll
   for (int i = 0; i < Cfg::kLoads; ++i) {
-    const int row = row0 + t / conv::kBK + Cfg::kColStride * i;
+    const int row = row0 + t / Cfg::kBK + Cfg::kColStride * i;
     const int ci = row / taps, tap = row - ci * taps, r = tap / kw, s = tap - r * kw;
     const bool valid = row < rows;
     g.row_off[i] = valid ? (ci * h + r * dh) * w + s * dw : 0;
     g.row_dh[i] = valid ? r * dh : conv::kFar;
     g.row_dw[i] = valid ? s * dw : conv::kFar;
-    const int col = col0 + t / conv::kBK + Cfg::kColStride * i;
+    const int col = col0 + t / Cfg::kBK + Cfg::kColStride * i;
     g.col_off[i] = col < fg ? col * plane : -1;
   }
 
   T acc[kM][kM] = {};
-  conv::k_loop<T, BM>(g, (k_end - k_begin) / conv::kBK, acc);
+  conv::k_loop<T, BM>(g, (int)((k_end - k_begin) / Cfg::kBK), acc);
 
   const int tx = t % 16, ty = t / 16;
   T* o = partial + (dl::index_t)split * f * rows + (dl::index_t)group * fg * rows;

@@ -34,7 +34,7 @@ __all__ = ["conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward", "
 Pair = tuple[int, int]
 
 SOURCE = "conv2d.cu"
-K_STEP = 8  # BK of the kernels
+TABLE_STEP = 16  # k-tables are padded to a multiple of every kernel's K step (8 or 16)
 THREADS = 256
 FAR = -(1 << 29)  # kFar of the kernels: an offset that fails every bounds test
 INT32_MAX = 2**31 - 1
@@ -43,6 +43,11 @@ INT32_MAX = 2**31 - 1
 TARGET_BLOCKS = 512
 MIN_SPLIT_STEPS = 16
 MAX_GRID_YZ = 65535
+
+
+def k_step(tile: int) -> int:
+    """BK of the kernels with block tile ``tile`` (``Config::kBK`` in conv2d.cu)."""
+    return 16 if tile == 128 else 8
 
 
 def tile_for(dtype: Any, rows: int, cols: int) -> int:
@@ -66,9 +71,10 @@ def _check_int32(op: str, **sizes: int) -> None:
                              f"with 32-bit offsets (at most {INT32_MAX})")
 
 
-def _padded(table: np.ndarray, fill: tuple[int, int, int, int]) -> np.ndarray:
-    """``table`` (k, 4) with rows of ``fill`` appended up to a multiple of K_STEP."""
-    extra = -len(table) % K_STEP
+def _padded(table: np.ndarray, fill: tuple[int, int, int, int], step: int = TABLE_STEP
+            ) -> np.ndarray:
+    """``table`` (k, 4) with rows of ``fill`` appended up to a multiple of ``step``."""
+    extra = -len(table) % step
     if extra:
         table = np.concatenate([table, np.tile(np.array(fill, np.int32), (extra, 1))])
     return table
@@ -118,14 +124,14 @@ def _backward_data_tables(cg: int, fg: int, x_hw: Pair, y_hw: Pair, kernel: Pair
 
 
 @functools.lru_cache(maxsize=512)
-def _position_table(y_hw: Pair, stride: Pair, padding: Pair, w: int) -> np.ndarray:
-    """Backward-weight's per-position table over one output plane padded to K_STEP:
-    {ih0, iw0, ih0*W + iw0, p}, and {FAR, FAR, 0, -1} past the plane."""
+def _position_table(y_hw: Pair, stride: Pair, padding: Pair, w: int, step: int) -> np.ndarray:
+    """Backward-weight's per-position table over one output plane padded to the kernel's K
+    ``step``: {ih0, iw0, ih0*W + iw0, p}, and {FAR, FAR, 0, -1} past the plane."""
     ho, wo = y_hw
     oh, ow = (a.ravel() for a in np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij"))
     ih0, iw0 = oh * stride[0] - padding[0], ow * stride[1] - padding[1]
     table = np.stack([ih0, iw0, ih0 * w + iw0, np.arange(ho * wo)], 1).astype(np.int32)
-    return _padded(table, (FAR, FAR, 0, -1)).ravel()
+    return _padded(table, (FAR, FAR, 0, -1), step).ravel()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -244,12 +250,12 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
     return gx
 
 
-def _split_k(k_total: int, tiles: int) -> tuple[int, int]:
-    """``(splits, chunk)`` for backward-weight: ``chunk`` is a multiple of the K step and
+def _split_k(k_total: int, tiles: int, step: int) -> tuple[int, int]:
+    """``(splits, chunk)`` for backward-weight: ``chunk`` is a multiple of the K ``step`` and
     ``splits * chunk`` covers ``k_total``."""
-    max_splits = max(1, k_total // (K_STEP * MIN_SPLIT_STEPS))
+    max_splits = max(1, k_total // (step * MIN_SPLIT_STEPS))
     splits = min(max_splits, max(1, TARGET_BLOCKS // tiles))
-    chunk = ceil_div(ceil_div(k_total, splits), K_STEP) * K_STEP
+    chunk = ceil_div(ceil_div(k_total, splits), step) * step
     return ceil_div(k_total, chunk), chunk
 
 
@@ -274,13 +280,13 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
         _check_int32("conv2d backward", **{"an (image, group) slice of x": cg * h * wd,
                                            "an (image, group) slice of gy": fg * ho * wo})
         gw = xp.empty(tuple(w_shape), dtype=x.dtype)
-        ptable = _position_table((ho, wo), stride, padding, wd)
-        p_pad = len(ptable) // 4
         rows = cg * kh * kw
         tile = tile_for(x.dtype, rows, fg)
+        ptable = _position_table((ho, wo), stride, padding, wd, k_step(tile))
+        p_pad = len(ptable) // 4
         row_tiles, col_tiles = ceil_div(rows, tile), ceil_div(fg, tile)
         _check_grid("conv2d backward", groups, col_tiles)
-        splits, chunk = _split_k(n * p_pad, row_tiles * col_tiles * groups)
+        splits, chunk = _split_k(n * p_pad, row_tiles * col_tiles * groups, k_step(tile))
         partial = gw if splits == 1 else xp.empty((splits, *w_shape), dtype=x.dtype)
         elem = ctype(x.dtype)
         device.kernels.function(SOURCE, f"conv2d_wgrad<{elem}, {tile}>")(
