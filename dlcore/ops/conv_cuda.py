@@ -13,7 +13,15 @@ Which kernel serves a shape (tests assert it through :func:`dlcore.kernels.recor
   group: ``xp.matmul``, i.e. cuBLAS on ``cuda`` (NumPy's BLAS on ``emu``), no kernel of ours;
 * everything else runs the table-driven implicit GEMMs of ``kernels/conv2d.cu``
   (``conv2d_gemm`` for forward and backward-data, ``conv2d_wgrad`` for backward-weight), with a
-  128 x 128 block tile for float32 problems wide enough to fill it and 64 x 64 otherwise.
+  128 x 128 block tile for float32 problems wide enough to fill it and 64 x 64 otherwise
+  (:func:`tile_for`). With ``dlcore.backends.cudnn.benchmark = True`` the first call of each
+  float32 layer shape times both tiles and keeps the faster one per device (:func:`_tuned`).
+
+The tile never changes the bits of a result: every output's K sum runs in the same order in
+both tiles (one chain of FMAs per output over k = 0, 1, ...), and backward-weight's split of K
+is chosen without looking at the tile (positions padded to 16, the larger K step). So
+autotuning is compatible with ``cudnn.deterministic``, which dlcore's kernels always satisfy
+(no atomics anywhere, fixed reduction orders).
 
 The kernels read per-shape tables (see the header of ``kernels/conv2d.cu``), built here with
 NumPy once per layer shape and kept on the device (:func:`_on_device`): after the first call a
@@ -23,10 +31,13 @@ launch costs the same host work as before the tables existed.
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..backends import cudnn
 from ..kernels import ceil_div, ctype, grid_1d
 
 __all__ = ["conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward", "tile_for"]
@@ -41,13 +52,8 @@ INT32_MAX = 2**31 - 1
 # Backward-weight split-K: aim for this many blocks in flight (a few waves on a large GPU), but
 # give every split at least MIN_SPLIT_STEPS K-steps so the partial sums stay worth their traffic.
 TARGET_BLOCKS = 512
-MIN_SPLIT_STEPS = 16
+MIN_SPLIT_STEPS = 8
 MAX_GRID_YZ = 65535
-
-
-def k_step(tile: int) -> int:
-    """BK of the kernels with block tile ``tile`` (``Config::kBK`` in conv2d.cu)."""
-    return 16 if tile == 128 else 8
 
 
 def tile_for(dtype: Any, rows: int, cols: int) -> int:
@@ -57,6 +63,35 @@ def tile_for(dtype: Any, rows: int, cols: int) -> int:
     if np.dtype(dtype) != np.float32:
         return 64
     return 128 if cols > 64 and rows >= 4 * 128 else 64
+
+
+TILES = (64, 128)
+_tuned_tiles: dict[tuple, int] = {}
+
+
+def _tuned(device: Any, key: tuple, dtype: Any, rows: int, cols: int,
+           run: Callable[[int], None]) -> int:
+    """The tile to launch ``run`` with: :func:`tile_for`'s choice, or, when
+    ``cudnn.benchmark`` is on and the dtype has both tiles, the faster of them on ``device``
+    for this shape, timed once (best of 3 after a warm-up run each) and remembered."""
+    if not cudnn.benchmark or np.dtype(dtype) != np.float32:
+        return tile_for(dtype, rows, cols)
+    cache_key = (device, *key)
+    tile = _tuned_tiles.get(cache_key)
+    if tile is None:
+        times = {}
+        for candidate in TILES:
+            run(candidate)  # compiles, warms the caches
+            best = float("inf")
+            for _ in range(3):
+                device.synchronize()
+                start = time.perf_counter()
+                run(candidate)
+                device.synchronize()
+                best = min(best, time.perf_counter() - start)
+            times[candidate] = best
+        tile = _tuned_tiles[cache_key] = min(times, key=times.__getitem__)
+    return tile
 
 
 def _is_pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair) -> bool:
@@ -202,17 +237,20 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
                                   "the weight": w.size})
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
         table, phases = _forward_tables(cg, h, wd, kh, kw, dilation, (ho, wo))
-        tile = tile_for(x.dtype, n * ho * wo, fg)
-        grid = (ceil_div(n * ho * wo, tile), ceil_div(fg, tile), groups)
-        _check_grid("conv2d", groups, grid[1])
+        _check_grid("conv2d", groups, ceil_div(fg, 64))
         b = _no_bias(device, x.dtype) if bias is None else \
             xp.ascontiguousarray(bias.astype(x.dtype, copy=False))
-        device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(x.dtype)}, {tile}>")(
-            grid, (THREADS,),
-            (x, w, b, y, _device_table(device, table), _device_table(device, phases),
-             *_ints(n, c, cg, h, wd, *stride, *padding, cg * kh * kw, fg * cg * kh * kw, fg, f,
-                    ho, wo, 1,
-                    bias is not None)))
+        args = (x, w, b, y, _device_table(device, table), _device_table(device, phases),
+                *_ints(n, c, cg, h, wd, *stride, *padding, cg * kh * kw, fg * cg * kh * kw, fg,
+                       f, ho, wo, 1, bias is not None))
+
+        def run(tile: int) -> None:
+            grid = (ceil_div(n * ho * wo, tile), ceil_div(fg, tile), groups)
+            device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(x.dtype)}, {tile}>")(
+                grid, (THREADS,), args)
+
+        run(_tuned(device, ("forward", x.shape, w.shape, stride, padding, dilation, groups),
+                   x.dtype, n * ho * wo, fg, run))
     return y
 
 
@@ -238,15 +276,19 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
                                               padding, dilation)
         num_phases = stride[0] * stride[1]
         rows = max(int(phases[2 + 8 * i]) * int(phases[3 + 8 * i]) for i in range(num_phases))
-        tile = tile_for(gy.dtype, n * rows, cg)
-        grid = (max(1, ceil_div(n * rows, tile)), ceil_div(cg, tile), groups * num_phases)
-        _check_grid("conv2d backward", grid[2], grid[1])
-        device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(gy.dtype)}, {tile}>")(
-            grid, (THREADS,),
-            (gy, w, _no_bias(device, gy.dtype), gx, _device_table(device, table),
-             _device_table(device, phases),
-             *_ints(n, f, fg, ho, wo, 1, 1, 0, 0, kh * kw, fg * cg * kh * kw, cg, c, h, wd,
-                    num_phases, 0)))
+        _check_grid("conv2d backward", groups * num_phases, ceil_div(cg, 64))
+        args = (gy, w, _no_bias(device, gy.dtype), gx, _device_table(device, table),
+                _device_table(device, phases),
+                *_ints(n, f, fg, ho, wo, 1, 1, 0, 0, kh * kw, fg * cg * kh * kw, cg, c, h, wd,
+                       num_phases, 0))
+
+        def run(tile: int) -> None:
+            grid = (max(1, ceil_div(n * rows, tile)), ceil_div(cg, tile), groups * num_phases)
+            device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(gy.dtype)}, {tile}>")(
+                grid, (THREADS,), args)
+
+        run(_tuned(device, ("backward data", gy.shape, w.shape, tuple(x_shape), stride,
+                            padding, dilation, groups), gy.dtype, n * rows, cg, run))
     return gx
 
 
@@ -281,18 +323,25 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
                                            "an (image, group) slice of gy": fg * ho * wo})
         gw = xp.empty(tuple(w_shape), dtype=x.dtype)
         rows = cg * kh * kw
-        tile = tile_for(x.dtype, rows, fg)
-        ptable = _position_table((ho, wo), stride, padding, wd, k_step(tile))
+        # NOTE: the plane padding and the split of K do not depend on the tile, so neither
+        # does the result (see the module docstring)
+        ptable = _position_table((ho, wo), stride, padding, wd, TABLE_STEP)
         p_pad = len(ptable) // 4
-        row_tiles, col_tiles = ceil_div(rows, tile), ceil_div(fg, tile)
-        _check_grid("conv2d backward", groups, col_tiles)
-        splits, chunk = _split_k(n * p_pad, row_tiles * col_tiles * groups, k_step(tile))
+        _check_grid("conv2d backward", groups, ceil_div(fg, 64))
+        splits, chunk = _split_k(n * p_pad, ceil_div(rows, 64) * ceil_div(fg, 64) * groups,
+                                 TABLE_STEP)
         partial = gw if splits == 1 else xp.empty((splits, *w_shape), dtype=x.dtype)
         elem = ctype(x.dtype)
-        device.kernels.function(SOURCE, f"conv2d_wgrad<{elem}, {tile}>")(
-            (row_tiles * splits, col_tiles, groups), (THREADS,),
-            (x, gy, partial, _device_table(device, ptable), np.int64(chunk),
-             *_ints(n, c, h, wd, f, ho, wo, kh, kw, *dilation, groups, p_pad)))
+        args = (x, gy, partial, _device_table(device, ptable), np.int64(chunk),
+                *_ints(n, c, h, wd, f, ho, wo, kh, kw, *dilation, groups, p_pad))
+
+        def run(tile: int) -> None:
+            grid = (ceil_div(rows, tile) * splits, ceil_div(fg, tile), groups)
+            device.kernels.function(SOURCE, f"conv2d_wgrad<{elem}, {tile}>")(
+                grid, (THREADS,), args)
+
+        run(_tuned(device, ("backward weight", x.shape, gy.shape, tuple(w_shape), stride,
+                            padding, dilation, groups), x.dtype, rows, fg, run))
         if splits > 1:
             device.kernels.function(SOURCE, f"conv2d_backward_weight_reduce<{elem}>")(
                 grid_1d(gw.size, THREADS, 4096), (THREADS,),

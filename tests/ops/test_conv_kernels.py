@@ -181,9 +181,10 @@ def test_split_k_is_used() -> None:
     the reduction kernel)."""
     case = CASES["split_k"]
     ho, wo, cg, _ = _dims(case)
-    k_total = case.n * -(-ho * wo // 8) * 8  # each image's plane padded to the K step
-    splits, chunk = conv_cuda._split_k(k_total, -(-cg * case.kh * case.kw // 64), 8)
-    assert splits > 1 and chunk % 8 == 0 and splits * chunk >= k_total
+    step = conv_cuda.TABLE_STEP
+    k_total = case.n * -(-ho * wo // step) * step  # each image's plane padded to 16
+    splits, chunk = conv_cuda._split_k(k_total, -(-cg * case.kh * case.kw // 64), step)
+    assert splits > 1 and chunk % step == 0 and splits * chunk >= k_total
 
 
 @pytest.mark.parametrize(("name", "kernels"), [
@@ -269,3 +270,39 @@ def test_bias_is_added_by_the_forward_kernel(name: str) -> None:
         y = _host(conv_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args(), bias=b))
     assert len(launches) == (0 if name == "1x1" else 1)
     np.testing.assert_array_equal(y, plain + b.reshape(1, -1, 1, 1))
+
+
+def test_tiles_give_identical_bits_so_autotuning_cannot_change_results(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """cudnn.benchmark times both tiles on the first call of a shape and keeps the winner;
+    the result is bit-identical whichever wins (same K order per output, tile-independent
+    split of backward-weight), and later calls launch only the winner."""
+    from dlcore.backends import cudnn
+    from dlcore.kernels import recorded_launches
+
+    case, dev = CASES["tile128_stride2"], Device("emu")
+    x, w = case.arrays(np.float32)
+    ho, wo, _, _ = _dims(case)
+    gy = np.random.default_rng(2).standard_normal((case.n, case.f, ho, wo)).astype(np.float32)
+
+    def all_three() -> list[np.ndarray]:
+        return [_host(conv_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args())),
+                _host(conv_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args())),
+                _host(conv_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args()))]
+
+    default = all_three()
+    monkeypatch.setattr(conv_cuda, "tile_for", lambda dtype, rows, cols: 64)
+    for small, big in zip(all_three(), default):
+        np.testing.assert_array_equal(small, big)
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    monkeypatch.setattr(conv_cuda, "_tuned_tiles", {})
+    with recorded_launches() as first:
+        tuned = all_three()
+    with recorded_launches() as second:
+        all_three()
+    for a, b in zip(tuned, default):
+        np.testing.assert_array_equal(a, b)
+    assert len(conv_cuda._tuned_tiles) == 3
+    tiles = {f"{rec.kernel.split(', ')[1]}" for rec in first if ", " in rec.kernel}
+    assert tiles == {"64>", "128>"}  # both timed
+    assert len(second) == 4  # forward, backward-data, backward-weight and its reduce
