@@ -24,8 +24,8 @@ autotuning is compatible with ``cudnn.deterministic``, which dlcore's kernels al
 (no atomics anywhere, fixed reduction orders).
 
 The kernels read per-shape tables (see the header of ``kernels/conv2d.cu``), built here with
-NumPy once per layer shape and kept on the device (:func:`_on_device`): after the first call a
-launch costs the same host work as before the tables existed.
+NumPy once per layer shape and kept on the device (the ``_*_plan`` caches): after the first
+call of a shape, a launch's host work is two cache lookups and the launch.
 """
 
 from __future__ import annotations
@@ -169,29 +169,26 @@ def _position_table(y_hw: Pair, stride: Pair, padding: Pair, w: int, step: int) 
     return _padded(table, (FAR, FAR, 0, -1), step).ravel()
 
 
-@functools.lru_cache(maxsize=1024)
-def _on_device(device: Any, table: Any) -> Any:
-    """``table`` (a cached host array, so hashed by identity) copied to ``device`` once."""
-    return device.xp.asarray(table.array)
+@functools.lru_cache(maxsize=512)
+def _forward_plan(device: Any, *key: Any) -> tuple[Any, Any]:
+    """:func:`_forward_tables` for ``key``, on ``device`` (copied once per shape)."""
+    table, phases = _forward_tables(*key)
+    return device.xp.asarray(table), device.xp.asarray(phases)
 
 
-class _Key:
-    """Hash a cached NumPy array by identity (lru_cache needs a hashable argument)."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    def __hash__(self) -> int:
-        return id(self.array)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Key) and other.array is self.array
+@functools.lru_cache(maxsize=512)
+def _backward_data_plan(device: Any, *key: Any) -> tuple[Any, Any, int]:
+    """:func:`_backward_data_tables` for ``key`` on ``device``, and the most gx rows of a
+    stride phase per image (grid x)."""
+    table, phases = _backward_data_tables(*key)
+    records = phases.reshape(-1, 8)
+    rows = int((records[:, 2] * records[:, 3]).max())
+    return device.xp.asarray(table), device.xp.asarray(phases), rows
 
 
-def _device_table(device: Any, table: np.ndarray) -> Any:
-    return _on_device(device, _Key(table))
+@functools.lru_cache(maxsize=512)
+def _position_plan(device: Any, *key: Any) -> Any:
+    return device.xp.asarray(_position_table(*key))
 
 
 _bias_dummies: dict[tuple[Any, np.dtype], Any] = {}
@@ -236,11 +233,11 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
         _check_int32("conv2d", **{"an (image, group) slice of x": cg * h * wd,
                                   "the weight": w.size})
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
-        table, phases = _forward_tables(cg, h, wd, kh, kw, dilation, (ho, wo))
+        table, phases = _forward_plan(device, cg, h, wd, kh, kw, dilation, (ho, wo))
         _check_grid("conv2d", groups, ceil_div(fg, 64))
         b = _no_bias(device, x.dtype) if bias is None else \
             xp.ascontiguousarray(bias.astype(x.dtype, copy=False))
-        args = (x, w, b, y, _device_table(device, table), _device_table(device, phases),
+        args = (x, w, b, y, table, phases,
                 *_ints(n, c, cg, h, wd, *stride, *padding, cg * kh * kw, fg * cg * kh * kw, fg,
                        f, ho, wo, 1, bias is not None))
 
@@ -272,13 +269,11 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
         _check_int32("conv2d backward", **{"an (image, group) slice of gy": fg * ho * wo,
                                            "the weight": w.size})
         gx = xp.empty(tuple(x_shape), dtype=gy.dtype)
-        table, phases = _backward_data_tables(cg, fg, (h, wd), (ho, wo), (kh, kw), stride,
-                                              padding, dilation)
+        table, phases, rows = _backward_data_plan(device, cg, fg, (h, wd), (ho, wo), (kh, kw),
+                                                  stride, padding, dilation)
         num_phases = stride[0] * stride[1]
-        rows = max(int(phases[2 + 8 * i]) * int(phases[3 + 8 * i]) for i in range(num_phases))
         _check_grid("conv2d backward", groups * num_phases, ceil_div(cg, 64))
-        args = (gy, w, _no_bias(device, gy.dtype), gx, _device_table(device, table),
-                _device_table(device, phases),
+        args = (gy, w, _no_bias(device, gy.dtype), gx, table, phases,
                 *_ints(n, f, fg, ho, wo, 1, 1, 0, 0, kh * kw, fg * cg * kh * kw, cg, c, h, wd,
                        num_phases, 0))
 
@@ -325,14 +320,14 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
         rows = cg * kh * kw
         # NOTE: the plane padding and the split of K do not depend on the tile, so neither
         # does the result (see the module docstring)
-        ptable = _position_table((ho, wo), stride, padding, wd, TABLE_STEP)
-        p_pad = len(ptable) // 4
+        ptable = _position_plan(device, (ho, wo), stride, padding, wd, TABLE_STEP)
+        p_pad = ptable.size // 4
         _check_grid("conv2d backward", groups, ceil_div(fg, 64))
         splits, chunk = _split_k(n * p_pad, ceil_div(rows, 64) * ceil_div(fg, 64) * groups,
                                  TABLE_STEP)
         partial = gw if splits == 1 else xp.empty((splits, *w_shape), dtype=x.dtype)
         elem = ctype(x.dtype)
-        args = (x, gy, partial, _device_table(device, ptable), np.int64(chunk),
+        args = (x, gy, partial, ptable, np.int64(chunk),
                 *_ints(n, c, h, wd, f, ho, wo, kh, kw, *dilation, groups, p_pad))
 
         def run(tile: int) -> None:
