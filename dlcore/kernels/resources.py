@@ -271,16 +271,17 @@ def nvrtc_version() -> str:
 def compile_cubin(source: str | Path | KernelSource, arch: int) -> Cubin:
     """Compile every entry point of ``source`` for ``sm_<arch>`` with NVRTC, as the loader does,
     plus ``--ptxas-options=-v``; raise RuntimeError with NVRTC's log on failure."""
-    from .compile_check import nvrtc_bindings
+    from .compile_check import cuda_include_dirs, nvrtc_bindings
 
     src = kernel_source(source)
+    includes = [f"-I{d}" for d in cuda_include_dirs()]  # cuda_fp16.h, mma.h, ... as the loader
     nvrtc = nvrtc_bindings()
     prog = nvrtc.createProgram(src.tagged_code(), src.name, [], [])
     try:
         for expr in src.name_expressions:
             nvrtc.addNameExpression(prog, expr)
         try:
-            nvrtc.compileProgram(prog, [*src.options(), f"-arch=sm_{arch}",
+            nvrtc.compileProgram(prog, [*src.options(), *includes, f"-arch=sm_{arch}",
                                         "--ptxas-options=-v"])
         except nvrtc.NVRTCError as exc:
             raise RuntimeError(f"NVRTC failed on {src.name} [sm_{arch}]:\n"
