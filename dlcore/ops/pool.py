@@ -9,15 +9,20 @@ NCHW, arguments validated here and normalised to int pairs, the output size ``ou
 computed here once (:func:`pool2d_out_size`, ceil_mode included)::
 
     max_pool2d_forward(device, x, out_hw, kernel, stride, padding, dilation)
-        -> (y, indices): indices int64, flat h*W + w inside each (n, c) plane (PyTorch's
-        return_indices); ties go to the first maximum in row-major scan order; padding is
-        -inf, never a winner.
+        -> (y, indices): indices int32, flat h*W + w inside each (n, c) plane (half the bytes
+        of int64; a plane holds fewer than 2^31 elements, checked here); ties go to the first
+        maximum in row-major scan order, a NaN wins (the last one, as PyTorch); padding is
+        -inf, never a winner. ``return_indices=True`` hands the user an int64 copy, as
+        PyTorch's; backward keeps the int32 ones.
     max_pool2d_backward(device, gy, indices, x_shape, kernel, stride, padding, dilation) -> gx
         (the geometry lets a kernel gather per input instead of scattering with atomics)
     avg_pool2d_forward(device, x, out_hw, kernel, stride, padding, count_include_pad,
                        divisor_override) -> y
     avg_pool2d_backward(device, gy, x_shape, kernel, stride, padding, count_include_pad,
                         divisor_override) -> gx
+
+Both paths take float16, float32 and float64; float16 is computed in float32 and rounded once
+per result (the kernels store __half and compute in float).
 
 The adaptive pools are compositions that run on any device: average pooling is two matmuls
 with constant window matrices (variable windows, one GEMM each), max pooling gathers each
@@ -40,7 +45,10 @@ from .index import scatter_add
 
 Pair = tuple[int, int]
 
-POOL2D = KernelFamily("pool2d", pool_cuda.SOURCE, cpu=pool_cpu, kernel=pool_cuda)
+POOL2D = KernelFamily("pool2d", pool_cuda.SOURCE, cpu=pool_cpu, kernel=pool_cuda,
+                      kernel_dtypes=pool_cuda.KERNEL_DTYPES)
+# Positions inside a plane, and the saved max-pooling indices, are int32.
+MAX_PLANE = 2**31 - 1
 
 
 def pool2d_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int,
@@ -64,17 +72,19 @@ def _out_hw(x_shape: tuple, kernel: Pair, stride: Pair, padding: Pair, dilation:
 
 
 class MaxPool2d(Function):
-    """(y, indices); the gradient is scattered to the indices by MaxPoolBackward."""
+    """y, or (y, indices as int64) with ``return_indices``; the gradient is scattered to the
+    saved int32 indices by MaxPoolBackward."""
 
     differentiable_outputs = (0,)
 
-    def forward(self, x: Any, args: tuple) -> Any:
+    def forward(self, x: Any, args: tuple, return_indices: bool) -> Any:
         kernel, stride, padding, dilation, ceil_mode = args
         impl = POOL2D.select(self.device, x.dtype, "max_pool2d")
         out_hw = _out_hw(x.shape, kernel, stride, padding, dilation, ceil_mode)
         y, self.indices = impl.max_pool2d_forward(self.device, x, out_hw, *args[:4])
         self.x_shape, self.geometry = x.shape, args[:4]
-        return y, self.indices
+        # a copy: the user's int64 indices may be edited without touching the saved ones
+        return (y, self.indices.astype(np.int64)) if return_indices else y
 
     def backward(self, gy: Tensor, _gi: Any = None) -> tuple:
         return (MaxPoolBackward.apply(gy, indices=self.indices, x_shape=self.x_shape,
@@ -91,8 +101,14 @@ class MaxPoolBackward(Function):
 
     def backward(self, ggx: Tensor) -> tuple:
         n, c = self.gy_shape[:2]
-        idx = Tensor._make(self.indices.reshape(n, c, -1), self.device)
-        return (ggx.reshape(n, c, -1).gather(2, idx).reshape(*self.gy_shape),)
+        xp, indices = self.device.xp, self.indices.reshape(n, c, -1)
+        missed = indices < 0  # windows with no input tap (index -1, dilation only)
+        if not missed.any():
+            idx = Tensor._make(indices, self.device)
+            return (ggx.reshape(n, c, -1).gather(2, idx).reshape(*self.gy_shape),)
+        idx = Tensor._make(xp.maximum(indices, 0), self.device)
+        keep = Tensor._make((~missed).astype(ggx.dtype), self.device)
+        return ((ggx.reshape(n, c, -1).gather(2, idx) * keep).reshape(*self.gy_shape),)
 
 
 class AvgPool2d(Function):
@@ -151,6 +167,9 @@ def _window_args(x: Tensor, kernel_size: Any, stride: Any, padding: Any, dilatio
         raise ValueError(f"{op}: output size {tuple(out)} is too small for input "
                          f"{tuple(x.shape)} with kernel_size {kernel}, stride {stride}, "
                          f"padding {padding}, dilation {dilation}")
+    if max(x.shape[2] * x.shape[3], out[0] * out[1]) > MAX_PLANE:
+        raise ValueError(f"{op}: input plane {tuple(x.shape[2:])} (output {tuple(out)}) holds "
+                         f"2^31 or more elements; pooling indexes a plane with int32")
     return kernel, stride, padding, dilation
 
 
@@ -166,10 +185,11 @@ def max_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,
     """
     x, unbatched = _batched(input, "max_pool2d")
     args = _window_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
-    y, idx = MaxPool2d.apply(x, args=(*args, bool(ceil_mode)))
-    if unbatched:
-        y, idx = y.squeeze(0), idx.squeeze(0)
-    return (y, idx) if return_indices else y
+    out = MaxPool2d.apply(x, args=(*args, bool(ceil_mode)), return_indices=bool(return_indices))
+    if not return_indices:
+        return out.squeeze(0) if unbatched else out
+    y, idx = out
+    return (y.squeeze(0), idx.squeeze(0)) if unbatched else (y, idx)
 
 
 def avg_pool2d(input: Tensor, kernel_size: Any, stride: Any = None,
@@ -308,3 +328,15 @@ def _check_max_pool2d(device: Any) -> dict:
 def _check_avg_pool2d(device: Any) -> dict:
     return forward_backward(device, 2, [(2, 3, 9, 9)], lambda x: avg_pool2d(x, kernel_size=2),
                             ["input"])
+
+
+@POOL2D.check("max_pool2d 3x3 stride 2 pad 1 float16")
+def _check_max_pool2d_float16(device: Any) -> dict:
+    # The two paths pick the same maxima and sum each gradient in float32 in the same order
+    # (output order), so they agree to the bit, well inside the check's float32 tolerance.
+    def op(x: Tensor) -> Tensor:
+        y = max_pool2d(x.half(), kernel_size=3, stride=2, padding=1)
+        assert isinstance(y, Tensor)  # no indices asked for
+        return y.float()
+
+    return forward_backward(device, 3, [(2, 3, 9, 9)], op, ["input"])

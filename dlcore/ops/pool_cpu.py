@@ -7,11 +7,15 @@ pairs, with output sizes from :func:`dlcore.ops.pool.pool2d_out_size` (PyTorch's
 ceil_mode included).
 
 Formulation: a reduction over the kernel offsets of strided slices of the (padded) input,
-one whole-tensor ufunc per offset and never a loop over pixels. Max pooling is separable:
-a max over the kW columns of each window (rows kept), then over its kH rows, which costs
-kH + kW passes instead of kH*kW and still picks the first maximum in row-major scan order
-(each stage keeps its first maximum, strict ``>``). Padding is -inf, so it never wins.
-Indices follow ``return_indices``: the flat position h*W + w inside each (n, c) plane.
+one whole-tensor ufunc per offset and never a loop over pixels. Max pooling takes the
+first maximum in row-major scan order (a NaN wins, the last one where there are several, as
+PyTorch); padding is -inf, so it never wins. Average pooling is separable (window sums over
+columns, then rows) and scaled by :func:`avg_scale`, the table the kernels multiply by too.
+Indices follow ``return_indices``: the flat position h*W + w inside each (n, c) plane, as
+int32 (a plane holds fewer than 2^31 elements; dlcore.ops.pool widens them for the user).
+
+float16 is computed in float32 and each result rounded to float16 once, as the kernels do
+(NumPy's float16 ufuncs would round after every addition).
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ from typing import Any
 import numpy as np
 
 Pair = tuple[int, int]
+
+INDEX_DTYPE = np.dtype(np.int32)
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype an op on ``dtype`` arrays computes in: float32 for float16, else itself."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def _widened(a: np.ndarray) -> np.ndarray:
+    return a.astype(compute_dtype(a.dtype), copy=False)
 
 
 def _span(out: int, k: int, s: int, d: int) -> int:
@@ -53,11 +68,12 @@ def _window_views(buf: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
 
 def max_pool2d_forward(device: Any, x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
                        padding: Pair, dilation: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """(y, indices). y is a chain of ``np.maximum`` over the offset views (NaN propagates, as
-    in PyTorch); the argmax is found afterwards by matching y against the views in reverse
-    scan order, so the first maximum in scan order is written last and wins ties. This is
-    2*kh*kw passes over the output with no index arithmetic inside the loop (measured 3x
-    faster than tracking the argmax while reducing)."""
+    """(y, indices int32). y is a chain of ``np.maximum`` over the offset views (NaN
+    propagates, as in PyTorch); the argmax is found afterwards by matching y against the views
+    in reverse scan order, so the first maximum in scan order is written last and wins ties.
+    This is 2*kh*kw passes over the output with no index arithmetic inside the loop (measured
+    3x faster than tracking the argmax while reducing). float16 needs no widening: a maximum
+    is one of its inputs, exactly."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     oh, ow = out_hw
@@ -72,26 +88,43 @@ def max_pool2d_forward(device: Any, x: np.ndarray, out_hw: Pair, kernel: Pair, s
         np.equal(views[k], y, out=hit)
         np.putmask(arg, hit, k)  # measured 20% faster than copyto(where=)
     nan = np.isnan(y)
-    if nan.any():  # rare: the first NaN of the window is the winner
-        for k in range(len(views) - 1, -1, -1):
+    if nan.any():  # rare: the last NaN of the window is the winner, as in PyTorch
+        for k in range(len(views)):
             np.copyto(arg, k, where=nan & np.isnan(views[k]))
     # flat index inside the (n, c) plane: window origin + offset of the winning tap
-    offset = np.array([(k // kw) * dh * w + (k % kw) * dw for k in range(kh * kw)], np.int64)
-    origin = ((np.arange(oh) * sh - ph)[:, None] * w + (np.arange(ow) * sw - pw)[None, :])
-    return y, offset[arg] + origin
+    offset = np.array([(k // kw) * dh * w + (k % kw) * dw for k in range(kh * kw)], INDEX_DTYPE)
+    origin = ((np.arange(oh, dtype=INDEX_DTYPE) * sh - ph)[:, None] * w
+              + (np.arange(ow, dtype=INDEX_DTYPE) * sw - pw)[None, :])
+    indices = offset[arg] + origin
+    if dh > 1 or dw > 1:  # a dilated window may have no tap inside the input: index -1
+        inside = np.outer(_has_tap(h, oh, kh, sh, ph, dh), _has_tap(w, ow, kw, sw, pw, dw))
+        indices[..., ~inside] = -1
+    return y, indices
+
+
+def _has_tap(size: int, out: int, k: int, s: int, p: int, d: int) -> np.ndarray:
+    """Per output along one dim: whether any of its window's taps lands in [0, size)."""
+    taps = np.arange(out)[:, None] * s - p + np.arange(k)[None, :] * d
+    return np.asarray(((taps >= 0) & (taps < size)).any(axis=1))
 
 
 def max_pool2d_backward(device: Any, gy: np.ndarray, indices: np.ndarray,
                         x_shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair,
                         dilation: Pair) -> np.ndarray:
     """gx: each output gradient added at its argmax (windows may overlap, so an unbuffered
-    ``np.add.at`` scatter; it measured 2.3x faster than ``bincount`` here). The window
-    geometry is not needed on the CPU."""
+    ``np.add.at`` scatter, in output order; it measured 2.3x faster than ``bincount`` here).
+    The window geometry is not needed on the CPU; a window without an input tap (index -1,
+    only with dilation) adds nothing."""
     n, c, h, w = x_shape
     plane = (np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1)
-    gx = np.zeros(n * c * h * w, dtype=gy.dtype)
-    np.add.at(gx, (indices + plane).ravel(), gy.ravel())
-    return gx.reshape(x_shape)
+    at = (indices + plane).ravel()
+    g = _widened(gy).ravel()
+    if indices.size and indices.min() < 0:
+        keep = indices.ravel() >= 0
+        at, g = at[keep], g[keep]
+    gx = np.zeros(n * c * h * w, dtype=compute_dtype(gy.dtype))  # the scatter's identity
+    np.add.at(gx, at, g)
+    return gx.reshape(x_shape).astype(gy.dtype, copy=False)
 
 
 def avg_divisor(size: int, out: int, k: int, s: int, p: int,
@@ -105,10 +138,11 @@ def avg_divisor(size: int, out: int, k: int, s: int, p: int,
     return np.minimum(end, size) - np.maximum(start, 0)
 
 
-def _avg_scale(x_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
-               count_include_pad: bool, divisor_override: int | None,
-               dtype: np.dtype) -> np.ndarray:
-    """The (OH, OW) factor 1/divisor each window sum is multiplied by."""
+def avg_scale(x_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+              count_include_pad: bool, divisor_override: int | None,
+              dtype: np.dtype) -> np.ndarray:
+    """The (OH, OW) factors 1/divisor each window sum is multiplied by, in ``dtype`` (the
+    kernels multiply by the same table, see :mod:`dlcore.ops.pool_cuda`)."""
     if divisor_override:
         return np.full(out_hw, 1.0 / divisor_override, dtype=dtype)
     dh = avg_divisor(x_hw[0], out_hw[0], kernel[0], stride[0], padding[0], count_include_pad)
@@ -124,16 +158,16 @@ def avg_pool2d_forward(device: Any, x: np.ndarray, out_hw: Pair, kernel: Pair, s
     (kh, kw), (sh, sw) = kernel, stride
     oh, ow = out_hw
     eh, ew = _span(oh, kh, sh, 1), _span(ow, kw, sw, 1)
-    buf = _padded(x, padding, (eh, ew), 0.0)
+    buf = _padded(_widened(x), padding, (eh, ew), 0.0)
     row_sum = buf[:, :, :eh, 0:sw * (ow - 1) + 1:sw].copy()
     for j in range(1, kw):
         row_sum += buf[:, :, :eh, j:j + sw * (ow - 1) + 1:sw]
     y = row_sum[:, :, 0:sh * (oh - 1) + 1:sh].copy()
     for i in range(1, kh):
         y += row_sum[:, :, i:i + sh * (oh - 1) + 1:sh]
-    y *= _avg_scale((h, w), (oh, ow), kernel, stride, padding, count_include_pad,
-                    divisor_override, x.dtype)
-    return y
+    y *= avg_scale((h, w), (oh, ow), kernel, stride, padding, count_include_pad,
+                   divisor_override, y.dtype)
+    return y.astype(x.dtype, copy=False)
 
 
 def avg_pool2d_backward(device: Any, gy: np.ndarray, x_shape: tuple[int, ...], kernel: Pair,
@@ -145,12 +179,14 @@ def avg_pool2d_backward(device: Any, gy: np.ndarray, x_shape: tuple[int, ...], k
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     oh, ow = gy.shape[2:]
     eh, ew = _span(oh, kh, sh, 1), _span(ow, kw, sw, 1)
-    g = gy * _avg_scale((h, w), (oh, ow), kernel, stride, padding, count_include_pad,
-                        divisor_override, gy.dtype)
-    rows = np.zeros((n, c, eh, ow), dtype=gy.dtype)
+    dtype = compute_dtype(gy.dtype)
+    g = gy * avg_scale((h, w), (oh, ow), kernel, stride, padding, count_include_pad,
+                       divisor_override, dtype)
+    # zeros: the identity of the sums below (strided rows and columns are added, not set)
+    rows = np.zeros((n, c, eh, ow), dtype=dtype)
     for i in range(kh):
         rows[:, :, i:i + sh * (oh - 1) + 1:sh] += g
-    buf = np.zeros((n, c, max(eh, h + ph), max(ew, w + pw)), dtype=gy.dtype)
+    buf = np.zeros((n, c, max(eh, h + ph), max(ew, w + pw)), dtype=dtype)
     for j in range(kw):
         buf[:, :, :eh, j:j + sw * (ow - 1) + 1:sw] += rows
-    return np.ascontiguousarray(buf[:, :, ph:ph + h, pw:pw + w])
+    return np.ascontiguousarray(buf[:, :, ph:ph + h, pw:pw + w], dtype=gy.dtype)

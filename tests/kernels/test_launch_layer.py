@@ -60,8 +60,8 @@ def test_wrong_argument_count_raises() -> None:
 def test_signatures_substitute_template_arguments() -> None:
     sig = kernel_source("pool2d.cu").signature("maxpool2d_backward<double>")
     assert [(p.name, p.ctype, p.pointer) for p in sig[:4]] == [
-        ("gy", "double", True), ("indices", "long long", True), ("gx", "double", True),
-        ("total", "long long", False)]
+        ("gy", "double", True), ("indices", "int", True), ("gx", "double", True),
+        ("planes", "long long", False)]
 
 
 def test_editing_only_a_header_rebuilds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

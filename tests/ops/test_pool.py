@@ -1,5 +1,7 @@
 """max_pool2d / avg_pool2d / adaptive pools against direct-loop float64 references
-(outputs, indices and gradients) on each device, float64 gradcheck, and argument errors."""
+(outputs, indices and gradients) on each device, float64 gradcheck (and gradgradcheck for max
+pooling, whose double backward gathers at the saved indices), float16 against float32 within
+one rounding, the user's int64 indices, and argument errors."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from op_check import check, grad_ok, on, rand
+from op_check import check, grad_ok, gradgrad_ok, on, rand
 
 import dlcore
 from dlcore.ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
@@ -83,6 +85,71 @@ def test_max_pool2d_matches_reference(device, case):
     y.backward(on(device, gy))
     check(tx.grad, rgx)
     assert grad_ok(lambda a: max_pool2d(a, k, s, p, d, ceil), [x[:1, :1]], device)
+
+
+def test_max_pool2d_double_backward(device):
+    x = rand(1, 2, 7, 6, seed=9)  # distinct values: max is twice differentiable
+    assert gradgrad_ok(lambda a: max_pool2d(a, 3, 2, 1, ceil_mode=True), [x], device)
+
+
+def test_max_pool2d_double_backward_of_windows_without_input_taps(device):
+    """Regression: H=2, k=2, d=3, p=1 gives windows whose taps all fall in the padding (index
+    -1, y = -inf); the double backward's gather refused the negative index. Nothing flows."""
+    x = on(device, rand(1, 2, 2, 3, seed=4), requires_grad=True)
+    y = max_pool2d(x, 2, 1, 1, dilation=3)
+    gy = on(device, np.ones(y.shape), requires_grad=True)
+    (gx,) = dlcore.autograd.grad(y, [x], grad_outputs=gy, create_graph=True)
+    (ggy,) = dlcore.autograd.grad(gx.sum(), [gy])
+    check(gx, np.zeros(x.shape))
+    check(ggy, np.zeros(y.shape))
+
+
+def test_max_pool2d_user_indices_are_int64_and_a_copy(device):
+    """PyTorch's dtype for return_indices; editing them leaves the gradient alone (backward
+    uses the int32 indices it saved)."""
+    x = rand(2, 2, 6, 5, seed=3)
+    tx = on(device, x, requires_grad=True)
+    y, idx = max_pool2d(tx, 2, return_indices=True)
+    ry, ridx, rgx = ref_max_pool(x, np.ones(y.shape), (2, 2), (2, 2), (0, 0), (1, 1), False)
+    check(idx, ridx)  # int64
+    idx.zero_()
+    y.sum().backward()
+    check(tx.grad, rgx)
+    assert isinstance(max_pool2d(tx, 2), dlcore.Tensor)  # one output without return_indices
+
+
+def test_max_pool2d_several_nans_the_last_wins(device):
+    """As PyTorch: a NaN beats any number, and a later NaN replaces an earlier one."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 0] = x[0, 0, 1, 0] = np.nan
+    y, idx = max_pool2d(on(device, x), 2, return_indices=True)
+    assert np.isnan(y.numpy()[0, 0, 0, 0])
+    np.testing.assert_array_equal(idx.numpy()[0, 0], [[4, 7], [13, 15]])
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+def test_float16_within_one_rounding_of_float32(device, op):
+    """float16 computes in float32 and rounds once: within 2^-11 (relative, round to nearest)
+    of the float32 result on the same float16 values, gradients too; a maximum exactly."""
+    x = rand(2, 3, 9, 8, seed=6).astype(np.float16)
+    if op == "max":
+        def pool(t):
+            return max_pool2d(t, 3, 2, 1, ceil_mode=True)
+    else:
+        def pool(t):
+            return avg_pool2d(t, 3, 2, 1, ceil_mode=True, count_include_pad=False)
+    results = []
+    for dtype in (np.float16, np.float32):
+        tx = on(device, x.astype(dtype), requires_grad=True)
+        y = pool(tx)
+        gy = rand(*y.shape, seed=7).astype(np.float16).astype(dtype)
+        y.backward(on(device, gy))
+        assert y.dtype == tx.grad.dtype == dtype
+        results.append((y.numpy().astype(np.float64), tx.grad.numpy().astype(np.float64)))
+    if op == "max":
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+    for half, single in zip(*results):  # one float16 rounding, and float32's own few 2^-24
+        assert np.all(np.abs(half - single) <= 2.0**-11 * np.abs(single) + 2.0**-20)
 
 
 def test_max_pool2d_ties_go_to_first(device):
@@ -163,6 +230,16 @@ def test_adaptive_pools(device, out):
     assert grad_ok(lambda t: adaptive_avg_pool2d(t, out), [x[:1, :1]], device)
     xs = rand(1, 1, 7, 6, seed=8)  # distinct values: max is differentiable
     assert grad_ok(lambda t: adaptive_max_pool2d(t, out), [xs], device)
+
+
+def test_plane_of_2_31_elements_is_refused():
+    """Positions inside a plane and the saved indices are int32: a larger plane is refused
+    before anything is computed (a broadcast view: no memory behind it)."""
+    big = np.broadcast_to(np.zeros(1, np.float32), (1, 1, 2**16, 2**15))
+    x = dlcore.Tensor._make(big, dlcore.device("cpu"))
+    for call in (lambda: max_pool2d(x, 2), lambda: avg_pool2d(x, 2)):
+        with pytest.raises(ValueError, match=r"\(65536, 32768\) .* 2\^31 or more elements"):
+            call()
 
 
 @pytest.mark.parametrize("call,match", [
