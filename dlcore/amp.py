@@ -15,8 +15,11 @@ steps in a row (PyTorch's rules, so the same inf/NaN pattern gives the same scal
         scaler.step(opt)      # unscales (unless unscale_ ran), skips the step on inf/NaN
         scaler.update()
 
-The unscale and the inf/NaN check run over each optimizer bucket's flat gradient buffer
-(``Optimizer._unscale_grads_``), not tensor by tensor.
+The unscale and the inf/NaN check are one fused pass over each optimizer bucket's flat
+gradient buffer, where backward put the gradients (``Optimizer._unscale_grads_``: one kernel
+launch per bucket on ``cuda`` and ``emu``, whose inf flags are read back once), not tensor by
+tensor and without gathering; ``clip_grad_norm_`` between ``unscale_`` and ``step`` then works
+on the same memory. As in PyTorch, the test is on the scaled gradients, before dividing.
 """
 
 from __future__ import annotations

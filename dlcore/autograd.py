@@ -263,6 +263,10 @@ class AccumulateGrad(Function):
         if leaf.grad is None:
             if _mode.enabled:  # create_graph: keep the gradient's own graph
                 leaf.grad = grad
+            elif leaf._grad_slot is not None and leaf._grad_slot.receive(leaf, grad):
+                # NOTE: an optimizer's slot took it: copied into its flat gradient buffer,
+                # leaf.grad is now a view of that (dlcore/optim/optimizer.py says why)
+                pass
             else:
                 # NOTE: copy, never alias: one gradient Tensor may flow to several leaves
                 # (x + y hands the same grad to both), and later accumulation is in place.

@@ -34,14 +34,18 @@ class Tensor:
     (like ``dlcore.tensor``); ops build Tensors through the cheap ``Tensor._make``.
     """
 
-    __slots__ = ("data", "_device", "_requires_grad", "grad", "grad_fn", "_output_nr",
-                 "_accum", "_version", "_retains_grad", "_view", "_views", "__weakref__")
+    __slots__ = ("data", "_device", "_requires_grad", "_grad", "_grad_slot", "grad_fn",
+                 "_output_nr", "_accum", "_version", "_retains_grad", "_view", "_views",
+                 "__weakref__")
     __array_priority__ = 1000  # numpy_array * tensor -> Tensor.__rmul__
 
     data: Any  # the NumPy or CuPy array
     _device: Device
     _requires_grad: _bool
-    grad: Tensor | None
+    _grad: Tensor | None  # .grad (a property: assigning it must reach _grad_slot)
+    # An optimizer's place for this leaf's gradient in its flat gradient buffer, or None
+    # (see dlcore/optim/optimizer.py): autograd writes a new gradient there.
+    _grad_slot: Any
     grad_fn: Any  # the autograd.Function that produced this tensor, None for a leaf
     _output_nr: _int  # which output of grad_fn this is
     _accum: Any  # a leaf's AccumulateGrad node, made on first use
@@ -68,7 +72,8 @@ class Tensor:
         self.data = data
         self._device = device
         self._requires_grad = False
-        self.grad = None
+        self._grad = None
+        self._grad_slot = None
         self.grad_fn = None
         self._output_nr = 0
         self._accum = None
@@ -91,7 +96,8 @@ class Tensor:
         t.data = data
         t._device = device
         t._requires_grad = grad_fn is not None
-        t.grad = None
+        t._grad = None
+        t._grad_slot = None
         t.grad_fn = grad_fn
         t._output_nr = output_nr
         t._accum = None
@@ -160,6 +166,19 @@ class Tensor:
                                "tensors; use detach() for a non-leaf")
         self._requires_grad = bool(requires_grad)
         return self
+
+    @property
+    def grad(self) -> Tensor | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: Tensor | None) -> None:
+        self._grad = value
+        # NOTE: an optimizer counts the parameters whose .grad is the view of their gradient
+        # slot, so that a step need not check each one; any assignment may end that, so the
+        # slot is told (autograd fills a slot through the slot itself, not through here).
+        if self._grad_slot is not None:
+            self._grad_slot.release()
 
     @property
     def is_leaf(self) -> _bool:

@@ -1,11 +1,13 @@
 """Optimizer steps: achieved memory bandwidth of one fused update over many parameters.
 
 An update is bandwidth bound, so the figure of merit is GB/s over the bytes the update must
-touch: Adam reads param, grad, exp_avg, exp_avg_sq and writes param, exp_avg, exp_avg_sq
-(7 words per element), SGD with momentum reads param, grad, buffer and writes param, buffer
-(5 words). A step also gathers the gradients into the group's flat buffer (2 more words,
-not counted as useful). The reference is a plain copy (``np.copyto``: 2 words) of the same
-size: what this machine's memory system delivers to NumPy.
+move, counted per element in words of the parameters' dtype: Adam reads param, grad,
+exp_avg, exp_avg_sq and writes param, exp_avg, exp_avg_sq (7 words), AdamW with amsgrad also
+reads and writes max_exp_avg_sq (9), SGD with momentum reads param, grad, buffer and writes
+param, buffer (5). The gradients come from backward, so they already sit in the optimizer's
+flat gradient buffer and the step timed is the real one: no gather, one launch per bucket
+(``note`` counts the launches on a kernel device). The reference is a plain copy
+(``np.copyto``: 2 words) of the same size: what this machine's memory system delivers to NumPy.
 """
 
 from __future__ import annotations
@@ -16,31 +18,38 @@ import numpy as np
 
 import dlcore
 from dlcore import optim
+from dlcore.kernels import recorded_launches
 from dlcore.nn.parameter import Parameter
 
 from .timing import time_host
 
 CASES = (
-    # (case name, optimizer, options, words touched per element)
+    # (case name, optimizer, options, words moved per element)
     ("adam", "Adam", {"lr": 1e-3}, 7),
     ("adamw amsgrad", "AdamW", {"lr": 1e-3, "amsgrad": True}, 9),
     ("sgd momentum", "SGD", {"lr": 0.1, "momentum": 0.9}, 5),
 )
 
 
-def _setup(device: str, optimizer: str, options: dict, numel: int, tensors: int) -> Any:
+def _setup(device: str, optimizer: str, options: dict, numel: int,
+           tensors: int) -> tuple[Any, int]:
+    """The timed step and the kernel launches it makes."""
     size = numel // tensors
     params = [Parameter(dlcore.randn(size, device=device)) for _ in range(tensors)]
-    for p in params:
-        p.grad = dlcore.randn(size, device=device) * 1e-3
     opt = getattr(optim, optimizer)(params, **options)
+    # backward of sum(p * g) brings gradient g into each parameter's slot
+    dlcore.autograd.backward([(p * (dlcore.randn(size, device=device) * 1e-3)).sum()
+                              for p in params])
     sync = dlcore.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step() -> None:
         opt.step()
         sync()
 
-    return step
+    step()  # the first step (SGD's first momentum step reads no buffer)
+    with recorded_launches() as launches:
+        step()
+    return step, len(launches)
 
 
 def _copy_floor(numel: int) -> float:
@@ -53,15 +62,19 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     numel = 1_000_000 if quick else 10_000_000
     reps = 10 if quick else 30
     rows = []
+    word = np.dtype(np.float32).itemsize  # dlcore.randn's dtype
     copy_us = _copy_floor(numel) if device == "cpu" else None
     for tensors in (10, 1000):
         for case, optimizer, options, words in CASES:
-            us = time_host(_setup(device, optimizer, options, numel, tensors), reps,
-                           warmup=3, inner=1)
-            gbs = words * 4 * numel / (us * 1e-6) / 1e9
+            step, launches = _setup(device, optimizer, options, numel, tensors)
+            us = time_host(step, reps, warmup=3, inner=1)
+            gbs = words * word * numel / (us * 1e-6) / 1e9
             note = f"GB/s {gbs:.1f} over {words} words/param"
             if copy_us is not None:
-                note += f"; np.copyto {2 * 4 * numel / (copy_us * 1e-6) / 1e9:.1f} GB/s"
+                copy_gbs = 2 * word * numel / (copy_us * 1e-6) / 1e9
+                note += f"; np.copyto {copy_gbs:.1f} GB/s ({gbs / copy_gbs:.0%})"
+            if dlcore.device(device).runs_kernels:
+                note += f"; {launches} launch{'es' if launches != 1 else ''}/step"
             rows.append({"suite": "optim", "case": f"{case} {numel / 1e6:g}M params "
                          f"in {tensors} tensors", "device": device, "median_us": us,
                          "note": note})

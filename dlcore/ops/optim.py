@@ -9,9 +9,14 @@ group's parameters, gradients and state contiguous), applied in place::
 ``arrays`` are the rule's array arguments in the kernel's order (``None`` for state an option
 leaves unused), ``scalars`` its per-step floats (computed once on the host in float64, as
 PyTorch does) and ``flags`` its option bits (``MAXIMIZE``, ``ADAM_AMSGRAD``, ...: the #defines of
-``kernels/optim.cu``). The
-kernels (:mod:`dlcore.ops.optim_cuda`) and the NumPy rules (:mod:`dlcore.ops.optim_cpu`, their
-twins and test oracle) take exactly these arguments. Not differentiable: optimizers run under
+``kernels/optim.cu``). ``ALIGNED16`` is the caller's promise that every array starts on a
+16-byte boundary (:func:`aligned16` tells): the kernels then move 16 bytes per access
+(``float4`` / ``double2``); the optimizer gives it for its own buffers when the parameters
+updated start on such a boundary (always, for a whole bucket). :func:`unscale_grads` is
+GradScaler's fused pass over a flat gradient buffer: the inf/NaN test and the multiplication
+by ``1 / scale`` in one read. The kernels
+(:mod:`dlcore.ops.optim_cuda`) and the NumPy rules (:mod:`dlcore.ops.optim_cpu`, their twins
+and test oracle) take exactly these arguments. Not differentiable: optimizers run under
 ``no_grad`` on raw arrays.
 """
 
@@ -27,11 +32,12 @@ from ..kernels import KernelFamily
 from ..tensor import Tensor
 from . import optim_cpu, optim_cuda
 from ._check import kwargs_case, seeded_arrays
-from .optim_cpu import (ADAM_AMSGRAD, ADAM_DECOUPLED, MAXIMIZE, RMSPROP_CENTERED,
+from .optim_cpu import (ADAM_AMSGRAD, ADAM_DECOUPLED, ALIGNED16, MAXIMIZE, RMSPROP_CENTERED,
                         RMSPROP_MOMENTUM, SGD_FIRST_STEP, SGD_NESTEROV)
 
-__all__ = ["ADAM_AMSGRAD", "ADAM_DECOUPLED", "MAXIMIZE", "OPTIM", "RMSPROP_CENTERED",
-           "RMSPROP_MOMENTUM", "RULES", "SGD_FIRST_STEP", "SGD_NESTEROV", "update"]
+__all__ = ["ADAM_AMSGRAD", "ADAM_DECOUPLED", "ALIGNED16", "MAXIMIZE", "OPTIM",
+           "RMSPROP_CENTERED", "RMSPROP_MOMENTUM", "RULES", "SGD_FIRST_STEP", "SGD_NESTEROV",
+           "aligned16", "unscale_grads", "update"]
 
 RULES = ("sgd_step", "adam_step", "rmsprop_step", "adagrad_step")
 
@@ -49,23 +55,62 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
     impl.update(device, rule, arrays, scalars, flags)
 
 
+def unscale_grads(device: Any, grad: Any, inv_scale: float, found_inf: Any,
+                  flags: int = 0) -> None:
+    """``grad *= inv_scale`` in place over a flat buffer on ``device``, setting
+    ``found_inf[0]`` (an int32 array on the same device) to 1 if any element was inf or NaN
+    before (it is never cleared here: one flag can collect several buffers)."""
+    impl = OPTIM.select(device, grad.dtype, "unscale_grads")
+    impl.unscale_grads(device, grad, inv_scale, found_inf, flags)
+
+
+def aligned16(*arrays: Any) -> bool:
+    """Whether every array starts on a 16-byte boundary (what ``ALIGNED16`` promises): a
+    CuPy array's device pointer, a NumPy array's address (the emulator keeps it modulo 16)."""
+    for a in arrays:
+        address = a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+        if address % 16:
+            return False
+    return True
+
+
 # ---- dlcore check cases: the kernels against the cpu path ---------------------------------
 
 Scalars = Callable[[int], tuple[float, ...]]
 
 
 def _check_rule(device: Any, rule: str, n_state: int, scalars: Scalars,
-                flags: Callable[[int], int], steps: int = 3) -> dict[str, np.ndarray]:
-    """Three updates of a 317-element buffer (not a multiple of any block size) from zero
-    state, with seeded parameters and gradients."""
+                flags: Callable[[int], int], steps: int = 3,
+                vectors: bool = False) -> dict[str, np.ndarray]:
+    """Three updates of a 317-element buffer (not a multiple of any block size or vector
+    width) from zero state, with seeded parameters and gradients; ``vectors``: with
+    ``ALIGNED16`` where the buffers allow it (the kernels' 16-byte path and its scalar tail)."""
     shape = (317,)
     param = Tensor(seeded_arrays(4, shape)[0], device=device).data
     state = [Tensor(np.zeros(shape, np.float32), device=device).data for _ in range(n_state)]
     for step in range(1, steps + 1):
         grad = Tensor(seeded_arrays(10 + step, shape)[0], device=device).data
-        update(device, rule, (param, grad, *state), scalars(step), flags(step))
-    arrays = {"param": param} | {f"state {i}": s for i, s in enumerate(state)}
-    return {k: Tensor._make(a, device).numpy() for k, a in arrays.items()}
+        arrays = (param, grad, *state)
+        aligned = ALIGNED16 if vectors and aligned16(*arrays) else 0
+        update(device, rule, arrays, scalars(step), flags(step) | aligned)
+    named = {"param": param} | {f"state {i}": s for i, s in enumerate(state)}
+    return {k: Tensor._make(a, device).numpy() for k, a in named.items()}
+
+
+def _check_unscale(device: Any) -> dict[str, np.ndarray]:
+    """Two 317-element buffers scaled by 1/1024: one finite, one with an inf and a NaN."""
+    out = {}
+    for name, bad in (("clean", ()), ("with inf and nan", (5, 300))):
+        host = seeded_arrays(20, (317,))[0] * np.float32(1024)
+        host[list(bad)] = (np.inf, np.nan) if bad else ()
+        grad = Tensor(host, device=device).data
+        found = Tensor(np.zeros(1, np.int32), device=device).data
+        unscale_grads(device, grad, 1 / 1024, found, ALIGNED16 if aligned16(grad) else 0)
+        scaled = Tensor._make(grad, device).numpy()
+        out[f"{name} grad"] = np.where(np.isfinite(scaled), scaled, 0)  # check compares values
+        out[f"{name} non-finite mask"] = (~np.isfinite(scaled)).astype(np.float32)
+        out[f"{name} found_inf"] = Tensor._make(found, device).numpy()
+    return out
 
 
 def _adam_scalars(lr: float, weight_decay: float) -> Scalars:
@@ -88,6 +133,9 @@ _CHECKS: dict[str, tuple[str, int, Scalars, Callable[[int], int]]] = {
                               lambda t: MAXIMIZE),
 }
 for _name, (_rule, _n_state, _scalars, _flags) in _CHECKS.items():
-    OPTIM.check(_name)(kwargs_case(_check_rule, rule=_rule, n_state=_n_state,
-                                   scalars=_scalars, flags=_flags))
-del _name, _rule, _n_state, _scalars, _flags
+    for _vectors in (False, True):
+        OPTIM.check(_name + (", 16-byte accesses" if _vectors else ""))(kwargs_case(
+            _check_rule, rule=_rule, n_state=_n_state, scalars=_scalars, flags=_flags,
+            vectors=_vectors))
+OPTIM.check("unscale grads")(_check_unscale)
+del _name, _rule, _n_state, _scalars, _flags, _vectors

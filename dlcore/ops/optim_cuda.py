@@ -2,7 +2,8 @@
 
 Every kernel there takes ``(arrays..., n, scalars..., flags)``; the scalars are cast to the
 buffers' dtype here, exactly as the NumPy rules see them. Launch: 1-D grid-stride loop, 256
-threads per block, at most 4096 blocks.
+threads per block, at most 4096 blocks (with 16-byte accesses a thread covers 4 floats or 2
+doubles per iteration, so the grid covers n / 4 or n / 2 items).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels import ctype, grid_1d
+from ..kernels import ceil_div, ctype, grid_1d
+from .optim_cpu import ALIGNED16
 
 SOURCE = "optim.cu"
 THREADS = 256
@@ -29,7 +31,21 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
         args = [_unused(device, param.dtype, i) if a is None else a
                 for i, a in enumerate(arrays)]
         args += [np.int64(n), *[cast(s) for s in scalars], np.int32(flags)]
-        run(grid_1d(n, THREADS, MAX_BLOCKS), (THREADS,), args)
+        run(_grid(n, param.dtype, flags), (THREADS,), args)
+
+
+def unscale_grads(device: Any, grad: Any, inv_scale: float, found_inf: Any, flags: int) -> None:
+    n = int(grad.size)
+    run = device.kernels.function(SOURCE, f"unscale_grads<{ctype(grad.dtype)}>")
+    with device:
+        run(_grid(n, grad.dtype, flags), (THREADS,),
+            (grad, np.int64(n), grad.dtype.type(inv_scale), found_inf, np.int32(flags)))
+
+
+def _grid(n: int, dtype: np.dtype, flags: int) -> tuple[int]:
+    """Enough threads for one 16-byte vector each (one element each when unaligned)."""
+    per_thread = 16 // dtype.itemsize if flags & ALIGNED16 else 1
+    return grid_1d(ceil_div(n, per_thread), THREADS, MAX_BLOCKS)
 
 
 _dummies: dict[tuple[Any, np.dtype, int], Any] = {}

@@ -6,17 +6,40 @@ update as a rule of the kernel family :mod:`dlcore.ops.optim` with its arguments
 kernel from ``kernels/optim.cu`` on the ``cuda`` and ``emu`` devices, its NumPy twin (chunked
 to stay in cache) on ``cpu``.
 
-Layout. At the first ``step()`` the parameters of each group are split into buckets by
-(device, dtype), and each bucket is flattened into ONE contiguous buffer: every parameter's
-``.data`` becomes a view into it, and the optimizer state (``exp_avg``, ...) is one flat
-array per name. A step then gathers the gradients into a flat gradient buffer (one
-concatenate) and updates everything with one call of the update rule. ``p.data`` keeps
-its shape, dtype and values, so autograd and ``Module`` are unaffected.
+Layout. When an optimizer is made (and for each ``add_param_group``) the parameters of each
+group are split into buckets by (device, dtype), and each bucket is flattened
+(:mod:`dlcore.optim.buckets`): ONE contiguous parameter buffer, of which every parameter's
+``.data`` becomes a view; ONE flat gradient buffer of the same layout, of which every
+parameter gets a *gradient slot* (a view); one flat array per state name (``exp_avg``, ...).
+``p.data`` keeps its shape, dtype and values, so autograd and ``Module`` are unaffected.
 
-NOTE: a tensor that aliased a parameter's old array (``w = p.detach()`` taken *before* the
-first step) no longer sees updates; take such aliases after the first step, or read ``p``.
-If ``p.data`` is replaced later (``module.load_state_dict`` copies in place, but a user may
-assign), the new values are adopted into the flat buffer at the next step.
+Gradients live in their slots. PyTorch's AccumulateGrad rules, with one difference: when
+backward brings a gradient to a leaf whose ``.grad`` is None and that has a slot, autograd
+copies it into the slot and sets ``.grad`` to a new Tensor over the slot (PyTorch would steal
+the incoming gradient); when ``.grad`` exists it accumulates in place, so it stays in the slot.
+``zero_grad()`` (``set_to_none=True``) sets ``.grad`` to None and keeps the slot;
+``zero_grad(set_to_none=False)`` zeroes the whole flat gradient buffer in one fill. A step then
+finds the gradients of the whole bucket in the buffer and updates it with ONE kernel launch (or
+one NumPy pass), and GradScaler's unscale and inf/NaN test is one fused pass over the same
+buffer: no gather, and no Python work per parameter beyond one identity pass over ``.data``
+(a parameter moved, cast or reassigned must be noticed).
+
+How a step knows, cheaply: each bucket counts its *filled* slots (autograd filled it, and
+``.grad`` has not been assigned since: ``Tensor.grad``'s setter tells the slot). All filled is
+the steady state. Otherwise the step falls back, per parameter: a ``.grad`` that is its slot's
+view (identity of the array) is used where it is; any other (a tensor the user assigned, one
+from ``dlcore.autograd.grad``, a ``create_graph`` gradient, another dtype) is copied into its
+slot, and stays the user's tensor; a parameter whose ``.grad`` is None is skipped and its state
+left alone (PyTorch's semantics), so such a step launches once per run of parameters that
+have gradients and equal step counts.
+
+NOTE: the slot is reused: a reference to an old ``p.grad`` kept across
+``zero_grad(set_to_none=True)`` sees the next backward's values (clone() it to keep it). A
+tensor that aliased a parameter's old array (``w = p.detach()`` taken *before* the optimizer
+was made) no longer sees updates; take such aliases afterwards, or read ``p``. If ``p.data``
+is replaced later (``module.load_state_dict`` copies in place, but a user may assign), the new
+values are adopted into the flat buffer at the next step. Replacing the *array* of a gradient
+in its slot (``p.grad.data = a``, ``p.grad.set_(t)``) is not noticed; assign ``p.grad = t``.
 """
 
 from __future__ import annotations
@@ -31,6 +54,7 @@ from .. import autograd
 from ..device import device_of_array
 from ..ops import optim as update_rules
 from ..tensor import Tensor
+from .buckets import Bucket
 
 
 class _Required:
@@ -53,91 +77,6 @@ def state_like(param: Any, fill: float = 0.0) -> Any:
     return array_module(param).full_like(param, fill)
 
 
-class _Bucket:
-    """The parameters of one group sharing a device and dtype, flattened into one buffer."""
-
-    def __init__(self, params: list[Tensor]) -> None:
-        p0 = params[0]
-        self.device = p0.device
-        self.dtype = p0.data.dtype
-        xp = self.device.xp
-        self.params = params
-        sizes = [int(p.data.size) for p in params]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64).tolist()
-        self.flat = xp.empty(self.offsets[-1], dtype=self.dtype)
-        self.grad = xp.empty_like(self.flat)
-        self.views: list[Any] = []
-        self.grad_views: list[Any] = []  # each parameter's slice of the flat gradient buffer
-        for i, p in enumerate(params):
-            view = self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(p.data.shape)
-            xp.copyto(view, p.data)
-            p.data = view
-            self.views.append(view)
-            self.grad_views.append(self.grad[self.offsets[i]:self.offsets[i + 1]]
-                                   .reshape(p.data.shape))
-        self.state: dict[str, Any] = {}
-        # updates each parameter has had (a list: NumPy's per-call cost on a tiny array was
-        # a tenth of a step's host time)
-        self.steps = [0] * len(params)
-
-    def moved(self) -> bool:
-        """Whether a parameter now lives on another device or has another dtype (the model
-        was moved or cast after the first step): the layout must be rebuilt."""
-        return any(p.device is not self.device or p.data.dtype != self.dtype
-                   for p in self.params)
-
-    def adopt_replaced_data(self) -> None:
-        """Take back parameters whose ``.data`` was reassigned since the last step."""
-        for i, p in enumerate(self.params):
-            view = self.views[i]
-            if p.data is view:
-                continue
-            if p.data.shape != view.shape:
-                raise RuntimeError(
-                    f"optimizer: a parameter changed shape from {tuple(view.shape)} to "
-                    f"{tuple(p.data.shape)} after the optimizer's first step; its state no "
-                    "longer fits (create a new optimizer)")
-            self.device.xp.copyto(view, p.data)
-            p.data = view
-
-    def runs(self) -> list[tuple[int, int]]:
-        """Maximal ranges of parameters that have a gradient and the same step count: each
-        is updated by one call (PyTorch skips parameters whose ``.grad`` is None)."""
-        out: list[tuple[int, int]] = []
-        start = None
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                if start is not None:
-                    out.append((start, i))
-                    start = None
-            elif start is None:
-                start = i
-            elif self.steps[i] != self.steps[start]:
-                out.append((start, i))
-                start = i
-        if start is not None:
-            out.append((start, len(self.params)))
-        return out
-
-    def gather_grads(self, first: int, last: int) -> Any:
-        """The run's gradients copied into its slice of the flat gradient buffer."""
-        lo, hi = self.offsets[first], self.offsets[last]
-        dst = self.grad[lo:hi]
-        if all(_grad_of(self.params[i]).data is self.grad_views[i] for i in range(first, last)):
-            return dst  # already there (GradScaler.unscale_ gathered them)
-        grads = [_grad_of(self.params[i]).data.reshape(-1) for i in range(first, last)]
-        if len(grads) == 1:
-            self.device.xp.copyto(dst, grads[0], casting="same_kind")
-        else:
-            self.device.xp.concatenate(grads, out=dst, casting="same_kind")
-        return dst
-
-
-def _grad_of(p: Tensor) -> Tensor:
-    assert p.grad is not None  # runs() keeps only parameters that have one
-    return p.grad
-
-
 class Optimizer:
     """Base class of dlcore's optimizers (``torch.optim.Optimizer``'s interface).
 
@@ -153,7 +92,7 @@ class Optimizer:
                             f"but got a Tensor of shape {tuple(params.shape)}")
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
-        self._buckets: list[list[_Bucket] | None] = []
+        self._buckets: list[list[Bucket] | None] = []
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -198,19 +137,28 @@ class Optimizer:
             raise ValueError("optimizer: some parameters appear in more than one parameter group")
         self.param_groups.append(group)
         self._buckets.append(None)
+        self._group_buckets(len(self.param_groups) - 1)  # flatten now: see the module doc
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients: drop them (default, saves memory and a pass) or zero in place."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+        """Reset gradients: drop them (default, saves memory and a pass; the slots stay) or
+        zero them in place (one fill of each bucket's flat gradient buffer)."""
+        with autograd.no_grad():
+            for index, group in enumerate(self.param_groups):
                 if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad.detach_()
-                    with autograd.no_grad():
-                        p.grad.zero_()
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            p.grad = None
+                    continue
+                for bucket in self._group_buckets(index):
+                    # NOTE: filling slots whose parameter has no gradient is harmless: a
+                    # slot's content means something only while its parameter's .grad is it
+                    foreign = [] if bucket.grads_in_slots() else bucket.foreign_grads()
+                    bucket.grads.buffer.fill(0)
+                    for i in foreign:
+                        grad = bucket.params[i].grad
+                        assert grad is not None  # foreign_grads() lists only existing ones
+                        grad.detach_()
+                        grad.zero_()
 
     # ---- stepping ---------------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -226,8 +174,11 @@ class Optimizer:
                     self._step_bucket(bucket, group)
         return loss
 
-    def _group_buckets(self, index: int) -> list[_Bucket]:
+    def _group_buckets(self, index: int) -> list[Bucket]:
+        """Group ``index``'s buckets, after noticing parameters moved, cast or reassigned."""
         buckets = self._buckets[index]
+        if buckets is not None and all([b.data_in_place() for b in buckets]):
+            return buckets  # the steady state: one identity pass
         if buckets is not None and any(b.moved() for b in buckets):
             self._relayout(index, buckets)
             buckets = self._buckets[index]
@@ -235,10 +186,12 @@ class Optimizer:
             by_kind: dict[tuple, list[Tensor]] = {}
             for p in self.param_groups[index]["params"]:
                 by_kind.setdefault((p.device, p.data.dtype), []).append(p)
-            buckets = self._buckets[index] = [_Bucket(ps) for ps in by_kind.values()]
+            buckets = self._buckets[index] = [Bucket(ps) for ps in by_kind.values()]
+        for bucket in buckets:
+            bucket.adopt_replaced_data()
         return buckets
 
-    def _relayout(self, index: int, buckets: list[_Bucket]) -> None:
+    def _relayout(self, index: int, buckets: list[Bucket]) -> None:
         """Rebuild a group's buckets after its parameters moved or were cast (as PyTorch
         would, the state follows them to their new device and dtype)."""
         saved = {id(p): self._param_state(b, i) for b in buckets for i, p in enumerate(b.params)}
@@ -248,23 +201,32 @@ class Optimizer:
             self.init_single(bucket.flat, bucket.state, group)
             for i, p in enumerate(bucket.params):
                 self._load_param_state(bucket, i, saved[id(p)])
+            bucket.recount_steps()
 
-    def _step_bucket(self, bucket: _Bucket, group: dict[str, Any]) -> None:
-        bucket.adopt_replaced_data()
+    def _step_bucket(self, bucket: Bucket, group: dict[str, Any]) -> None:
         self.init_single(bucket.flat, bucket.state, group)
+        n = len(bucket.params)
+        if bucket.grads_in_slots() and bucket.common_step is not None:
+            self._update(bucket, group, 0, n, bucket.common_step + 1)  # the steady state
+            return
+        for i in bucket.foreign_grads():
+            bucket.copy_into_slot(i)
         for first, last in bucket.runs():
-            grad = bucket.gather_grads(first, last)
-            lo, hi = bucket.offsets[first], bucket.offsets[last]
-            for i in range(first, last):
-                bucket.steps[i] += 1
-            step = bucket.steps[first]
-            if lo == 0 and hi == bucket.flat.size:  # the usual case: the whole bucket
-                state, param = bucket.state, bucket.flat
-            else:
-                state = {k: v[lo:hi] for k, v in bucket.state.items()}
-                param = bucket.flat[lo:hi]
-            rule, arrays, scalars, flags = self.update_rule(grad, param, state, group, step)
-            update_rules.update(bucket.device, rule, arrays, scalars, flags)
+            self._update(bucket, group, first, last, bucket.steps[first] + 1)
+
+    def _update(self, bucket: Bucket, group: dict[str, Any], first: int, last: int,
+                step: int) -> None:
+        """One launch (or NumPy pass) over parameters ``first:last``, whose gradients are in
+        their slots and whose step counts all become ``step``."""
+        lo, hi = bucket.offsets[first], bucket.offsets[last]
+        if first == 0 and last == len(bucket.params):  # the usual case: the whole bucket
+            state, param, grad = bucket.state, bucket.flat, bucket.grads.buffer
+        else:
+            state = {k: v[lo:hi] for k, v in bucket.state.items()}
+            param, grad = bucket.flat[lo:hi], bucket.grads.buffer[lo:hi]
+        rule, arrays, scalars, flags = self.update_rule(grad, param, state, group, step)
+        update_rules.update(bucket.device, rule, arrays, scalars, flags | bucket.aligned(lo))
+        bucket.set_steps(first, last, step)
 
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Create the state arrays ``group``'s options need and ``state`` lacks (flat, like
@@ -278,24 +240,30 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__}.update_rule")
 
     def _unscale_grads_(self, inv_scale: float) -> bool:
-        """Multiply every gradient by ``inv_scale`` in place and say whether any is inf or
-        NaN (for ``dlcore.amp.GradScaler``): per bucket, the gradients are gathered into the
-        flat gradient buffer once, scaled and checked there in whole-buffer passes, and each
-        ``p.grad`` becomes a view of its slice, so ``step()`` (and a clip_grad_norm_ between
-        the two) work on the same memory without gathering again."""
+        """Multiply every gradient by ``inv_scale`` in place and say whether any was inf or
+        NaN (for ``dlcore.amp.GradScaler``): one fused pass over each bucket's flat gradient
+        buffer (the slots), one flag per device read back once; a gradient outside its slot
+        is scaled and checked where it is (``step()`` then copies it in)."""
+        flags: dict[Any, Any] = {}  # device -> int32 found-inf flag on it
         found_inf = False
         with autograd.no_grad():
             for index in range(len(self.param_groups)):
                 for bucket in self._group_buckets(index):
-                    for first, last in bucket.runs():
-                        flat = bucket.gather_grads(first, last)
-                        flat *= flat.dtype.type(inv_scale)
-                        found_inf = found_inf or not bool(
-                            bucket.device.xp.isfinite(flat).all())
-                        for i in range(first, last):
-                            grad = _grad_of(bucket.params[i])
-                            grad.set_(Tensor._make(bucket.grad_views[i], bucket.device))
-        return found_inf
+                    flag = flags.get(bucket.device)
+                    if flag is None:
+                        flag = flags[bucket.device] = bucket.device.xp.zeros(1, np.int32)
+                    buffer = bucket.grads.buffer
+                    if bucket.grads_in_slots():
+                        ranges, foreign = [(0, int(buffer.size))], []
+                    else:
+                        foreign = bucket.foreign_grads()
+                        ranges = bucket.slot_runs(foreign)
+                    for lo, hi in ranges:
+                        update_rules.unscale_grads(bucket.device, buffer[lo:hi], inv_scale, flag,
+                                                   bucket.aligned(lo))
+                    for i in foreign:
+                        found_inf = _unscale_one(bucket.params[i], inv_scale) or found_inf
+        return found_inf or any(int(dev.to_host(flag)[0]) for dev, flag in flags.items())
 
     # ---- state -----------------------------------------------------------------------
     @property
@@ -311,7 +279,7 @@ class Optimizer:
                         out[p] = entry
         return out
 
-    def _param_state(self, bucket: _Bucket, i: int) -> dict[str, Any]:
+    def _param_state(self, bucket: Bucket, i: int) -> dict[str, Any]:
         if bucket.steps[i] == 0:
             return {}
         lo, hi = bucket.offsets[i], bucket.offsets[i + 1]
@@ -367,8 +335,9 @@ class Optimizer:
                     key = saved["params"][position[id(p)]]
                     entry = saved_state.get(key, saved_state.get(str(key)))
                     self._load_param_state(bucket, i, entry or {})
+                bucket.recount_steps()
 
-    def _load_param_state(self, bucket: _Bucket, i: int, entry: dict[str, Any]) -> None:
+    def _load_param_state(self, bucket: Bucket, i: int, entry: dict[str, Any]) -> None:
         xp = bucket.device.xp
         lo, hi = bucket.offsets[i], bucket.offsets[i + 1]
         step = entry.get("step")
@@ -387,3 +356,13 @@ class Optimizer:
                 raise ValueError(f"load_state_dict: state {name!r} has {arr.size} elements, "
                                  f"its parameter {tuple(bucket.views[i].shape)} has {hi - lo}")
             bucket.state[name][lo:hi] = xp.asarray(arr.reshape(-1), dtype=bucket.dtype)
+
+
+def _unscale_one(p: Tensor, inv_scale: float) -> bool:
+    """Scale a gradient that is not in its slot in place; whether it had an inf or NaN."""
+    grad = p.grad
+    assert grad is not None  # foreign_grads() lists only existing ones
+    xp = grad.device.xp
+    bad = not bool(xp.isfinite(grad.data).all())
+    xp.multiply(grad.data, grad.dtype.type(inv_scale), out=grad.data)
+    return bad
