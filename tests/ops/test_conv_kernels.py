@@ -1,4 +1,4 @@
-"""conv2d kernels (kernels/conv2d.cu through dlcore.ops.conv_cuda) against float64 NumPy
+"""conv2d kernels (kernels/conv2d.cu through dlcore.ops.conv_gemm_cuda) against float64 NumPy
 references, on ``emu`` (checked mode, several fiber-order seeds) and ``cuda`` (skipped without a
 GPU). The emulator runs each thread as a fiber, so the shapes stay tiny but cover the cases that
 change the index arithmetic: odd sizes, stride > kernel, dilation 2 and 3, groups 1, 2 and
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dlcore.device import Device, device_count
-from dlcore.ops import conv_cpu, conv_cuda
+from dlcore.ops import conv_cpu, conv_cuda, conv_gemm_cuda
 
 SEEDS = (1, 2, 3)
 
@@ -53,6 +53,7 @@ CASES = {
     # wide enough for the 128 x 128 tile in every direction (rows >= 512, columns > 64)
     "tile128": Case(2, 72, 16, 16, 80, 3, 3, (1, 1), (1, 1), (1, 1), 1),
     "tile128_stride2": Case(2, 72, 31, 31, 80, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+    "tile128x64": Case(2, 64, 16, 16, 48, 3, 3, (1, 1), (1, 1), (1, 1), 1),
 }
 
 
@@ -147,12 +148,13 @@ def _run_all(dev: Device, case: Case, dtype: type) -> None:
     gy = np.random.default_rng(7).standard_normal((case.n, case.f, ho, wo)).astype(dtype)
     _, _, cg, fg = _dims(case)
     taps = case.kh * case.kw
-    _check(conv_cuda.conv2d_forward(dev, _on(dev, x), _on(dev, w), (ho, wo), *case.args()),
+    _check(conv_gemm_cuda.conv2d_forward(dev, _on(dev, x), _on(dev, w), (ho, wo), *case.args()),
            ref_forward(case, x, w), dtype, cg * taps)
-    _check(conv_cuda.conv2d_backward_data(dev, _on(dev, gy), _on(dev, w), x.shape, *case.args()),
+    _check(conv_gemm_cuda.conv2d_backward_data(dev, _on(dev, gy), _on(dev, w), x.shape,
+                                               *case.args()),
            ref_backward_data(case, gy.astype(np.float64), w.astype(np.float64)), dtype,
            fg * taps)
-    _check(conv_cuda.conv2d_backward_weight(dev, _on(dev, x), _on(dev, gy), w.shape,
+    _check(conv_gemm_cuda.conv2d_backward_weight(dev, _on(dev, x), _on(dev, gy), w.shape,
                                             *case.args()),
            ref_backward_weight(case, x, gy.astype(np.float64)), dtype, case.n * ho * wo)
 
@@ -181,24 +183,46 @@ def test_split_k_is_used() -> None:
     the reduction kernel)."""
     case = CASES["split_k"]
     ho, wo, cg, _ = _dims(case)
-    step = conv_cuda.TABLE_STEP
+    step = conv_gemm_cuda.TABLE_STEP
     k_total = case.n * -(-ho * wo // step) * step  # each image's plane padded to 16
-    splits, chunk = conv_cuda._split_k(k_total, -(-cg * case.kh * case.kw // 64), step)
+    splits, chunk = conv_gemm_cuda._split_k(k_total, -(-cg * case.kh * case.kw // 64), step)
     assert splits > 1 and chunk % step == 0 and splits * chunk >= k_total
 
 
 @pytest.mark.parametrize(("name", "kernels"), [
-    ("3x3_odd", ["conv2d_gemm<float, 64>", "conv2d_gemm<float, 64>", "conv2d_wgrad<float, 64>"]),
-    ("tile128_stride2", ["conv2d_gemm<float, 128>", "conv2d_gemm<float, 128>",
-                         "conv2d_wgrad<float, 128>", "conv2d_backward_weight_reduce<float>"]),
+    ("3x3_odd", ["conv2d_gemm<float, 64, 64>", "conv2d_gemm<float, 64, 64>",
+                 "conv2d_wgrad<float, 64, 64>"]),
+    ("tile128_stride2", ["conv2d_gemm<float, 128, 128>", "conv2d_gemm<float, 128, 128>",
+                         "conv2d_wgrad<float, 128, 128>", "conv2d_backward_weight_reduce<float>"]),
+    ("tile128x64", ["conv2d_gemm<float, 128, 64>", "conv2d_gemm<float, 128, 64>",
+                    "conv2d_wgrad<float, 128, 64>", "conv2d_backward_weight_reduce<float>"]),
     ("1x1", []),  # pointwise: three GEMMs through xp.matmul (cuBLAS on cuda), no kernel of ours
 ])
-def test_each_shape_runs_the_kernel_chosen_for_it(name: str, kernels: list[str]) -> None:
+def test_each_shape_runs_the_kernel_chosen_for_it(name: str, kernels: list[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the dispatcher (dlcore.ops.conv_cuda) with TF32 off: the SIMT tiles by shape,
+    cuBLAS for 1x1; with TF32 on (the default) float32 goes to the tensor cores instead."""
+    from dlcore.backends import cudnn
     from dlcore.kernels import recorded_launches
 
-    with recorded_launches() as launches:
-        _run_all(Device("emu"), CASES[name], np.float32)
-    assert [rec.kernel.partition(":")[2] for rec in launches] == kernels
+    case, dev = CASES[name], Device("emu")
+    x, w = case.arrays(np.float32)
+    ho, wo, _, _ = _dims(case)
+    gy = np.random.default_rng(7).standard_normal((case.n, case.f, ho, wo)).astype(np.float32)
+
+    def run_all() -> list[str]:
+        with recorded_launches() as launches:
+            conv_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args())
+            conv_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args())
+            conv_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args())
+        return [rec.kernel.partition(":")[2] for rec in launches]
+
+    monkeypatch.setattr(cudnn, "allow_tf32", False)
+    assert run_all() == kernels
+    monkeypatch.setattr(cudnn, "allow_tf32", True)
+    tc = run_all()
+    assert (tc == [] if name == "1x1" else
+            all(k.startswith("conv2d_tc_") and k.endswith("<float>") for k in tc) and tc)
 
 
 def test_backward_data_phases_hold_only_the_taps_that_land() -> None:
@@ -206,7 +230,7 @@ def test_backward_data_phases_hold_only_the_taps_that_land() -> None:
     1x1, 1x2, 2x1 and 2x2 taps: 9 taps in all where one GEMM over every gx row would run
     4 x 9 (75% of its multiply-adds on taps that land between gy rows)."""
     fg = 5
-    _, phases = conv_cuda._backward_data_tables(3, fg, (9, 9), (5, 5), (3, 3), (2, 2), (1, 1),
+    _, phases = conv_gemm_cuda._backward_data_tables(3, fg, (9, 9), (5, 5), (3, 3), (2, 2), (1, 1),
                                                 (1, 1))
     records = phases.reshape(-1, 8)
     assert records[:, 1].tolist() == [fg * 1, fg * 2, fg * 2, fg * 4]
@@ -217,9 +241,9 @@ def test_empty_batch_gives_zero_gradients() -> None:
     dev = Device("emu")
     x = np.zeros((0, 2, 5, 5), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
-    y = conv_cuda.conv2d_forward(dev, x, w, (3, 3), (1, 1), (0, 0), (1, 1), 1)
+    y = conv_gemm_cuda.conv2d_forward(dev, x, w, (3, 3), (1, 1), (0, 0), (1, 1), 1)
     assert y.shape == (0, 3, 3, 3)
-    gw = conv_cuda.conv2d_backward_weight(dev, x, y, w.shape, (1, 1), (0, 0), (1, 1), 1)
+    gw = conv_gemm_cuda.conv2d_backward_weight(dev, x, y, w.shape, (1, 1), (0, 0), (1, 1), 1)
     np.testing.assert_array_equal(gw, np.zeros_like(w))
 
 
@@ -236,11 +260,11 @@ def test_emu_agrees_with_cpu_path() -> None:
         ho, wo, _, _ = _dims(case)
         gy = np.random.default_rng(3).standard_normal((case.n, case.f, ho, wo)).astype(np.float32)
         pairs = [
-            (conv_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args()),
+            (conv_gemm_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args()),
              cpu.conv2d_forward(CPU, x, w, (ho, wo), *case.args())),
-            (conv_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args()),
+            (conv_gemm_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args()),
              cpu.conv2d_backward_data(CPU, gy, w, x.shape, *case.args())),
-            (conv_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args()),
+            (conv_gemm_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args()),
              cpu.conv2d_backward_weight(CPU, x, gy, w.shape, *case.args())),
         ]
         # both float32, summed in different orders (BLAS blocks vs 16-wide K tiles with FMA):
@@ -256,11 +280,13 @@ def test_cuda_matches_reference(name: str, dtype: type) -> None:
 
 
 @pytest.mark.parametrize("name", ["3x3_odd", "tile128", "1x1"])
-def test_bias_is_added_by_the_forward_kernel(name: str) -> None:
+def test_bias_is_added_by_the_forward_kernel(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """conv2d's bias rides in the GEMM's epilogue: one launch, y + b exactly as a separate add
     would give it (the add is the epilogue's last operation on the same float32 sum)."""
+    from dlcore.backends import cudnn
     from dlcore.kernels import recorded_launches
 
+    monkeypatch.setattr(cudnn, "allow_tf32", False)
     case, dev = CASES[name], Device("emu")
     x, w = case.arrays(np.float32)
     b = np.random.default_rng(5).standard_normal(case.f).astype(np.float32)
@@ -286,23 +312,51 @@ def test_tiles_give_identical_bits_so_autotuning_cannot_change_results(
     gy = np.random.default_rng(2).standard_normal((case.n, case.f, ho, wo)).astype(np.float32)
 
     def all_three() -> list[np.ndarray]:
-        return [_host(conv_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args())),
-                _host(conv_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args())),
-                _host(conv_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args()))]
+        return [_host(conv_gemm_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args())),
+                _host(conv_gemm_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args())),
+                _host(conv_gemm_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args()))]
 
     default = all_three()
-    monkeypatch.setattr(conv_cuda, "tile_for", lambda dtype, rows, cols: 64)
+    monkeypatch.setattr(conv_gemm_cuda, "tile_for", lambda *args: (64, 64))
     for small, big in zip(all_three(), default):
         np.testing.assert_array_equal(small, big)
     monkeypatch.setattr(cudnn, "benchmark", True)
-    monkeypatch.setattr(conv_cuda, "_tuned_tiles", {})
+    monkeypatch.setattr(conv_gemm_cuda, "_tuned_tiles", {})
     with recorded_launches() as first:
         tuned = all_three()
     with recorded_launches() as second:
         all_three()
     for a, b in zip(tuned, default):
         np.testing.assert_array_equal(a, b)
-    assert len(conv_cuda._tuned_tiles) == 3
-    tiles = {f"{rec.kernel.split(', ')[1]}" for rec in first if ", " in rec.kernel}
-    assert tiles == {"64>", "128>"}  # both timed
+    assert len(conv_gemm_cuda._tuned_tiles) == 3
+    tiles = {rec.kernel.partition(", ")[2] for rec in first if ", " in rec.kernel}
+    assert tiles == {"128, 128>", "128, 64>", "64, 64>"}  # all three timed
     assert len(second) == 4  # forward, backward-data, backward-weight and its reduce
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+@pytest.mark.parametrize("name", ["depthwise_pad_big", "depthwise_mult2"])
+def test_depthwise_shapes_run_the_depthwise_kernels(name: str, tf32: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """groups == C with one channel per filter: kernels/conv2d_depthwise.cu in every direction,
+    ahead of the tensor cores (which would fill 1/128 of their tile) whatever allow_tf32 says;
+    the results are checked against float64 references."""
+    from dlcore.backends import cudnn
+    from dlcore.kernels import recorded_launches
+
+    monkeypatch.setattr(cudnn, "allow_tf32", tf32)
+    case, dev = CASES[name], Device("emu")
+    x, w = case.arrays(np.float32)
+    ho, wo, _, _ = _dims(case)
+    gy = np.random.default_rng(7).standard_normal((case.n, case.f, ho, wo)).astype(np.float32)
+    with recorded_launches() as launches:
+        y = conv_cuda.conv2d_forward(dev, x, w, (ho, wo), *case.args())
+        gx = conv_cuda.conv2d_backward_data(dev, gy, w, x.shape, *case.args())
+        gw = conv_cuda.conv2d_backward_weight(dev, x, gy, w.shape, *case.args())
+    assert launches and all(rec.kernel.startswith("conv2d_depthwise.cu:") for rec in launches)
+    taps = case.kh * case.kw
+    _check(y, ref_forward(case, x, w), np.float32, taps)
+    _check(gx, ref_backward_data(case, gy.astype(np.float64), w.astype(np.float64)),
+           np.float32, taps * case.f // case.c)
+    _check(gw, ref_backward_weight(case, x, gy.astype(np.float64)), np.float32,
+           case.n * ho * wo)

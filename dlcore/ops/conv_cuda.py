@@ -1,0 +1,128 @@
+"""Kernel path of 2-D convolution on a ``cuda`` or ``emu`` device: which kernel serves a shape.
+
+Array-level twins of the NumPy functions in :mod:`dlcore.ops.conv_cpu`, with the device first::
+
+    y = conv2d_forward(device, x, w, (5, 5), (1, 1), (1, 1), (1, 1), 1)
+
+Arrays are NCHW (weights ``(F, C/groups, KH, KW)``) on ``device``; ``stride``, ``padding`` and
+``dilation`` are int pairs already validated by the caller. Each direction goes to the first
+of these that serves it (tests name the kernel through
+:func:`dlcore.kernels.recorded_launches`):
+
+1. 1x1 kernels at stride 1 without padding are plain GEMMs, ``w (F, C) @ x[n] (C, H*W)`` per
+   group: ``xp.matmul``, i.e. cuBLAS on ``cuda`` (NumPy's BLAS on ``emu``), no kernel of ours
+   (float32 and float64; float16 goes to the tensor cores, which accumulate in float);
+2. depthwise convolutions (groups == C, one input channel per filter) in float32 and float64:
+   :mod:`dlcore.ops.conv_depthwise_cuda` (``kernels/conv2d_depthwise.cu``: a plane tile in
+   shared memory per block, taps in registers; an implicit GEMM would use 1/64 of its tile);
+3. float16, and float32 while ``dlcore.backends.cudnn.allow_tf32`` is True (PyTorch's default),
+   on tensor cores: :mod:`dlcore.ops.conv_tc_cuda` (``kernels/conv2d_tc.cu``, TF32 for float32,
+   sm_80 and later; FP16, sm_70 and later; float accumulation);
+4. the SIMT implicit GEMMs: :mod:`dlcore.ops.conv_gemm_cuda` (``kernels/conv2d.cu``; float32
+   and float64).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import conv_depthwise_cuda, conv_gemm_cuda, conv_tc_cuda
+
+__all__ = ["KERNEL_DTYPES", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward"]
+
+Pair = tuple[int, int]
+KERNEL_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair) -> bool:
+    return tuple(w_shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
+
+
+def _no_kernel(op: str, dtype: Any, device: Any) -> TypeError:
+    return TypeError(f"{op}: dtype {np.dtype(dtype)} on {device} needs the tensor-core kernels, "
+                     f"which this device or shape cannot run (float16 needs sm_70, float32 "
+                     f"TF32 sm_80); use float32 or float64")
+
+
+def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padding: Pair,
+                   dilation: Pair, groups: int, bias: Any = None) -> Any:
+    """``y`` (N, F, *out_hw) = conv2d of ``x`` (N, C, H, W) with ``w`` (F, C/groups, KH, KW),
+    plus ``bias`` (F,) when given (in the kernels' epilogue)."""
+    n, c, h, wd = x.shape
+    f, cg = w.shape[:2]
+    if _is_pointwise(w.shape, stride, padding) and n * f * h * wd and x.dtype != np.float16:
+        xp = device.xp
+        with device.use():
+            fg = f // groups
+            y = xp.matmul(w.astype(x.dtype, copy=False).reshape(groups, fg, cg),
+                          xp.ascontiguousarray(x).reshape(n, groups, cg, h * wd))
+            y = y.reshape(n, f, *out_hw)
+            return y if bias is None else y + bias.astype(x.dtype).reshape(1, f, 1, 1)
+    if x.dtype != np.float16 and conv_depthwise_cuda.serves(x.shape, w.shape, groups):
+        return conv_depthwise_cuda.conv2d_forward(device, x, w, out_hw, stride, padding,
+                                                  dilation, groups, bias=bias)
+    if conv_tc_cuda.serves(device, x.dtype, x.shape, w.shape, groups, out_hw, stride):
+        return conv_tc_cuda.conv2d_forward(device, x, w, out_hw, stride, padding, dilation,
+                                           groups, bias=bias)
+    if x.dtype == np.float16:
+        raise _no_kernel("conv2d", x.dtype, device)
+    return conv_gemm_cuda.conv2d_forward(device, x, w, out_hw, stride, padding, dilation,
+                                         groups, bias=bias)
+
+
+def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...], stride: Pair,
+                         padding: Pair, dilation: Pair, groups: int) -> Any:
+    """``gx`` (``x_shape``), the gradient of conv2d with respect to its input, from ``gy``."""
+    n, c, h, wd = x_shape
+    f, cg = w.shape[:2]
+    if _is_pointwise(w.shape, stride, padding) and tuple(gy.shape[2:]) == (h, wd) and \
+            gy.size and gy.dtype != np.float16:
+        xp = device.xp
+        with device.use():
+            fg = f // groups
+            wt = w.astype(gy.dtype, copy=False).reshape(groups, fg, cg).transpose(0, 2, 1)
+            return xp.matmul(wt, xp.ascontiguousarray(gy).reshape(n, groups, fg, h * wd)
+                             ).reshape(x_shape)
+    if gy.dtype != np.float16 and conv_depthwise_cuda.serves(tuple(x_shape), w.shape, groups):
+        return conv_depthwise_cuda.conv2d_backward_data(device, gy, w, x_shape, stride,
+                                                        padding, dilation, groups)
+    if conv_tc_cuda.serves(device, gy.dtype, tuple(x_shape), w.shape, groups,
+                           tuple(gy.shape[2:]), stride):
+        return conv_tc_cuda.conv2d_backward_data(device, gy, w, x_shape, stride, padding,
+                                                 dilation, groups)
+    if gy.dtype == np.float16:
+        raise _no_kernel("conv2d backward", gy.dtype, device)
+    return conv_gemm_cuda.conv2d_backward_data(device, gy, w, x_shape, stride, padding,
+                                               dilation, groups)
+
+
+def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...], stride: Pair,
+                           padding: Pair, dilation: Pair, groups: int) -> Any:
+    """``gw`` (``w_shape``), the gradient of conv2d with respect to its weight, from ``x`` and
+    ``gy``; deterministic in every path."""
+    n, c, h, wd = x.shape
+    f, cg = w_shape[:2]
+    if _is_pointwise(w_shape, stride, padding) and tuple(gy.shape[2:]) == (h, wd) and \
+            x.size and x.dtype != np.float16:
+        xp = device.xp
+        with device.use():
+            fg = f // groups
+            # gw[g] = sum over n of gy[n, g] (Fg, P) @ x[n, g]^T (P, Cg), one batched GEMM
+            prod = xp.matmul(xp.ascontiguousarray(gy).astype(x.dtype, copy=False)
+                             .reshape(n, groups, fg, h * wd),
+                             xp.ascontiguousarray(x).reshape(n, groups, cg, h * wd)
+                             .transpose(0, 1, 3, 2))
+            return prod.sum(axis=0).reshape(w_shape)
+    if x.dtype != np.float16 and conv_depthwise_cuda.serves(x.shape, tuple(w_shape), groups):
+        return conv_depthwise_cuda.conv2d_backward_weight(device, x, gy, w_shape, stride,
+                                                          padding, dilation, groups)
+    if conv_tc_cuda.serves(device, x.dtype, x.shape, tuple(w_shape), groups,
+                           tuple(gy.shape[2:]), stride):
+        return conv_tc_cuda.conv2d_backward_weight(device, x, gy, w_shape, stride, padding,
+                                                   dilation, groups)
+    if x.dtype == np.float16:
+        raise _no_kernel("conv2d backward", x.dtype, device)
+    return conv_gemm_cuda.conv2d_backward_weight(device, x, gy, w_shape, stride, padding,
+                                                 dilation, groups)
