@@ -25,5 +25,5 @@ from .random import get_rng_state, manual_seed, set_rng_state
 from .threads import get_num_threads, set_num_threads
 from .tensor import Tensor
 
-from . import amp, nn, optim  # noqa: E402  -- built on everything above
+from . import amp, distributed, nn, optim  # noqa: E402  -- built on everything above
 

@@ -31,7 +31,7 @@ import dlcore
 
 from ..sysinfo import collect, nvml_handle, nvml_module
 
-SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models")
+SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models", "distributed")
 
 
 def environment(device: str) -> dict[str, Any]:

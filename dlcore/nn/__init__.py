@@ -2,7 +2,7 @@
 interface (``nn.functional``), with PyTorch's names so ``torch.nn`` code ports by changing
 the import."""
 
-from . import functional, init, utils
+from . import functional, init, parallel, utils
 from .activation import (ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax,
                          Softplus, Tanh)
 from .containers import ModuleDict, ModuleList, Sequential
