@@ -237,7 +237,11 @@ class Reducer:
             if i == current and p.grad is None:
                 passed = Tensor._make(mean, p._device)  # AccumulateGrad copies it in
             elif p.grad is None:
-                p.grad = Tensor._make(mean.copy(), p._device)
+                average = Tensor._make(mean, p._device)
+                # an optimizer's gradient slot takes it (its one-launch step stays in use);
+                # else a copy: the bucket is reused by the next backward
+                if p._grad_slot is None or not p._grad_slot.receive(p, average):
+                    p.grad = Tensor._make(mean.copy(), p._device)
             else:
                 p.grad.data[...] = mean
         return passed
