@@ -14,7 +14,9 @@ step; NumPy reports its data buffers to tracemalloc (checked: a 100 MB np.empty 
 
 Kernel rows (``cuda`` and ``emu``): ``conv2d_forward``, ``conv2d_backward_data`` and
 ``conv2d_backward_weight`` of :mod:`dlcore.ops.conv_cuda` timed one by one on float32 arrays,
-no autograd, each 2*N*O*OH*OW*(C/G)*kH*kW FLOPs; on cuda next to cuDNN doing the same
+no autograd, each 2*N*O*OH*OW*(C/G)*kH*kW FLOPs, the kernels that ran in ``note`` (TF32 tensor
+cores by default, as cuDNN under PyTorch's defaults; SIMT with
+``dlcore.backends.cudnn.allow_tf32 = False``); on cuda next to cuDNN doing the same
 (``torch.nn.functional.conv2d``, ``torch.nn.grad.conv2d_input`` / ``conv2d_weight``). The
 fraction of peak is left to the reader's card (H100 SXM: about 60 TFLOP/s fp32 without tensor
 cores). The emulator runs one tiny layer: a smoke run of the launch path, not a speed figure.
@@ -31,6 +33,7 @@ import numpy as np
 
 import dlcore
 from dlcore.device import Device
+from dlcore.kernels import recorded_launches
 from dlcore.ops import conv_cuda
 from dlcore.ops.conv import conv2d, conv2d_out_size
 
@@ -46,6 +49,8 @@ CASES = [
     ("1x1 256->64 56x56", 32, 256, 64, 56, 1, 1, 0, 1),
     ("stem 7x7/2 3->64 224x224", 32, 3, 64, 224, 7, 2, 3, 1),
     ("depthwise3x3 128ch 56x56", 32, 128, 128, 56, 3, 1, 1, 128),
+    ("depthwise3x3/2 96ch 112x112", 32, 96, 96, 112, 3, 2, 1, 96),
+    ("depthwise5x5 240ch 28x28", 32, 240, 240, 28, 5, 1, 2, 240),
     ("digits 1->16 8x8", 64, 1, 16, 8, 3, 1, 1, 1),
     ("digits 16->32 4x4", 64, 16, 32, 4, 3, 1, 1, 1),
 ]
@@ -214,9 +219,12 @@ def _kernel_rows(device: str, quick: bool, torch_device: str | None) -> list[dic
         kernels = _dlcore_kernels(dev, *shape)
         refs = _torch_kernels(torch_device, *shape) if torch_device is not None else {}
         for kernel in KERNELS:
+            with recorded_launches() as launched:
+                kernels[kernel]()
+            ran = sorted({rec.kernel.partition(":")[2] for rec in launched}) or ["cuBLAS"]
             us = time_host(_synced(kernels[kernel], sync), reps, warmup=2, inner=1)
             row = {"suite": "conv", "case": f"{name} {kernel}", "device": device,
-                   "median_us": us, "gflops": flops / us / 1e3}
+                   "median_us": us, "gflops": flops / us / 1e3, "note": " + ".join(ran)}
             if torch_device is not None:
                 ref = time_host(_synced(refs[kernel], _torch_sync(torch_device)), reps,
                                 warmup=2, inner=1)

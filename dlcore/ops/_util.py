@@ -17,6 +17,16 @@ SCALAR_TYPES = (int, float, bool, np.number, np.bool_)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def gemm(a: Any, b: Any) -> Any:
+    """``a @ b`` of two arrays of one dtype. NOTE: NumPy has no float16 BLAS (its float16
+    matmul is a plain loop that rounds every partial sum to half, tens of times slower), so
+    float16 NumPy operands are multiplied in float32 and the result rounded once, as a GPU's
+    float16 GEMM accumulates in float32; CuPy's float16 matmul is cuBLAS's and used as is."""
+    if a.dtype == np.float16 and isinstance(a, np.ndarray):
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float16)
+    return a @ b
+
+
 def is_scalar(x: Any) -> bool:
     return isinstance(x, SCALAR_TYPES)
 

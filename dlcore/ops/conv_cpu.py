@@ -30,12 +30,33 @@ Batches are processed in chunks so a column matrix never exceeds :data:`COL_BYTE
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 Pair = tuple[int, int]
+
+F = TypeVar("F", bound=Callable[..., np.ndarray])
+
+
+def _float16_in_float32(fn: F) -> F:
+    """float16 arrays computed in float32 and the result rounded to float16 once: NumPy has
+    no float16 BLAS (a float16 GEMM is a plain loop rounding every partial sum, ~25x slower
+    and less accurate), and a GPU's float16 convolution accumulates in float32 too."""
+    @functools.wraps(fn)
+    def wrapper(device: Any, *arrays_and_args: Any, **kwargs: Any) -> np.ndarray:
+        if not any(getattr(a, "dtype", None) == np.float16 for a in arrays_and_args[:2]):
+            return fn(device, *arrays_and_args, **kwargs)
+        wide = [a.astype(np.float32) if getattr(a, "dtype", None) == np.float16 else a
+                for a in arrays_and_args]
+        if kwargs.get("bias") is not None:
+            kwargs["bias"] = kwargs["bias"].astype(np.float32)
+        return fn(device, *wide, **kwargs).astype(np.float16)
+    return wrapper  # type: ignore[return-value]
+
 
 COL_BYTES = 256 * 2**20  # largest column matrix built at once (bytes)
 FLAT_GEMM_PIXELS = 1024  # below this many output pixels per image, one flat GEMM
@@ -93,6 +114,7 @@ def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(groups, o // groups, -1)
 
 
+@_float16_in_float32
 def conv2d_forward(device: Any, x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
                    padding: Pair, dilation: Pair, groups: int,
                    bias: np.ndarray | None = None) -> np.ndarray:
@@ -130,6 +152,7 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     return y
 
 
+@_float16_in_float32
 def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
                            stride: Pair, padding: Pair, dilation: Pair,
                            groups: int) -> np.ndarray:
@@ -154,6 +177,7 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
         gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))
 
 
+@_float16_in_float32
 def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
                          stride: Pair, padding: Pair, dilation: Pair,
                          groups: int) -> np.ndarray:

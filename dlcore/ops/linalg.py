@@ -6,7 +6,7 @@ from typing import Any
 
 from ..autograd import Function
 from ..tensor import Tensor
-from ._util import float32_op, low_precision, sum_to
+from ._util import float32_op, gemm, low_precision, sum_to
 
 
 class MatMul(Function):
@@ -15,7 +15,7 @@ class MatMul(Function):
     save_inputs = True
 
     def forward(self, a: Any, b: Any) -> Any:
-        return a @ b
+        return gemm(a, b)
 
     def backward(self, g: Tensor) -> tuple:
         a, b = self.saved_tensors

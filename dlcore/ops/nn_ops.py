@@ -14,7 +14,7 @@ from typing import Any
 
 from ..autograd import Function, is_grad_enabled
 from ..tensor import Tensor
-from ._util import sum_to
+from ._util import gemm, sum_to
 from .elementwise import where
 
 
@@ -24,7 +24,7 @@ class LinearFunction(Function):
     save_inputs = True
 
     def forward(self, x: Any, w: Any, b: Any = None) -> Any:
-        y = x @ w.T
+        y = gemm(x, w.T)
         if b is not None:
             y += b
         return y

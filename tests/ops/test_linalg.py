@@ -7,6 +7,7 @@ import pytest
 from op_check import check, grad_ok, gradgrad_ok, on, rand
 
 import dlcore
+import dlcore.nn.functional as F
 
 SHAPES = [
     ((3, 4), (4, 5)),
@@ -70,3 +71,20 @@ def test_matmul_refuses_mixed_dtypes_as_pytorch_does(device):
                                            r"dtype, got float32 \(shape \(2, 3\)\) and float64"):
         on(device, a) @ on(device, b)
     check(on(device, a) @ on(device, b.astype(np.float32)), a @ b.astype(np.float32))
+
+
+def test_float16_products_on_numpy_devices_accumulate_in_float32() -> None:
+    """NumPy's float16 matmul rounds every partial sum to half (and has no BLAS); dlcore's
+    cpu/emu paths for matmul, linear and conv2d compute float16 in float32 and round once,
+    so they equal the float32 computation rounded, exactly."""
+    rng = np.random.default_rng(0)
+    a = dlcore.tensor(rng.standard_normal((5, 300)).astype(np.float16))
+    b = dlcore.tensor(rng.standard_normal((300, 4)).astype(np.float16))
+    img = dlcore.tensor(rng.standard_normal((2, 8, 6, 6)).astype(np.float16))
+    k = dlcore.tensor(rng.standard_normal((3, 8, 3, 3)).astype(np.float16))
+    pairs = [((a @ b), (a.float() @ b.float()).half()),
+             (F.linear(a, b.t()), F.linear(a.float(), b.t().float()).half()),
+             (F.conv2d(img, k, padding=1), F.conv2d(img.float(), k.float(), padding=1).half())]
+    for got, want in pairs:
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
