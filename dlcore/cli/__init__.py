@@ -60,7 +60,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = Options(device=args.device, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, out=str(out), resume=args.resume,
                       data=args.data or "ring", pack=args.pack,
-                      threads=args.threads or None, progress=not args.no_progress)
+                      threads=args.threads or None, progress=not args.no_progress,
+                      amp=args.amp)
     device = resolve_device(options.device)
     if not device.is_usable():
         why = cuda.why_unavailable() or "no such GPU"
@@ -86,6 +87,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return 1
         except ResumeError as exc:
             print(f"dlcore train {args.task}: {exc}", file=sys.stderr)
+            return 2
+        except TypeError as exc:
+            if not options.amp:
+                raise
+            # a kernel family without float16 on this device (they say which dtypes they take)
+            print(f"dlcore train {args.task} --amp on {device}: {exc}; train without --amp "
+                  "or on --device cpu", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"\ninterrupted: checkpoint written to {out / 'checkpoint.safetensors'}; "
@@ -184,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=_positive(int, minimum=0), default=1,
                        help="BLAS threads (default 1; 0 = the library's default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--amp", action="store_true",
+                       help="mixed precision: forward and loss under float16 autocast, "
+                            "backward through a GradScaler (float16 on the CPU too: no "
+                            "bfloat16 yet)")
 
     bench = sub.add_parser("bench", help="benchmark suites (dlcore.bench), table and JSON")
     bench_runner.add_arguments(bench)

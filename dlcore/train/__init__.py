@@ -1,5 +1,12 @@
 """The training jobs behind ``dlcore train``: one module per task (``classify``: cnn and
-rnn; ``gan``; ``adding``) on the shared loop, checkpoints and metrics of ``common``."""
+rnn; ``gan``; ``adding``) on the shared loop, checkpoints and metrics of ``common``.
+
+``--amp`` runs each task's forward and loss under ``dlcore.autocast(device_type,
+dtype=float16)`` and its backward and optimizer steps through a ``dlcore.amp.GradScaler``,
+on every device. float16 on the CPU too, where PyTorch's recipe is bfloat16: dlcore has no
+bfloat16 dtype yet. (On the CPU, float16 is NumPy without BLAS, so --amp there is a
+correctness path, not a speed-up.)
+"""
 
 from .common import Options, ResumeError, Task, TrainingDiverged, fit, resolve_device
 

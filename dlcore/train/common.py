@@ -1,12 +1,25 @@
 """What every ``dlcore train`` task shares: device choice, shuffled batches, the epoch loop
 with its progress bar, checkpoints that resume bit-for-bit, Ctrl-C handling and the
-metrics files (JSON, CSV, a curve PNG).
+metrics files (JSON, CSV, a curve PNG), and ``--amp``.
 
 A task (cnn, rnn, gan, adding) supplies a :class:`Task`: its models and optimizers, its
 batches, one training step and an evaluation; :func:`fit` does the rest. Checkpoints are
 written at every epoch's end and on Ctrl-C, in the middle of an epoch, holding where the
 run stands (epoch, batches done, the data order's and dlcore's RNG states, the running
-sums of the epoch's losses), so a resumed CPU run repeats the uninterrupted one exactly.
+sums of the epoch's losses, the loss scale under ``--amp``), so a resumed CPU run repeats
+the uninterrupted one exactly.
+
+A step returns its figures as 0-d device tensors and the epoch loop sums them on the
+device, reading the sums to the host every ``READ_EVERY`` steps (where the progress bar
+updates), at the epoch's last step and on Ctrl-C: one transfer each time instead of a host
+sync per step, which would stall a GPU's queue of kernels. The non-finite check runs on
+those reads, so a divergence is reported for the range of steps since the previous read.
+
+``--amp`` (:class:`MixedPrecision`): each step's forward and loss run under
+``dlcore.autocast(device_type, dtype=float16)`` and backward and the optimizer steps go
+through a ``dlcore.amp.GradScaler``. float16 on every device, the CPU included, where
+PyTorch would use bfloat16: dlcore has no bfloat16 dtype yet. Evaluation runs in float32,
+so the figures measure the trained (float32) weights, not the low-precision forward.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -29,13 +42,19 @@ from typing import Any, TypedDict
 import numpy as np
 
 from .. import cuda
+from ..amp import GradScaler
+from ..creation import tensor
 from ..data import Generator, TensorDataset
 from ..device import Device
+from ..dtypes import float16, float64
 from ..io import load, save
+from ..ops import stack
+from ..precision import autocast
 from ..random import get_rng_state, set_rng_state
 from ..tensor import Tensor
 
 CHECKPOINT = "checkpoint.safetensors"
+READ_EVERY = 10  # steps between reads of the running sums (and progress bar updates)
 
 
 @dataclass
@@ -53,6 +72,7 @@ class Options:
     pack: int | None = None
     threads: int | None = 1
     progress: bool = True
+    amp: bool = False
 
 
 class Defaults(TypedDict):
@@ -100,10 +120,26 @@ class Batches:
             yield tuple(t[index] for t in self.tensors)
 
 
+class MixedPrecision:
+    """A task's ``--amp``: the autocast region of its forward and loss, and the
+    :class:`~dlcore.amp.GradScaler` its backward and optimizer steps go through. Disabled,
+    the region is no region at all (the ops keep their fast path) and the scaler passes
+    the loss and the steps through unchanged, so a run without ``--amp`` is as before."""
+
+    def __init__(self, device: Device, enabled: bool) -> None:
+        self.device_type, self.enabled = device.type, enabled
+        self.scaler = GradScaler(device.type, enabled=enabled)
+
+    def autocast(self) -> AbstractContextManager:
+        # NOTE: float16 on the CPU too, where PyTorch would take bfloat16: dlcore has none.
+        return autocast(self.device_type, dtype=float16) if self.enabled else nullcontext()
+
+
 @dataclass
 class Task:
     """One training job: its name, modules and optimizers by name (checkpointed), LR
-    schedulers stepped once per epoch, the training batches and settings for the record."""
+    schedulers stepped once per epoch, the training batches, settings for the record and
+    its mixed precision (off unless given; ``config["amp"]`` records which)."""
 
     name: str
     modules: dict[str, Any]
@@ -111,9 +147,16 @@ class Task:
     batches: Batches
     config: dict[str, Any]
     schedulers: dict[str, Any] = field(default_factory=dict)
+    precision: MixedPrecision = field(
+        default_factory=lambda: MixedPrecision(Device("cpu"), False))
 
-    def step(self, batch: tuple[Tensor, ...]) -> dict[str, float]:
-        """Train on one batch; the figures to average over the epoch (``loss``, ...)."""
+    def __post_init__(self) -> None:
+        # amp changes every step's arithmetic: part of the config resume compares
+        self.config["amp"] = self.precision.enabled
+
+    def step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """Train on one batch; the figures to average over the epoch (``loss``, ...), as
+        detached 0-d tensors on the device (reading them here would sync every step)."""
         raise NotImplementedError
 
     def evaluate(self) -> dict[str, float]:
@@ -155,8 +198,8 @@ class ResumeError(ValueError):
 
 
 class TrainingDiverged(RuntimeError):
-    """A training step gave a non-finite figure (loss NaN or infinite): the run stops there,
-    leaving the last checkpoint as it was."""
+    """A training step gave a non-finite figure (loss NaN or infinite), seen at the next read
+    of the running sums: the run stops there, leaving the last checkpoint as it was."""
 
 
 def _run_config(task: Task) -> dict[str, Any]:
@@ -172,7 +215,8 @@ def _state(task: Task, epoch: int, step: int, data_state: dict, sums: dict[str, 
             "history": history,
             "models": {k: m.state_dict() for k, m in task.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in task.schedulers.items()}}
+            "schedulers": {k: s.state_dict() for k, s in task.schedulers.items()},
+            "scaler": task.precision.scaler.state_dict()}  # {} without --amp
 
 
 def _restore(task: Task, state: dict[str, Any]) -> None:
@@ -181,6 +225,7 @@ def _restore(task: Task, state: dict[str, Any]) -> None:
                          f"{state.get('task')}', not {task.name!r}")
     saved = state.get("config")  # absent in checkpoints written before it was recorded
     if saved is not None:
+        saved = {"amp": False, **saved}  # checkpoints from before --amp ran without it
         now = _run_config(task)
         changed = [f"{k} {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
                    for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
@@ -195,40 +240,64 @@ def _restore(task: Task, state: dict[str, Any]) -> None:
         o.load_state_dict(state["optimizers"][k])
     for k, s in task.schedulers.items():
         s.load_state_dict(state["schedulers"][k])
+    if task.precision.enabled:  # the configs match, so the checkpoint has amp's scale
+        task.precision.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
 
 
 def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
                  options: Options, interrupted: threading.Event) -> tuple[int, float]:
-    """Run the epoch's batches after the first ``skip``, adding each step's figures to
-    ``sums``, with a progress bar; stop early when ``interrupted`` is set. Returns the
-    batches done in this epoch (``skip`` included) and the seconds spent."""
+    """Run the epoch's batches after the first ``skip``, with a progress bar; stop early
+    when ``interrupted`` is set. The steps' figures are summed on the device, starting from
+    ``sums``, and read back into ``sums`` (host floats, what checkpoints hold) at each read.
+    Returns the batches done in this epoch (``skip`` included) and the seconds spent."""
     from tqdm import tqdm  # the cli extra
 
     batches = task.batches
     bar = tqdm(total=len(batches), initial=skip, desc=label, unit="batch",
                disable=not options.progress, file=sys.stderr)
-    step, t0 = skip, time.perf_counter()
-    for batch in batches.epoch(skip):
-        figures = task.step(batch)
-        bad = {k: v for k, v in figures.items() if not math.isfinite(v)}
-        if bad:
-            bar.close()
-            raise TrainingDiverged(
-                f"{label}, step {step + 1}: " + ", ".join(f"{k} is {v}" for k, v in bad.items())
-                + f" (lr {task.config.get('lr')}); the learning rate is likely too high")
-        for k, v in figures.items():
-            sums[k] = sums.get(k, 0.0) + v
-        step += 1
-        bar.update(1)
-        if step % 10 == 0 or step == len(batches):
-            rate = (step - skip) * batches.batch_size / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(task.progress_figures({k: v / step for k, v in sums.items()}),
-                            samples_s=f"{rate:.0f}")
-        if interrupted.is_set():
-            break
-    bar.close()
+    running: dict[str, Tensor] = {}
+    step, read_at, t0 = skip, skip, time.perf_counter()
+    try:
+        for batch in batches.epoch(skip):
+            for k, v in task.step(batch).items():
+                if k not in running:
+                    # float64 on the device: the same sums as adding the figures as Python
+                    # floats, and a checkpoint's float restores the sum exactly
+                    running[k] = tensor(sums.get(k, 0.0), dtype=float64, device=v.device)
+                running[k] = running[k] + v
+            step += 1
+            bar.update(1)
+            if step % READ_EVERY == 0 or step == len(batches):
+                _read_sums(running, sums, task, label, read_at, step)
+                read_at = step
+                rate = (step - skip) * batches.batch_size / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(task.progress_figures({k: v / step for k, v in sums.items()}),
+                                samples_s=f"{rate:.0f}")
+            if interrupted.is_set():
+                break
+        if step != read_at:  # interrupted between reads: the checkpoint needs the sums
+            _read_sums(running, sums, task, label, read_at, step)
+    finally:
+        bar.close()
     return step, time.perf_counter() - t0
+
+
+def _read_sums(running: dict[str, Tensor], sums: dict[str, float], task: Task, label: str,
+               first: int, last: int) -> None:
+    """Copy the device sums into ``sums`` with one transfer; raise TrainingDiverged when one
+    is not finite (a NaN or infinite figure in steps ``first + 1`` to ``last``: a sum
+    stays non-finite once a term is)."""
+    if not running:
+        return
+    values = stack(list(running.values())).tolist()
+    bad = {k: v for k, v in zip(running, values) if not math.isfinite(v)}
+    if bad:
+        raise TrainingDiverged(
+            f"{label}, between step {first + 1} and {last}: "
+            + ", ".join(f"{k} turned {v}" for k, v in bad.items())
+            + f" (lr {task.config.get('lr')}); the learning rate is likely too high")
+    sums.update(zip(running, values))
 
 
 def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:

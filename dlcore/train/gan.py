@@ -20,6 +20,10 @@ Digits: the DCGAN pair of :mod:`dlcore.models.gan` on the 1,437 training images,
 losses and Adam betas at lr 5e-4 without decay, 60 epochs of 22 batches (about 30 s on 2
 cores); samples.png shows 64 digits from the fixed evaluation noise. There is no agreed
 score for 8x8 digits, so metrics.json holds the losses only.
+
+``--amp``: both networks' forward and the losses under float16 autocast, and one GradScaler
+for the two optimizers, updated once per iteration after both steps (PyTorch's recipe for
+several losses and optimizers); samples are drawn in float32. See :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ..device import Device
 from ..models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from ..nn import functional as F
 from ..tensor import Tensor
-from .common import Batches, Defaults, Options, Task
+from .common import Batches, Defaults, MixedPrecision, Options, Task
 
 MODES, RADIUS, STD, EVAL_SAMPLES = 8, 2.0, 0.02, 2500
 RING_TRAIN_SIZE = 32_000
@@ -103,7 +107,8 @@ class GANTask(Task):
                          config={"data": self.data_kind, "pack": pack, "epochs": epochs,
                                  "batch_size": batch_size, "lr": lr, "betas": list(betas),
                                  "device": str(device)},
-                         schedulers=decay if self.data_kind == "ring" else {})
+                         schedulers=decay if self.data_kind == "ring" else {},
+                         precision=MixedPrecision(device, options.amp))
         self.gen, self.disc, self.opt_g, self.opt_d = gen, disc, opt_g, opt_d
         self.device, self.batch_size = device, batch_size
         self.real_label = ones(batch_size // pack, 1, device=device)
@@ -113,21 +118,27 @@ class GANTask(Task):
             (EVAL_SAMPLES, gen.noise_dim)).astype(np.float32)
         self.eval_noise = from_numpy(noise).to(device)
 
-    def step(self, batch: tuple[Tensor, ...]) -> dict[str, float]:
+    def step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
         real = batch[0]
-        fake = self.gen(randn(self.batch_size, self.gen.noise_dim, device=self.device))
-        loss_d = (F.binary_cross_entropy_with_logits(self.disc(real), self.real_label)
-                  + F.binary_cross_entropy_with_logits(self.disc(fake.detach()),
-                                                       self.fake_label))
+        scaler = self.precision.scaler
+        with self.precision.autocast():
+            fake = self.gen(randn(self.batch_size, self.gen.noise_dim, device=self.device))
+            loss_d = (F.binary_cross_entropy_with_logits(self.disc(real), self.real_label)
+                      + F.binary_cross_entropy_with_logits(self.disc(fake.detach()),
+                                                           self.fake_label))
         self.opt_d.zero_grad()
-        loss_d.backward()
-        self.opt_d.step()
+        scaler.scale(loss_d).backward()
+        scaler.step(self.opt_d)
         # Non-saturating loss: the generator maximises log D(G(z)) (Goodfellow et al., 2014).
-        loss_g = F.binary_cross_entropy_with_logits(self.disc(fake), self.real_label)
+        # NOTE: a region of its own: the first one's cached float16 copies of D's weights
+        # predate opt_d's step.
+        with self.precision.autocast():
+            loss_g = F.binary_cross_entropy_with_logits(self.disc(fake), self.real_label)
         self.opt_g.zero_grad()
-        loss_g.backward()
-        self.opt_g.step()
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+        scaler.scale(loss_g).backward()
+        scaler.step(self.opt_g)
+        scaler.update()
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
     def samples(self) -> np.ndarray:
         """The generator's output for the fixed evaluation noise (run in eval mode)."""
