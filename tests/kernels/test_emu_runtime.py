@@ -146,3 +146,21 @@ def test_raw_module_mirrors_cupy(tmp_path) -> None:  # type: ignore[no-untyped-d
     assert (x == 7).all()
     with pytest.raises(KeyError, match="no kernel 'nope'"):
         mod.get_function("nope")
+
+
+def test_syncwarp_takes_an_optional_mask() -> None:
+    """`__syncwarp()` (all lanes) and `__syncwarp(mask)` both compile and synchronise the
+    warp (regression: the no-argument form failed to compile under -std=c++17)."""
+    src = KernelSource("syncwarp_forms.cu", r'''
+extern "C" __global__ void rotate(float* x) {
+  __shared__ float s[32];
+  s[threadIdx.x] = x[threadIdx.x];
+  __syncwarp();
+  const float v = s[(threadIdx.x + 1) % 32];
+  __syncwarp(0xffffffffu);
+  x[threadIdx.x] = v;
+}
+''')
+    x = np.arange(32, dtype=np.float32)
+    Device("emu").kernels.function(src, "rotate")((1,), (32,), (x,))
+    np.testing.assert_array_equal(x, np.roll(np.arange(32, dtype=np.float32), -1))

@@ -371,6 +371,14 @@ inline void syncwarp_at(int line, unsigned mask = 0xffffffffu) {
   collective(line, Op::SyncWarp, mask, 0, 0, kWarp);
 }
 
+// __syncwarp() and __syncwarp(mask) both: the macro makes this object (carrying the line) and
+// the call supplies the optional mask. NOTE: not `f(__LINE__, ##__VA_ARGS__)`: under
+// -std=c++17 (not gnu++17) g++ keeps the comma when the arguments are empty.
+struct SyncWarpAt {
+  int line;
+  void operator()(unsigned mask = 0xffffffffu) const { syncwarp_at(line, mask); }
+};
+
 template <typename T>
 inline uint64_t to_bits(T v) {
   static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle of a type over 8 bytes");
@@ -446,7 +454,7 @@ inline T atomic_rmw(T* p, T v, int op) {
 #define warpSize 32
 
 #define __syncthreads() ::dlemu::syncthreads_at(__LINE__)
-#define __syncwarp(...) ::dlemu::syncwarp_at(__LINE__, ##__VA_ARGS__)
+#define __syncwarp ::dlemu::SyncWarpAt{__LINE__}
 #define __shfl_sync(m, ...) ::dlemu::shfl(__LINE__, ::dlemu::Op::Shfl, m, __VA_ARGS__)
 #define __shfl_up_sync(m, ...) ::dlemu::shfl(__LINE__, ::dlemu::Op::ShflUp, m, __VA_ARGS__)
 #define __shfl_down_sync(m, ...) ::dlemu::shfl(__LINE__, ::dlemu::Op::ShflDown, m, __VA_ARGS__)
