@@ -6,26 +6,43 @@
 // an update is elementwise over n elements: every thread applies the whole formula of
 // PyTorch's single-tensor implementation to its elements, in the same operation order as the
 // NumPy twins (dlcore/ops/optim_cpu.py), which are the test oracle. Per-step scalars (bias
-// corrections, step sizes, 1 - beta) are computed once on the host in double and passed in T,
-// exactly as the NumPy path rounds them. Each rule's formula is written once, as a functor on
-// registers, and applied to every lane of a vector and to every element of the scalar tail, so
-// the vector and scalar paths give the same bits. unscale_grads is GradScaler's pass: it flags
-// an inf/NaN and multiplies by 1/scale in the same read of the gradients.
+// corrections, step sizes, 1 - beta) are computed once on the host in double and passed in A,
+// the arithmetic type, exactly as the NumPy path rounds them. Each rule's formula is written
+// once, as a functor on registers of type A, and applied to every lane of a vector and to every
+// element of the scalar tail, so the vector and scalar paths give the same bits.
+// unscale_grads is GradScaler's pass: it flags an inf/NaN and multiplies by 1/scale in the same
+// read of the gradients.
+//
+// Element types T: float and double (A = T), and __half (A = float): parameters, gradients and
+// every state array stay __half in memory (the parameter's dtype, as PyTorch keeps them), each
+// load widens to float, the whole rule runs in float and each stored value is rounded to half
+// once, so a __half kernel's results are its float kernel's on the same (widened) values,
+// rounded once. Entry points, for every rule and unscale_grads: adam_step<float>,
+// adam_step<double> and the extern "C" adam_step_half, whose scalars are float (eps = 1e-8 and
+// loss scales below 2^-24 are not halves). NOTE: the __half kernels are not adam_step<__half>
+// instantiations because the host checks a launch's arguments against the declared parameter
+// types with the template's own arguments substituted (dlcore/kernels/sources.py): a
+// <__half> instantiation of a template whose scalars are T would take __half scalars, and
+// scalars declared as Acc<T>::type would go unchecked for every instantiation.
 //
 // Launch shape: 1-D grid-stride loop, 256 threads per block, grid capped (optim_cuda.py).
 // With OPT_ALIGNED16 in flags (the host's promise that every array starts on a 16-byte
 // boundary; dlcore's optimizer gives it for its own buffers) each thread moves 16 bytes per
-// array access, float4 or double2, over the first n - n % W elements (W = 4 floats or 2
-// doubles), then the last n % W elements one at a time; without it, all n one at a time.
+// array access, float4, double2 or uint4 (8 halves), over the first n - n % W elements (W = 4
+// floats, 2 doubles or 8 halves), then the last n % W elements one at a time; without it, all
+// n one at a time.
 //
 // Memory traffic per element: Adam reads param, grad, exp_avg, exp_avg_sq and writes param,
 // exp_avg, exp_avg_sq (7 words; 9 with amsgrad); SGD with momentum 5 (3 without: no buffer,
-// and the first step does not read it), RMSprop 5-9, Adagrad 5; unscale_grads 2. Purely
-// bandwidth bound; no shared memory, no barriers.
+// and the first step does not read it), RMSprop 5-9, Adagrad 5; unscale_grads 2; a word is
+// the element's size (2 bytes for __half). Purely bandwidth bound; no shared memory, no
+// barriers.
 //
-// Limits: T is float or double; arrays are contiguous, the same length n, and never alias
+// Limits: T is float, double or __half; arrays are contiguous, the same length n, and never alias
 // (__restrict__; an unused state argument gets a 1-element dummy, never read). Flags are the
 // bit sets defined next to each optimizer in Python (MAXIMIZE is always bit 0, ALIGNED16 bit 3).
+#include <cuda_fp16.h>
+
 #include "common.cuh"
 
 #define OPT_MAXIMIZE 1
@@ -35,7 +52,34 @@ namespace optim {
 
 using dl::index_t;
 
-// 16-byte vector access: load/store W consecutive elements of p starting at W * k.
+// The arithmetic type of the rules for element type T: T itself, float for __half.
+template <typename T>
+struct Acc {
+  typedef T type;
+};
+template <>
+struct Acc<__half> {
+  typedef float type;
+};
+
+template <typename T>
+__device__ __forceinline__ T widen(T v) {
+  return v;
+}
+__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
+
+// The one rounding of a result to the storage type (none for float and double).
+template <typename T>
+__device__ __forceinline__ T narrow(typename Acc<T>::type v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half narrow<__half>(float v) {
+  return __float2half(v);
+}
+
+// 16-byte vector access: load/store W consecutive elements of p starting at W * k, widened to
+// (narrowed from) the arithmetic type.
 template <typename T>
 struct Vec16;
 
@@ -71,6 +115,40 @@ struct Vec16<double> {
   }
 };
 
+// Eight halves as one uint4: element 2w is the low 16 bits of word w (little-endian, as the
+// halves lie in memory).
+template <>
+struct Vec16<__half> {
+  static constexpr int W = 8;
+  __device__ __forceinline__ static float low(unsigned word) {
+    return __half2float(__ushort_as_half((unsigned short)(word & 0xffffu)));
+  }
+  __device__ __forceinline__ static float high(unsigned word) {
+    return __half2float(__ushort_as_half((unsigned short)(word >> 16)));
+  }
+  __device__ __forceinline__ static unsigned pack(float lo, float hi) {
+    return (unsigned)__half_as_ushort(__float2half(lo)) |
+           ((unsigned)__half_as_ushort(__float2half(hi)) << 16);
+  }
+  __device__ __forceinline__ static void load(const __half* __restrict__ p, index_t k,
+                                              float* v) {
+    const uint4 q = reinterpret_cast<const uint4*>(p)[k];
+    v[0] = low(q.x);
+    v[1] = high(q.x);
+    v[2] = low(q.y);
+    v[3] = high(q.y);
+    v[4] = low(q.z);
+    v[5] = high(q.z);
+    v[6] = low(q.w);
+    v[7] = high(q.w);
+  }
+  __device__ __forceinline__ static void store(__half* __restrict__ p, index_t k,
+                                               const float* v) {
+    reinterpret_cast<uint4*>(p)[k] =
+        make_uint4(pack(v[0], v[1]), pack(v[2], v[3]), pack(v[4], v[5]), pack(v[6], v[7]));
+  }
+};
+
 // Elements [0, vectors * W) go in vectors, the rest one by one (all of them when unaligned).
 template <typename T>
 __device__ __forceinline__ index_t vector_count(index_t n, int flags) {
@@ -85,34 +163,34 @@ __device__ __forceinline__ index_t vector_count(index_t n, int flags) {
 #define SGD_FIRST_STEP 4
 
 namespace optim {
-template <typename T>
+template <typename A>
 struct SgdRule {
-  T lr, momentum, one_minus_dampening, weight_decay;
+  A lr, momentum, one_minus_dampening, weight_decay;
   int flags;
-  __device__ __forceinline__ void operator()(T& p, T grad, T& b) const {
-    T g = (flags & OPT_MAXIMIZE) ? -grad : grad;
-    if (weight_decay != T(0)) g = g + p * weight_decay;
-    if (momentum != T(0)) {
+  __device__ __forceinline__ void operator()(A& p, A grad, A& b) const {
+    A g = (flags & OPT_MAXIMIZE) ? -grad : grad;
+    if (weight_decay != A(0)) g = g + p * weight_decay;
+    if (momentum != A(0)) {
       b = (flags & SGD_FIRST_STEP) ? g : b * momentum + g * one_minus_dampening;
       g = (flags & SGD_NESTEROV) ? g + b * momentum : b;
     }
     p = p - g * lr;
   }
 };
-}  // namespace optim
 
-// dlcore: instantiate sgd_step<float>
-// dlcore: instantiate sgd_step<double>
-template <typename T>
-__global__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad,
-                         T* __restrict__ momentum_buffer, long long n, T lr, T momentum,
-                         T one_minus_dampening, T weight_decay, int flags) {
-  typedef optim::Vec16<T> V;
-  const optim::SgdRule<T> rule{lr, momentum, one_minus_dampening, weight_decay, flags};
-  const bool keeps = momentum != T(0), reads = keeps && !(flags & SGD_FIRST_STEP);
-  const optim::index_t vectors = optim::vector_count<T>(n, flags), done = vectors * V::W;
+// The body of each rule's kernels, for element type T and arithmetic type A (T, or float for
+// __half; deduced from the kernel's scalars).
+template <typename T, typename A>
+__device__ __forceinline__ void sgd(T* __restrict__ param, const T* __restrict__ grad,
+                                    T* __restrict__ momentum_buffer, long long n, A lr,
+                                    A momentum, A one_minus_dampening, A weight_decay,
+                                    int flags) {
+  typedef Vec16<T> V;
+  const SgdRule<A> rule{lr, momentum, one_minus_dampening, weight_decay, flags};
+  const bool keeps = momentum != A(0), reads = keeps && !(flags & SGD_FIRST_STEP);
+  const index_t vectors = vector_count<T>(n, flags), done = vectors * V::W;
   DL_GRID_STRIDE_LOOP(k, vectors) {
-    T p[V::W], g[V::W], b[V::W] = {};
+    A p[V::W], g[V::W], b[V::W] = {};
     V::load(param, k, p);
     V::load(grad, k, g);
     if (reads) V::load(momentum_buffer, k, b);
@@ -122,12 +200,32 @@ __global__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad,
     if (keeps) V::store(momentum_buffer, k, b);
   }
   DL_GRID_STRIDE_LOOP(t, n - done) {
-    const optim::index_t i = done + t;
-    T p = param[i], b = reads ? momentum_buffer[i] : T(0);
-    rule(p, grad[i], b);
-    param[i] = p;
-    if (keeps) momentum_buffer[i] = b;
+    const index_t i = done + t;
+    A p = widen(param[i]), b = reads ? widen(momentum_buffer[i]) : A(0);
+    rule(p, widen(grad[i]), b);
+    param[i] = narrow<T>(p);
+    if (keeps) momentum_buffer[i] = narrow<T>(b);
   }
+}
+}  // namespace optim
+
+// dlcore: instantiate sgd_step<float>
+// dlcore: instantiate sgd_step<double>
+template <typename T>
+__global__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad,
+                         T* __restrict__ momentum_buffer, long long n, T lr, T momentum,
+                         T one_minus_dampening, T weight_decay, int flags) {
+  optim::sgd(param, grad, momentum_buffer, n, lr, momentum, one_minus_dampening, weight_decay,
+             flags);
+}
+
+extern "C" __global__ void sgd_step_half(__half* __restrict__ param,
+                                         const __half* __restrict__ grad,
+                                         __half* __restrict__ momentum_buffer, long long n,
+                                         float lr, float momentum, float one_minus_dampening,
+                                         float weight_decay, int flags) {
+  optim::sgd(param, grad, momentum_buffer, n, lr, momentum, one_minus_dampening, weight_decay,
+             flags);
 }
 
 // Adam / AdamW: g = grad (+ wd * p unless decoupled, where p *= 1 - lr * wd first);
@@ -137,46 +235,44 @@ __global__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad,
 #define ADAM_DECOUPLED 4
 
 namespace optim {
-template <typename T>
+template <typename A>
 struct AdamRule {
-  T decay, weight_decay, one_minus_beta1, beta2, one_minus_beta2, step_size,
+  A decay, weight_decay, one_minus_beta1, beta2, one_minus_beta2, step_size,
       bias_correction2_sqrt, eps;
   int flags;
-  __device__ __forceinline__ void operator()(T& p, T grad, T& m, T& v, T& vmax) const {
-    T g = (flags & OPT_MAXIMIZE) ? -grad : grad;
-    if (weight_decay != T(0)) {
+  __device__ __forceinline__ void operator()(A& p, A grad, A& m, A& v, A& vmax) const {
+    A g = (flags & OPT_MAXIMIZE) ? -grad : grad;
+    if (weight_decay != A(0)) {
       if (flags & ADAM_DECOUPLED) p = p * decay;
       else g = g + p * weight_decay;
     }
     m = m + (g - m) * one_minus_beta1;
     v = v * beta2 + g * one_minus_beta2 * g;
-    T second = v;
+    A second = v;
     if (flags & ADAM_AMSGRAD) {
       vmax = vmax > v ? vmax : v;
       second = vmax;
     }
-    const T denom = sqrt(second) / bias_correction2_sqrt + eps;
+    const A denom = sqrt(second) / bias_correction2_sqrt + eps;
     p = p - (m / denom) * step_size;
   }
 };
-}  // namespace optim
 
-// dlcore: instantiate adam_step<float>
-// dlcore: instantiate adam_step<double>
-template <typename T>
-__global__ void adam_step(T* __restrict__ param, const T* __restrict__ grad,
-                          T* __restrict__ exp_avg, T* __restrict__ exp_avg_sq,
-                          T* __restrict__ max_exp_avg_sq, long long n, T decay, T weight_decay,
-                          T one_minus_beta1, T beta2, T one_minus_beta2, T step_size,
-                          T bias_correction2_sqrt, T eps, int flags) {
-  typedef optim::Vec16<T> V;
-  const optim::AdamRule<T> rule{decay,     weight_decay,          one_minus_beta1, beta2,
-                                one_minus_beta2, step_size, bias_correction2_sqrt, eps,
-                                flags};
+template <typename T, typename A>
+__device__ __forceinline__ void adam(T* __restrict__ param, const T* __restrict__ grad,
+                                     T* __restrict__ exp_avg, T* __restrict__ exp_avg_sq,
+                                     T* __restrict__ max_exp_avg_sq, long long n, A decay,
+                                     A weight_decay, A one_minus_beta1, A beta2,
+                                     A one_minus_beta2, A step_size, A bias_correction2_sqrt,
+                                     A eps, int flags) {
+  typedef Vec16<T> V;
+  const AdamRule<A> rule{decay,     weight_decay,          one_minus_beta1, beta2,
+                         one_minus_beta2, step_size, bias_correction2_sqrt, eps,
+                         flags};
   const bool amsgrad = flags & ADAM_AMSGRAD;
-  const optim::index_t vectors = optim::vector_count<T>(n, flags), done = vectors * V::W;
+  const index_t vectors = vector_count<T>(n, flags), done = vectors * V::W;
   DL_GRID_STRIDE_LOOP(k, vectors) {
-    T p[V::W], g[V::W], m[V::W], v[V::W], vmax[V::W] = {};
+    A p[V::W], g[V::W], m[V::W], v[V::W], vmax[V::W] = {};
     V::load(param, k, p);
     V::load(grad, k, g);
     V::load(exp_avg, k, m);
@@ -190,15 +286,43 @@ __global__ void adam_step(T* __restrict__ param, const T* __restrict__ grad,
     if (amsgrad) V::store(max_exp_avg_sq, k, vmax);
   }
   DL_GRID_STRIDE_LOOP(t, n - done) {
-    const optim::index_t i = done + t;
-    T p = param[i], m = exp_avg[i], v = exp_avg_sq[i];
-    T vmax = amsgrad ? max_exp_avg_sq[i] : T(0);
-    rule(p, grad[i], m, v, vmax);
-    param[i] = p;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
-    if (amsgrad) max_exp_avg_sq[i] = vmax;
+    const index_t i = done + t;
+    A p = widen(param[i]), m = widen(exp_avg[i]), v = widen(exp_avg_sq[i]);
+    A vmax = amsgrad ? widen(max_exp_avg_sq[i]) : A(0);
+    rule(p, widen(grad[i]), m, v, vmax);
+    param[i] = narrow<T>(p);
+    exp_avg[i] = narrow<T>(m);
+    exp_avg_sq[i] = narrow<T>(v);
+    if (amsgrad) max_exp_avg_sq[i] = narrow<T>(vmax);
   }
+}
+}  // namespace optim
+
+// dlcore: instantiate adam_step<float>
+// dlcore: instantiate adam_step<double>
+template <typename T>
+__global__ void adam_step(T* __restrict__ param, const T* __restrict__ grad,
+                          T* __restrict__ exp_avg, T* __restrict__ exp_avg_sq,
+                          T* __restrict__ max_exp_avg_sq, long long n, T decay, T weight_decay,
+                          T one_minus_beta1, T beta2, T one_minus_beta2, T step_size,
+                          T bias_correction2_sqrt, T eps, int flags) {
+  optim::adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, decay, weight_decay,
+              one_minus_beta1, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps,
+              flags);
+}
+
+extern "C" __global__ void adam_step_half(__half* __restrict__ param,
+                                          const __half* __restrict__ grad,
+                                          __half* __restrict__ exp_avg,
+                                          __half* __restrict__ exp_avg_sq,
+                                          __half* __restrict__ max_exp_avg_sq, long long n,
+                                          float decay, float weight_decay,
+                                          float one_minus_beta1, float beta2,
+                                          float one_minus_beta2, float step_size,
+                                          float bias_correction2_sqrt, float eps, int flags) {
+  optim::adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, decay, weight_decay,
+              one_minus_beta1, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps,
+              flags);
 }
 
 // RMSprop: g = grad (+ wd * p); v = v * alpha + (g * (1 - alpha)) * g; centered:
@@ -208,15 +332,15 @@ __global__ void adam_step(T* __restrict__ param, const T* __restrict__ grad,
 #define RMSPROP_MOMENTUM 4
 
 namespace optim {
-template <typename T>
+template <typename A>
 struct RmspropRule {
-  T lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
+  A lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
   int flags;
-  __device__ __forceinline__ void operator()(T& p, T grad, T& v, T& ga, T& b) const {
-    T g = (flags & OPT_MAXIMIZE) ? -grad : grad;
-    if (weight_decay != T(0)) g = g + p * weight_decay;
+  __device__ __forceinline__ void operator()(A& p, A grad, A& v, A& ga, A& b) const {
+    A g = (flags & OPT_MAXIMIZE) ? -grad : grad;
+    if (weight_decay != A(0)) g = g + p * weight_decay;
     v = v * alpha + g * one_minus_alpha * g;
-    T avg;
+    A avg;
     if (flags & RMSPROP_CENTERED) {
       ga = ga + (g - ga) * one_minus_alpha;
       avg = sqrt(v - ga * ga) + eps;
@@ -231,22 +355,19 @@ struct RmspropRule {
     }
   }
 };
-}  // namespace optim
 
-// dlcore: instantiate rmsprop_step<float>
-// dlcore: instantiate rmsprop_step<double>
-template <typename T>
-__global__ void rmsprop_step(T* __restrict__ param, const T* __restrict__ grad,
-                             T* __restrict__ square_avg, T* __restrict__ grad_avg,
-                             T* __restrict__ momentum_buffer, long long n, T lr, T alpha,
-                             T one_minus_alpha, T eps, T weight_decay, T momentum, int flags) {
-  typedef optim::Vec16<T> V;
-  const optim::RmspropRule<T> rule{lr, alpha, one_minus_alpha, eps, weight_decay, momentum,
-                                   flags};
+template <typename T, typename A>
+__device__ __forceinline__ void rmsprop(T* __restrict__ param, const T* __restrict__ grad,
+                                        T* __restrict__ square_avg, T* __restrict__ grad_avg,
+                                        T* __restrict__ momentum_buffer, long long n, A lr,
+                                        A alpha, A one_minus_alpha, A eps, A weight_decay,
+                                        A momentum, int flags) {
+  typedef Vec16<T> V;
+  const RmspropRule<A> rule{lr, alpha, one_minus_alpha, eps, weight_decay, momentum, flags};
   const bool centered = flags & RMSPROP_CENTERED, with_momentum = flags & RMSPROP_MOMENTUM;
-  const optim::index_t vectors = optim::vector_count<T>(n, flags), done = vectors * V::W;
+  const index_t vectors = vector_count<T>(n, flags), done = vectors * V::W;
   DL_GRID_STRIDE_LOOP(k, vectors) {
-    T p[V::W], g[V::W], v[V::W], ga[V::W] = {}, b[V::W] = {};
+    A p[V::W], g[V::W], v[V::W], ga[V::W] = {}, b[V::W] = {};
     V::load(param, k, p);
     V::load(grad, k, g);
     V::load(square_avg, k, v);
@@ -260,44 +381,66 @@ __global__ void rmsprop_step(T* __restrict__ param, const T* __restrict__ grad,
     if (with_momentum) V::store(momentum_buffer, k, b);
   }
   DL_GRID_STRIDE_LOOP(t, n - done) {
-    const optim::index_t i = done + t;
-    T p = param[i], v = square_avg[i];
-    T ga = centered ? grad_avg[i] : T(0), b = with_momentum ? momentum_buffer[i] : T(0);
-    rule(p, grad[i], v, ga, b);
-    param[i] = p;
-    square_avg[i] = v;
-    if (centered) grad_avg[i] = ga;
-    if (with_momentum) momentum_buffer[i] = b;
+    const index_t i = done + t;
+    A p = widen(param[i]), v = widen(square_avg[i]);
+    A ga = centered ? widen(grad_avg[i]) : A(0);
+    A b = with_momentum ? widen(momentum_buffer[i]) : A(0);
+    rule(p, widen(grad[i]), v, ga, b);
+    param[i] = narrow<T>(p);
+    square_avg[i] = narrow<T>(v);
+    if (centered) grad_avg[i] = narrow<T>(ga);
+    if (with_momentum) momentum_buffer[i] = narrow<T>(b);
   }
+}
+}  // namespace optim
+
+// dlcore: instantiate rmsprop_step<float>
+// dlcore: instantiate rmsprop_step<double>
+template <typename T>
+__global__ void rmsprop_step(T* __restrict__ param, const T* __restrict__ grad,
+                             T* __restrict__ square_avg, T* __restrict__ grad_avg,
+                             T* __restrict__ momentum_buffer, long long n, T lr, T alpha,
+                             T one_minus_alpha, T eps, T weight_decay, T momentum, int flags) {
+  optim::rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, n, lr, alpha,
+                 one_minus_alpha, eps, weight_decay, momentum, flags);
+}
+
+extern "C" __global__ void rmsprop_step_half(__half* __restrict__ param,
+                                             const __half* __restrict__ grad,
+                                             __half* __restrict__ square_avg,
+                                             __half* __restrict__ grad_avg,
+                                             __half* __restrict__ momentum_buffer, long long n,
+                                             float lr, float alpha, float one_minus_alpha,
+                                             float eps, float weight_decay, float momentum,
+                                             int flags) {
+  optim::rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, n, lr, alpha,
+                 one_minus_alpha, eps, weight_decay, momentum, flags);
 }
 
 // Adagrad: g = grad (+ wd * p); s += g * g; p -= (g / (sqrt(s) + eps)) * clr, where
 // clr = lr / (1 + (t - 1) * lr_decay) comes from the host.
 namespace optim {
-template <typename T>
+template <typename A>
 struct AdagradRule {
-  T clr, weight_decay, eps;
+  A clr, weight_decay, eps;
   int flags;
-  __device__ __forceinline__ void operator()(T& p, T grad, T& s) const {
-    T g = (flags & OPT_MAXIMIZE) ? -grad : grad;
-    if (weight_decay != T(0)) g = g + p * weight_decay;
+  __device__ __forceinline__ void operator()(A& p, A grad, A& s) const {
+    A g = (flags & OPT_MAXIMIZE) ? -grad : grad;
+    if (weight_decay != A(0)) g = g + p * weight_decay;
     s = s + g * g;
     p = p - (g / (sqrt(s) + eps)) * clr;
   }
 };
-}  // namespace optim
 
-// dlcore: instantiate adagrad_step<float>
-// dlcore: instantiate adagrad_step<double>
-template <typename T>
-__global__ void adagrad_step(T* __restrict__ param, const T* __restrict__ grad,
-                             T* __restrict__ sum, long long n, T clr, T weight_decay, T eps,
-                             int flags) {
-  typedef optim::Vec16<T> V;
-  const optim::AdagradRule<T> rule{clr, weight_decay, eps, flags};
-  const optim::index_t vectors = optim::vector_count<T>(n, flags), done = vectors * V::W;
+template <typename T, typename A>
+__device__ __forceinline__ void adagrad(T* __restrict__ param, const T* __restrict__ grad,
+                                        T* __restrict__ sum, long long n, A clr,
+                                        A weight_decay, A eps, int flags) {
+  typedef Vec16<T> V;
+  const AdagradRule<A> rule{clr, weight_decay, eps, flags};
+  const index_t vectors = vector_count<T>(n, flags), done = vectors * V::W;
   DL_GRID_STRIDE_LOOP(k, vectors) {
-    T p[V::W], g[V::W], s[V::W];
+    A p[V::W], g[V::W], s[V::W];
     V::load(param, k, p);
     V::load(grad, k, g);
     V::load(sum, k, s);
@@ -307,28 +450,44 @@ __global__ void adagrad_step(T* __restrict__ param, const T* __restrict__ grad,
     V::store(sum, k, s);
   }
   DL_GRID_STRIDE_LOOP(t, n - done) {
-    const optim::index_t i = done + t;
-    T p = param[i], s = sum[i];
-    rule(p, grad[i], s);
-    param[i] = p;
-    sum[i] = s;
+    const index_t i = done + t;
+    A p = widen(param[i]), s = widen(sum[i]);
+    rule(p, widen(grad[i]), s);
+    param[i] = narrow<T>(p);
+    sum[i] = narrow<T>(s);
   }
+}
+}  // namespace optim
+
+// dlcore: instantiate adagrad_step<float>
+// dlcore: instantiate adagrad_step<double>
+template <typename T>
+__global__ void adagrad_step(T* __restrict__ param, const T* __restrict__ grad,
+                             T* __restrict__ sum, long long n, T clr, T weight_decay, T eps,
+                             int flags) {
+  optim::adagrad(param, grad, sum, n, clr, weight_decay, eps, flags);
+}
+
+extern "C" __global__ void adagrad_step_half(__half* __restrict__ param,
+                                             const __half* __restrict__ grad,
+                                             __half* __restrict__ sum, long long n, float clr,
+                                             float weight_decay, float eps, int flags) {
+  optim::adagrad(param, grad, sum, n, clr, weight_decay, eps, flags);
 }
 
 // GradScaler's unscale: found_inf[0] = 1 if any grad is inf or NaN (tested before scaling, as
 // PyTorch does), then grad *= inv_scale. Every thread that saw one stores the same 1, so the
 // result does not depend on the order; found_inf is never cleared here (the host zeroes it
 // once for all of an optimizer's buckets).
-// dlcore: instantiate unscale_grads<float>
-// dlcore: instantiate unscale_grads<double>
-template <typename T>
-__global__ void unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
-                              int* __restrict__ found_inf, int flags) {
-  typedef optim::Vec16<T> V;
+namespace optim {
+template <typename T, typename A>
+__device__ __forceinline__ void unscale(T* __restrict__ grad, long long n, A inv_scale,
+                                        int* __restrict__ found_inf, int flags) {
+  typedef Vec16<T> V;
   bool bad = false;
-  const optim::index_t vectors = optim::vector_count<T>(n, flags), done = vectors * V::W;
+  const index_t vectors = vector_count<T>(n, flags), done = vectors * V::W;
   DL_GRID_STRIDE_LOOP(k, vectors) {
-    T g[V::W];
+    A g[V::W];
     V::load(grad, k, g);
 #pragma unroll
     for (int j = 0; j < V::W; ++j) {
@@ -338,9 +497,25 @@ __global__ void unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
     V::store(grad, k, g);
   }
   DL_GRID_STRIDE_LOOP(t, n - done) {
-    const optim::index_t i = done + t;
-    bad |= !isfinite(grad[i]);
-    grad[i] = grad[i] * inv_scale;
+    const index_t i = done + t;
+    const A g = widen(grad[i]);
+    bad |= !isfinite(g);
+    grad[i] = narrow<T>(g * inv_scale);
   }
   if (bad) *found_inf = 1;
+}
+}  // namespace optim
+
+// dlcore: instantiate unscale_grads<float>
+// dlcore: instantiate unscale_grads<double>
+template <typename T>
+__global__ void unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
+                              int* __restrict__ found_inf, int flags) {
+  optim::unscale(grad, n, inv_scale, found_inf, flags);
+}
+
+extern "C" __global__ void unscale_grads_half(__half* __restrict__ grad, long long n,
+                                              float inv_scale, int* __restrict__ found_inf,
+                                              int flags) {
+  optim::unscale(grad, n, inv_scale, found_inf, flags);
 }

@@ -5,7 +5,8 @@
 // kernels for the gate nonlinearities, the state update and the masking of padded steps.
 // Backward through time mirrors it: per step one backward kernel (gate gradients, the direct
 // part of the state gradients), then one GEMM for the recurrent part. The NumPy twin of every
-// kernel is dlcore/ops/rnn.py (_numpy_* functions); tests compare the two on the emulator.
+// kernel is dlcore/ops/rnn_cpu.py (Cells, the same per-step interface); tests compare the two
+// on the emulator.
 //
 // Shape letters: N batch, H hidden size, G gates (RNN 1, LSTM 4, GRU 3); all arrays are
 // C-contiguous rows of one time step. Gate order is PyTorch's: LSTM (i, f, g, o), GRU (r, z, n).
@@ -17,24 +18,61 @@
 // Launch shape: 1-D grid-stride over N*H elements, one thread per (n, j); any grid works.
 // Memory traffic per step: forward reads (2G + 2) N*H values and writes (G + 3) N*H;
 // backward about the same. Every element is independent: no shared memory, no barriers.
+// Element types: float, double, and __half (storage only: each load widens to float, the cell
+// math runs in float with tanhf, and every stored value is rounded to half once; a state a
+// padded step keeps is copied bit for bit). The NumPy twin does the same for float16.
 // Limits: N*H < 2^63; t, N, H fit in int.
+#include <cuda_fp16.h>
+
 #include "common.cuh"
 
 // dlcore: instantiate rnn_cell_forward<float>
 // dlcore: instantiate rnn_cell_forward<double>
+// dlcore: instantiate rnn_cell_forward<__half>
 // dlcore: instantiate rnn_cell_backward<float>
 // dlcore: instantiate rnn_cell_backward<double>
+// dlcore: instantiate rnn_cell_backward<__half>
 // dlcore: instantiate lstm_cell_forward<float>
 // dlcore: instantiate lstm_cell_forward<double>
+// dlcore: instantiate lstm_cell_forward<__half>
 // dlcore: instantiate lstm_cell_backward<float>
 // dlcore: instantiate lstm_cell_backward<double>
+// dlcore: instantiate lstm_cell_backward<__half>
 // dlcore: instantiate gru_cell_forward<float>
 // dlcore: instantiate gru_cell_forward<double>
+// dlcore: instantiate gru_cell_forward<__half>
 // dlcore: instantiate gru_cell_backward<float>
 // dlcore: instantiate gru_cell_backward<double>
+// dlcore: instantiate gru_cell_backward<__half>
 
 // ---- preamble shared by forward and backward ----------------------------------------------
 namespace rnn {
+
+// The type loads widen to and the cell math runs in: T itself, float for __half.
+template <typename T>
+struct Acc {
+  typedef T type;
+};
+template <>
+struct Acc<__half> {
+  typedef float type;
+};
+
+template <typename T>
+__device__ __forceinline__ T load(T v) {
+  return v;
+}
+__device__ __forceinline__ float load(__half v) { return __half2float(v); }
+
+// The one rounding of a result to the storage type (none for float and double).
+template <typename T>
+__device__ __forceinline__ T store(typename Acc<T>::type v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half store<__half>(float v) {
+  return __float2half(v);
+}
 
 __device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
 __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
@@ -70,13 +108,14 @@ __global__ void rnn_cell_forward(const T* __restrict__ xg, const T* __restrict__
                                  const T* __restrict__ h_prev, const int* __restrict__ lengths,
                                  int t, int use_relu, T* __restrict__ h_out, T* __restrict__ y,
                                  int N, int H) {
+  typedef typename rnn::Acc<T>::type A;
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
-    const T a = xg[i] + hg[i];
-    const T h = use_relu ? (a > T(0) ? a : T(0)) : rnn::tanh_(a);
+    const A a = rnn::load(xg[i]) + rnn::load(hg[i]);
+    const A h = use_relu ? (a > A(0) ? a : A(0)) : rnn::tanh_(a);
     const bool valid = t < lengths[n];
-    h_out[i] = valid ? h : h_prev[i];
-    y[i] = valid ? h : T(0);
+    h_out[i] = valid ? rnn::store<T>(h) : h_prev[i];
+    y[i] = rnn::store<T>(valid ? h : A(0));
   }
 }
 
@@ -88,45 +127,48 @@ __global__ void rnn_cell_backward(const T* __restrict__ gy, const T* __restrict_
                                   const T* __restrict__ y, const int* __restrict__ lengths, int t,
                                   int use_relu, T* __restrict__ dxg, T* __restrict__ dh_direct,
                                   int N, int H) {
+  typedef typename rnn::Acc<T>::type A;
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
     const bool valid = t < lengths[n];
-    const T dh = valid ? dh_state[i] + gy[i] : T(0);
-    const T h = y[i];
-    dxg[i] = dh * (use_relu ? (h > T(0) ? T(1) : T(0)) : rnn::tanh_grad(h));
-    dh_direct[i] = valid ? T(0) : dh_state[i];
+    const A dh = valid ? rnn::load(dh_state[i]) + rnn::load(gy[i]) : A(0);
+    const A h = rnn::load(y[i]);
+    dxg[i] = rnn::store<T>(dh * (use_relu ? (h > A(0) ? A(1) : A(0)) : rnn::tanh_grad(h)));
+    dh_direct[i] = valid ? rnn::store<T>(A(0)) : dh_state[i];
   }
 }
 
 // ---- LSTM: i, f, o = sigmoid; g = tanh; c' = f c + i g; h' = o tanh(c') --------------------
-// Saves the activated gates (N, 4H) and tanh(c') (N, H); the caller keeps c_prev.
+// Saves the activated gates (N, 4H) and tanh(c') (N, H); the caller keeps c_prev. For __half,
+// c' and h' are computed from the unrounded gates and tanh(c'); only the stores round.
 template <typename T>
 __global__ void lstm_cell_forward(const T* __restrict__ xg, const T* __restrict__ hg,
                                   const T* __restrict__ h_prev, const T* __restrict__ c_prev,
                                   const int* __restrict__ lengths, int t, T* __restrict__ h_out,
                                   T* __restrict__ c_out, T* __restrict__ y, T* __restrict__ gates,
                                   T* __restrict__ tanh_c, int N, int H) {
+  typedef typename rnn::Acc<T>::type A;
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
     const int j = (int)(i - n * H);
     const dl::index_t ai = rnn::at(n, j, H, 4, 0), af = rnn::at(n, j, H, 4, 1);
     const dl::index_t ag = rnn::at(n, j, H, 4, 2), ao = rnn::at(n, j, H, 4, 3);
-    const T ig = rnn::sigmoid(xg[ai] + hg[ai]);
-    const T fg = rnn::sigmoid(xg[af] + hg[af]);
-    const T gg = rnn::tanh_(xg[ag] + hg[ag]);
-    const T og = rnn::sigmoid(xg[ao] + hg[ao]);
-    const T c = fg * c_prev[i] + ig * gg;
-    const T tc = rnn::tanh_(c);
-    const T h = og * tc;
-    gates[ai] = ig;
-    gates[af] = fg;
-    gates[ag] = gg;
-    gates[ao] = og;
-    tanh_c[i] = tc;
+    const A ig = rnn::sigmoid(rnn::load(xg[ai]) + rnn::load(hg[ai]));
+    const A fg = rnn::sigmoid(rnn::load(xg[af]) + rnn::load(hg[af]));
+    const A gg = rnn::tanh_(rnn::load(xg[ag]) + rnn::load(hg[ag]));
+    const A og = rnn::sigmoid(rnn::load(xg[ao]) + rnn::load(hg[ao]));
+    const A c = fg * rnn::load(c_prev[i]) + ig * gg;
+    const A tc = rnn::tanh_(c);
+    const A h = og * tc;
+    gates[ai] = rnn::store<T>(ig);
+    gates[af] = rnn::store<T>(fg);
+    gates[ag] = rnn::store<T>(gg);
+    gates[ao] = rnn::store<T>(og);
+    tanh_c[i] = rnn::store<T>(tc);
     const bool valid = t < lengths[n];
-    h_out[i] = valid ? h : h_prev[i];
-    c_out[i] = valid ? c : c_prev[i];
-    y[i] = valid ? h : T(0);
+    h_out[i] = valid ? rnn::store<T>(h) : h_prev[i];
+    c_out[i] = valid ? rnn::store<T>(c) : c_prev[i];
+    y[i] = rnn::store<T>(valid ? h : A(0));
   }
 }
 
@@ -139,21 +181,23 @@ __global__ void lstm_cell_backward(const T* __restrict__ gy, const T* __restrict
                                    const int* __restrict__ lengths, int t, T* __restrict__ dxg,
                                    T* __restrict__ dh_direct, T* __restrict__ dc_prev, int N,
                                    int H) {
+  typedef typename rnn::Acc<T>::type A;
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
     const int j = (int)(i - n * H);
     const dl::index_t ai = rnn::at(n, j, H, 4, 0), af = rnn::at(n, j, H, 4, 1);
     const dl::index_t ag = rnn::at(n, j, H, 4, 2), ao = rnn::at(n, j, H, 4, 3);
     const bool valid = t < lengths[n];
-    const T ig = gates[ai], fg = gates[af], gg = gates[ag], og = gates[ao], tc = tanh_c[i];
-    const T dh = valid ? dh_state[i] + gy[i] : T(0);
-    const T dc = valid ? dc_state[i] + dh * og * rnn::tanh_grad(tc) : T(0);
-    dxg[ai] = dc * gg * rnn::sigmoid_grad(ig);
-    dxg[af] = dc * c_prev[i] * rnn::sigmoid_grad(fg);
-    dxg[ag] = dc * ig * rnn::tanh_grad(gg);
-    dxg[ao] = dh * tc * rnn::sigmoid_grad(og);
-    dh_direct[i] = valid ? T(0) : dh_state[i];
-    dc_prev[i] = valid ? dc * fg : dc_state[i];
+    const A ig = rnn::load(gates[ai]), fg = rnn::load(gates[af]), gg = rnn::load(gates[ag]);
+    const A og = rnn::load(gates[ao]), tc = rnn::load(tanh_c[i]);
+    const A dh = valid ? rnn::load(dh_state[i]) + rnn::load(gy[i]) : A(0);
+    const A dc = valid ? rnn::load(dc_state[i]) + dh * og * rnn::tanh_grad(tc) : A(0);
+    dxg[ai] = rnn::store<T>(dc * gg * rnn::sigmoid_grad(ig));
+    dxg[af] = rnn::store<T>(dc * rnn::load(c_prev[i]) * rnn::sigmoid_grad(fg));
+    dxg[ag] = rnn::store<T>(dc * ig * rnn::tanh_grad(gg));
+    dxg[ao] = rnn::store<T>(dh * tc * rnn::sigmoid_grad(og));
+    dh_direct[i] = valid ? rnn::store<T>(A(0)) : dh_state[i];
+    dc_prev[i] = valid ? rnn::store<T>(dc * fg) : dc_state[i];
   }
 }
 
@@ -165,24 +209,25 @@ __global__ void gru_cell_forward(const T* __restrict__ xg, const T* __restrict__
                                  const int* __restrict__ lengths, int t, T* __restrict__ h_out,
                                  T* __restrict__ y, T* __restrict__ gates, T* __restrict__ hn_out,
                                  int N, int H) {
+  typedef typename rnn::Acc<T>::type A;
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
     const int j = (int)(i - n * H);
     const dl::index_t ar = rnn::at(n, j, H, 3, 0), az = rnn::at(n, j, H, 3, 1);
     const dl::index_t an = rnn::at(n, j, H, 3, 2);
-    const T rg = rnn::sigmoid(xg[ar] + hg[ar]);
-    const T zg = rnn::sigmoid(xg[az] + hg[az]);
-    const T hn = hg[an] + b_hn[j];
-    const T ng = rnn::tanh_(xg[an] + rg * hn);
-    const T hp = h_prev[i];
-    const T h = (T(1) - zg) * ng + zg * hp;
-    gates[ar] = rg;
-    gates[az] = zg;
-    gates[an] = ng;
-    hn_out[i] = hn;
+    const A rg = rnn::sigmoid(rnn::load(xg[ar]) + rnn::load(hg[ar]));
+    const A zg = rnn::sigmoid(rnn::load(xg[az]) + rnn::load(hg[az]));
+    const A hn = rnn::load(hg[an]) + rnn::load(b_hn[j]);
+    const A ng = rnn::tanh_(rnn::load(xg[an]) + rg * hn);
+    const A hp = rnn::load(h_prev[i]);
+    const A h = (A(1) - zg) * ng + zg * hp;
+    gates[ar] = rnn::store<T>(rg);
+    gates[az] = rnn::store<T>(zg);
+    gates[an] = rnn::store<T>(ng);
+    hn_out[i] = rnn::store<T>(hn);
     const bool valid = t < lengths[n];
-    h_out[i] = valid ? h : hp;
-    y[i] = valid ? h : T(0);
+    h_out[i] = valid ? rnn::store<T>(h) : h_prev[i];
+    y[i] = rnn::store<T>(valid ? h : A(0));
   }
 }
 
@@ -194,23 +239,25 @@ __global__ void gru_cell_backward(const T* __restrict__ gy, const T* __restrict_
                                   const T* __restrict__ h_prev, const int* __restrict__ lengths,
                                   int t, T* __restrict__ dxg, T* __restrict__ dhg,
                                   T* __restrict__ dh_direct, int N, int H) {
+  typedef typename rnn::Acc<T>::type A;
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
     const int j = (int)(i - n * H);
     const dl::index_t ar = rnn::at(n, j, H, 3, 0), az = rnn::at(n, j, H, 3, 1);
     const dl::index_t an = rnn::at(n, j, H, 3, 2);
     const bool valid = t < lengths[n];
-    const T rg = gates[ar], zg = gates[az], ng = gates[an];
-    const T dh = valid ? dh_state[i] + gy[i] : T(0);
-    const T dan = dh * (T(1) - zg) * rnn::tanh_grad(ng);
-    const T dar = dan * hn[i] * rnn::sigmoid_grad(rg);
-    const T daz = dh * (h_prev[i] - ng) * rnn::sigmoid_grad(zg);
-    dxg[ar] = dar;
-    dxg[az] = daz;
-    dxg[an] = dan;
-    dhg[ar] = dar;
-    dhg[az] = daz;
-    dhg[an] = dan * rg;
-    dh_direct[i] = valid ? dh * zg : dh_state[i];
+    const A rg = rnn::load(gates[ar]), zg = rnn::load(gates[az]), ng = rnn::load(gates[an]);
+    const A dh = valid ? rnn::load(dh_state[i]) + rnn::load(gy[i]) : A(0);
+    const A dan = dh * (A(1) - zg) * rnn::tanh_grad(ng);
+    const A dar = dan * rnn::load(hn[i]) * rnn::sigmoid_grad(rg);
+    const A daz = dh * (rnn::load(h_prev[i]) - ng) * rnn::sigmoid_grad(zg);
+    const T dr = rnn::store<T>(dar), dz = rnn::store<T>(daz);  // the same in dxg and dhg
+    dxg[ar] = dr;
+    dxg[az] = dz;
+    dxg[an] = rnn::store<T>(dan);
+    dhg[ar] = dr;
+    dhg[az] = dz;
+    dhg[an] = rnn::store<T>(dan * rg);
+    dh_direct[i] = valid ? rnn::store<T>(dh * zg) : dh_state[i];
   }
 }

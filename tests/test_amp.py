@@ -46,19 +46,11 @@ def _ops(device: str) -> dict:
     }
 
 
-# The recurrent cells have no float16 kernels yet (tests/kernels/test_family.py checks their
-# clear TypeError): on emu and cuda this op can be autocast only once they do. Convolutions
-# run float16 on the tensor-core kernels (tests/ops/test_conv_tc.py).
-NEEDS_FLOAT16_KERNELS = {"rnn layer"}
-
-
+# On emu and cuda the low-precision ops here run float16 on kernels: convolutions on the tensor
+# cores (tests/ops/test_conv_tc.py), the recurrent layer on the __half cells
+# (tests/ops/test_rnn_half.py).
 @pytest.mark.parametrize("name", list(_ops("cpu")))
 def test_autocast_picks_the_documented_dtype(device: str, name: str) -> None:
-    if device != "cpu" and name in NEEDS_FLOAT16_KERNELS:
-        with dlcore.autocast(dlcore.device(device).type), \
-                pytest.raises(TypeError, match="dtype float16 is not supported on device"):
-            _ops(device)[name][0]()
-        return
     call, inside, outside = _ops(device)[name]
     with dlcore.autocast(dlcore.device(device).type, dtype=F16):
         assert call().dtype == inside

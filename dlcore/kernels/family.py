@@ -92,9 +92,10 @@ class KernelFamily:
         supported = self.kernel_dtypes if on_kernels else self.cpu_dtypes
         dt = np.dtype(dtype)
         if dt not in supported:
-            path = f"the {self.name} kernels" if on_kernels else f"the {self.name} cpu path"
+            path = (f"the {self.name} kernels take" if on_kernels
+                    else f"the {self.name} cpu path takes")
             raise TypeError(f"{op or self.name}: dtype {dt} is not supported on device "
-                            f"{device}; {path} take {_names(supported)}")
+                            f"{device}; {path} {_names(supported)}")
         impl = self.kernel if on_kernels else self.cpu
         self._selected[(device, dt)] = impl
         return impl

@@ -5,7 +5,9 @@ arguments, parameter names and shapes, gate order and default initialisation, so
 Each layer (and direction) runs as one fused autograd node (:func:`dlcore.ops.rnn.rnn_layer`):
 one GEMM for the input projection of all steps, per step one GEMM plus one fused cell update,
 and backward through time in the same shape. The cells use the same op with one time step,
-so a cell and a one-step layer compute bit-identical results.
+so a cell and a one-step layer compute bit-identical results. They take float16, float32 and
+float64; under ``dlcore.autocast`` they run in the region's low dtype (the op casts), so their
+input and states may then differ from the parameters' dtype, as in PyTorch.
 
 Shape letters: T time, N batch, I input size, H hidden size, L layers, D directions (1 or 2).
 """
@@ -24,6 +26,7 @@ from ..device import Device
 from ..dtypes import DTypeLike
 from ..ops import cat, stack
 from ..ops.rnn import GATES, rnn_layer
+from ..precision import is_autocast_enabled
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -40,12 +43,15 @@ def _rnn_mode(nonlinearity: str, owner: str) -> str:
     return _NONLINEARITIES[nonlinearity]
 
 
+_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
 def _check_float_like(owner: str, x: Tensor, weight: Tensor) -> None:
-    if x.dtype != weight.dtype:
+    if x.dtype != weight.dtype and not is_autocast_enabled(x.device.type):
         raise RuntimeError(f"{owner}: input dtype {x.dtype} does not match the parameters' "
                            f"dtype {weight.dtype}")
-    if x.dtype not in (np.float32, np.float64):
-        raise RuntimeError(f"{owner}: expected float32 or float64 input, got {x.dtype}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise RuntimeError(f"{owner}: expected float16, float32 or float64 input, got {x.dtype}")
 
 
 def _check_shape(owner: str, what: str, t: Tensor, expected: tuple[int, ...]) -> None:
@@ -310,7 +316,7 @@ class RNNBase(Module):
         want = shape if batched else (LD, self.hidden_size)
         for name, s in zip(("h_0", "c_0"), states):
             _check_shape(owner, name, s, want)
-            if s.dtype != x.dtype:
+            if s.dtype != x.dtype and not is_autocast_enabled(x.device.type):
                 raise RuntimeError(f"{owner}: {name} dtype {s.dtype} does not match the "
                                    f"input's {x.dtype}")
         return states if batched else [s.unsqueeze(1) for s in states]

@@ -11,13 +11,14 @@ leaves unused), ``scalars`` its per-step floats (computed once on the host in fl
 PyTorch does) and ``flags`` its option bits (``MAXIMIZE``, ``ADAM_AMSGRAD``, ...: the #defines of
 ``kernels/optim.cu``). ``ALIGNED16`` is the caller's promise that every array starts on a
 16-byte boundary (:func:`aligned16` tells): the kernels then move 16 bytes per access
-(``float4`` / ``double2``); the optimizer gives it for its own buffers when the parameters
-updated start on such a boundary (always, for a whole bucket). :func:`unscale_grads` is
-GradScaler's fused pass over a flat gradient buffer: the inf/NaN test and the multiplication
-by ``1 / scale`` in one read. The kernels
-(:mod:`dlcore.ops.optim_cuda`) and the NumPy rules (:mod:`dlcore.ops.optim_cpu`, their twins
-and test oracle) take exactly these arguments. Not differentiable: optimizers run under
-``no_grad`` on raw arrays.
+(``float4``, ``double2``, eight halves); the optimizer gives it for its own buffers when the
+parameters updated start on such a boundary (always, for a whole bucket).
+:func:`unscale_grads` is GradScaler's fused pass over a flat gradient buffer: the inf/NaN test
+and the multiplication by ``1 / scale`` in one read. The kernels (:mod:`dlcore.ops.optim_cuda`)
+and the NumPy rules (:mod:`dlcore.ops.optim_cpu`, their twins and test oracle) take exactly
+these arguments. Both take float16, float32 and float64 buffers; float16 parameters keep
+float16 state (as PyTorch does) and every rule runs in float32 on them, rounding each stored
+value to float16 once. Not differentiable: optimizers run under ``no_grad`` on raw arrays.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ __all__ = ["ADAM_AMSGRAD", "ADAM_DECOUPLED", "ALIGNED16", "MAXIMIZE", "OPTIM",
 
 RULES = ("sgd_step", "adam_step", "rmsprop_step", "adagrad_step")
 
-OPTIM = KernelFamily("optimizer update", optim_cuda.SOURCE, cpu=optim_cpu, kernel=optim_cuda)
+OPTIM = KernelFamily("optimizer update", optim_cuda.SOURCE, cpu=optim_cpu, kernel=optim_cuda,
+                     kernel_dtypes=optim_cuda.KERNEL_DTYPES)
 
 
 def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[float],

@@ -8,6 +8,14 @@ whole-buffer operations at 10M parameters, since a chunk of every operand (param
 state arrays, 2 temporaries) of float32 fits in a 1-2 MiB L2 and DRAM sees each array once.
 :func:`unscale_grads` (GradScaler's pass) is chunked the same way, so its inf/NaN test and its
 multiplication share one read of the gradients from DRAM.
+
+float16 buffers are computed in float32, as the kernels compute ``__half`` in float: each
+chunk is widened (exactly) into float32 copies, the rule runs on them with float32 scalars,
+and the parameter and state chunks are rounded back to float16, once per stored value
+(NumPy's float16 ufuncs would round after every operation, and round eps = 1e-8 to zero).
+The kernels contract a*b+c into one fused multiply-add, which these rules cannot, so the two
+paths can differ by a float32 ulp before the rounding to float16, and so by one float16 ulp
+after it, for a value that lands next to a rounding boundary (tests/optim/test_half_steps.py).
 """
 
 from __future__ import annotations
@@ -30,32 +38,58 @@ CPU_CHUNK = 1 << 16
 SCRATCH = 3  # chunk-sized temporaries a rule needs at most
 
 
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype the rules compute in for ``dtype`` buffers: float32 for float16, else itself
+    (the kernels' arithmetic type; their scalars are passed in it)."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
 def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[float],
            flags: int) -> None:
     fn = RULES[rule]
     n = int(arrays[0].size)
+    dtype = compute_dtype(arrays[0].dtype)
     # NOTE: the rules write their intermediates into these, never into new arrays: a
     # 64K-element temporary is past glibc's 128 KiB mmap threshold, so each would be a fresh
     # mapping and its page faults (measured: Adam over 10M float32 in 1000 tensors 3-4x
     # slower than in 10, whose larger freed arrays happen to raise that threshold)
-    scratch = [np.empty(min(n, CPU_CHUNK), arrays[0].dtype) for _ in range(SCRATCH)]
+    scratch = [np.empty(min(n, CPU_CHUNK), dtype) for _ in range(SCRATCH)]
+    # float16: float32 copies of each array's chunk (by position), reused from chunk to chunk
+    wide = {} if dtype == arrays[0].dtype else {
+        i: np.empty(min(n, CPU_CHUNK), dtype) for i, a in enumerate(arrays) if a is not None}
     for c in range(0, n, CPU_CHUNK):
         sl = slice(c, c + CPU_CHUNK)
         size = min(n - c, CPU_CHUNK)
-        fn(*[None if a is None else a[sl] for a in arrays], *scalars, flags,
-           [t[:size] for t in scratch])
+        chunks: list[Any] = [None if a is None else a[sl] for a in arrays]
+        tmp = [t[:size] for t in scratch]
+        if not wide:
+            fn(*chunks, *scalars, flags, tmp)
+            continue
+        work = list(chunks)
+        for i, w in wide.items():
+            work[i] = w[:size]
+            np.copyto(work[i], chunks[i])
+        fn(*work, *scalars, flags, tmp)
+        for i in wide:
+            if i != 1:  # arrays[1] is the gradient, only read
+                np.copyto(chunks[i], work[i], casting="same_kind")
 
 
 def unscale_grads(device: Any, grad: np.ndarray, inv_scale: float, found_inf: np.ndarray,
                   flags: int) -> None:
     """found_inf[0] = 1 if any element of ``grad`` is inf or NaN (tested before scaling, as
-    PyTorch does; never cleared here), then grad *= inv_scale, in place."""
-    scale = grad.dtype.type(inv_scale)
+    PyTorch does; never cleared here), then grad *= inv_scale, in place (float16: the product
+    in float32, rounded once, as the kernel computes it)."""
+    dtype = compute_dtype(grad.dtype)
+    scale = dtype.type(inv_scale)
     for c in range(0, int(grad.size), CPU_CHUNK):
         chunk = grad[c:c + CPU_CHUNK]
         if not found_inf[0] and not np.isfinite(chunk).all():
             found_inf[0] = 1
-        chunk *= scale
+        if dtype == grad.dtype:
+            chunk *= scale
+        else:
+            np.copyto(chunk, chunk.astype(dtype) * scale, casting="same_kind")
 
 
 Scratch = list[np.ndarray]

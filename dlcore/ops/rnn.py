@@ -21,6 +21,11 @@ keeps the state, outputs zero and passes gradient straight through. The reverse 
 ``t = T-1 .. 0`` with the same rule, so each sequence starts at its own last valid step, as
 PyTorch's packed sequences do.
 
+float16: the cells run the ``__half`` kernels (float arithmetic, one rounding per stored value)
+and the NumPy twin computes the same way. The GEMMs around them run in :func:`gemm_dtype`:
+float32 on ``cpu`` and ``emu`` (NumPy), cuBLAS's float16 GEMM (float32 accumulation) on
+``cuda``; outputs and everything saved for backward stay float16.
+
 Shape letters: T time, N batch, I input size, H hidden size, G gates (RNN 1, LSTM 4, GRU 3).
 Gate order is PyTorch's: LSTM (i, f, g, o), GRU (r, z, n).
 """
@@ -41,7 +46,33 @@ from ._util import low_precision
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 # The cell implementations are classes with one per-step interface (see rnn_cpu.Cells).
-RNN_CELL = KernelFamily("rnn_cell", rnn_cuda.SOURCE, cpu=rnn_cpu, kernel=rnn_cuda)
+RNN_CELL = KernelFamily("rnn_cell", rnn_cuda.SOURCE, cpu=rnn_cpu, kernel=rnn_cuda,
+                        kernel_dtypes=rnn_cuda.KERNEL_DTYPES)
+
+
+def gemm_dtype(xp: Any, dtype: np.dtype) -> np.dtype:
+    """The dtype a layer's GEMMs (and the bias sums folded into them) compute in: ``dtype``,
+    except float16 on a NumPy device (``cpu``, ``emu``), which computes in float32 and rounds
+    each result to float16 once. NumPy has no float16 BLAS: its float16 matmul is a plain loop
+    (measured on a 2-core VM: 10x slower than widening to float32 BLAS for 64x4096x64, with
+    the same float32 accumulation), and its float16 additions would round the input
+    projection again for each bias. On ``cuda``, CuPy's float16 matmul is cuBLAS's, already
+    accumulating in float32."""
+    return np.dtype(np.float32) if dtype == np.float16 and xp is np else np.dtype(dtype)
+
+
+def _matmul_into(xp: Any, a: Any, b: Any, out: Any, add: Any = None) -> None:
+    """``out = a @ b (+ add)``, with ``b`` (and ``add``) already in the GEMM dtype: computed in
+    it and rounded into ``out`` once."""
+    if b.dtype == out.dtype:
+        xp.matmul(a, b, out=out)
+        if add is not None:
+            out += add
+        return
+    wide = a.astype(b.dtype) @ b
+    if add is not None:
+        wide += add
+    xp.copyto(out, wide, casting="same_kind")
 
 
 class RNNLayerFunction(Function):
@@ -71,17 +102,20 @@ class RNNLayerFunction(Function):
         self.cells = self._cells(lengths, N, H, dtype)
 
         # the input projection of every step in one GEMM, with the biases folded in (GRU keeps
-        # b_hn apart: the reset gate multiplies W_hn h + b_hn)
-        xg = (x.reshape(T * N, x.shape[2]) @ w_ih.T).reshape(T, N, GH)
+        # b_hn apart: the reset gate multiplies W_hn h + b_hn), rounded to dtype once
+        gemm = gemm_dtype(xp, dtype)
+        xg = (x.reshape(T * N, x.shape[2]).astype(gemm, copy=False)
+              @ w_ih.T.astype(gemm, copy=False)).reshape(T, N, GH)
         b_hn = xp.zeros(H, dtype) if gru else None
         if len(params) == 4:
             b_ih, b_hh = params[2], params[3]
-            xg += b_ih
+            xg += b_ih.astype(gemm, copy=False)
             if gru:
-                xg[:, :, :2 * H] += b_hh[:2 * H]
+                xg[:, :, :2 * H] += b_hh[:2 * H].astype(gemm, copy=False)
                 b_hn = xp.ascontiguousarray(b_hh[2 * H:])
             else:
-                xg += b_hh
+                xg += b_hh.astype(gemm, copy=False)
+        xg = xg.astype(dtype, copy=False)
 
         # h_prev[t] (and c_prev[t]): the state entering the step at time t; the new state goes
         # straight into the slot of the next step to run, or into h_n after the last one.
@@ -90,7 +124,7 @@ class RNNLayerFunction(Function):
         h_n = xp.empty((N, H), dtype)
         y = xp.empty((T, N, H), dtype)
         hg = xp.empty((N, GH), dtype)
-        w_hh_t = w_hh.T
+        w_hh_t = w_hh.T.astype(gemm, copy=False)
         gates: Any = xp.empty((T, N, GH), dtype) if mode in ("lstm", "gru") else None
         if lstm:
             c_prev, c_n, tanh_c = (xp.empty((T, N, H), dtype), xp.empty((N, H), dtype),
@@ -102,7 +136,7 @@ class RNNLayerFunction(Function):
         for k, t in enumerate(self.order):
             last = k == T - 1
             h_out = h_n if last else h_prev[self.order[k + 1]]
-            xp.matmul(h_prev[t], w_hh_t, out=hg)
+            _matmul_into(xp, h_prev[t], w_hh_t, hg)
             if lstm:
                 c_out = c_n if last else c_prev[self.order[k + 1]]
                 cells.lstm_forward(xg[t], hg, h_prev[t], c_prev[t], t, h_out, c_out, y[t],
@@ -128,7 +162,7 @@ class RNNLayerFunction(Function):
 
     def _cells(self, lengths: Any, N: int, H: int, dtype: np.dtype) -> Any:
         impl = RNN_CELL.select(self.device, dtype, self.mode)
-        return impl.Cells(self.device, dtype, lengths, self.mode == "rnn_relu", N, H,
+        return impl.cells(self.device, dtype, lengths, self.mode == "rnn_relu", N, H,
                           len(self.order))
 
     def backward(self, gy: Tensor | None, gh_n: Tensor | None,
@@ -147,6 +181,8 @@ class RNNLayerFunction(Function):
         x, w_ih, w_hh = saved[0].data, saved[k].data, saved[k + 1].data
         T, N, H = self.h_prev.shape
         GH, dtype = w_hh.shape[0], x.dtype
+        gemm = gemm_dtype(xp, dtype)
+        w_ih, w_hh = w_ih.astype(gemm, copy=False), w_hh.astype(gemm, copy=False)
 
         def grad_array(g: Tensor | None, shape: tuple) -> Any:
             return xp.zeros(shape, dtype) if g is None else xp.ascontiguousarray(g.data, dtype)
@@ -169,13 +205,13 @@ class RNNLayerFunction(Function):
                                    dxg[t], dhg[t], dh_direct)
             else:
                 cells.rnn_backward(gy_a[t], dh, self.y[t], t, dxg[t], dh_direct)
-            xp.matmul(dhg[t], w_hh, out=dh_next)
-            dh_next += dh_direct
+            _matmul_into(xp, dhg[t], w_hh, dh_next, dh_direct.astype(gemm, copy=False))
             dh, dh_next = dh_next, dh
 
         # weight gradients over all steps: one GEMM each
         need = self.needs_input_grad
-        dxg2, dhg2 = dxg.reshape(T * N, GH), dhg.reshape(T * N, GH)
+        dxg2 = dxg.reshape(T * N, GH).astype(gemm, copy=False)
+        dhg2 = dxg2 if dhg is dxg else dhg.reshape(T * N, GH).astype(gemm, copy=False)
         grads: list[Any] = [None] * len(need)
         if need[0]:
             grads[0] = (dxg2 @ w_ih).reshape(x.shape)
@@ -183,13 +219,14 @@ class RNNLayerFunction(Function):
         if self.lstm:
             grads[2] = dc
         if need[k]:
-            grads[k] = dxg2.T @ x.reshape(T * N, x.shape[2])
+            grads[k] = dxg2.T @ x.reshape(T * N, x.shape[2]).astype(gemm, copy=False)
         if need[k + 1]:
-            grads[k + 1] = dhg2.T @ self.h_prev.reshape(T * N, H)
+            grads[k + 1] = dhg2.T @ self.h_prev.reshape(T * N, H).astype(gemm, copy=False)
         if len(need) > k + 2:
             grads[k + 2] = dxg2.sum(0)
             grads[k + 3] = dhg2.sum(0)
-        return tuple(None if g is None or not n else Tensor._make(g, self.device)
+        return tuple(None if g is None or not n else
+                     Tensor._make(g.astype(dtype, copy=False), self.device)
                      for g, n in zip(grads, need))
 
 

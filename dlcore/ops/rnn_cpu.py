@@ -3,11 +3,17 @@ expressions, argument for argument the twin of the kernels in ``kernels/rnn_cell
 the oracle they are tested against).
 
 Shape letters: N batch, H hidden size; gates in PyTorch's order, LSTM (i, f, g, o), GRU
-(r, z, n). Outputs are written into the arrays passed in.
+(r, z, n). Every method takes its input arrays, then the step ``t``, then the arrays it writes.
+
+float16 is computed as the kernels compute ``__half`` (:class:`Float16Cells`): inputs widened to
+float32, the float32 cell math, each output rounded to float16 once. NumPy's float16 ufuncs
+would instead round after every operation (the sigmoid alone is four of them).
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -134,3 +140,38 @@ class Cells:
         dhg[:, :2 * H] = dxg[:, :2 * H]
         np.multiply(dan, r, out=dhg[:, 2 * H:])
         dh_direct += dh * z
+
+
+def _in_float32(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` on float16 arrays: its inputs (the arrays before the step ``t``) widened to
+    float32, exactly; its outputs (the arrays after ``t``) computed into float32 arrays and
+    rounded into the float16 ones once. A state a padded step keeps goes through float32 and
+    back unchanged."""
+    @functools.wraps(method)
+    def run(self: Cells, *args: Any) -> None:
+        at = next(i for i, a in enumerate(args) if isinstance(a, int))  # the step t
+        inputs = [a.astype(np.float32) for a in args[:at]]
+        outputs = [np.empty(a.shape, np.float32) for a in args[at + 1:]]
+        method(self, *inputs, args[at], *outputs)
+        for half, wide in zip(args[at + 1:], outputs):
+            np.copyto(half, wide, casting="same_kind")
+    return run
+
+
+class Float16Cells(Cells):
+    """The cells on float16 arrays, computed in float32 with one rounding per stored value:
+    the twin of the ``__half`` kernels."""
+
+    rnn_forward = _in_float32(Cells.rnn_forward)
+    rnn_backward = _in_float32(Cells.rnn_backward)
+    lstm_forward = _in_float32(Cells.lstm_forward)
+    lstm_backward = _in_float32(Cells.lstm_backward)
+    gru_forward = _in_float32(Cells.gru_forward)
+    gru_backward = _in_float32(Cells.gru_backward)
+
+
+def cells(device: Any, dtype: np.dtype, lengths: np.ndarray | None, relu: bool, N: int, H: int,
+          T: int) -> Cells:
+    """The per-step cells of a layer on ``dtype`` arrays (see :class:`Cells`)."""
+    kind = Float16Cells if dtype == np.float16 else Cells
+    return kind(device, dtype, lengths, relu, N, H, T)

@@ -1,6 +1,7 @@
 """Recurrent cells on a kernel device: launches ``kernels/rnn_cell.cu`` on ``cuda`` (CuPy
 RawModule) or ``emu`` (the CPU emulator), with the per-step interface of
-:class:`dlcore.ops.rnn_cpu.Cells`. One thread per (n, j) element of the (N, H) state.
+:class:`dlcore.ops.rnn_cpu.Cells`. One thread per (n, j) element of the (N, H) state. float16
+arrays run the ``__half`` kernels (arithmetic in float, one rounding per stored value).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 from ..kernels import ctype, grid_1d
 
 SOURCE = "rnn_cell.cu"
+KERNEL_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 ENTRY_POINTS = ("rnn_cell_forward", "rnn_cell_backward", "lstm_cell_forward",
                 "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward")
 
@@ -61,3 +63,9 @@ class Cells:
                      dxg: Any, dhg: Any, dh_direct: Any) -> None:
         self._launch("gru_cell_backward", gy, dh_state, gates, hn, h_prev, self.lengths,
                      np.int32(t), dxg, dhg, dh_direct)
+
+
+def cells(device: Any, dtype: np.dtype, lengths: Any, relu: bool, N: int, H: int,
+          T: int) -> Cells:
+    """The per-step cells of a layer on ``dtype`` arrays (every dtype: the kernels' own)."""
+    return Cells(device, dtype, lengths, relu, N, H, T)

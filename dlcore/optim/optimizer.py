@@ -364,5 +364,9 @@ def _unscale_one(p: Tensor, inv_scale: float) -> bool:
     assert grad is not None  # foreign_grads() lists only existing ones
     xp = grad.device.xp
     bad = not bool(xp.isfinite(grad.data).all())
-    xp.multiply(grad.data, grad.dtype.type(inv_scale), out=grad.data)
+    # in float32 and rounded once, as the fused pass does (a float16 1/scale is exact only for
+    # powers of two)
+    scaled = grad.data.astype(np.float32) * np.float32(inv_scale) \
+        if grad.dtype == np.float16 else grad.data * grad.dtype.type(inv_scale)
+    grad.data[...] = scaled
     return bad

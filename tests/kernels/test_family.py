@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import dlcore
-from dlcore.kernels import CTYPES, ctype, families
+from dlcore.kernels import CTYPES, KernelFamily, ctype, families
 from dlcore.ops import conv_cpu, conv_cuda
 from dlcore.ops.conv import CONV2D
+from dlcore.ops.optim import unscale_grads, update
 from dlcore.ops.rnn import rnn_layer
 
 EMU, CPU = dlcore.device("emu"), dlcore.device("cpu")
@@ -39,38 +40,55 @@ def test_one_ctype_table() -> None:
         ctype(np.int32)
 
 
-def _half(shape: tuple[int, ...]) -> dlcore.Tensor:
-    return dlcore.ones(*shape, device=EMU).half()
+def test_every_family_has_float16_kernels() -> None:
+    """float16 runs on every family's kernels (storage half, arithmetic float)."""
+    for family in families():
+        assert np.dtype(np.float16) in family.kernel_dtypes, family.name
 
 
-def _sgd_step() -> None:
-    p = dlcore.nn.Parameter(_half((3,)))
-    p.grad = _half((3,))
-    dlcore.optim.SGD([p], lr=0.1, momentum=0.9).step()
+def _int32(*shape: int) -> dlcore.Tensor:
+    return dlcore.tensor(np.ones(shape, np.int32), device=EMU)
 
 
-# Families without __half kernels (conv2d and pooling have them: tests/ops/test_conv_tc.py,
-# tests/ops/test_pool_kernels.py)
-FLOAT16_CALLS = {
-    "lstm": lambda: rnn_layer(_half((3, 2, 4)), _half((2, 5)), _half((2, 5)), _half((20, 4)),
-                              _half((20, 5)), None, None, "lstm"),
-    "sgd_step": _sgd_step,
+def _int32_update() -> None:
+    arrays = tuple(np.ones(3, np.int32) for _ in range(5))
+    update(EMU, "adam_step", arrays, (1.0, 0.0, 0.1, 0.999, 0.001, 0.01, 1.0, 1e-8), 0)
+
+
+# int32 has kernels in no family: public calls that reach a selector with it (conv2d and
+# pooling refuse integer tensors at their own boundary first, with their own message)
+NO_KERNEL_CALLS = {
+    "lstm": lambda: rnn_layer(_int32(3, 2, 4), _int32(2, 5), _int32(2, 5), _int32(20, 4),
+                              _int32(20, 5), None, None, "lstm"),
+    "adam_step": _int32_update,
+    "unscale_grads": lambda: unscale_grads(EMU, np.ones(3, np.int32), 0.5,
+                                           np.zeros(1, np.int32)),
 }
+PATTERN = (r"^{op}: dtype int32 is not supported on device emu; the {family} kernels take "
+           r"float16, float32, float64$")
 
 
-@pytest.mark.parametrize("op", list(FLOAT16_CALLS))
-def test_float16_without_kernel_gets_the_same_clear_error(op: str) -> None:
+@pytest.mark.parametrize("op", list(NO_KERNEL_CALLS))
+def test_a_dtype_without_kernels_gets_the_same_clear_error(op: str) -> None:
     """No family-specific surprise (a KeyError, a bare TypeError, a silent NumPy fallback):
     the same message naming the op, the dtype, the device and what is supported."""
-    pattern = (rf"^{op}: dtype float16 is not supported on device emu; the [\w ]+ kernels "
-               r"take float32, float64$")
-    with pytest.raises(TypeError, match=pattern):
-        FLOAT16_CALLS[op]()
+    family = "rnn_cell" if op == "lstm" else "optimizer update"
+    with pytest.raises(TypeError, match=PATTERN.format(op=op, family=family)):
+        NO_KERNEL_CALLS[op]()
 
 
-def test_float16_optimizer_error_leaves_parameters_unchanged() -> None:
-    p = dlcore.nn.Parameter(_half((4,)))
-    p.grad = _half((4,))
-    with pytest.raises(TypeError, match=re.escape("sgd_step: dtype float16")):
-        dlcore.optim.SGD([p], lr=0.5).step()
-    np.testing.assert_array_equal(p.numpy(), np.ones(4, np.float16))
+@pytest.mark.parametrize("family", families(), ids=lambda f: f.name)
+def test_every_family_words_the_error_alike(family: KernelFamily) -> None:
+    with pytest.raises(TypeError, match=PATTERN.format(op="some_op", family=family.name)):
+        family.select(EMU, np.int32, "some_op")
+    with pytest.raises(TypeError, match=r"^some_op: dtype int32 is not supported on device "
+                                        r"cpu; the [\w ]+ cpu path takes? float16, float32, "
+                                        r"float64$"):
+        family.select(CPU, np.int32, "some_op")
+
+
+def test_a_refused_update_leaves_its_arrays_unchanged() -> None:
+    param, grad = np.ones(4, np.int32), np.full(4, 2, np.int32)
+    with pytest.raises(TypeError, match=re.escape("sgd_step: dtype int32")):
+        update(EMU, "sgd_step", (param, grad, None), (0.5, 0.0, 1.0, 0.0), 0)
+    np.testing.assert_array_equal(param, np.ones(4, np.int32))
