@@ -3,7 +3,11 @@
 ``dlcore train`` runs on one thread of BLAS by default (``--threads``): the reference
 models' matrices are small (64x128), and on a 2-core machine OpenBLAS's threads cost more
 in hand-offs than they gain; a GAN step measured 4 ms with one thread and 30 ms with two on
-a shared 2-core VM.
+a shared 2-core VM. Under ``mpiexec -n N`` that is one thread per rank, which is what ranks
+sharing a machine's cores want (``--threads`` sets it per rank).
+
+Under ``mpiexec -n N`` (detected from the launcher's environment) ``dlcore train`` runs
+data-parallel (:mod:`dlcore.train.parallel`); only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from ..device import Device
 from ..io import CheckpointError
 from ..random import manual_seed
 from ..sysinfo import collect
-from ..train import (Options, ResumeError, TrainingDiverged, adding, classify, fit, gan,
-                     resolve_device)
+from ..train import (Interrupted, OptionError, Options, Ranks, ResumeError, TrainingDiverged,
+                     adding, classify, fit, gan, parallel, resolve_device)
 from .check import run_checks
 from .info import format_report
 
@@ -48,14 +52,11 @@ def _threads(count: int | None) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     out = Path("runs") / args.task if args.out is None else Path(args.out)
-    problem = _unwritable(out)
-    if problem:
-        print(f"dlcore train {args.task}: --out {out}: {problem}", file=sys.stderr)
-        return 2
+    # under mpiexec every rank makes the same refusals: rank 0 says them
+    say = _stderr if parallel.launched()[0] == 0 else _silent
     for flag, value in (("--data", args.data), ("--pack", args.pack)):
         if value is not None and args.task != "gan":
-            print(f"dlcore train {args.task}: {flag} applies to the gan task only",
-                  file=sys.stderr)
+            say(f"dlcore train {args.task}: {flag} applies to the gan task only")
             return 2
     options = Options(device=args.device, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, out=str(out), resume=args.resume,
@@ -65,42 +66,79 @@ def _cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(options.device)
     if not device.is_usable():
         why = cuda.why_unavailable() or "no such GPU"
-        print(f"dlcore train: {device} is not usable here ({why}); "
-              "use --device cpu or auto", file=sys.stderr)
+        say(f"dlcore train: {device} is not usable here ({why}); use --device cpu or auto")
         return 2
+    try:
+        ranks, device = parallel.start(device, options.device)
+    except (OptionError, RuntimeError) as exc:  # an index under mpiexec; NCCL missing
+        say(f"dlcore train {args.task}: {exc}")
+        return 2
+    problem = ranks.share(lambda: _unwritable(out))  # rank 0 writes, so rank 0 probes
+    if problem:
+        say(f"dlcore train {args.task}: --out {out}: {problem}")
+        ranks.close()
+        return 2
+    # NOTE: an uncaught exception skips close(): the excepthook of init_process_group must
+    # stay in place to end the other ranks (MPI_Abort), which would wait for this one
+    code = _train(args, options, device, ranks, out)
+    ranks.close()
+    return code
+
+
+def _train(args: argparse.Namespace, options: Options, device: Device, ranks: Ranks,
+           out: Path) -> int:
+    """Build and fit the task; the exit status. Under several ranks every failure handled
+    here is seen by all of them alike (the figures, the resume checks and Ctrl-C are agreed
+    at collectives), except those of rank 0's writes, which end the job (MPI_Abort)."""
+    say = _stderr if ranks.main else _silent
     manual_seed(options.seed)
     with _threads(options.threads):
-        if args.task in ("cnn", "rnn"):
-            task, epochs = classify.build(args.task, options, device)
-        elif args.task == "gan":
-            task, epochs = gan.build(options, device)
-        else:
-            task, epochs = adding.build(options, device)
+        try:
+            if args.task in ("cnn", "rnn"):
+                task, epochs = classify.build(args.task, options, device, ranks)
+            elif args.task == "gan":
+                task, epochs = gan.build(options, device, ranks)
+            else:
+                task, epochs = adding.build(options, device, ranks)
+        except OptionError as exc:
+            say(f"dlcore train {args.task}: {exc}")
+            return 2
+        ranks.seed(options.seed)  # initial weights from --seed; dropout, noise per rank
         try:
             metrics = fit(task, options, out, epochs)
         except TrainingDiverged as exc:
-            print(f"dlcore train {args.task}: stopped, the training diverged: {exc}. The "
-                  f"checkpoint in {out} (if any) is the last good one.", file=sys.stderr)
+            say(f"dlcore train {args.task}: stopped, the training diverged: {exc}. The "
+                f"checkpoint in {out} (if any) is the last good one.")
             return 1
         except CheckpointError as exc:  # e.g. the disk filled up mid-run
-            print(f"dlcore train {args.task}: {exc}", file=sys.stderr)
+            say(f"dlcore train {args.task}: {exc}")
+            if ranks.main and ranks.parallel:
+                ranks.abort(1)  # a failed write is rank 0's alone: the others wait for it
             return 1
         except ResumeError as exc:
-            print(f"dlcore train {args.task}: {exc}", file=sys.stderr)
+            say(f"dlcore train {args.task}: {exc}")
             return 2
         except TypeError as exc:
             if not options.amp:
                 raise
             # a kernel family without float16 on this device (they say which dtypes they take)
-            print(f"dlcore train {args.task} --amp on {device}: {exc}; train without --amp "
-                  "or on --device cpu", file=sys.stderr)
+            say(f"dlcore train {args.task} --amp on {device}: {exc}; train without --amp or "
+                "on --device cpu")
             return 2
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: checkpoint written to {out / 'checkpoint.safetensors'}; "
-                  f"continue with the same command and --resume", file=sys.stderr)
+        except KeyboardInterrupt as exc:
+            if ranks.parallel and not isinstance(exc, Interrupted):
+                # a second Ctrl-C, or one outside the loop: this rank alone stops here
+                _stderr(f"\ndlcore train: interrupted on rank {ranks.rank} of "
+                        f"{ranks.world_size}; ending every rank")
+                ranks.abort(130)
+            say(f"\ninterrupted: checkpoint written to {out / 'checkpoint.safetensors'}; "
+                f"continue with the same command and --resume")
             return 130
+    if not ranks.main:
+        return 0
     skip = ("history", "config", "published", "date", "machine", "task")
-    print(f"dlcore train {args.task} on {device}: " + ", ".join(
+    where = f"{device}" + (f" x {ranks.world_size} ranks" if ranks.parallel else "")
+    print(f"dlcore train {args.task} on {where}: " + ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
         for k, v in metrics.items() if k not in skip))
     if args.task == "gan" and options.data == "ring":
@@ -109,6 +147,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
           + (", samples.png" if args.task == "gan" else "")
           + (", samples.npy" if args.task == "gan" and options.data == "ring" else ""))
     return 0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _silent(message: str) -> None:
+    """What ranks other than 0 do with a message rank 0 prints too."""
 
 
 def _unwritable(out: Path) -> str | None:

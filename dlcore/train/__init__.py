@@ -6,8 +6,13 @@ dtype=float16)`` and its backward and optimizer steps through a ``dlcore.amp.Gra
 on every device. float16 on the CPU too, where PyTorch's recipe is bfloat16: dlcore has no
 bfloat16 dtype yet. (On the CPU, float16 is NumPy without BLAS, so --amp there is a
 correctness path, not a speed-up.)
+
+Under ``mpiexec -n N`` every task runs data-parallel, its models in DistributedDataParallel
+and ``--batch-size`` the global batch split over the ranks: see :mod:`.parallel`.
 """
 
-from .common import Options, ResumeError, Task, TrainingDiverged, fit, resolve_device
+from .common import Interrupted, Options, ResumeError, Task, TrainingDiverged, fit, resolve_device
+from .parallel import OptionError, Ranks
 
-__all__ = ["Options", "ResumeError", "Task", "TrainingDiverged", "fit", "resolve_device"]
+__all__ = ["Interrupted", "OptionError", "Options", "Ranks", "ResumeError", "Task",
+           "TrainingDiverged", "fit", "resolve_device"]

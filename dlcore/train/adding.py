@@ -9,7 +9,9 @@ plateau in its second epoch (steps 250-500 at batch 64) and is below 0.01 by the
 the third, for seeds 0-4; five epochs end at 0.0018-0.0036. Training set:
 16,000 sequences (seed 1); test set: 1,000 (seed 2). ``--amp``: forward and loss under
 float16 autocast, the gradients unscaled before clipping (the clip threshold is in true
-units); see :mod:`.common`.
+units); see :mod:`.common`. Under ``mpiexec -n N``: DistributedDataParallel on each rank's
+slice of the global batch, the clipping applied to the averaged gradient (as one process
+clips the whole batch's); see :mod:`.parallel`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..nn import functional as F
 from ..nn.utils import clip_grad_norm_
 from ..tensor import Tensor
 from .common import Batches, Defaults, MixedPrecision, Options, Task
+from .parallel import Ranks
 
 SEQ_LEN, TRAIN_SIZE, TEST_SIZE = 100, 16_000, 1_000
 DEFAULTS: Defaults = {"epochs": 5, "batch_size": 64, "lr": 3e-3}
@@ -32,26 +35,28 @@ class AddingTask(Task):
     """Mean-squared-error regression of the marked sum."""
 
     def __init__(self, options: Options, device: Device, epochs: int, batch_size: int,
-                 lr: float) -> None:
+                 lr: float, ranks: Ranks | None = None) -> None:
+        ranks = ranks or Ranks()
         model = SequenceRegressor(input_size=2).to(device)
         opt = optim.Adam(model.parameters(), lr=lr)
         train = datasets.adding_problem(TRAIN_SIZE, SEQ_LEN, seed=1)
         super().__init__(name="adding", modules={"model": model},
                          optimizers={"optimizer": opt},
-                         batches=Batches(train, batch_size, options.seed, device),
+                         batches=Batches(train, batch_size, options.seed, device, ranks),
                          config={"model": "SequenceRegressor(gru)", "seq_len": SEQ_LEN,
                                  "epochs": epochs, "batch_size": batch_size, "lr": lr,
                                  "device": str(device)},
                          schedulers={"lr": optim.lr_scheduler.CosineAnnealingLR(opt, epochs)},
                          precision=MixedPrecision(device, options.amp))
         self.model, self.opt = model, opt
+        self.trained = ranks.wrap(model)  # what the steps call: DDP under several ranks
         self.test = [t.to(device) for t in
                      datasets.adding_problem(TEST_SIZE, SEQ_LEN, seed=2).tensors]
 
     def step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
         x, y = batch
         with self.precision.autocast():
-            loss = F.mse_loss(self.model(x), y)
+            loss = F.mse_loss(self.trained(x), y)
         scaler = self.precision.scaler
         self.opt.zero_grad()
         scaler.scale(loss).backward()
@@ -67,8 +72,8 @@ class AddingTask(Task):
             return {"test_mse": F.mse_loss(self.model(x), y).item()}
 
 
-def build(options: Options, device: Device) -> tuple[Task, int]:
-    """The adding task and its number of epochs."""
+def build(options: Options, device: Device, ranks: Ranks | None = None) -> tuple[Task, int]:
+    """The adding task (over ``ranks``: one process unless given) and its epochs."""
     epochs = options.epochs or DEFAULTS["epochs"]
     return AddingTask(options, device, epochs, options.batch_size or DEFAULTS["batch_size"],
-                      options.lr or DEFAULTS["lr"]), epochs
+                      options.lr or DEFAULTS["lr"], ranks), epochs

@@ -8,6 +8,8 @@ Adam with cosine annealing of the learning rate to zero over the run (the late s
 steps settle the weights), cross-entropy, test accuracy on the 360 held-out images after
 every epoch. ``--amp``: forward and loss in float16 under autocast (float16 on the CPU too:
 dlcore has no bfloat16), backward and Adam through a GradScaler; see :mod:`.common`.
+Under ``mpiexec -n N`` the model trains in DistributedDataParallel on each rank's slice of
+the global batch (:mod:`.parallel`); LeNet's dropout masks then differ per rank.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..models import LeNet, LSTMClassifier
 from ..nn import functional as F
 from ..tensor import Tensor
 from .common import Batches, Defaults, MixedPrecision, Options, Task
+from .parallel import Ranks
 
 # Defaults, chosen to reach the quality targets in about a minute on a 2-core laptop CPU.
 DEFAULTS: dict[str, Defaults] = {"cnn": {"epochs": 30, "batch_size": 32, "lr": 2e-3},
@@ -29,25 +32,30 @@ DEFAULTS: dict[str, Defaults] = {"cnn": {"epochs": 30, "batch_size": 32, "lr": 2
 
 
 class ClassifierTask(Task):
-    """Cross-entropy training of ``model`` with train and test accuracy."""
+    """Cross-entropy training of ``model`` with train and test accuracy (the test set on
+    every rank: the ranks' weights are the same, so are the figures)."""
 
     def __init__(self, name: str, model: nn.Module, train: Any, test: Any, options: Options,
-                 device: Device, epochs: int, batch_size: int, lr: float) -> None:
+                 device: Device, epochs: int, batch_size: int, lr: float,
+                 ranks: Ranks | None = None) -> None:
+        ranks = ranks or Ranks()
         model = model.to(device)
+        batches = Batches(train, batch_size, options.seed, device, ranks)
         opt = optim.Adam(model.parameters(), lr=lr)
         super().__init__(name=name, modules={"model": model}, optimizers={"optimizer": opt},
-                         batches=Batches(train, batch_size, options.seed, device),
+                         batches=batches,
                          config={"model": type(model).__name__, "epochs": epochs,
                                  "batch_size": batch_size, "lr": lr, "device": str(device)},
                          schedulers={"lr": optim.lr_scheduler.CosineAnnealingLR(opt, epochs)},
                          precision=MixedPrecision(device, options.amp))
         self.model, self.opt = model, opt
+        self.trained = ranks.wrap(model)  # what the steps call: DDP under several ranks
         self.test = [t.to(device) for t in test.tensors]
 
     def step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
         x, y = batch
         with self.precision.autocast():
-            logits = self.model(x)
+            logits = self.trained(x)
             loss = F.cross_entropy(logits, y)
         scaler = self.precision.scaler
         self.opt.zero_grad()
@@ -65,8 +73,9 @@ class ClassifierTask(Task):
                     "test_accuracy": (logits.argmax(1) == y).float().mean().item()}
 
 
-def build(kind: str, options: Options, device: Device) -> tuple[Task, int]:
-    """The cnn or rnn task and its number of epochs."""
+def build(kind: str, options: Options, device: Device,
+          ranks: Ranks | None = None) -> tuple[Task, int]:
+    """The cnn or rnn task (over ``ranks``: one process unless given) and its epochs."""
     d = DEFAULTS[kind]
     epochs = options.epochs or d["epochs"]
     batch_size, lr = options.batch_size or d["batch_size"], options.lr or d["lr"]
@@ -78,4 +87,4 @@ def build(kind: str, options: Options, device: Device) -> tuple[Task, int]:
         model = LSTMClassifier(input_size=8, num_classes=10, hidden_size=64, num_layers=2,
                                dropout=0.1)
     return ClassifierTask(kind, model, train, test, options, device, epochs, batch_size,
-                          lr), epochs
+                          lr, ranks), epochs

@@ -15,6 +15,10 @@ updates), at the epoch's last step and on Ctrl-C: one transfer each time instead
 sync per step, which would stall a GPU's queue of kernels. The non-finite check runs on
 those reads, so a divergence is reported for the range of steps since the previous read.
 
+Under ``mpiexec -n N`` the same loop runs data-parallel (:mod:`.parallel`: the rules for
+the global batch, the figures, the files and the checkpoints); with one rank it is the code
+path of a plain run, with no MPI call.
+
 ``--amp`` (:class:`MixedPrecision`): each step's forward and loss run under
 ``dlcore.autocast(device_type, dtype=float16)`` and backward and the optimizer steps go
 through a ``dlcore.amp.GradScaler``. float16 on every device, the CPU included, where
@@ -52,6 +56,7 @@ from ..ops import stack
 from ..precision import autocast
 from ..random import get_rng_state, set_rng_state
 from ..tensor import Tensor
+from .parallel import OptionError, Ranks
 
 CHECKPOINT = "checkpoint.safetensors"
 READ_EVERY = 10  # steps between reads of the running sums (and progress bar updates)
@@ -92,7 +97,9 @@ def resolve_device(name: str) -> Device:
 
 class Batches:
     """Shuffled mini-batches of a :class:`TensorDataset`, gathered with one index per
-    tensor; the last partial batch is dropped.
+    tensor; the last partial batch is dropped. Under several ``ranks``, ``batch_size`` is
+    the global batch and each epoch yields this rank's contiguous slice of every global
+    batch (the permutation is the same on every rank: it depends on ``seed`` alone).
 
     The DataLoader collates sample by sample (a few microseconds each), which costs more
     than a whole training step of the small models here; these datasets fit in memory, so
@@ -101,10 +108,12 @@ class Batches:
     """
 
     def __init__(self, dataset: TensorDataset, batch_size: int, seed: int,
-                 device: Device) -> None:
+                 device: Device, ranks: Ranks | None = None) -> None:
         if batch_size < 1 or batch_size > len(dataset):
-            raise ValueError(f"batch size must be in 1..{len(dataset)} (the training set), "
-                             f"got {batch_size}")
+            raise OptionError(f"--batch-size must be in 1..{len(dataset)} (the training "
+                              f"set), got {batch_size}")
+        self.ranks = ranks or Ranks()
+        self.local_batch_size = self.ranks.check_batch(batch_size)
         self.tensors = [t.to(device) for t in dataset.tensors]
         self.batch_size, self.size = batch_size, len(dataset)
         self.generator = Generator(seed)
@@ -115,8 +124,10 @@ class Batches:
     def epoch(self, skip: int = 0) -> Iterator[tuple[Tensor, ...]]:
         """This epoch's batches after the first ``skip`` (the order is drawn either way)."""
         order = self.generator.permutation(self.size)
+        part = self.ranks.rank * self.local_batch_size
         for i in range(skip, len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            start = i * self.batch_size + part
+            index = order[start:start + self.local_batch_size]
             yield tuple(t[index] for t in self.tensors)
 
 
@@ -153,6 +164,11 @@ class Task:
     def __post_init__(self) -> None:
         # amp changes every step's arithmetic: part of the config resume compares
         self.config["amp"] = self.precision.enabled
+
+    @property
+    def ranks(self) -> Ranks:
+        """The ranks the run is split over (one unless started by mpiexec -n N)."""
+        return self.batches.ranks
 
     def step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
         """Train on one batch; the figures to average over the epoch (``loss``, ...), as
@@ -197,6 +213,11 @@ class ResumeError(ValueError):
     """``--resume`` cannot continue: no checkpoint, another task's, or other options."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`fit` after it wrote a checkpoint (under several ranks: all of
+    them, at the same step); ``--resume`` continues from there."""
+
+
 class TrainingDiverged(RuntimeError):
     """A training step gave a non-finite figure (loss NaN or infinite), seen at the next read
     of the running sums: the run stops there, leaving the last checkpoint as it was."""
@@ -210,7 +231,7 @@ def _run_config(task: Task) -> dict[str, Any]:
 def _state(task: Task, epoch: int, step: int, data_state: dict, sums: dict[str, float],
            history: list[dict], seconds: float) -> dict[str, Any]:
     return {"task": task.name, "config": _run_config(task), "epoch": epoch, "step": step,
-            "seconds": seconds,
+            "seconds": seconds, "world_size": task.ranks.world_size,
             "data_rng": data_state, "rng": get_rng_state(), "sums": sums,
             "history": history,
             "models": {k: m.state_dict() for k, m in task.modules.items()},
@@ -219,10 +240,46 @@ def _state(task: Task, epoch: int, step: int, data_state: dict, sums: dict[str, 
             "scaler": task.precision.scaler.state_dict()}  # {} without --amp
 
 
-def _restore(task: Task, state: dict[str, Any]) -> None:
+def _save(task: Task, path: Path, epoch: int, step: int, data_state: dict,
+          sums: dict[str, float], history: list[dict], seconds: float) -> None:
+    """Write the checkpoint (on rank 0). Under several ranks it also holds every rank's RNG
+    state and running sums (``ranks``: gathered, one list entry per rank); the rest (the
+    weights, the optimizers, the data order) is the same on every rank, so rank 0's."""
+    ranks = task.ranks
+    every = ranks.gather({"rng": get_rng_state(), "sums": dict(sums)}) \
+        if ranks.parallel else None
+    if not ranks.main:
+        return
+    state = _state(task, epoch, step, data_state, sums, history, seconds)
+    if every is not None:
+        state["ranks"] = every
+    save(state, path)
+
+
+def _load(task: Task, path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path``: read by rank 0 and broadcast (the ranks need no shared
+    file system), its tensors on the cpu there (each rank copies them to its device)."""
+    parallel = task.ranks.parallel
+
+    def read() -> dict[str, Any]:
+        if not path.is_file():
+            raise ResumeError(f"--resume: no checkpoint at {path}")
+        return load(path, map_location="cpu" if parallel else None)
+
+    return task.ranks.share(read)
+
+
+def _restore(task: Task, state: dict[str, Any]) -> dict[str, float]:
+    """Load ``state`` into the task and this rank's RNG; returns this rank's running sums."""
     if state.get("task") != task.name:
         raise ResumeError(f"--resume: the checkpoint is from 'dlcore train "
                          f"{state.get('task')}', not {task.name!r}")
+    written_by, ranks = state.get("world_size", 1), task.ranks  # absent: before mpiexec runs
+    if written_by != ranks.world_size:
+        raise ResumeError(f"--resume: the checkpoint was written by {_ranks(written_by)}, "
+                          f"this run is {_ranks(ranks.world_size)}: each rank's slice of the "
+                          f"batches and its RNG state are in it, so resume as "
+                          f"{_ranks(written_by)}")
     saved = state.get("config")  # absent in checkpoints written before it was recorded
     if saved is not None:
         saved = {"amp": False, **saved}  # checkpoints from before --amp ran without it
@@ -242,22 +299,34 @@ def _restore(task: Task, state: dict[str, Any]) -> None:
         s.load_state_dict(state["schedulers"][k])
     if task.precision.enabled:  # the configs match, so the checkpoint has amp's scale
         task.precision.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    mine = state["ranks"][ranks.rank] if ranks.parallel else state
+    set_rng_state(mine["rng"])
+    return dict(mine["sums"])
+
+
+def _ranks(world_size: int) -> str:
+    return "one process" if world_size == 1 else \
+        f"{world_size} ranks (mpiexec -n {world_size})"
 
 
 def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
-                 options: Options, interrupted: threading.Event) -> tuple[int, float]:
+                 options: Options, interrupted: threading.Event
+                 ) -> tuple[int, float, dict[str, float], bool]:
     """Run the epoch's batches after the first ``skip``, with a progress bar; stop early
-    when ``interrupted`` is set. The steps' figures are summed on the device, starting from
-    ``sums``, and read back into ``sums`` (host floats, what checkpoints hold) at each read.
-    Returns the batches done in this epoch (``skip`` included) and the seconds spent."""
+    when ``interrupted`` is set (under several ranks: on any rank, seen at a read, so all
+    stop at the same step). The steps' figures are summed on the device, starting from
+    ``sums``, and read back into ``sums`` (this rank's host floats, what checkpoints hold)
+    at each read. Returns the batches done in this epoch (``skip`` included), the seconds
+    spent, the sums over all ranks' samples at the last read (means: divided by the steps)
+    and whether to stop."""
     from tqdm import tqdm  # the cli extra
 
-    batches = task.batches
+    batches, ranks = task.batches, task.ranks
     bar = tqdm(total=len(batches), initial=skip, desc=label, unit="batch",
-               disable=not options.progress, file=sys.stderr)
+               disable=not options.progress or not ranks.main, file=sys.stderr)
     running: dict[str, Tensor] = {}
-    step, read_at, t0 = skip, skip, time.perf_counter()
+    figures: dict[str, float] = dict(sums)
+    step, read_at, t0, stop = skip, skip, time.perf_counter(), False
     try:
         for batch in batches.epoch(skip):
             for k, v in task.step(batch).items():
@@ -269,53 +338,66 @@ def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
             step += 1
             bar.update(1)
             if step % READ_EVERY == 0 or step == len(batches):
-                _read_sums(running, sums, task, label, read_at, step)
+                figures, stop = _read_sums(running, sums, task, label, read_at, step,
+                                           interrupted)
                 read_at = step
                 rate = (step - skip) * batches.batch_size / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(task.progress_figures({k: v / step for k, v in sums.items()}),
+                bar.set_postfix(task.progress_figures({k: v / step for k, v in figures.items()}),
                                 samples_s=f"{rate:.0f}")
-            if interrupted.is_set():
+            elif not ranks.parallel:
+                stop = interrupted.is_set()
+            if stop:
                 break
-        if step != read_at:  # interrupted between reads: the checkpoint needs the sums
-            _read_sums(running, sums, task, label, read_at, step)
+        if step != read_at:  # one rank, interrupted between reads: the checkpoint needs sums
+            figures, stop = _read_sums(running, sums, task, label, read_at, step, interrupted)
     finally:
         bar.close()
-    return step, time.perf_counter() - t0
+    return step, time.perf_counter() - t0, figures, stop
 
 
 def _read_sums(running: dict[str, Tensor], sums: dict[str, float], task: Task, label: str,
-               first: int, last: int) -> None:
-    """Copy the device sums into ``sums`` with one transfer; raise TrainingDiverged when one
-    is not finite (a NaN or infinite figure in steps ``first + 1`` to ``last``: a sum
-    stays non-finite once a term is)."""
-    if not running:
-        return
-    values = stack(list(running.values())).tolist()
-    bad = {k: v for k, v in zip(running, values) if not math.isfinite(v)}
+               first: int, last: int, interrupted: threading.Event
+               ) -> tuple[dict[str, float], bool]:
+    """Copy the device sums into ``sums`` with one transfer; return the sums over the
+    ranks' samples (one all-reduce with the ranks' Ctrl-C flags; with one rank, ``sums``)
+    and whether any rank was interrupted. Raise TrainingDiverged when a sum is not finite
+    (a NaN or infinite figure in steps ``first + 1`` to ``last``: a sum stays non-finite
+    once a term is), on every rank alike."""
+    ranks = task.ranks
+    values = stack(list(running.values())).tolist() if running else []
+    if ranks.parallel:
+        # NOTE: the mean over ranks of their sums, so the figures are those of one process
+        # on the global batch; the flag rides along: one collective per read, not per step
+        *totals, flags = ranks.sum(values + [float(interrupted.is_set())])
+        overall, stop = [v / ranks.world_size for v in totals], flags > 0
+    else:
+        overall, stop = values, interrupted.is_set()
+    bad = {k: v for k, v in zip(running, overall) if not math.isfinite(v)}
     if bad:
         raise TrainingDiverged(
             f"{label}, between step {first + 1} and {last}: "
             + ", ".join(f"{k} turned {v}" for k, v in bad.items())
             + f" (lr {task.config.get('lr')}); the learning rate is likely too high")
     sums.update(zip(running, values))
+    return dict(zip(running, overall)), stop
 
 
 def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
     """Train ``task`` for ``epochs`` (continuing the checkpoint in ``out`` with
-    ``options.resume``), write the metrics files, and return metrics.json's content.
-    ``seconds`` there is the wall time of training, evaluation and checkpoints, summed
-    over resumed runs. Raises KeyboardInterrupt after saving a checkpoint when
+    ``options.resume``), write the metrics files (rank 0), and return metrics.json's
+    content. ``seconds`` there is the wall time of training, evaluation and checkpoints,
+    summed over resumed runs. Raises :class:`Interrupted` after saving a checkpoint when
     interrupted."""
-    out.mkdir(parents=True, exist_ok=True)
+    ranks = task.ranks
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
     epoch, skip, sums, history, seconds = 0, 0, {}, [], 0.0
     batches = task.batches
     if options.resume:
-        if not ckpt.is_file():
-            raise ResumeError(f"--resume: no checkpoint at {ckpt}")
-        state = load(ckpt)
-        _restore(task, state)
-        epoch, skip, sums = state["epoch"], state["step"], dict(state["sums"])
+        state = _load(task, ckpt)
+        sums = _restore(task, state)
+        epoch, skip = state["epoch"], state["step"]
         history, seconds = list(state["history"]), state["seconds"]
         batches.generator.set_state(state["data_rng"])
     started = time.perf_counter() - seconds
@@ -324,28 +406,30 @@ def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
             data_state = batches.generator.get_state()
             for m in task.modules.values():
                 m.train()
-            step, train_seconds = _train_epoch(task, skip, sums,
-                                               f"epoch {epoch + 1}/{epochs}", options,
-                                               interrupted)
+            step, train_seconds, figures, stop = _train_epoch(
+                task, skip, sums, f"epoch {epoch + 1}/{epochs}", options, interrupted)
             if step < len(batches):  # interrupted mid-epoch: save where it stands
-                save(_state(task, epoch, step, data_state, sums, history,
-                            time.perf_counter() - started), ckpt)
-                raise KeyboardInterrupt
+                _save(task, ckpt, epoch, step, data_state, sums, history,
+                      time.perf_counter() - started)
+                raise Interrupted
             for m in task.modules.values():
                 m.eval()
-            row = {"epoch": epoch + 1, **{k: v / len(batches) for k, v in sums.items()},
+            row = {"epoch": epoch + 1, **{k: v / len(batches) for k, v in figures.items()},
                    **task.evaluate(), "seconds": time.perf_counter() - started,
                    "samples_per_s": (step - skip) * batches.batch_size
                    / max(train_seconds, 1e-9)}
             for s in task.schedulers.values():
                 s.step()
             history.append(row)
-            print(", ".join(f"{k} {_fmt(v)}" for k, v in row.items()), file=sys.stderr)
+            if ranks.main:
+                print(", ".join(f"{k} {_fmt(v)}" for k, v in row.items()), file=sys.stderr)
             epoch, skip, sums = epoch + 1, 0, {}
-            save(_state(task, epoch, 0, batches.generator.get_state(), sums, history,
-                        time.perf_counter() - started), ckpt)
-            if interrupted.is_set():
-                raise KeyboardInterrupt
+            _save(task, ckpt, epoch, 0, batches.generator.get_state(), sums, history,
+                  time.perf_counter() - started)
+            # NOTE: several ranks stop on the flags their last read agreed on (a flag set
+            # since then counts at the next epoch's first read); one rank on its own flag
+            if (stop if ranks.parallel else interrupted.is_set()):
+                raise Interrupted
     return write_metrics(task, out, history, time.perf_counter() - started, options)
 
 
@@ -356,16 +440,22 @@ def _fmt(v: Any) -> str:
 def write_metrics(task: Task, out: Path, history: list[dict], seconds: float,
                   options: Options) -> dict[str, Any]:
     """metrics.json (final figures at top level, then the run's settings and history),
-    metrics.csv (one row per epoch) and curves.png."""
+    metrics.csv (one row per epoch) and curves.png, written by rank 0 only (the other ranks
+    return the same figures without the task's extras from ``finish``)."""
+    main = task.ranks.main
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds",
                                                                  "samples_per_s")}
-    final.update(task.finish(out, history))
+    if main:
+        final.update(task.finish(out, history))
     metrics = {**final, "seconds": seconds, "epochs": len(history), "task": task.name,
+               "world_size": task.ranks.world_size,
                "config": {**asdict(options), **task.config},
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                    timespec="seconds"),
                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                "history": history}
+    if not main:
+        return metrics
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))

@@ -24,6 +24,14 @@ score for 8x8 digits, so metrics.json holds the losses only.
 ``--amp``: both networks' forward and the losses under float16 autocast, and one GradScaler
 for the two optimizers, updated once per iteration after both steps (PyTorch's recipe for
 several losses and optimizers); samples are drawn in float32. See :mod:`.common`.
+
+Under ``mpiexec -n N`` (:mod:`.parallel`) both networks train in DistributedDataParallel:
+each rank takes its B/N slice of the global batch of real samples and draws B/N noise
+vectors from its own generator stream, so a step still sees B real and B generated
+samples. The generator's loss runs the bare discriminator: the gradient it leaves in D's
+parameters is never used (``opt_d.zero_grad()`` clears it before D's next backward), so
+it is not worth an all-reduce. The DCGAN's BatchNorm normalises over each rank's B/N
+samples (dlcore has no SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from ..models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGe
 from ..nn import functional as F
 from ..tensor import Tensor
 from .common import Batches, Defaults, MixedPrecision, Options, Task
+from .parallel import OptionError, Ranks
 
 MODES, RADIUS, STD, EVAL_SAMPLES = 8, 2.0, 0.02, 2500
 RING_TRAIN_SIZE = 32_000
@@ -81,18 +90,22 @@ class GANTask(Task):
     """Alternating discriminator and generator steps with logits-based BCE losses."""
 
     def __init__(self, options: Options, device: Device, epochs: int, batch_size: int,
-                 lr: float, pack: int) -> None:
+                 lr: float, pack: int, ranks: Ranks | None = None) -> None:
+        ranks = ranks or Ranks()
         self.data_kind = options.data
+        local = ranks.check_batch(batch_size)  # this rank's samples per step
         if self.data_kind == "ring":
-            if batch_size % pack:
-                raise ValueError(f"--batch-size {batch_size} must be a multiple of --pack "
-                                 f"{pack}")
+            if local % pack:
+                per_rank = f" ({local} per rank of {ranks.world_size})" \
+                    if ranks.parallel else ""
+                raise OptionError(f"--batch-size {batch_size}{per_rank} must be a multiple of "
+                                  f"--pack {pack}")
             train = datasets.ring(RING_TRAIN_SIZE, MODES, RADIUS, STD, seed=1)
             gen: nn.Module = MLPGenerator()
             disc: nn.Module = MLPDiscriminator(pack=pack)
         else:
             if pack != 1:
-                raise ValueError("--pack applies to --data ring only")
+                raise OptionError("--pack applies to --data ring only")
             train = datasets.digits()[0]
             gen, disc = DCGANGenerator(), DCGANDiscriminator()
         gen, disc = gen.to(device), disc.to(device)
@@ -103,16 +116,18 @@ class GANTask(Task):
                  for k, o in (("g", opt_g), ("d", opt_d))}
         super().__init__(name="gan", modules={"generator": gen, "discriminator": disc},
                          optimizers={"generator": opt_g, "discriminator": opt_d},
-                         batches=Batches(train, batch_size, options.seed, device),
+                         batches=Batches(train, batch_size, options.seed, device, ranks),
                          config={"data": self.data_kind, "pack": pack, "epochs": epochs,
                                  "batch_size": batch_size, "lr": lr, "betas": list(betas),
                                  "device": str(device)},
                          schedulers=decay if self.data_kind == "ring" else {},
                          precision=MixedPrecision(device, options.amp))
         self.gen, self.disc, self.opt_g, self.opt_d = gen, disc, opt_g, opt_d
-        self.device, self.batch_size = device, batch_size
-        self.real_label = ones(batch_size // pack, 1, device=device)
-        self.fake_label = zeros(batch_size // pack, 1, device=device)
+        # what the steps call: DDP under several ranks
+        self.gen_trained, self.disc_trained = ranks.wrap(gen), ranks.wrap(disc)
+        self.device, self.batch_size = device, local
+        self.real_label = ones(local // pack, 1, device=device)
+        self.fake_label = zeros(local // pack, 1, device=device)
         # Fixed evaluation noise, apart from the training RNG: scoring never moves training.
         noise = np.random.default_rng(options.seed).standard_normal(
             (EVAL_SAMPLES, gen.noise_dim)).astype(np.float32)
@@ -122,16 +137,19 @@ class GANTask(Task):
         real = batch[0]
         scaler = self.precision.scaler
         with self.precision.autocast():
-            fake = self.gen(randn(self.batch_size, self.gen.noise_dim, device=self.device))
-            loss_d = (F.binary_cross_entropy_with_logits(self.disc(real), self.real_label)
-                      + F.binary_cross_entropy_with_logits(self.disc(fake.detach()),
+            fake = self.gen_trained(randn(self.batch_size, self.gen.noise_dim,
+                                          device=self.device))
+            loss_d = (F.binary_cross_entropy_with_logits(self.disc_trained(real),
+                                                         self.real_label)
+                      + F.binary_cross_entropy_with_logits(self.disc_trained(fake.detach()),
                                                            self.fake_label))
         self.opt_d.zero_grad()
         scaler.scale(loss_d).backward()
         scaler.step(self.opt_d)
         # Non-saturating loss: the generator maximises log D(G(z)) (Goodfellow et al., 2014).
         # NOTE: a region of its own: the first one's cached float16 copies of D's weights
-        # predate opt_d's step.
+        # predate opt_d's step. The bare discriminator: D's gradients from this loss are
+        # discarded, so DDP need not average them.
         with self.precision.autocast():
             loss_g = F.binary_cross_entropy_with_logits(self.disc(fake), self.real_label)
         self.opt_g.zero_grad()
@@ -216,12 +234,13 @@ def plot_digits(images: np.ndarray, path: Path) -> None:
     plt.close(fig)
 
 
-def build(options: Options, device: Device) -> tuple[Task, int]:
-    """The GAN task for ``options.data`` and its number of epochs."""
+def build(options: Options, device: Device, ranks: Ranks | None = None) -> tuple[Task, int]:
+    """The GAN task for ``options.data`` (over ``ranks``: one process unless given) and its
+    number of epochs."""
     if options.data not in DEFAULTS:
-        raise ValueError(f"--data must be one of {sorted(DEFAULTS)}, got {options.data!r}")
+        raise OptionError(f"--data must be one of {sorted(DEFAULTS)}, got {options.data!r}")
     d = DEFAULTS[options.data]
     epochs = options.epochs or d["epochs"]
     pack = options.pack or d["pack"]
     return GANTask(options, device, epochs, options.batch_size or d["batch_size"],
-                   options.lr or d["lr"], pack), epochs
+                   options.lr or d["lr"], pack, ranks), epochs
