@@ -27,8 +27,10 @@ from ..ops._util import float32_op, low_precision
 from ..ops.nn_ops import Elu, EmbeddingFunction, LinearFunction, NormAffine, Silu
 from ..ops.pool import (adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d,  # noqa: F401
                         max_pool2d)
+from ..ops.resample import interpolate, pixel_shuffle, pixel_unshuffle  # noqa: F401
 from ..random import uniform_array
 from ..tensor import Tensor
+from .dropout import dropout2d  # noqa: F401  (dropout.py uses F only at call time)
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:

@@ -1,0 +1,181 @@
+"""interpolate (nearest, bilinear with both align_corners), pixel_shuffle/pixel_unshuffle
+and the Upsample/PixelShuffle/PixelUnshuffle modules: against PyTorch where importable,
+float64 gradchecks, and the errors at the public boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from op_check import check, grad_ok, gradgrad_ok, on, rand
+
+import dlcore.nn as nn
+import dlcore.nn.functional as F
+
+SHAPES = [(2, 3, 5, 7), (1, 2, 4, 4), (1, 1, 1, 3), (2, 1, 6, 3)]
+# integer and non-integer scales, up and down, per-axis pairs and explicit sizes
+RESIZES = [
+    {"scale_factor": 2}, {"scale_factor": 3}, {"scale_factor": 0.5}, {"scale_factor": 1.7},
+    {"scale_factor": (0.6, 2.5)}, {"scale_factor": 1}, {"scale_factor": 1.01},
+    {"size": (9, 4)}, {"size": 3}, {"size": (1, 1)}, {"size": (2, 13)},
+]
+MODES = [("nearest", None), ("bilinear", False), ("bilinear", True)]
+MODE_IDS = ["nearest", "bilinear", "bilinear_ac"]
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def _torch_interpolate(x: np.ndarray, mode: str, align_corners: bool | None,
+                       **resize: object) -> np.ndarray | None:
+    torch = _torch()
+    try:
+        out = torch.nn.functional.interpolate(torch.from_numpy(x), mode=mode,
+                                              align_corners=align_corners, **resize)
+    except RuntimeError:  # an output side of 0: checked in the error tests
+        return None
+    return out.numpy()
+
+
+@pytest.mark.parametrize("mode,align_corners", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("resize", RESIZES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_interpolate_matches_torch(device, shape, resize, mode, align_corners):
+    x = rand(*shape, seed=1, dtype=np.float32)
+    expected = _torch_interpolate(x, mode, align_corners, **resize)
+    if expected is None:
+        pytest.skip("PyTorch rejects this output size")
+    out = F.interpolate(on(device, x), mode=mode, align_corners=align_corners, **resize)
+    if mode == "nearest":  # a pure gather: the same elements exactly
+        np.testing.assert_array_equal(out.numpy(), expected)
+    else:
+        check(out, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,align_corners", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("resize", [{"scale_factor": 2}, {"scale_factor": 0.6},
+                                    {"size": (5, 2)}], ids=str)
+def test_interpolate_gradient_matches_torch(device, resize, mode, align_corners):
+    torch = _torch()
+    x = rand(2, 2, 4, 5, seed=2)
+    g = rand(*_torch_interpolate(x, mode, align_corners, **resize).shape, seed=3)
+    xt = torch.from_numpy(x).requires_grad_()
+    torch.nn.functional.interpolate(xt, mode=mode, align_corners=align_corners,
+                                    **resize).backward(torch.from_numpy(g))
+    xd = on(device, x, requires_grad=True)
+    F.interpolate(xd, mode=mode, align_corners=align_corners, **resize).backward(on(device, g))
+    check(xd.grad, xt.grad.numpy())
+
+
+@pytest.mark.parametrize("mode,align_corners", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("resize", [{"scale_factor": 2}, {"scale_factor": 0.7},
+                                    {"size": (4, 2)}], ids=str)
+def test_interpolate_gradcheck(device, resize, mode, align_corners):
+    def fn(t):
+        return F.interpolate(t, mode=mode, align_corners=align_corners, **resize)
+    assert grad_ok(fn, [rand(1, 2, 3, 4, seed=4)], device)
+
+
+def test_interpolate_double_backward(device):
+    def fn(t):
+        return F.interpolate(t, scale_factor=1.5, mode="bilinear") ** 2
+    assert gradgrad_ok(fn, [rand(1, 1, 3, 3, seed=5)], device)
+
+
+def test_interpolate_known_values():
+    x = on("cpu", np.arange(4.0).reshape(1, 1, 2, 2))
+    check(F.interpolate(x, scale_factor=2),
+          np.repeat(np.repeat(x.numpy(), 2, axis=2), 2, axis=3))
+    ac = F.interpolate(x, size=3, mode="bilinear", align_corners=True).numpy()[0, 0]
+    np.testing.assert_allclose(ac, [[0.0, 0.5, 1.0], [1.0, 1.5, 2.0], [2.0, 2.5, 3.0]])
+
+
+def test_interpolate_returns_a_new_tensor_and_keeps_dtype():
+    x = on("cpu", rand(1, 1, 3, 3, dtype=np.float32))
+    out = F.interpolate(x, scale_factor=1)
+    assert out is not x and out.dtype == x.dtype
+    ints = on("cpu", np.arange(4).reshape(1, 1, 2, 2))
+    check(F.interpolate(ints, size=(2, 4)), np.repeat(ints.numpy(), 2, axis=3))
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"size": 2, "scale_factor": 2}, ValueError, "interpolate: only one of size or scale"),
+    ({}, ValueError, "interpolate: either size or scale_factor"),
+    ({"size": 2, "mode": "bicubic"}, NotImplementedError, "interpolate: mode 'bicubic'"),
+    ({"size": 2, "align_corners": True}, ValueError, "interpolate: align_corners option"),
+    ({"size": (2, 2, 2)}, ValueError, "interpolate: input and size must have the same"),
+    ({"scale_factor": (2,)}, ValueError, "interpolate: input and scale_factor must"),
+    ({"size": 2.5}, TypeError, "interpolate: expected size"),
+    ({"scale_factor": 0.1}, RuntimeError, r"interpolate: .* output \(H: 0, W: 0\)"),
+    ({"size": 0}, RuntimeError, "interpolate: input and output sizes should be greater"),
+])
+def test_interpolate_errors(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        F.interpolate(on("cpu", rand(1, 2, 3, 3)), **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4), (2, 3, 4, 4, 4), (4,)])
+def test_interpolate_rejects_non_4d(shape):
+    with pytest.raises(NotImplementedError, match=r"interpolate: got \d+D input"):
+        F.interpolate(on("cpu", rand(*shape)), scale_factor=2, mode="bilinear")
+
+
+def test_interpolate_bilinear_rejects_integers():
+    with pytest.raises(RuntimeError, match="interpolate: bilinear mode needs a floating"):
+        F.interpolate(on("cpu", np.ones((1, 1, 2, 2), np.int64)), size=3, mode="bilinear")
+
+
+@pytest.mark.parametrize("shape,r", [((1, 4, 2, 3), 2), ((2, 18, 2, 2), 3),
+                                     ((5, 1, 8, 3, 3), 2), ((8, 1, 1), 2)], ids=str)
+def test_pixel_shuffle_matches_torch_and_inverts(device, shape, r):
+    torch = _torch()
+    x = rand(*shape, seed=6)
+    out = F.pixel_shuffle(on(device, x), r)
+    np.testing.assert_array_equal(out.numpy(),
+                                  torch.nn.functional.pixel_shuffle(torch.from_numpy(x), r))
+    back = F.pixel_unshuffle(out, r)
+    np.testing.assert_array_equal(back.numpy(), x)
+    np.testing.assert_array_equal(
+        back.numpy(), torch.nn.functional.pixel_unshuffle(torch.from_numpy(out.numpy()), r))
+
+
+def test_pixel_shuffle_gradcheck(device):
+    assert grad_ok(lambda t: F.pixel_shuffle(t, 2), [rand(2, 4, 2, 3, seed=7)], device)
+    assert grad_ok(lambda t: F.pixel_unshuffle(t, 2), [rand(1, 2, 4, 2, seed=8)], device)
+
+
+@pytest.mark.parametrize("fn,arg,shape,exc,match", [
+    (F.pixel_shuffle, 2, (1, 2, 3, 4), RuntimeError, "input.size\\(-3\\)=2 is not divisible"),
+    (F.pixel_shuffle, 2, (3, 4), RuntimeError, "at least 3 dimensions"),
+    (F.pixel_shuffle, 0, (1, 4, 3, 4), RuntimeError, "positive upscale_factor, but got 0"),
+    (F.pixel_shuffle, 2.0, (1, 4, 3, 4), TypeError, "upscale_factor must be an int"),
+    (F.pixel_unshuffle, 2, (1, 2, 3, 4), RuntimeError, "height to be divisible"),
+    (F.pixel_unshuffle, 2, (1, 2, 4, 3), RuntimeError, "width to be divisible"),
+    (F.pixel_unshuffle, -1, (1, 2, 4, 4), RuntimeError, "positive downscale_factor"),
+])
+def test_pixel_shuffle_errors(fn, arg, shape, exc, match):
+    with pytest.raises(exc, match=f"{fn.__name__}.*{match}"):
+        fn(on("cpu", rand(*shape)), arg)
+
+
+def test_modules_forward_and_repr(device):
+    x = on(device, rand(1, 4, 2, 3, seed=9))
+    check(nn.Upsample(scale_factor=2)(x), F.interpolate(x, scale_factor=2).numpy())
+    up = nn.Upsample(size=(3, 5), mode="bilinear", align_corners=True)
+    check(up(x), F.interpolate(x, size=(3, 5), mode="bilinear", align_corners=True).numpy())
+    assert repr(nn.Upsample(scale_factor=2)) == "Upsample(scale_factor=2.0, mode='nearest')"
+    assert repr(up) == "Upsample(size=(3, 5), mode='bilinear')"
+    assert nn.PixelShuffle(2)(x).shape == (1, 1, 4, 6)
+    assert nn.PixelUnshuffle(2)(nn.PixelShuffle(2)(x)).shape == (1, 4, 2, 3)
+    assert repr(nn.PixelShuffle(2)) == "PixelShuffle(upscale_factor=2)"
+    assert repr(nn.PixelUnshuffle(3)) == "PixelUnshuffle(downscale_factor=3)"
+
+
+def test_module_reprs_match_torch():
+    torch = _torch()
+    for ours, theirs in [(nn.Upsample(scale_factor=2), torch.nn.Upsample(scale_factor=2)),
+                         (nn.Upsample(size=3, mode="bilinear"),
+                          torch.nn.Upsample(size=3, mode="bilinear")),
+                         (nn.PixelShuffle(3), torch.nn.PixelShuffle(3)),
+                         (nn.PixelUnshuffle(2), torch.nn.PixelUnshuffle(2))]:
+        assert repr(ours) == repr(theirs)
