@@ -41,9 +41,9 @@
 // Limits: T is float, double or __half; arrays are contiguous, the same length n, and never alias
 // (__restrict__; an unused state argument gets a 1-element dummy, never read). Flags are the
 // bit sets defined next to each optimizer in Python (MAXIMIZE is always bit 0, ALIGNED16 bit 3).
-#include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "half.cuh"
 
 #define OPT_MAXIMIZE 1
 #define OPT_ALIGNED16 8
@@ -52,31 +52,10 @@ namespace optim {
 
 using dl::index_t;
 
-// The arithmetic type of the rules for element type T: T itself, float for __half.
-template <typename T>
-struct Acc {
-  typedef T type;
-};
-template <>
-struct Acc<__half> {
-  typedef float type;
-};
-
-template <typename T>
-__device__ __forceinline__ T widen(T v) {
-  return v;
-}
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-
-// The one rounding of a result to the storage type (none for float and double).
-template <typename T>
-__device__ __forceinline__ T narrow(typename Acc<T>::type v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half narrow<__half>(float v) {
-  return __float2half(v);
-}
+// Loads widen to Acc<T> (float for __half), results round once to T: half.cuh.
+using dl::Acc;
+using dl::narrow;
+using dl::widen;
 
 // 16-byte vector access: load/store W consecutive elements of p starting at W * k, widened to
 // (narrowed from) the arithmetic type.

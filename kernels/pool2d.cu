@@ -47,9 +47,9 @@
 // Limits. Element counts and plane offsets are 64-bit; positions inside a plane are int32, so
 // H*W and Ho*Wo must be below 2^31 (dlcore.ops.pool checks; the saved indices are int32 for
 // the same reason). Blocks of more than 256 threads are refused (__launch_bounds__).
-#include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "half.cuh"
 
 // dlcore: instantiate maxpool2d_forward<float>
 // dlcore: instantiate maxpool2d_forward<double>
@@ -66,30 +66,10 @@
 
 namespace pool {
 
-// The type loads widen to and sums run in: T itself, float for __half.
-template <typename T>
-struct Acc {
-  typedef T type;
-};
-template <>
-struct Acc<__half> {
-  typedef float type;
-};
-
-template <typename T>
-__device__ __forceinline__ T widen(T v) {
-  return v;
-}
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T narrow(typename Acc<T>::type v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half narrow<__half>(float v) {
-  return __float2half(v);
-}
+// Loads widen to Acc<T> (float for __half), results round once to T: half.cuh.
+using dl::Acc;
+using dl::narrow;
+using dl::widen;
 
 // -inf: NVRTC has no INFINITY macro (no <math.h>); the float bit pattern widens exactly.
 __device__ __forceinline__ float negative_infinity() { return __int_as_float((int)0xff800000u); }

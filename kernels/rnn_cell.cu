@@ -22,9 +22,9 @@
 // math runs in float with tanhf, and every stored value is rounded to half once; a state a
 // padded step keeps is copied bit for bit). The NumPy twin does the same for float16.
 // Limits: N*H < 2^63; t, N, H fit in int.
-#include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "half.cuh"
 
 // dlcore: instantiate rnn_cell_forward<float>
 // dlcore: instantiate rnn_cell_forward<double>
@@ -48,31 +48,10 @@
 // ---- preamble shared by forward and backward ----------------------------------------------
 namespace rnn {
 
-// The type loads widen to and the cell math runs in: T itself, float for __half.
-template <typename T>
-struct Acc {
-  typedef T type;
-};
-template <>
-struct Acc<__half> {
-  typedef float type;
-};
-
-template <typename T>
-__device__ __forceinline__ T load(T v) {
-  return v;
-}
-__device__ __forceinline__ float load(__half v) { return __half2float(v); }
-
-// The one rounding of a result to the storage type (none for float and double).
-template <typename T>
-__device__ __forceinline__ T store(typename Acc<T>::type v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __half store<__half>(float v) {
-  return __float2half(v);
-}
+// Loads widen to Acc<T> (float for __half), results round once to T: half.cuh.
+using dl::Acc;
+using dl::narrow;
+using dl::widen;
 
 __device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
 __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
@@ -111,11 +90,11 @@ __global__ void rnn_cell_forward(const T* __restrict__ xg, const T* __restrict__
   typedef typename rnn::Acc<T>::type A;
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
-    const A a = rnn::load(xg[i]) + rnn::load(hg[i]);
+    const A a = rnn::widen(xg[i]) + rnn::widen(hg[i]);
     const A h = use_relu ? (a > A(0) ? a : A(0)) : rnn::tanh_(a);
     const bool valid = t < lengths[n];
-    h_out[i] = valid ? rnn::store<T>(h) : h_prev[i];
-    y[i] = rnn::store<T>(valid ? h : A(0));
+    h_out[i] = valid ? rnn::narrow<T>(h) : h_prev[i];
+    y[i] = rnn::narrow<T>(valid ? h : A(0));
   }
 }
 
@@ -131,10 +110,10 @@ __global__ void rnn_cell_backward(const T* __restrict__ gy, const T* __restrict_
   DL_GRID_STRIDE_LOOP(i, (dl::index_t)N * H) {
     const dl::index_t n = i / H;
     const bool valid = t < lengths[n];
-    const A dh = valid ? rnn::load(dh_state[i]) + rnn::load(gy[i]) : A(0);
-    const A h = rnn::load(y[i]);
-    dxg[i] = rnn::store<T>(dh * (use_relu ? (h > A(0) ? A(1) : A(0)) : rnn::tanh_grad(h)));
-    dh_direct[i] = valid ? rnn::store<T>(A(0)) : dh_state[i];
+    const A dh = valid ? rnn::widen(dh_state[i]) + rnn::widen(gy[i]) : A(0);
+    const A h = rnn::widen(y[i]);
+    dxg[i] = rnn::narrow<T>(dh * (use_relu ? (h > A(0) ? A(1) : A(0)) : rnn::tanh_grad(h)));
+    dh_direct[i] = valid ? rnn::narrow<T>(A(0)) : dh_state[i];
   }
 }
 
@@ -153,22 +132,22 @@ __global__ void lstm_cell_forward(const T* __restrict__ xg, const T* __restrict_
     const int j = (int)(i - n * H);
     const dl::index_t ai = rnn::at(n, j, H, 4, 0), af = rnn::at(n, j, H, 4, 1);
     const dl::index_t ag = rnn::at(n, j, H, 4, 2), ao = rnn::at(n, j, H, 4, 3);
-    const A ig = rnn::sigmoid(rnn::load(xg[ai]) + rnn::load(hg[ai]));
-    const A fg = rnn::sigmoid(rnn::load(xg[af]) + rnn::load(hg[af]));
-    const A gg = rnn::tanh_(rnn::load(xg[ag]) + rnn::load(hg[ag]));
-    const A og = rnn::sigmoid(rnn::load(xg[ao]) + rnn::load(hg[ao]));
-    const A c = fg * rnn::load(c_prev[i]) + ig * gg;
+    const A ig = rnn::sigmoid(rnn::widen(xg[ai]) + rnn::widen(hg[ai]));
+    const A fg = rnn::sigmoid(rnn::widen(xg[af]) + rnn::widen(hg[af]));
+    const A gg = rnn::tanh_(rnn::widen(xg[ag]) + rnn::widen(hg[ag]));
+    const A og = rnn::sigmoid(rnn::widen(xg[ao]) + rnn::widen(hg[ao]));
+    const A c = fg * rnn::widen(c_prev[i]) + ig * gg;
     const A tc = rnn::tanh_(c);
     const A h = og * tc;
-    gates[ai] = rnn::store<T>(ig);
-    gates[af] = rnn::store<T>(fg);
-    gates[ag] = rnn::store<T>(gg);
-    gates[ao] = rnn::store<T>(og);
-    tanh_c[i] = rnn::store<T>(tc);
+    gates[ai] = rnn::narrow<T>(ig);
+    gates[af] = rnn::narrow<T>(fg);
+    gates[ag] = rnn::narrow<T>(gg);
+    gates[ao] = rnn::narrow<T>(og);
+    tanh_c[i] = rnn::narrow<T>(tc);
     const bool valid = t < lengths[n];
-    h_out[i] = valid ? rnn::store<T>(h) : h_prev[i];
-    c_out[i] = valid ? rnn::store<T>(c) : c_prev[i];
-    y[i] = rnn::store<T>(valid ? h : A(0));
+    h_out[i] = valid ? rnn::narrow<T>(h) : h_prev[i];
+    c_out[i] = valid ? rnn::narrow<T>(c) : c_prev[i];
+    y[i] = rnn::narrow<T>(valid ? h : A(0));
   }
 }
 
@@ -188,16 +167,16 @@ __global__ void lstm_cell_backward(const T* __restrict__ gy, const T* __restrict
     const dl::index_t ai = rnn::at(n, j, H, 4, 0), af = rnn::at(n, j, H, 4, 1);
     const dl::index_t ag = rnn::at(n, j, H, 4, 2), ao = rnn::at(n, j, H, 4, 3);
     const bool valid = t < lengths[n];
-    const A ig = rnn::load(gates[ai]), fg = rnn::load(gates[af]), gg = rnn::load(gates[ag]);
-    const A og = rnn::load(gates[ao]), tc = rnn::load(tanh_c[i]);
-    const A dh = valid ? rnn::load(dh_state[i]) + rnn::load(gy[i]) : A(0);
-    const A dc = valid ? rnn::load(dc_state[i]) + dh * og * rnn::tanh_grad(tc) : A(0);
-    dxg[ai] = rnn::store<T>(dc * gg * rnn::sigmoid_grad(ig));
-    dxg[af] = rnn::store<T>(dc * rnn::load(c_prev[i]) * rnn::sigmoid_grad(fg));
-    dxg[ag] = rnn::store<T>(dc * ig * rnn::tanh_grad(gg));
-    dxg[ao] = rnn::store<T>(dh * tc * rnn::sigmoid_grad(og));
-    dh_direct[i] = valid ? rnn::store<T>(A(0)) : dh_state[i];
-    dc_prev[i] = valid ? rnn::store<T>(dc * fg) : dc_state[i];
+    const A ig = rnn::widen(gates[ai]), fg = rnn::widen(gates[af]), gg = rnn::widen(gates[ag]);
+    const A og = rnn::widen(gates[ao]), tc = rnn::widen(tanh_c[i]);
+    const A dh = valid ? rnn::widen(dh_state[i]) + rnn::widen(gy[i]) : A(0);
+    const A dc = valid ? rnn::widen(dc_state[i]) + dh * og * rnn::tanh_grad(tc) : A(0);
+    dxg[ai] = rnn::narrow<T>(dc * gg * rnn::sigmoid_grad(ig));
+    dxg[af] = rnn::narrow<T>(dc * rnn::widen(c_prev[i]) * rnn::sigmoid_grad(fg));
+    dxg[ag] = rnn::narrow<T>(dc * ig * rnn::tanh_grad(gg));
+    dxg[ao] = rnn::narrow<T>(dh * tc * rnn::sigmoid_grad(og));
+    dh_direct[i] = valid ? rnn::narrow<T>(A(0)) : dh_state[i];
+    dc_prev[i] = valid ? rnn::narrow<T>(dc * fg) : dc_state[i];
   }
 }
 
@@ -215,19 +194,19 @@ __global__ void gru_cell_forward(const T* __restrict__ xg, const T* __restrict__
     const int j = (int)(i - n * H);
     const dl::index_t ar = rnn::at(n, j, H, 3, 0), az = rnn::at(n, j, H, 3, 1);
     const dl::index_t an = rnn::at(n, j, H, 3, 2);
-    const A rg = rnn::sigmoid(rnn::load(xg[ar]) + rnn::load(hg[ar]));
-    const A zg = rnn::sigmoid(rnn::load(xg[az]) + rnn::load(hg[az]));
-    const A hn = rnn::load(hg[an]) + rnn::load(b_hn[j]);
-    const A ng = rnn::tanh_(rnn::load(xg[an]) + rg * hn);
-    const A hp = rnn::load(h_prev[i]);
+    const A rg = rnn::sigmoid(rnn::widen(xg[ar]) + rnn::widen(hg[ar]));
+    const A zg = rnn::sigmoid(rnn::widen(xg[az]) + rnn::widen(hg[az]));
+    const A hn = rnn::widen(hg[an]) + rnn::widen(b_hn[j]);
+    const A ng = rnn::tanh_(rnn::widen(xg[an]) + rg * hn);
+    const A hp = rnn::widen(h_prev[i]);
     const A h = (A(1) - zg) * ng + zg * hp;
-    gates[ar] = rnn::store<T>(rg);
-    gates[az] = rnn::store<T>(zg);
-    gates[an] = rnn::store<T>(ng);
-    hn_out[i] = rnn::store<T>(hn);
+    gates[ar] = rnn::narrow<T>(rg);
+    gates[az] = rnn::narrow<T>(zg);
+    gates[an] = rnn::narrow<T>(ng);
+    hn_out[i] = rnn::narrow<T>(hn);
     const bool valid = t < lengths[n];
-    h_out[i] = valid ? rnn::store<T>(h) : h_prev[i];
-    y[i] = rnn::store<T>(valid ? h : A(0));
+    h_out[i] = valid ? rnn::narrow<T>(h) : h_prev[i];
+    y[i] = rnn::narrow<T>(valid ? h : A(0));
   }
 }
 
@@ -246,18 +225,18 @@ __global__ void gru_cell_backward(const T* __restrict__ gy, const T* __restrict_
     const dl::index_t ar = rnn::at(n, j, H, 3, 0), az = rnn::at(n, j, H, 3, 1);
     const dl::index_t an = rnn::at(n, j, H, 3, 2);
     const bool valid = t < lengths[n];
-    const A rg = rnn::load(gates[ar]), zg = rnn::load(gates[az]), ng = rnn::load(gates[an]);
-    const A dh = valid ? rnn::load(dh_state[i]) + rnn::load(gy[i]) : A(0);
+    const A rg = rnn::widen(gates[ar]), zg = rnn::widen(gates[az]), ng = rnn::widen(gates[an]);
+    const A dh = valid ? rnn::widen(dh_state[i]) + rnn::widen(gy[i]) : A(0);
     const A dan = dh * (A(1) - zg) * rnn::tanh_grad(ng);
-    const A dar = dan * rnn::load(hn[i]) * rnn::sigmoid_grad(rg);
-    const A daz = dh * (rnn::load(h_prev[i]) - ng) * rnn::sigmoid_grad(zg);
-    const T dr = rnn::store<T>(dar), dz = rnn::store<T>(daz);  // the same in dxg and dhg
+    const A dar = dan * rnn::widen(hn[i]) * rnn::sigmoid_grad(rg);
+    const A daz = dh * (rnn::widen(h_prev[i]) - ng) * rnn::sigmoid_grad(zg);
+    const T dr = rnn::narrow<T>(dar), dz = rnn::narrow<T>(daz);  // the same in dxg and dhg
     dxg[ar] = dr;
     dxg[az] = dz;
-    dxg[an] = rnn::store<T>(dan);
+    dxg[an] = rnn::narrow<T>(dan);
     dhg[ar] = dr;
     dhg[az] = dz;
-    dhg[an] = rnn::store<T>(dan * rg);
-    dh_direct[i] = valid ? rnn::store<T>(dh * zg) : dh_state[i];
+    dhg[an] = rnn::narrow<T>(dan * rg);
+    dh_direct[i] = valid ? rnn::narrow<T>(dh * zg) : dh_state[i];
   }
 }
