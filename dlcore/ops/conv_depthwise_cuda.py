@@ -60,6 +60,7 @@ import numpy as np
 
 from ..kernels import ceil_div, ctype, grid_1d
 from . import conv_gemm_cuda
+from .conv_gemm_cuda import no_bias
 
 __all__ = ["conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward", "serves"]
 
@@ -193,18 +194,6 @@ def _geometry(x_shape: tuple[int, ...], w_shape: tuple[int, ...], out_hw: Pair, 
     return _ints(n, c, f, h, w, *out_hw, kh, kw, *stride, *padding, *dilation)
 
 
-_bias_dummies: dict[tuple[Any, np.dtype], Any] = {}
-
-
-def _no_bias(device: Any, dtype: np.dtype) -> Any:
-    """A one-element array for the bias pointer when there is no bias (has_bias = 0)."""
-    key = (device, dtype)
-    dummy = _bias_dummies.get(key)
-    if dummy is None:
-        dummy = _bias_dummies[key] = device.xp.zeros(1, dtype=dtype)
-    return dummy
-
-
 def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padding: Pair,
                    dilation: Pair, groups: int, bias: Any = None) -> Any:
     """``y`` (N, F, *out_hw) = depthwise conv2d of ``x`` (N, C, H, W) with ``w`` (F, 1, KH, KW),
@@ -223,7 +212,7 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
             return conv_gemm_cuda.conv2d_forward(device, x, w, out_hw, stride, padding,
                                                  dilation, groups, bias=bias)
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
-        b = _no_bias(device, x.dtype) if bias is None else \
+        b = no_bias(device, x.dtype) if bias is None else \
             xp.ascontiguousarray(bias.astype(x.dtype, copy=False))
         name = f"conv2d_depthwise_forward<{ctype(x.dtype)}, {variant[0]}, {variant[1]}, " \
                f"{variant[2]}>"

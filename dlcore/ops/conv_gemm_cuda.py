@@ -210,11 +210,14 @@ def _position_plan(device: Any, *key: Any) -> Any:
 _bias_dummies: dict[tuple[Any, np.dtype], Any] = {}
 
 
-def _no_bias(device: Any, dtype: np.dtype) -> Any:
+def no_bias(device: Any, dtype: np.dtype) -> Any:
+    """A one-element stand-in for the bias pointer when there is none (has_bias = 0), made once
+    per device and dtype (shared by the convolution launchers)."""
     key = (device, dtype)
     dummy = _bias_dummies.get(key)
     if dummy is None:
-        dummy = _bias_dummies[key] = device.xp.zeros(1, dtype=dtype)
+        with device.use():
+            dummy = _bias_dummies[key] = device.xp.zeros(1, dtype=dtype)
     return dummy
 
 
@@ -251,7 +254,7 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
         table, phases = _forward_plan(device, cg, h, wd, kh, kw, dilation, (ho, wo))
         _check_grid("conv2d", groups, ceil_div(fg, 64))
-        b = _no_bias(device, x.dtype) if bias is None else \
+        b = no_bias(device, x.dtype) if bias is None else \
             xp.ascontiguousarray(bias.astype(x.dtype, copy=False))
         args = (x, w, b, y, table, phases,
                 *_ints(n, c, cg, h, wd, *stride, *padding, cg * kh * kw, fg * cg * kh * kw, fg,
@@ -286,7 +289,7 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
                                                   stride, padding, dilation)
         num_phases = stride[0] * stride[1]
         _check_grid("conv2d backward", groups * num_phases, ceil_div(cg, 64))
-        args = (gy, w, _no_bias(device, gy.dtype), gx, table, phases,
+        args = (gy, w, no_bias(device, gy.dtype), gx, table, phases,
                 *_ints(n, f, fg, ho, wo, 1, 1, 0, 0, kh * kw, fg * cg * kh * kw, cg, c, h, wd,
                        num_phases, 0))
 
@@ -302,11 +305,14 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
     return gx
 
 
-def _split_k(k_total: int, tiles: int, step: int) -> tuple[int, int]:
-    """``(splits, chunk)`` for backward-weight: ``chunk`` is a multiple of the K ``step`` and
-    ``splits * chunk`` covers ``k_total``."""
+def split_k(k_total: int, tiles: int, step: int, target_blocks: int = TARGET_BLOCKS
+            ) -> tuple[int, int]:
+    """``(splits, chunk)`` for a backward-weight over ``k_total`` with ``tiles`` output tiles:
+    ``chunk`` is a multiple of the K ``step``, ``splits * chunk`` covers ``k_total``, each
+    split gets at least MIN_SPLIT_STEPS steps, and about ``target_blocks`` blocks run; a
+    function of the shape only (deterministic). Shared by the convolution launchers."""
     max_splits = max(1, k_total // (step * MIN_SPLIT_STEPS))
-    splits = min(max_splits, max(1, TARGET_BLOCKS // tiles))
+    splits = min(max_splits, max(1, target_blocks // tiles))
     chunk = ceil_div(ceil_div(k_total, splits), step) * step
     return ceil_div(k_total, chunk), chunk
 
@@ -333,7 +339,7 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
         ptable = _position_plan(device, (ho, wo), stride, padding, wd, TABLE_STEP)
         p_pad = ptable.size // 4
         _check_grid("conv2d backward", groups, ceil_div(fg, 64))
-        splits, chunk = _split_k(n * p_pad, ceil_div(rows, 64) * ceil_div(fg, 64) * groups,
+        splits, chunk = split_k(n * p_pad, ceil_div(rows, 64) * ceil_div(fg, 64) * groups,
                                  TABLE_STEP)
         partial = gw if splits == 1 else xp.empty((splits, *w_shape), dtype=x.dtype)
         elem = ctype(x.dtype)

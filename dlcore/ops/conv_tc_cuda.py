@@ -28,7 +28,8 @@ import numpy as np
 
 from .. import cuda
 from ..backends import cudnn
-from ..kernels import ceil_div, grid_1d
+from ..kernels import ceil_div, ctype, grid_1d
+from .conv_gemm_cuda import no_bias, split_k
 
 __all__ = ["conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward", "serves"]
 
@@ -40,7 +41,7 @@ TILE = 128  # BM = BN of the kernels' block tile
 K_STEP = 16  # BK
 THREADS = 256
 # The kernels' element types; float32 needs TF32 tensor cores (sm_80), float16 FP16 ones (sm_70).
-CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
+DTYPES = (np.dtype(np.float32), np.dtype(np.float16))  # what these kernels take
 MIN_CAPABILITY = {np.dtype(np.float32): (8, 0), np.dtype(np.float16): (7, 0)}
 # The emulator compiles the kernels without __CUDA_ARCH__, so it runs their sm_80 code (TF32
 # wmma included); dlcore.device reports no capability for it.
@@ -84,7 +85,7 @@ def serves(device: Any, dtype: Any, x_shape: Shape | None = None, w_shape: Shape
       path is faster for them is the caller's (benchmark's) call, not decided here.
     """
     dt = np.dtype(dtype)
-    if device.type not in ("cuda", "emu") or dt not in CTYPES:
+    if device.type not in ("cuda", "emu") or dt not in DTYPES:
         return False
     if dt == np.float32 and not cudnn.allow_tf32:
         return False
@@ -101,13 +102,6 @@ def serves(device: Any, dtype: Any, x_shape: Shape | None = None, w_shape: Shape
             and max(h, w, *out_hw) < OUTSIDE and max(stride) < 2**15
             and groups <= MAX_GRID_YZ and ceil_div(max(f, c) // groups, TILE) <= MAX_GRID_YZ)
 
-
-def _ctype(dtype: Any) -> str:
-    try:
-        return CTYPES[np.dtype(dtype)]
-    except KeyError:
-        raise TypeError(f"conv2d tensor-core kernels take float32 and float16, not "
-                        f"{np.dtype(dtype)}") from None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -204,19 +198,6 @@ def _tables(device: Any, *host: np.ndarray) -> list[Any]:
     return out
 
 
-_bias_dummies: dict[tuple[Any, np.dtype], Any] = {}
-
-
-def _no_bias(device: Any, dtype: np.dtype) -> Any:
-    """A one-element stand-in for the bias pointer when there is none (has_bias = 0)."""
-    key = (device, dtype)
-    dummy = _bias_dummies.get(key)
-    if dummy is None:
-        with device.use():
-            dummy = _bias_dummies[key] = device.xp.zeros(1, dtype=dtype)
-    return dummy
-
-
 def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padding: Pair,
                    dilation: Pair, groups: int, bias: Any = None) -> Any:
     """``y`` (N, F, *out_hw) = conv2d of ``x`` (N, C, H, W) with ``w`` (F, C/groups, KH, KW),
@@ -236,10 +217,10 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
         y = xp.empty((n, f, ho, wo), dtype=x.dtype)
         geo = _geometry(x.shape, w.shape, (ho, wo), stride, padding, dilation, groups)
         a, b = _tables(device, *_forward_tables(cg, h, wd, kh, kw, dilation))
-        bias_arg = _no_bias(device, x.dtype) if bias is None else \
+        bias_arg = no_bias(device, x.dtype) if bias is None else \
             xp.ascontiguousarray(bias.astype(x.dtype, copy=False))
         grid = (ceil_div(n * ho * wo, TILE), ceil_div(f // groups, TILE), groups)
-        device.kernels.function(SOURCE, f"conv2d_tc_forward<{_ctype(x.dtype)}>")(
+        device.kernels.function(SOURCE, f"conv2d_tc_forward<{ctype(x.dtype)}>")(
             grid, (THREADS,), (x, w, bias_arg, y, a, b, np.int32(bias is not None), *geo))
     return y
 
@@ -260,18 +241,9 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: Shape, stride: P
         a, b = _tables(device, *_backward_data_tables(f // groups, cg, ho, wo, kh, kw, stride,
                                                       dilation))
         grid = (ceil_div(n * h * wd, TILE), ceil_div(cg, TILE), groups)
-        device.kernels.function(SOURCE, f"conv2d_tc_backward_data<{_ctype(gy.dtype)}>")(
+        device.kernels.function(SOURCE, f"conv2d_tc_backward_data<{ctype(gy.dtype)}>")(
             grid, (THREADS,), (gy, w, gx, a, b, *geo))
     return gx
-
-
-def _split_k(k_total: int, tiles: int) -> tuple[int, int]:
-    """``(splits, chunk)`` for backward-weight: ``chunk`` is a multiple of the K step and
-    ``splits * chunk`` covers ``k_total``; a function of the shape only (deterministic)."""
-    max_splits = max(1, k_total // (K_STEP * MIN_SPLIT_STEPS))
-    splits = min(max_splits, max(1, TARGET_BLOCKS // tiles))
-    chunk = ceil_div(ceil_div(k_total, splits), K_STEP) * K_STEP
-    return ceil_div(k_total, chunk), chunk
 
 
 def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: Shape, stride: Pair,
@@ -291,7 +263,7 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: Shape, stride:
         geo = _geometry(x.shape, tuple(w_shape), (ho, wo), stride, padding, dilation, groups)
         rows, plane = cg * kh * kw, ho * wo
         row_tiles, col_tiles = ceil_div(rows, TILE), ceil_div(f // groups, TILE)
-        splits, chunk = _split_k(k_total, row_tiles * col_tiles * groups)
+        splits, chunk = split_k(k_total, row_tiles * col_tiles * groups, K_STEP, TARGET_BLOCKS)
         # float32 partials: float16 sums are rounded once, in the reduce; a single float32
         # split is gw itself.
         direct = splits == 1 and x.dtype == np.float32
@@ -299,7 +271,7 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: Shape, stride:
         rows_table, _ = _forward_tables(cg, h, wd, kh, kw, dilation)
         row_t, plane_t = _tables(device, rows_table, _plane_table(ho, wo, stride, padding))
         step_n, step_p = divmod(K_STEP, plane)
-        elem = _ctype(x.dtype)
+        elem = ctype(x.dtype)
         device.kernels.function(SOURCE, f"conv2d_tc_backward_weight<{elem}>")(
             (row_tiles * splits, col_tiles, groups), (THREADS,),
             (x, gy, partial, row_t, plane_t, np.int64(chunk), np.int32(step_n),

@@ -185,7 +185,7 @@ def test_split_k_is_used() -> None:
     ho, wo, cg, _ = _dims(case)
     step = conv_gemm_cuda.TABLE_STEP
     k_total = case.n * -(-ho * wo // step) * step  # each image's plane padded to 16
-    splits, chunk = conv_gemm_cuda._split_k(k_total, -(-cg * case.kh * case.kw // 64), step)
+    splits, chunk = conv_gemm_cuda.split_k(k_total, -(-cg * case.kh * case.kw // 64), step)
     assert splits > 1 and chunk % step == 0 and splits * chunk >= k_total
 
 

@@ -28,8 +28,9 @@ import pytest
 
 from dlcore.backends import cudnn
 from dlcore.device import Device, device_count
-from dlcore.kernels import recorded_launches
+from dlcore.kernels import ctype, recorded_launches
 from dlcore.ops import conv_cpu, conv_tc_cuda
+from dlcore.ops.conv_gemm_cuda import split_k
 
 DTYPES = (np.float32, np.float16)
 DIRECTIONS = ("forward", "backward_data", "backward_weight")
@@ -238,7 +239,7 @@ def test_deterministic(device: Device, dtype: type, monkeypatch: pytest.MonkeyPa
 def test_backward_weight_splits_k_and_reduces(device: Device, dtype: type) -> None:
     """N*Ho*Wo = 576 splits in four float32 partials and one reduce; a short K runs one split,
     written straight into gw for float32 (float16 still rounds in the reduce)."""
-    elem = conv_tc_cuda.CTYPES[np.dtype(dtype)]
+    elem = ctype(dtype)
     for name, reduced in (("split_k", True), ("3x3_pad1_odd", dtype == np.float16)):
         case = CASES[name]
         with recorded_launches() as launches:
@@ -246,7 +247,7 @@ def test_backward_weight_splits_k_and_reduces(device: Device, dtype: type) -> No
         kernels = [launch.kernel for launch in launches]
         assert kernels[0] == f"conv2d_tc.cu:conv2d_tc_backward_weight<{elem}>"
         assert (f"conv2d_tc.cu:conv2d_tc_backward_weight_reduce<{elem}>" in kernels) == reduced
-    assert conv_tc_cuda._split_k(576, 1) == (4, 144)
+    assert split_k(576, 1, conv_tc_cuda.K_STEP, conv_tc_cuda.TARGET_BLOCKS) == (4, 144)
 
 
 def test_empty_inputs() -> None:
