@@ -9,7 +9,7 @@ import numpy as np
 
 from . import random as _random
 from .device import Device, as_device, device_of_array
-from .dtypes import check_supported, get_default_dtype, to_dtype
+from .dtypes import check_supported, get_default_dtype, is_floating, to_dtype
 from .tensor import Tensor
 
 
@@ -240,7 +240,7 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False) -> T
     [1, 1]
     """
     op = "multinomial"
-    if input.ndim not in (1, 2) or input.dtype.kind != "f":
+    if input.ndim not in (1, 2) or not is_floating(input.dtype):
         raise RuntimeError(f"{op}: expected a 1-D or 2-D floating point tensor of weights, got "
                            f"shape {tuple(input.shape)} and dtype {input.dtype}")
     dev, xp = input.device, input.device.xp

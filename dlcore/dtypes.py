@@ -13,6 +13,7 @@ import builtins
 from functools import lru_cache
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 float16 = half = np.dtype(np.float16)
@@ -26,32 +27,27 @@ int64 = long = np.dtype(np.int64)
 bool = np.dtype(np.bool_)
 
 
-class _MissingDType:
-    """A dtype the array modules do not provide (bfloat16: neither NumPy nor CuPy has it)."""
+# bfloat16 is ml_dtypes' NumPy dtype (8 exponent bits, 8 significand bits): NumPy arrays on
+# ``cpu``/``emu`` hold it directly. CuPy has no such dtype, so on ``cuda`` a bfloat16 tensor
+# holds its 16-bit words in a uint16 array that our kernels read as ``__nv_bfloat16``; uint16
+# is otherwise no tensor dtype, so those words cannot be mistaken for data (see
+# :func:`bfloat16_bits`, :func:`bfloat16_value` and ``Tensor.dtype``).
+# NOTE: its ``dtype.kind`` is "V", not "f": test floating point with :func:`is_floating`.
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+BF16_WORDS = np.dtype(np.uint16)  # bfloat16's storage on cuda
 
-    def __init__(self, name: str, why: str) -> None:
-        self.name, self.why = name, why
-
-    def __repr__(self) -> str:
-        return f"dlcore.{self.name}"
-
-
-bfloat16 = _MissingDType(
-    "bfloat16", "bfloat16 is not available: neither NumPy nor CuPy arrays support it; "
-    "use float16 or float32")
-
-# The dtypes a Tensor may hold (the documented ones; PyTorch's core set less bfloat16).
+# The dtypes a Tensor may hold (the documented ones; PyTorch's core set).
 # Anything else -- complex, unsigned wider than 8 bits, strings, objects, datetimes --
 # raises where data enters (dlcore.tensor, as_tensor, from_numpy, from_dlpack, dtype=).
 SUPPORTED: frozenset[np.dtype] = frozenset(
-    {float16, float32, float64, int8, int16, int32, int64, uint8, bool})
+    {float16, bfloat16, float32, float64, int8, int16, int32, int64, uint8, bool})
 
 
 def check_supported(dtype: np.dtype, op: str) -> np.dtype:
     """``dtype`` itself, or a TypeError naming ``op`` when a Tensor cannot hold it."""
     if dtype not in SUPPORTED:
         raise TypeError(f"{op}: dtype {dtype} is not supported; dlcore tensors hold float16, "
-                        "float32, float64, int8, int16, int32, int64, uint8 or bool")
+                        "bfloat16, float32, float64, int8, int16, int32, int64, uint8 or bool")
     return dtype
 
 
@@ -69,12 +65,13 @@ def get_default_dtype() -> np.dtype:
 def set_default_dtype(dtype: Any) -> None:
     global _default_float
     d = to_dtype(dtype)
-    if d.kind != "f":
+    if not is_floating(d):
         raise TypeError(f"set_default_dtype: only floating dtypes are allowed, got {d}")
     _default_float = d
 
 
-_ALIASES = {"float": float32, "double": float64, "half": float16, "long": int64, "int": int32,
+_ALIASES = {"bfloat16": bfloat16, "float": float32, "double": float64, "half": float16,
+            "long": int64, "int": int32,
             "bool": bool}
 
 
@@ -82,11 +79,7 @@ def to_dtype(dtype: Any) -> np.dtype:
     """Normalise a user-given dtype (np.dtype, type, string, ``dlcore.float32``)."""
     if isinstance(dtype, np.dtype):
         return check_supported(dtype, "dtype")
-    if isinstance(dtype, _MissingDType):
-        raise TypeError(dtype.why)
     if isinstance(dtype, str):
-        if dtype == "bfloat16":
-            raise TypeError(bfloat16.why)
         dtype = _ALIASES.get(dtype, dtype)
     try:
         dt = np.dtype(dtype)
@@ -98,7 +91,15 @@ def to_dtype(dtype: Any) -> np.dtype:
 # NOTE: ``bool``, ``float`` and ``int`` below are the dtypes (PyTorch's aliases), so the
 # builtin types are spelt ``builtins.bool`` here.
 def is_floating(dtype: np.dtype) -> builtins.bool:
-    return dtype.kind == "f"
+    """Whether ``dtype`` is a floating dtype (bfloat16 included, whose ``kind`` is "V")."""
+    return dtype.kind == "f" or dtype == bfloat16
+
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype NumPy should accumulate ``dtype`` in: float32 for bfloat16, whose ml_dtypes
+    reductions round every partial sum (``ones(1000, bfloat16).sum()`` is 256), as PyTorch
+    and the GPU accumulate bfloat16 in float; ``dtype`` itself otherwise."""
+    return float32 if dtype == bfloat16 else dtype
 
 
 @lru_cache(maxsize=256)
@@ -111,11 +112,13 @@ def promote(a: np.dtype, b: np.dtype) -> np.dtype:
         return b
     if kb == "b":
         return a
-    fa, fb = ka == "f", kb == "f"
+    fa, fb = is_floating(a), is_floating(b)
     if fa and not fb:
         return a
     if fb and not fa:
         return b
+    # ml_dtypes registers bfloat16's promotions as PyTorch's: with float16 -> float32, with
+    # float32/float64 -> the wider.
     return np.promote_types(a, b)
 
 
@@ -126,7 +129,31 @@ def scalar_result(tensor_dtype: np.dtype, scalar: Any) -> np.dtype:
     if isinstance(scalar, np.bool_ | type(True)):
         return tensor_dtype
     if isinstance(scalar, np.floating | type(1.0)):
-        return tensor_dtype if kind == "f" else _default_float
+        return tensor_dtype if is_floating(tensor_dtype) else _default_float
     if isinstance(scalar, np.integer | type(1)):
         return int64 if kind == "b" else tensor_dtype
     raise TypeError(f"unsupported scalar type {type(scalar).__name__}")
+
+
+# ---- bfloat16 <-> float32 on the bit pattern (any array module: cuda's bfloat16 casts) ----
+# A bfloat16 is the upper half of a float32, so both directions are a few integer ops that
+# CuPy runs as elementwise kernels, and the same code is tested here with NumPy against
+# ml_dtypes on every bit pattern.
+
+def bfloat16_value(xp: Any, words: Any) -> Any:
+    """float32 array of the bfloat16 values whose 16-bit words are ``words`` (uint16); exact."""
+    return (words.astype(xp.uint32) << 16).view(xp.float32)
+
+
+def bfloat16_bits(xp: Any, x: Any) -> Any:
+    """uint16 words of ``x`` (a float32 array) rounded to bfloat16 to nearest, ties to even,
+    as ``__float2bfloat16_rn`` and ml_dtypes do: add 0x7FFF plus the lowest kept bit and
+    truncate; overflow carries into the exponent and gives inf. A NaN becomes the quiet NaN
+    0x7FC0 of its sign, as ml_dtypes (and our emulator) give it (the rounding add could
+    otherwise carry a NaN into inf); a GPU's own conversion gives 0x7FFF, so nothing may
+    depend on NaN payloads."""
+    u = xp.ascontiguousarray(x, dtype=xp.float32).view(xp.uint32)
+    rounded = (u + (xp.uint32(0x7FFF) + ((u >> 16) & xp.uint32(1)))) >> 16
+    nan = (u & xp.uint32(0x7FFFFFFF)) > xp.uint32(0x7F800000)
+    quiet = ((u >> 16) & xp.uint32(0x8000)) | xp.uint32(0x7FC0)
+    return xp.where(nan, quiet, rounded).astype(xp.uint16)

@@ -33,6 +33,7 @@ from safetensors import safe_open
 
 from .creation import as_tensor
 from .device import Device
+from .dtypes import bfloat16
 from .random import get_rng_state, set_rng_state
 from .tensor import Tensor
 
@@ -147,7 +148,8 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str, path: set[int])
 
 
 def _add(arrays: dict[str, np.ndarray], array: np.ndarray, where: str) -> str:
-    if array.dtype.kind not in "biuf":
+    # bfloat16 (ml_dtypes, kind "V") is safetensors' "BF16"; a cuda tensor's .numpy() gives it
+    if array.dtype.kind not in "biuf" and array.dtype != bfloat16:
         raise TypeError(f"save: cannot store an array of dtype {array.dtype} at {where}")
     name = str(len(arrays))
     # NOTE: not np.ascontiguousarray, which turns a 0-d array into a 1-d one.

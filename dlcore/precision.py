@@ -3,9 +3,9 @@ PyTorch's semantics. (The module is named for what it holds; the class is the pu
 
 Inside ``with dlcore.autocast("cuda"):`` (or a function decorated with it) the ops that gain
 from half precision run in the region's low dtype (float16 by default on ``cuda``/``emu``,
-bfloat16 where given) and the ops that need range or accuracy run in float32, whatever the
-dtypes of their inputs; everything else follows the usual promotion (float16 + float32 is
-float32). The lists, as PyTorch's CUDA autocast has them:
+bfloat16 on ``cpu``, as PyTorch; ``dtype=`` picks either) and the ops that need range or
+accuracy run in float32, whatever the dtypes of their inputs; everything else follows the
+usual promotion (float16 + float32 is float32). The lists, as PyTorch's CUDA autocast has them:
 
 * low precision: ``matmul``/``mm``/``bmm``, ``linear``, ``conv1d``, ``conv2d``,
   ``conv_transpose2d``, the recurrent layers;
@@ -33,13 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import float16, float32, to_dtype
+from .dtypes import bfloat16, float16, float32, is_floating, to_dtype
 
 __all__ = ["autocast", "cast_float32", "cast_low", "is_active", "is_autocast_enabled"]
 
-# PyTorch's CPU default is bfloat16; dlcore has no bfloat16 tensors yet, so float16 is the
-# default everywhere until it does (pass dtype= explicitly in code meant for both).
-_DEFAULT_DTYPES = {"cuda": float16, "emu": float16, "cpu": float16}
+# PyTorch's defaults: float16 on the GPU (and on emu, which runs the GPU's kernels, whose
+# conv2d has no bfloat16 path), bfloat16 on the CPU, whose float32-sized exponent needs no
+# loss scaling.
+_DEFAULT_DTYPES = {"cuda": float16, "emu": float16, "cpu": bfloat16}
 
 
 class _State(threading.local):
@@ -55,7 +56,7 @@ _state = _State()
 class autocast:
     """Context manager and decorator: run the region's ops in mixed precision on the devices
     of type ``device_type`` (``"cuda"``, ``"cpu"`` or ``"emu"``), the low dtype being
-    ``dtype`` (float16 by default; bfloat16 where the device has it)."""
+    ``dtype`` (by default float16 on ``cuda``/``emu``, bfloat16 on ``cpu``)."""
 
     def __init__(self, device_type: str, dtype: Any = None, enabled: bool = True,
                  cache_enabled: bool = True) -> None:
@@ -63,7 +64,7 @@ class autocast:
             raise ValueError(f"autocast: device_type must be one of "
                              f"{', '.join(_DEFAULT_DTYPES)}, got {device_type!r}")
         low = _DEFAULT_DTYPES[device_type] if dtype is None else to_dtype(dtype)
-        if low.kind != "f" or low == float32 or low.itemsize > 2:
+        if not is_floating(low) or low == float32 or low.itemsize > 2:
             raise ValueError(f"autocast: dtype must be a 16-bit float dtype (float16 or "
                              f"bfloat16), got {low}")
         self.device_type, self.dtype, self.enabled = device_type, low, bool(enabled)
@@ -112,7 +113,7 @@ def _region_dtype(t: Any) -> np.dtype | None:
 
 
 def _cast(t: Any, dtype: np.dtype) -> Any:
-    if t is None or t.dtype.kind != "f" or t.dtype == dtype:
+    if t is None or not is_floating(t.dtype) or t.dtype == dtype:
         return t
     if t.requires_grad and t.is_leaf:  # a parameter: one cast per region
         hit = _state.cache.get(id(t))

@@ -9,12 +9,13 @@ import numpy as np
 
 from . import autograd
 from .tensor import Tensor
+from .dtypes import is_floating
 
 
 def _outputs(fn: Callable, inputs: Sequence[Any]) -> list[Tensor]:
     out = fn(*inputs)
     outs = out if isinstance(out, tuple | list) else (out,)
-    return [o for o in outs if isinstance(o, Tensor) and o.dtype.kind == "f"]
+    return [o for o in outs if isinstance(o, Tensor) and is_floating(o.dtype)]
 
 
 def numerical_jacobian_vjp(fn: Callable, inputs: Sequence[Any], weights: list[np.ndarray],

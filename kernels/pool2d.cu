@@ -27,8 +27,9 @@
 // scale[oh, ow] * gy[oh, ow]. Each pass takes two planes, so a thread has twice the loads in
 // flight (an input covered by one window has only gy and indices to wait for).
 //
-// Element types: float, double, and __half (storage only: loads widen to float, comparisons
-// and sums run in float, each result is rounded to half once when stored).
+// Element types: float, double, __half and __nv_bfloat16 (storage only: loads widen to float,
+// comparisons and sums run in float, each result is rounded to the 16-bit type once when
+// stored; bfloat16 arrays are ml_dtypes' on emu and uint16 words on cuda).
 //
 // Launch shape: 2-D blocks (bx, by) of at most 256 threads, bx threads over the positions of a
 // plane, by planes side by side (a small plane shares its block: 1x1 planes fill 256 threads);
@@ -54,19 +55,24 @@
 // dlcore: instantiate maxpool2d_forward<float>
 // dlcore: instantiate maxpool2d_forward<double>
 // dlcore: instantiate maxpool2d_forward<__half>
+// dlcore: instantiate maxpool2d_forward<__nv_bfloat16>
 // dlcore: instantiate maxpool2d_backward<float>
 // dlcore: instantiate maxpool2d_backward<double>
 // dlcore: instantiate maxpool2d_backward<__half>
+// dlcore: instantiate maxpool2d_backward<__nv_bfloat16>
 // dlcore: instantiate avgpool2d_forward<float>
 // dlcore: instantiate avgpool2d_forward<double>
 // dlcore: instantiate avgpool2d_forward<__half>
+// dlcore: instantiate avgpool2d_forward<__nv_bfloat16>
 // dlcore: instantiate avgpool2d_backward<float>
 // dlcore: instantiate avgpool2d_backward<double>
 // dlcore: instantiate avgpool2d_backward<__half>
+// dlcore: instantiate avgpool2d_backward<__nv_bfloat16>
 
 namespace pool {
 
-// Loads widen to Acc<T> (float for __half), results round once to T: half.cuh.
+// Loads widen to Acc<T> (float for __half and __nv_bfloat16), results round once to T:
+// half.cuh.
 using dl::Acc;
 using dl::narrow;
 using dl::widen;

@@ -18,9 +18,10 @@
 // Launch shape: 1-D grid-stride over N*H elements, one thread per (n, j); any grid works.
 // Memory traffic per step: forward reads (2G + 2) N*H values and writes (G + 3) N*H;
 // backward about the same. Every element is independent: no shared memory, no barriers.
-// Element types: float, double, and __half (storage only: each load widens to float, the cell
-// math runs in float with tanhf, and every stored value is rounded to half once; a state a
-// padded step keeps is copied bit for bit). The NumPy twin does the same for float16.
+// Element types: float, double, __half and __nv_bfloat16 (storage only: each load widens to
+// float, the cell math runs in float with tanhf, and every stored value is rounded to the
+// 16-bit type once; a state a padded step keeps is copied bit for bit). The NumPy twin does the
+// same for float16 and bfloat16.
 // Limits: N*H < 2^63; t, N, H fit in int.
 
 #include "common.cuh"
@@ -29,26 +30,33 @@
 // dlcore: instantiate rnn_cell_forward<float>
 // dlcore: instantiate rnn_cell_forward<double>
 // dlcore: instantiate rnn_cell_forward<__half>
+// dlcore: instantiate rnn_cell_forward<__nv_bfloat16>
 // dlcore: instantiate rnn_cell_backward<float>
 // dlcore: instantiate rnn_cell_backward<double>
 // dlcore: instantiate rnn_cell_backward<__half>
+// dlcore: instantiate rnn_cell_backward<__nv_bfloat16>
 // dlcore: instantiate lstm_cell_forward<float>
 // dlcore: instantiate lstm_cell_forward<double>
 // dlcore: instantiate lstm_cell_forward<__half>
+// dlcore: instantiate lstm_cell_forward<__nv_bfloat16>
 // dlcore: instantiate lstm_cell_backward<float>
 // dlcore: instantiate lstm_cell_backward<double>
 // dlcore: instantiate lstm_cell_backward<__half>
+// dlcore: instantiate lstm_cell_backward<__nv_bfloat16>
 // dlcore: instantiate gru_cell_forward<float>
 // dlcore: instantiate gru_cell_forward<double>
 // dlcore: instantiate gru_cell_forward<__half>
+// dlcore: instantiate gru_cell_forward<__nv_bfloat16>
 // dlcore: instantiate gru_cell_backward<float>
 // dlcore: instantiate gru_cell_backward<double>
 // dlcore: instantiate gru_cell_backward<__half>
+// dlcore: instantiate gru_cell_backward<__nv_bfloat16>
 
 // ---- preamble shared by forward and backward ----------------------------------------------
 namespace rnn {
 
-// Loads widen to Acc<T> (float for __half), results round once to T: half.cuh.
+// Loads widen to Acc<T> (float for __half and __nv_bfloat16), results round once to T:
+// half.cuh.
 using dl::Acc;
 using dl::narrow;
 using dl::widen;

@@ -30,28 +30,40 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
-__all__ = ["CTYPES", "FLOAT_DTYPES", "KERNEL_DTYPES", "CheckCase", "KernelFamily", "ctype",
-           "families"]
+__all__ = ["CTYPES", "FLOAT_DTYPES", "FLOAT_DTYPES_BF16", "KERNEL_DTYPES", "CheckCase",
+           "KernelFamily", "ctype", "families"]
 
-# The one dtype -> C type table of the kernels' template arguments. float16 (__half) and
-# bfloat16 (__nv_bfloat16) join with the mixed-precision work.
+# The one dtype -> C type table of the kernels' template arguments. bfloat16 arrays are
+# ml_dtypes' on emu and uint16 words on cuda (dlcore.dtypes): both are __nv_bfloat16's bits.
 CTYPES: dict[np.dtype, str] = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
-                               np.dtype(np.float16): "__half"}
+                               np.dtype(np.float16): "__half",
+                               np.dtype(ml_dtypes.bfloat16): "__nv_bfloat16"}
 # What a family's kernels take unless it says otherwise (families with __half kernels add it).
 KERNEL_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
-# What NumPy computes in: the cpu path of every family takes these unless it says otherwise.
+# What NumPy computes in: the cpu path of every family takes these unless it says otherwise
+# (float16 computed in float32 and rounded once per result).
 FLOAT_DTYPES: tuple[np.dtype, ...] = (np.dtype(np.float16), np.dtype(np.float32),
                                       np.dtype(np.float64))
+# The cpu dtypes of the families whose NumPy path also takes bfloat16 (ml_dtypes), computed
+# the same way (conv2d, pool2d, the recurrent cells). NOTE: an opt-in rather than the default,
+# so a family (the optimizer updates) does not take bfloat16 before its code was checked for it.
+FLOAT_DTYPES_BF16: tuple[np.dtype, ...] = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16),
+                                           np.dtype(np.float32), np.dtype(np.float64))
 
 CheckCase = Callable[[Any], dict[str, np.ndarray]]
 
 
 def ctype(dtype: Any) -> str:
-    """The C type of a kernel template argument for ``dtype`` (``float32`` -> ``"float"``)."""
+    """The C type of a kernel template argument for ``dtype`` (``float32`` -> ``"float"``;
+    uint16, which is no tensor dtype, is cuda's bfloat16 storage -> ``"__nv_bfloat16"``)."""
+    dt = np.dtype(dtype)
+    if dt == _BF16_WORDS:
+        return "__nv_bfloat16"
     try:
-        return CTYPES[np.dtype(dtype)]
+        return CTYPES[dt]
     except KeyError:
         raise TypeError(f"no CUDA kernel element type for {np.dtype(dtype)}; kernels take "
                         f"{_names(KERNEL_DTYPES)}") from None
@@ -91,6 +103,8 @@ class KernelFamily:
         on_kernels = device.kernels is not None
         supported = self.kernel_dtypes if on_kernels else self.cpu_dtypes
         dt = np.dtype(dtype)
+        if dt == _BF16_WORDS and device.is_cuda:  # cuda holds bfloat16 as its uint16 words
+            dt = np.dtype(ml_dtypes.bfloat16)
         if dt not in supported:
             path = (f"the {self.name} kernels take" if on_kernels
                     else f"the {self.name} cpu path takes")
@@ -111,6 +125,7 @@ class KernelFamily:
         return register
 
 
+_BF16_WORDS = np.dtype(np.uint16)
 _FAMILIES: dict[str, KernelFamily] = {}
 
 

@@ -21,6 +21,7 @@ from ..device import Device
 from ..ops.shape import to_device_dtype
 from ..tensor import Tensor, parse_to_args
 from .parameter import Parameter
+from ..dtypes import bfloat16, is_floating
 
 _IncompatibleKeys = namedtuple("_IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
@@ -48,7 +49,7 @@ class RemovableHandle:
 def _parse_to(args: tuple, kwargs: dict) -> tuple[Device | None, np.dtype | None]:
     """``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)`` and keywords."""
     device, dt = parse_to_args(args, kwargs, "Module.to")
-    if dt is not None and dt.kind != "f":
+    if dt is not None and not is_floating(dt):
         raise TypeError(f"Module.to: only floating point dtypes are accepted, got {dt}")
     return device, dt
 
@@ -286,7 +287,7 @@ class Module:
             else:
                 if p.grad.grad_fn is not None:
                     p.grad = p.grad.detach()
-                p.grad.data[...] = 0
+                p.grad.zero_()
 
     def apply(self, fn: Callable[[Module], Any]) -> Module:
         """Call ``fn`` on every submodule (children first) and on this module, e.g. to
@@ -308,7 +309,7 @@ class Module:
         device, dtype = _parse_to(args, kwargs)
 
         def convert(t: Tensor) -> Tensor:
-            cast = dtype if dtype is not None and t.dtype.kind == "f" else None
+            cast = dtype if dtype is not None and is_floating(t.dtype) else None
             with no_grad():
                 return to_device_dtype(t.detach(), device, cast)
 
@@ -342,6 +343,10 @@ class Module:
         """Cast floating point parameters and buffers to float16 (integer buffers such as
         ``num_batches_tracked`` stay as they are), in place, as PyTorch's ``half``."""
         return self.to(np.float16)
+
+    def bfloat16(self) -> Module:
+        """Cast floating point parameters and buffers to bfloat16, as :meth:`half` does."""
+        return self.to(bfloat16)
 
     # ---- state dict -----------------------------------------------------------------
     def state_dict(self, destination: dict | None = None, prefix: str = "",

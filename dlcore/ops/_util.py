@@ -10,21 +10,57 @@ import numpy as np
 
 from ..precision import cast_float32, cast_low, is_active
 from ..autograd import Function
-from ..dtypes import promote, scalar_result
+from ..dtypes import BF16_WORDS, bfloat16, float32, is_floating, promote, scalar_result
 from ..tensor import Tensor
 
 SCALAR_TYPES = (int, float, bool, np.number, np.bool_)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def gemm(a: Any, b: Any) -> Any:
+def gemm(a: Any, b: Any, op: str = "matmul") -> Any:
     """``a @ b`` of two arrays of one dtype. NOTE: NumPy has no float16 BLAS (its float16
     matmul is a plain loop that rounds every partial sum to half, tens of times slower), so
     float16 NumPy operands are multiplied in float32 and the result rounded once, as a GPU's
-    float16 GEMM accumulates in float32; CuPy's float16 matmul is cuBLAS's and used as is."""
-    if a.dtype == np.float16 and isinstance(a, np.ndarray):
-        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.float16)
+    float16 GEMM accumulates in float32; CuPy's float16 matmul is cuBLAS's and used as is.
+    bfloat16 (ml_dtypes; its ``@`` has no BLAS either and returns float32) goes the same way."""
+    dt = a.dtype
+    if (dt == np.float16 or dt == bfloat16) and isinstance(a, np.ndarray):
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(dt)
+    if dt == BF16_WORDS:
+        raise bfloat16_unsupported(op)
     return a @ b
+
+
+# NOTE: on cuda a bfloat16 tensor holds uint16 words (CuPy has no bfloat16; dlcore.dtypes), so
+# an op that ran the array module on them would compute on integers. The ops that have a
+# bfloat16 path there (casts, copies, views, the pool2d kernels) take them; the common
+# arithmetic (elementwise, reductions, matmul, linear) checks with reject_bfloat16_words and
+# raises this error instead of computing garbage.
+def bfloat16_unsupported(op: str) -> TypeError:
+    return TypeError(f"{op}: dtype bfloat16 is not supported on cuda (CuPy has no bfloat16; "
+                     "dlcore keeps its 16-bit words and only casts, copies, views and the "
+                     "pool2d kernels read them); cast with .float() first, or use float16")
+
+
+def reject_bfloat16_words(op: str, *tensors: Any) -> None:
+    """Raise :func:`bfloat16_unsupported` if any of ``tensors`` is a cuda bfloat16 tensor."""
+    for t in tensors:
+        if isinstance(t, Tensor) and t.data.dtype == BF16_WORDS:
+            raise bfloat16_unsupported(op)
+
+
+# NOTE: ml_dtypes' bfloat16 ufuncs compute each element in float32 and round once (as a GPU
+# does), but its reductions round every partial sum to bfloat16 (``ones(1000, bfloat16)
+# .sum()`` is 256). Reductions therefore widen bfloat16 to float32, reduce, and round the
+# result once, as PyTorch accumulates bfloat16 in float.
+def widen(x: Any) -> Any:
+    """``x`` in the dtype to reduce it in: float32 for bfloat16, else ``x`` itself."""
+    return x.astype(float32) if x.dtype == bfloat16 else x
+
+
+def narrow(y: Any, dtype: np.dtype) -> Any:
+    """A reduction's result ``y`` rounded once to the input's ``dtype``."""
+    return y if y.dtype == dtype else y.astype(dtype)
 
 
 def is_scalar(x: Any) -> bool:
@@ -44,23 +80,43 @@ def cast(t: Tensor, dtype: np.dtype) -> Tensor:
     return t.to(dtype)
 
 
-def promote_pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+def promote_pair(a: Tensor, b: Tensor, op: str = "binary op") -> tuple[Tensor, Tensor]:
     da, db = a.data.dtype, b.data.dtype
+    if da == BF16_WORDS or db == BF16_WORDS:
+        raise bfloat16_unsupported(op)
     if da == db:
         return a, b
     dt = promote(da, db)
     return cast(a, dt), cast(b, dt)
 
 
-def scalar_operand(t: Tensor, c: Any) -> tuple[Tensor, Any]:
+def scalar_operand(t: Tensor, c: Any, op: str = "binary op") -> tuple[Tensor, Any]:
     """Cast ``t`` to the dtype of ``t op c`` (PyTorch's weak-scalar rules) and return the
-    scalar as a NumPy scalar of that dtype, so no array module widens the result."""
+    scalar as a NumPy scalar of that dtype (float32 for 16-bit floats: :func:`opmath_scalar`),
+    so no array module widens the result beyond what :func:`narrow_to` rounds back."""
+    if t.data.dtype == BF16_WORDS:
+        raise bfloat16_unsupported(op)
     dt = scalar_result(t.data.dtype, c)
     if dt != t.data.dtype:
         t = cast(t, dt)
     if isinstance(c, bool | np.bool_) and dt.kind != "b":
         c = int(c)
-    return t, dt.type(c)
+    return t, opmath_scalar(dt, c)
+
+
+def opmath_scalar(dt: np.dtype, c: Any) -> Any:
+    """The scalar of a tensor-scalar op on a ``dt`` tensor: ``dt``'s own type, except float32
+    for float16 and bfloat16, as PyTorch computes those ops in float32 and rounds once
+    (``half_tensor * 65536.0`` is 65536 times the value, not times inf: 65536 has no float16)."""
+    if dt.itemsize == 2 and is_floating(dt):
+        return np.float32(c)
+    return dt.type(c)
+
+
+def narrow_to(result: Any, dt: np.dtype) -> Any:
+    """A tensor-scalar op's ``result`` rounded once to its tensor's dtype ``dt`` (a no-op
+    unless :func:`opmath_scalar` widened a 16-bit float op to float32)."""
+    return result if result.dtype == dt else result.astype(dt)
 
 
 def normalize_dim(dim: int, ndim: int, op: str) -> int:
@@ -90,7 +146,7 @@ class SumTo(Function):
         lead = x.ndim - len(shape)
         axes = tuple(range(lead)) + tuple(
             i + lead for i, s in enumerate(shape) if s == 1 and x.shape[i + lead] != 1)
-        out = x.sum(axis=axes, keepdims=True) if axes else x
+        out = narrow(widen(x).sum(axis=axes, keepdims=True), x.dtype) if axes else x
         return out.reshape(shape) if lead or out.shape != shape else out
 
     def backward(self, g: Tensor) -> tuple[Tensor]:

@@ -30,16 +30,18 @@ from typing import Any
 
 from ..autograd import Function
 from ..kernels import KernelFamily
+from ..kernels.family import FLOAT_DTYPES_BF16
 from ..tensor import Tensor
 from . import conv_cpu, conv_cuda, conv_gemm_cuda
 from ._check import forward_backward, kwargs_case
 from ._util import low_precision
 from .shape import pad as pad_op
+from ..dtypes import is_floating
 
 Pair = tuple[int, int]
 
 CONV2D = KernelFamily("conv2d", conv_gemm_cuda.SOURCE, cpu=conv_cpu, kernel=conv_cuda,
-                      kernel_dtypes=conv_cuda.KERNEL_DTYPES)
+                      kernel_dtypes=conv_cuda.KERNEL_DTYPES, cpu_dtypes=FLOAT_DTYPES_BF16)
 
 
 def conv2d_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -145,7 +147,7 @@ def _batched(input: Tensor, op: str, spatial: int) -> tuple[Tensor, bool]:
 def _check_float(input: Tensor, weight: Tensor, bias: Tensor | None, op: str) -> None:
     """Floating point operands of one dtype: PyTorch refuses to mix them (a float64 batch
     into a float32 layer is a bug to report, not to paper over with a silent cast)."""
-    if input.dtype.kind != "f" or weight.dtype.kind != "f":
+    if not is_floating(input.dtype) or not is_floating(weight.dtype):
         raise TypeError(f"{op}: expected floating point input and weight, got {input.dtype} "
                         f"and {weight.dtype}")
     if input.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):

@@ -34,6 +34,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import ml_dtypes
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -42,19 +43,25 @@ Pair = tuple[int, int]
 F = TypeVar("F", bound=Callable[..., np.ndarray])
 
 
+_HALVES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
 def _float16_in_float32(fn: F) -> F:
-    """float16 arrays computed in float32 and the result rounded to float16 once: NumPy has
+    """float16 and bfloat16 arrays computed in float32 and the result rounded once: NumPy has
     no float16 BLAS (a float16 GEMM is a plain loop rounding every partial sum, ~25x slower
-    and less accurate), and a GPU's float16 convolution accumulates in float32 too."""
+    and less accurate; ml_dtypes' bfloat16 has none either), and a GPU's 16-bit convolution
+    accumulates in float32 too."""
     @functools.wraps(fn)
     def wrapper(device: Any, *arrays_and_args: Any, **kwargs: Any) -> np.ndarray:
-        if not any(getattr(a, "dtype", None) == np.float16 for a in arrays_and_args[:2]):
+        low = next((a.dtype for a in arrays_and_args[:2]
+                    if getattr(a, "dtype", None) in _HALVES), None)
+        if low is None:
             return fn(device, *arrays_and_args, **kwargs)
-        wide = [a.astype(np.float32) if getattr(a, "dtype", None) == np.float16 else a
+        wide = [a.astype(np.float32) if getattr(a, "dtype", None) == low else a
                 for a in arrays_and_args]
         if kwargs.get("bias") is not None:
             kwargs["bias"] = kwargs["bias"].astype(np.float32)
-        return fn(device, *wide, **kwargs).astype(np.float16)
+        return fn(device, *wide, **kwargs).astype(low)
     return wrapper  # type: ignore[return-value]
 
 

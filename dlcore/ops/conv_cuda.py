@@ -34,6 +34,11 @@ from . import conv_depthwise_cuda, conv_gemm_cuda, conv_tc_cuda
 __all__ = ["KERNEL_DTYPES", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward"]
 
 Pair = tuple[int, int]
+# NOTE: no bfloat16. The SIMT and tensor-core kernels are templated on __half and float; a
+# bfloat16 path needs its own wmma tiles (m16n16k16 __nv_bfloat16, sm_80+) and their tests.
+# Until then conv2d on emu/cuda refuses bfloat16 with the family's TypeError (conv2d, the
+# dtype, the device), never a silent float32 detour that would look like a bfloat16 kernel;
+# the cpu path computes bfloat16 in float32 and rounds once.
 KERNEL_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import Function
-from ..dtypes import get_default_dtype
+from ..autograd import Function, device_work
+from ..dtypes import BF16_WORDS, get_default_dtype, is_floating
 from ..tensor import Tensor
-from ._util import as_tensor_like, cast, is_scalar, promote_pair, scalar_operand, sum_to
+from ._util import (as_tensor_like, bfloat16_unsupported, cast, is_scalar, narrow_to,
+                    opmath_scalar, promote_pair,
+                    scalar_operand, sum_to)
 
 
 # ---- binary, tensor-tensor -----------------------------------------------------------
@@ -112,7 +114,7 @@ class Minimum(Maximum):
 # ---- binary, tensor-scalar -----------------------------------------------------------
 class AddScalar(Function):
     def forward(self, a: Any, c: Any) -> Any:
-        return a + c
+        return narrow_to(a + c, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         return (g,)
@@ -121,7 +123,7 @@ class AddScalar(Function):
 class MulScalar(Function):
     def forward(self, a: Any, c: Any) -> Any:
         self.c = c
-        return a * c
+        return narrow_to(a * c, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         return (g * self.c,)
@@ -130,7 +132,7 @@ class MulScalar(Function):
 class DivScalar(Function):
     def forward(self, a: Any, c: Any) -> Any:
         self.c = c
-        return a / c
+        return narrow_to(a / c, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         return (g / self.c,)
@@ -138,7 +140,7 @@ class DivScalar(Function):
 
 class RSubScalar(Function):
     def forward(self, a: Any, c: Any) -> Any:
-        return c - a
+        return narrow_to(c - a, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         return (-g,)
@@ -149,7 +151,7 @@ class RDivScalar(Function):
 
     def forward(self, a: Any, c: Any) -> Any:
         self.c = c
-        return c / a
+        return narrow_to(c / a, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         (a,) = self.saved_tensors
@@ -161,7 +163,7 @@ class PowScalar(Function):
 
     def forward(self, a: Any, c: Any) -> Any:
         self.c = c
-        return a ** c
+        return narrow_to(a ** c, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         (a,) = self.saved_tensors
@@ -178,7 +180,7 @@ class RPowScalar(Function):
 
     def forward(self, a: Any, c: Any) -> Any:
         self.logc = math.log(c) if c > 0 else float("nan")
-        return c ** a
+        return narrow_to(c ** a, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         return (g * self.output() * self.logc,)
@@ -188,19 +190,21 @@ def _binary(a: Any, b: Any, tensor_fn: type[Function], scalar_fn: type[Function]
             rscalar_fn: type[Function] | None = None) -> Tensor:
     if isinstance(a, Tensor):
         if isinstance(b, Tensor):
-            return _apply_broadcast(tensor_fn, *promote_pair(a, b))
+            return _apply_broadcast(tensor_fn, *promote_pair(a, b, tensor_fn.__name__.lower()))
         tb = type(b)
-        if scalar_fn is not None and (tb is float or tb is int) and a.data.dtype.kind == "f":
-            return scalar_fn.apply(a, c=a.data.dtype.type(b))  # fast path: float tensor
+        if scalar_fn is not None and (tb is float or tb is int) and is_floating(a.data.dtype):
+            return scalar_fn.apply(a, c=opmath_scalar(a.data.dtype, b))  # fast path: floats
         if scalar_fn is not None and is_scalar(b):
-            t, c = scalar_operand(a, b)
+            t, c = scalar_operand(a, b, tensor_fn.__name__.lower())
             return scalar_fn.apply(t, c=c)
-        return _apply_broadcast(tensor_fn, *promote_pair(a, as_tensor_like(b, a)))
+        return _apply_broadcast(tensor_fn, *promote_pair(a, as_tensor_like(b, a),
+                                                         tensor_fn.__name__.lower()))
     # a is not a tensor, b is
     if rscalar_fn is not None and is_scalar(a):
-        t, c = scalar_operand(b, a)
+        t, c = scalar_operand(b, a, tensor_fn.__name__.lower())
         return rscalar_fn.apply(t, c=c)
-    return _apply_broadcast(tensor_fn, *promote_pair(as_tensor_like(a, b), b))
+    return _apply_broadcast(tensor_fn, *promote_pair(as_tensor_like(a, b), b,
+                                                     tensor_fn.__name__.lower()))
 
 
 def _apply_broadcast(fn: type[Function], a: Tensor, b: Tensor) -> Tensor:
@@ -247,7 +251,7 @@ def mul(input: Any, other: Any) -> Tensor:
 def div(input: Any, other: Any) -> Tensor:
     """True division; integer inputs give the default float dtype (PyTorch's rule)."""
     if isinstance(input, Tensor) and input.data.dtype.kind in "biu" and not (
-            isinstance(other, Tensor) and other.data.dtype.kind == "f"):
+            isinstance(other, Tensor) and is_floating(other.data.dtype)):
         input = cast(input, get_default_dtype())
     if not isinstance(input, Tensor) and isinstance(other, Tensor) and \
             other.data.dtype.kind in "biu":
@@ -533,7 +537,8 @@ class Clamp(Function):
 
     def forward(self, a: Any, lo: Any, hi: Any) -> Any:
         self.lo, self.hi = lo, hi
-        return self.device.xp.clip(a, lo, hi)
+        # NOTE: clip with Python bounds promotes ml_dtypes' bfloat16 to float32
+        return self.device.xp.clip(a, lo, hi).astype(a.dtype, copy=False)
 
     def backward(self, g: Tensor) -> tuple:
         x = self.saved_tensors[0].data
@@ -577,18 +582,22 @@ def where(condition: Tensor, input: Any, other: Any) -> Tensor:
 
 def _scalar_arr(v: Any, like: Tensor) -> Any:
     if is_scalar(v):
-        dt = like.data.dtype if like.data.dtype.kind == "f" or not isinstance(v, float) \
+        dt = like.data.dtype if is_floating(like.data.dtype) or not isinstance(v, float) \
             else np.dtype(np.float32)
         return np.asarray(v, dtype=dt)
     return v
 
 
 def _unary(cls: type[Function]) -> Any:
+    name = cls.__name__.lower()
+
     def op(input: Tensor) -> Tensor:
+        if input.data.dtype == BF16_WORDS:
+            raise bfloat16_unsupported(name)
         return cls.apply(input)
 
-    op.__name__ = cls.__name__.lower()
-    op.__doc__ = f"Elementwise {cls.__name__.lower()}, differentiable."
+    op.__name__ = name
+    op.__doc__ = f"Elementwise {name}, differentiable."
     return op
 
 
@@ -608,7 +617,7 @@ relu = _unary(Relu)
 
 
 def _float_input(x: Tensor, op: str) -> Tensor:
-    if x.data.dtype.kind != "f":
+    if not is_floating(x.data.dtype):
         raise TypeError(f"{op}: expected a floating point tensor, got dtype {x.dtype}")
     return x
 
@@ -630,6 +639,8 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
+    if input.data.dtype == BF16_WORDS:
+        raise bfloat16_unsupported("clamp")
     if isinstance(min, Tensor) or isinstance(max, Tensor):
         out = input
         if min is not None:
@@ -643,13 +654,15 @@ def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:
 # ---- comparisons (no gradient) -------------------------------------------------------
 def _compare(a: Any, b: Any, ufunc: str) -> Tensor:
     t = a if isinstance(a, Tensor) else b
-    xp = t.device.xp
     da = a.data if isinstance(a, Tensor) else a
     db = b.data if isinstance(b, Tensor) else b
     if isinstance(a, Tensor) and isinstance(b, Tensor) and a.device is not b.device:
         raise RuntimeError(f"{ufunc}: expected both tensors on the same device, got "
                            f"{a.device} and {b.device}")
-    return Tensor._make(getattr(xp, ufunc)(da, db), t.device)
+    if getattr(da, "dtype", None) == BF16_WORDS or getattr(db, "dtype", None) == BF16_WORDS:
+        raise bfloat16_unsupported(ufunc)  # words compare as integers: wrong for negatives
+    xp = t.device.xp
+    return Tensor._make(device_work(t.device, lambda: getattr(xp, ufunc)(da, db)), t.device)
 
 
 def eq(a: Any, b: Any) -> Tensor:
@@ -677,7 +690,8 @@ def ge(a: Any, b: Any) -> Tensor:
 
 
 def logical_not(a: Tensor) -> Tensor:
-    return Tensor._make(a.device.xp.logical_not(a.data), a.device)
+    return Tensor._make(device_work(a.device, lambda: a.device.xp.logical_not(a.data)),
+                        a.device)
 
 
 def logical_and(a: Tensor, b: Tensor) -> Tensor:
@@ -689,8 +703,9 @@ def logical_or(a: Tensor, b: Tensor) -> Tensor:
 
 
 def isnan(a: Tensor) -> Tensor:
-    return Tensor._make(a.device.xp.isnan(a.data), a.device)
+    return Tensor._make(device_work(a.device, lambda: a.device.xp.isnan(a.data)), a.device)
 
 
 def isfinite(a: Tensor) -> Tensor:
-    return Tensor._make(a.device.xp.isfinite(a.data), a.device)
+    return Tensor._make(device_work(a.device, lambda: a.device.xp.isfinite(a.data)),
+                        a.device)

@@ -7,6 +7,7 @@ from typing import Any
 from ..autograd import Function
 from ..tensor import Tensor
 from ._util import float32_op, gemm, low_precision, sum_to
+from ..dtypes import is_floating
 
 
 class MatMul(Function):
@@ -108,7 +109,7 @@ def vector_norm(x: Tensor, ord: float = 2, dim: Any = None, keepdim: bool = Fals
     >>> dlcore.linalg.vector_norm(dlcore.tensor([3.0, 4.0])).item()
     5.0
     """
-    if x.dtype.kind != "f":
+    if not is_floating(x.dtype):
         raise RuntimeError(f"vector_norm: expected a floating point tensor, got {x.dtype}")
     dims = None if dim is None else tuple(
         sorted({int(d) % max(x.ndim, 1) for d in ((dim,) if isinstance(dim, int) else dim)}))

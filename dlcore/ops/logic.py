@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autograd import Function
+from ..autograd import Function, device_work
 from ..tensor import Tensor
 from ._util import normalize_dim
 
 
 def isinf(input: Tensor) -> Tensor:
     """Where ``input`` is +inf or -inf (a bool tensor)."""
-    return Tensor._make(input.device.xp.isinf(input.data), input.device)
+    return Tensor._make(device_work(input.device, lambda: input.device.xp.isinf(input.data)),
+                        input.device)
 
 
 def _truth(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
     xp = input.device.xp
     if dim is None:
-        return Tensor._make(xp.asarray(getattr(xp, fn)(input.data)), input.device)
+        return Tensor._make(device_work(input.device, lambda: xp.asarray(
+            getattr(xp, fn)(input.data))), input.device)
     axis = normalize_dim(dim, input.ndim, fn)
-    return Tensor._make(getattr(xp, fn)(input.data, axis=axis, keepdims=keepdim), input.device)
+    return Tensor._make(device_work(input.device, lambda: getattr(xp, fn)(
+        input.data, axis=axis, keepdims=keepdim)), input.device)
 
 
 def all(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:

@@ -24,6 +24,7 @@ from ..tensor import Tensor
 from ._util import float32_op
 from .elementwise import softplus, where
 from .reduce import log_softmax, softmax
+from ..dtypes import is_floating
 
 __all__ = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
            "huber_loss", "kl_div", "l1_loss", "mse_loss", "nll_loss", "smooth_l1_loss"]
@@ -208,11 +209,11 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     reduction = _reduction(size_average, reduce, reduction, op)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not isinstance(input, Tensor) or input.dtype.kind != "f":
+    if not isinstance(input, Tensor) or not is_floating(input.dtype):
         raise TypeError(f"{op}: input must be a floating point Tensor of logits")
     n_classes = input.shape[1] if input.ndim >= 2 else input.shape[0] if input.ndim else 0
     w = _class_weights(weight, input, n_classes, op)
-    if isinstance(target, Tensor) and target.dtype.kind == "f":
+    if isinstance(target, Tensor) and is_floating(target.dtype):
         return _cross_entropy_probs(input, target, w, label_smoothing, reduction, op)
     rows, t, out_shape = _rows_of_classes(input, target, op)
     out = CrossEntropyIndices.apply(rows, target=t, weight=w, ignore_index=ignore_index,

@@ -8,6 +8,7 @@ from collections import namedtuple
 
 import numpy as np
 
+from ..dtypes import bfloat16
 from ..tensor import Tensor
 from ._util import normalize_dim
 from .index import gather
@@ -21,9 +22,10 @@ def _order(input: Tensor, dim: int, descending: bool, op: str) -> tuple[int, Ten
     data = input.data if input.ndim else input.data.reshape(1)
     # stable: equal values keep their order (PyTorch's stable=True); descending sorts the
     # negated keys, so ties still keep their original order
-    keys = -data if descending and data.dtype.kind in "fi" else data
+    signed = data.dtype.kind in "fi" or data.dtype == bfloat16
+    keys = -data if descending and signed else data
     order = xp.argsort(keys, axis=d, kind="stable")
-    if descending and data.dtype.kind not in "fi":  # bool/unsigned: flip an ascending order
+    if descending and not signed:  # bool/unsigned: flip an ascending order
         order = xp.flip(xp.argsort(data, axis=d, kind="stable"), axis=d)
     order = order.astype(np.int64).reshape(input.shape)
     return d, Tensor._make(order, input.device)

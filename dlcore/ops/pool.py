@@ -37,16 +37,18 @@ import numpy as np
 
 from ..autograd import Function
 from ..kernels import KernelFamily
+from ..kernels.family import FLOAT_DTYPES_BF16
 from ..tensor import Tensor
 from . import pool_cpu, pool_cuda
 from ._check import forward_backward
 from .conv import _pair
 from .index import scatter_add
+from ..dtypes import is_floating
 
 Pair = tuple[int, int]
 
 POOL2D = KernelFamily("pool2d", pool_cuda.SOURCE, cpu=pool_cpu, kernel=pool_cuda,
-                      kernel_dtypes=pool_cuda.KERNEL_DTYPES)
+                      kernel_dtypes=pool_cuda.KERNEL_DTYPES, cpu_dtypes=FLOAT_DTYPES_BF16)
 # Positions inside a plane, and the saved max-pooling indices, are int32.
 MAX_PLANE = 2**31 - 1
 
@@ -107,7 +109,7 @@ class MaxPoolBackward(Function):
             idx = Tensor._make(indices, self.device)
             return (ggx.reshape(n, c, -1).gather(2, idx).reshape(*self.gy_shape),)
         idx = Tensor._make(xp.maximum(indices, 0), self.device)
-        keep = Tensor._make((~missed).astype(ggx.dtype), self.device)
+        keep = Tensor._make(self.device.astype(~missed, ggx.dtype), self.device)
         return ((ggx.reshape(n, c, -1).gather(2, idx) * keep).reshape(*self.gy_shape),)
 
 
@@ -147,7 +149,7 @@ def _batched(input: Tensor, op: str) -> tuple[Tensor, bool]:
     if input.ndim != 4:
         raise ValueError(f"{op}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got "
                          f"shape {tuple(input.shape)}")
-    if input.dtype.kind != "f":
+    if not is_floating(input.dtype):
         raise TypeError(f"{op}: expected a floating point input, got {input.dtype}")
     return input, False
 
@@ -336,6 +338,19 @@ def _check_max_pool2d_float16(device: Any) -> dict:
     # (output order), so they agree to the bit, well inside the check's float32 tolerance.
     def op(x: Tensor) -> Tensor:
         y = max_pool2d(x.half(), kernel_size=3, stride=2, padding=1)
+        assert isinstance(y, Tensor)  # no indices asked for
+        return y.float()
+
+    return forward_backward(device, 3, [(2, 3, 9, 9)], op, ["input"])
+
+
+@POOL2D.check("max_pool2d 3x3 stride 2 pad 1 bfloat16")
+def _check_max_pool2d_bfloat16(device: Any) -> dict:
+    # As for float16: the same maxima, each gradient summed in float32 in output order and
+    # rounded to bfloat16 once. On cuda this runs the uint16-word path end to end: the casts
+    # on the bit pattern, the __nv_bfloat16 kernels, and the gradient's casts back.
+    def op(x: Tensor) -> Tensor:
+        y = max_pool2d(x.bfloat16(), kernel_size=3, stride=2, padding=1)
         assert isinstance(y, Tensor)  # no indices asked for
         return y.float()
 

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 Pair = tuple[int, int]
 
 INDEX_DTYPE = np.dtype(np.int32)
+_HALVES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.uint16))
 
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype an op on ``dtype`` arrays computes in: float32 for float16, else itself."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    """The dtype an op on ``dtype`` arrays computes in: float32 for float16 and bfloat16
+    (ml_dtypes', or its uint16 words on cuda), else itself."""
+    return np.dtype(np.float32) if dtype in _HALVES else np.dtype(dtype)
 
 
 def _widened(a: np.ndarray) -> np.ndarray:

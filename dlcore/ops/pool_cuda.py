@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from ..kernels import ceil_div, ctype
@@ -30,7 +31,8 @@ __all__ = ["INDEX_DTYPE", "KERNEL_DTYPES", "avg_pool2d_backward", "avg_pool2d_fo
 Pair = tuple[int, int]
 
 SOURCE = "pool2d.cu"
-KERNEL_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+KERNEL_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32),
+                 np.dtype(np.float64))
 INDEX_DTYPE = pool_cpu.INDEX_DTYPE  # the two paths save the same indices
 THREADS = 256  # per block, the kernels' __launch_bounds__
 MAX_GRID_Y = 65535

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import Function
-from ..dtypes import get_default_dtype, to_dtype
+from ..autograd import Function, device_work
+from ..dtypes import get_default_dtype, is_floating, to_dtype
 from ..tensor import Tensor
-from ._util import cast, float32_op, normalize_dim, normalize_dims, sum_to
+from ._util import (cast, float32_op, narrow, normalize_dim, normalize_dims,
+                    reject_bfloat16_words, sum_to, widen)
 from .elementwise import maximum, minimum
 from .index import scatter_add
 
@@ -44,7 +45,7 @@ def _expand_back(g: Tensor, in_shape: tuple, dims: tuple | None, keepdim: bool) 
 class Sum(Function):
     def forward(self, x: Any, dims: tuple | None, keepdim: bool) -> Any:
         self.in_shape, self.dims, self.keepdim = x.shape, dims, keepdim
-        return x.sum(axis=dims, keepdims=keepdim)
+        return narrow(widen(x).sum(axis=dims, keepdims=keepdim), x.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         return (_expand_back(g, self.in_shape, self.dims, self.keepdim),)
@@ -55,7 +56,7 @@ class Mean(Function):
         self.in_shape, self.dims, self.keepdim = x.shape, dims, keepdim
         n = x.size if dims is None else int(np.prod([x.shape[d] for d in dims]))
         self.n = n
-        return x.mean(axis=dims, keepdims=keepdim)
+        return narrow(widen(x).mean(axis=dims, keepdims=keepdim), x.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         return (_expand_back(g / self.n, self.in_shape, self.dims, self.keepdim),)
@@ -67,7 +68,7 @@ class Prod(Function):
 
     def forward(self, x: Any, dim: int | None, keepdim: bool) -> Any:
         self.dim, self.keepdim = dim, keepdim
-        return x.prod(axis=dim, keepdims=keepdim)
+        return narrow(widen(x).prod(axis=dim, keepdims=keepdim), x.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         (x,) = self.saved_tensors
@@ -146,7 +147,7 @@ class Var(Function):
         self.dims, self.keepdim, self.correction = dims, keepdim, correction
         n = x.size if dims is None else int(np.prod([x.shape[d] for d in dims]))
         self.n = n
-        return x.var(axis=dims, ddof=correction, keepdims=keepdim)
+        return narrow(widen(x).var(axis=dims, ddof=correction, keepdims=keepdim), x.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         (x,) = self.saved_tensors
@@ -165,10 +166,11 @@ class LogSumExp(Function):
     def forward(self, x: Any, dims: tuple, keepdim: bool) -> Any:
         xp = self.device.xp
         self.dims, self.keepdim = dims, keepdim
+        dtype, x = x.dtype, widen(x)
         m = x.max(axis=dims, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
         out = xp.log(xp.exp(x - m).sum(axis=dims, keepdims=True)) + m
-        return out if keepdim else out.squeeze(dims)
+        return narrow(out if keepdim else out.squeeze(dims), dtype)
 
     def backward(self, g: Tensor) -> tuple:
         (x,) = self.saved_tensors
@@ -183,9 +185,10 @@ class Softmax(Function):
     def forward(self, x: Any, dim: int) -> Any:
         xp = self.device.xp
         self.dim = dim
+        dtype, x = x.dtype, widen(x)
         e = xp.exp(x - x.max(axis=dim, keepdims=True))
         e /= e.sum(axis=dim, keepdims=True)
-        return e
+        return narrow(e, dtype)
 
     def backward(self, g: Tensor) -> tuple:
         y = self.output()
@@ -199,8 +202,9 @@ class LogSoftmax(Function):
     def forward(self, x: Any, dim: int) -> Any:
         xp = self.device.xp
         self.dim = dim
+        dtype, x = x.dtype, widen(x)
         s = x - x.max(axis=dim, keepdims=True)
-        return s - xp.log(xp.exp(s).sum(axis=dim, keepdims=True))
+        return narrow(s - xp.log(xp.exp(s).sum(axis=dim, keepdims=True)), dtype)
 
     def backward(self, g: Tensor) -> tuple:
         y = self.output()
@@ -210,7 +214,7 @@ class LogSoftmax(Function):
 def _float_for_mean(x: Tensor, op: str, dtype: Any = None) -> Tensor:
     if dtype is not None:
         return cast(x, to_dtype(dtype))
-    if x.data.dtype.kind != "f":
+    if not is_floating(x.data.dtype):
         raise RuntimeError(f"{op}: could not infer output dtype; input dtype {x.dtype} is not "
                            "floating point (pass dtype=)")
     return x
@@ -221,6 +225,8 @@ def sum(input: Tensor, dim: Any = None, keepdim: bool = False,
         dtype: Any = None) -> Tensor:
     """>>> dlcore.tensor([[1, 2], [3, 4]]).sum(dim=0).tolist()
     [4, 6]"""
+    if dtype is None:
+        reject_bfloat16_words("sum", input)
     if dtype is not None:
         input = cast(input, to_dtype(dtype))
     elif input.data.dtype.kind in "biu":
@@ -232,6 +238,8 @@ def sum(input: Tensor, dim: Any = None, keepdim: bool = False,
 @float32_op
 def mean(input: Tensor, dim: Any = None, keepdim: bool = False,
          dtype: Any = None) -> Tensor:
+    if dtype is None:
+        reject_bfloat16_words("mean", input)
     x = _float_for_mean(input, "mean", dtype)
     return Mean.apply(x, dims=normalize_dims(dim, x.ndim, "mean"), keepdim=keepdim)
 
@@ -239,6 +247,8 @@ def mean(input: Tensor, dim: Any = None, keepdim: bool = False,
 @float32_op
 def prod(input: Tensor, dim: int | None = None, keepdim: bool = False,
          dtype: Any = None) -> Tensor:
+    if dtype is None:
+        reject_bfloat16_words("prod", input)
     if dtype is not None:
         input = cast(input, to_dtype(dtype))
     d = None if dim is None else normalize_dim(dim, input.ndim, "prod")
@@ -280,6 +290,11 @@ def amin(input: Tensor, dim: Any = (), keepdim: bool = False) -> Tensor:
 
 
 def _arg(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
+    return Tensor._make(device_work(input.device, lambda: _arg_array(input, dim, keepdim, fn)),
+                        input.device)
+
+
+def _arg_array(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Any:
     xp = input.device.xp
     if dim is None:
         out = getattr(xp, fn)(input.data.reshape(-1))
@@ -289,7 +304,7 @@ def _arg(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
         d = normalize_dim(dim, input.ndim, fn)
         out = getattr(xp, fn)(input.data, axis=d, keepdims=keepdim) if input.ndim else \
             xp.zeros((), np.int64)
-    return Tensor._make(xp.asarray(out).astype(np.int64, copy=False), input.device)
+    return xp.asarray(out).astype(np.int64, copy=False)
 
 
 def argmax(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
@@ -304,6 +319,7 @@ def argmin(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tens
 def var(input: Tensor, dim: Any = None, unbiased: bool | None = None,
         keepdim: bool = False, correction: float | None = None) -> Tensor:
     """Variance; unbiased (``correction=1``) by default, as in PyTorch."""
+    reject_bfloat16_words("var", input)
     if correction is None:
         correction = 0 if unbiased is False else 1
     x = _float_for_mean(input, "var")
@@ -319,7 +335,8 @@ def std(input: Tensor, dim: Any = None, unbiased: bool | None = None,
 
 @float32_op
 def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:
-    x = _float_for_mean(input, "logsumexp") if input.data.dtype.kind == "f" else \
+    reject_bfloat16_words("logsumexp", input)
+    x = _float_for_mean(input, "logsumexp") if is_floating(input.data.dtype) else \
         cast(input, get_default_dtype())
     dims = normalize_dims(dim, x.ndim, "logsumexp")
     if dims is None:
@@ -329,11 +346,15 @@ def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:
 
 @float32_op
 def softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
+    if dtype is None:
+        reject_bfloat16_words("softmax", input)
     x = cast(input, to_dtype(dtype)) if dtype is not None else input
     return Softmax.apply(x, dim=normalize_dim(dim, x.ndim, "softmax"))
 
 
 @float32_op
 def log_softmax(input: Tensor, dim: int, dtype: Any = None) -> Tensor:
+    if dtype is None:
+        reject_bfloat16_words("log_softmax", input)
     x = cast(input, to_dtype(dtype)) if dtype is not None else input
     return LogSoftmax.apply(x, dim=normalize_dim(dim, x.ndim, "log_softmax"))

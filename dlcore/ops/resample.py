@@ -21,6 +21,7 @@ import numpy as np
 from ..tensor import Tensor
 from .index import index_select
 from .shape import clone, permute, reshape
+from ..dtypes import is_floating
 
 _MODES = ("nearest", "bilinear")
 
@@ -197,7 +198,7 @@ def interpolate(input: Tensor, size: int | Sequence[int] | None = None,
         raise NotImplementedError(f"interpolate: got {input.ndim}D input of shape "
                                   f"{tuple(input.shape)}, but mode {mode!r} needs 4D (N, C, H, W) "
                                   f"input")
-    if mode == "bilinear" and input.dtype.kind != "f":
+    if mode == "bilinear" and not is_floating(input.dtype):
         raise RuntimeError(f"interpolate: bilinear mode needs a floating point input, got dtype "
                            f"{input.dtype}")
     out, scales = _output_size(input, size, scale_factor)

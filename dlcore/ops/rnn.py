@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from ..autograd import Function, is_grad_enabled
+from ..dtypes import bfloat16
 from ..kernels import KernelFamily
+from ..kernels.family import FLOAT_DTYPES_BF16
 from ..tensor import Tensor
 from . import rnn_cpu, rnn_cuda
 from ._check import forward_backward, kwargs_case
@@ -47,7 +49,7 @@ GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 # The cell implementations are classes with one per-step interface (see rnn_cpu.Cells).
 RNN_CELL = KernelFamily("rnn_cell", rnn_cuda.SOURCE, cpu=rnn_cpu, kernel=rnn_cuda,
-                        kernel_dtypes=rnn_cuda.KERNEL_DTYPES)
+                        kernel_dtypes=rnn_cuda.KERNEL_DTYPES, cpu_dtypes=FLOAT_DTYPES_BF16)
 
 
 def gemm_dtype(xp: Any, dtype: np.dtype) -> np.dtype:
@@ -57,8 +59,11 @@ def gemm_dtype(xp: Any, dtype: np.dtype) -> np.dtype:
     (measured on a 2-core VM: 10x slower than widening to float32 BLAS for 64x4096x64, with
     the same float32 accumulation), and its float16 additions would round the input
     projection again for each bias. On ``cuda``, CuPy's float16 matmul is cuBLAS's, already
-    accumulating in float32."""
-    return np.dtype(np.float32) if dtype == np.float16 and xp is np else np.dtype(dtype)
+    accumulating in float32. NOTE: bfloat16 (ml_dtypes) likewise on NumPy; CuPy has no
+    bfloat16 GEMM (see :func:`_check_bfloat16_device`)."""
+    if (dtype == np.float16 or dtype == bfloat16) and xp is np:
+        return np.dtype(np.float32)
+    return np.dtype(dtype)
 
 
 def _matmul_into(xp: Any, a: Any, b: Any, out: Any, add: Any = None) -> None:
@@ -230,6 +235,15 @@ class RNNLayerFunction(Function):
                      for g, n in zip(grads, need))
 
 
+def _check_bfloat16_device(input: Tensor, mode: str) -> None:
+    """bfloat16 layers run on cpu and emu. NOTE: on cuda a bfloat16 array is uint16 words and
+    CuPy has no bfloat16 GEMM, so the layer's input and recurrent projections have no path
+    there yet (the cell kernels themselves take __nv_bfloat16)."""
+    if input.dtype == bfloat16 and input.device.is_cuda:
+        raise TypeError(f"{mode}: dtype bfloat16 is not supported on device {input.device} "
+                        "(CuPy has no bfloat16 GEMM); use float16 or float32 there")
+
+
 @low_precision
 def rnn_layer(input: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
               w_hh: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, mode: str,
@@ -246,6 +260,7 @@ def rnn_layer(input: Tensor, h0: Tensor, c0: Tensor | None, w_ih: Tensor,
     >>> tuple(y.shape), tuple(h_n.shape)
     ((5, 2, 4), (2, 4))
     """
+    _check_bfloat16_device(input, mode)
     tensors: list[Any] = [input, h0] + ([c0] if mode == "lstm" else []) + [w_ih, w_hh]
     if b_ih is not None:
         tensors += [b_ih, b_hh]

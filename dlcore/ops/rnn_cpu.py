@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 
@@ -173,5 +174,5 @@ class Float16Cells(Cells):
 def cells(device: Any, dtype: np.dtype, lengths: np.ndarray | None, relu: bool, N: int, H: int,
           T: int) -> Cells:
     """The per-step cells of a layer on ``dtype`` arrays (see :class:`Cells`)."""
-    kind = Float16Cells if dtype == np.float16 else Cells
+    kind = Float16Cells if dtype == np.float16 or dtype == ml_dtypes.bfloat16 else Cells
     return kind(device, dtype, lengths, relu, N, H, T)

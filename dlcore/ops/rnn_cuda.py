@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from ..kernels import ctype, grid_1d
 
 SOURCE = "rnn_cell.cu"
-KERNEL_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+KERNEL_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32),
+                 np.dtype(np.float64))
 ENTRY_POINTS = ("rnn_cell_forward", "rnn_cell_backward", "lstm_cell_forward",
                 "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward")
 

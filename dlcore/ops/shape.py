@@ -14,19 +14,20 @@ import numpy as np
 
 from ..autograd import Function, no_grad
 from ..device import Device
-from ..dtypes import promote
+from ..dtypes import BF16_WORDS, bfloat16, is_floating, promote
 from ..tensor import Tensor
 from ._util import cast, normalize_dim, sum_to
 
 
 class ToDeviceDtype(Function):
     def forward(self, x: Any, device: Device | None, dtype: np.dtype | None) -> Any:
-        self.src_device, self.src_dtype = self.device, x.dtype
+        src_dtype = x.dtype if x.dtype != BF16_WORDS else bfloat16  # cuda's bfloat16 words
+        self.src_device, self.src_dtype = self.device, src_dtype
         if device is not None and device is not self.device:
             x = device.move(x, self.device)
             self.device = device  # outputs are labelled with the device forward produced
-        if dtype is not None and dtype != x.dtype:
-            x = x.astype(dtype)
+        if dtype is not None and dtype != src_dtype:
+            x = self.device.astype(x, dtype)
         return x
 
     def backward(self, g: Tensor) -> tuple:
@@ -34,9 +35,9 @@ class ToDeviceDtype(Function):
 
 
 def to_device_dtype(x: Tensor, device: Device | None, dtype: np.dtype | None) -> Tensor:
-    if (device is None or device is x.device) and (dtype is None or dtype == x.data.dtype):
+    if (device is None or device is x.device) and (dtype is None or dtype == x.dtype):
         return x
-    if dtype is not None and dtype.kind != "f" and x.requires_grad:
+    if dtype is not None and not is_floating(dtype) and x.requires_grad:
         # casting to a non-float type ends differentiation
         with no_grad():
             return ToDeviceDtype.apply(x, device=device, dtype=dtype)

@@ -34,8 +34,10 @@ def test_selector_picks_kernels_on_kernel_devices_and_numpy_on_cpu() -> None:
 
 def test_one_ctype_table() -> None:
     assert ctype(np.float32) == "float" and ctype(np.float64) == "double"
-    assert ctype(np.float16) == "__half"
-    assert set(CTYPES) == {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+    assert ctype(np.float16) == "__half" and ctype(dlcore.bfloat16) == "__nv_bfloat16"
+    assert ctype(np.uint16) == "__nv_bfloat16"  # cuda's bfloat16 storage (no tensor dtype)
+    assert set(CTYPES) == {np.dtype(np.float16), dlcore.bfloat16, np.dtype(np.float32),
+                           np.dtype(np.float64)}
     with pytest.raises(TypeError, match="no CUDA kernel element type for int32"):
         ctype(np.int32)
 
@@ -44,6 +46,18 @@ def test_every_family_has_float16_kernels() -> None:
     """float16 runs on every family's kernels (storage half, arithmetic float)."""
     for family in families():
         assert np.dtype(np.float16) in family.kernel_dtypes, family.name
+
+
+def test_bfloat16_kernels_where_cheap_and_a_clear_error_elsewhere() -> None:
+    """pool2d and the recurrent cells have __nv_bfloat16 kernels; conv2d does not, and says so
+    naming the op, the dtype and the device (the cpu path of every family takes bfloat16)."""
+    by_name = {f.name: f for f in families()}
+    assert {n for n, f in by_name.items() if dlcore.bfloat16 in f.kernel_dtypes} >= {
+        "pool2d", "rnn_cell"}
+    with pytest.raises(TypeError, match="conv2d: dtype bfloat16 is not supported on device emu"):
+        by_name["conv2d"].select(EMU, dlcore.bfloat16, "conv2d")
+    for name in ("conv2d", "pool2d", "rnn_cell"):
+        assert dlcore.bfloat16 in by_name[name].cpu_dtypes
 
 
 def _int32(*shape: int) -> dlcore.Tensor:
@@ -65,7 +79,7 @@ NO_KERNEL_CALLS = {
                                            np.zeros(1, np.int32)),
 }
 PATTERN = (r"^{op}: dtype int32 is not supported on device emu; the {family} kernels take "
-           r"float16, float32, float64$")
+           r"float16, (bfloat16, )?float32, float64$")
 
 
 @pytest.mark.parametrize("op", list(NO_KERNEL_CALLS))
@@ -82,8 +96,8 @@ def test_every_family_words_the_error_alike(family: KernelFamily) -> None:
     with pytest.raises(TypeError, match=PATTERN.format(op="some_op", family=family.name)):
         family.select(EMU, np.int32, "some_op")
     with pytest.raises(TypeError, match=r"^some_op: dtype int32 is not supported on device "
-                                        r"cpu; the [\w ]+ cpu path takes? float16, float32, "
-                                        r"float64$"):
+                                        r"cpu; the [\w ]+ cpu path takes? float16, "
+                                        r"(bfloat16, )?float32, float64$"):
         family.select(CPU, np.int32, "some_op")
 
 

@@ -4,6 +4,7 @@ comparisons, where; forward against NumPy/math and float64 gradchecks on every d
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -252,3 +253,18 @@ def test_comparisons(device, name, fn, ref):
 def test_comparison_device_mismatch_raises():
     with pytest.raises(RuntimeError, match="cpu.*emu|emu.*cpu"):
         dlcore.ones(2) < dlcore.ones(2, device="emu")  # noqa: B015 - the comparison must raise
+
+
+@pytest.mark.parametrize("op", [lambda a: a * 65536.0, lambda a: a + 10000.0, lambda a: a / 0.1,
+                                lambda a: 0.3 - a, lambda a: 7.0 / a, lambda a: a ** 2.0,
+                                lambda a: a - 1e-4, lambda a: 3 * a])
+def test_half_tensor_scalar_ops_compute_in_float32_and_round_once(op: Callable) -> None:
+    """PyTorch computes float16 tensor-scalar ops in float32 and rounds once: the scalar is
+    never rounded to float16 first (65536 has no float16: it would turn 0.5 * 65536 into
+    inf; 1e-4 would lose digits). Regression: the scalar was cast to the tensor's dtype."""
+    values = np.array([0.5, 3.0, -2.0, 1.0009765625, 60000.0], dtype=np.float16)
+    with np.errstate(over="ignore"):
+        want = op(values.astype(np.float32)).astype(np.float16)
+        got = op(dlcore.tensor(values)).numpy()
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, want)

@@ -3,13 +3,14 @@ references, on ``emu`` (checked mode, several fiber-order seeds) and ``cuda`` (s
 GPU): odd sizes, partial tiles, planes sharing a block (down to 1x1), threads serving several
 planes, stride > kernel, dilation 2 and 3, padding up to half the window, ceil_mode,
 count_include_pad both ways, divisor_override, batch 1, ties and NaNs in max pooling, and
-float16 against a stated rounding bound."""
+float16 and bfloat16 against a stated rounding bound."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -22,6 +23,9 @@ SEEDS = (1, 2, 3)
 EMU, CPU = Device("emu"), Device("cpu")
 # Round to nearest float16: relative error at most 2^-11 per rounding (unit roundoff).
 HALF_ROUNDING = 2.0**-11
+# Round to nearest bfloat16 (8 significand bits): at most 2^-8 relative per rounding.
+BF16_ROUNDING = 2.0**-8
+BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 class Case(NamedTuple):
@@ -138,7 +142,7 @@ def _device(name: str) -> Device:
 
 
 def _host(a: Any) -> np.ndarray:
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+    return Device("cuda").to_host(a) if hasattr(a, "get") else np.asarray(a)
 
 
 def _close(actual: Any, expected: tuple[np.ndarray, np.ndarray], dtype: type) -> None:
@@ -153,6 +157,14 @@ def _close(actual: Any, expected: tuple[np.ndarray, np.ndarray], dtype: type) ->
         bound = HALF_ROUNDING * np.abs(value) + 2.0**-20 * mass + 2.0**-25
         err = np.abs(actual.astype(np.float64) - value)
         assert np.all(err <= bound), f"worst excess {np.max(err - bound)} over the bound"
+        return
+    if dtype == BF16:
+        # The same, rounded to bfloat16 once: 2^-8 of its size (its subnormals, below
+        # 2^-126, do not occur here).
+        bound = BF16_ROUNDING * np.abs(value) + 2.0**-20 * mass
+        err = np.abs(actual.astype(np.float64) - value)
+        assert np.all(err <= bound), f"worst excess {np.max(err - bound)} over the bound"
+        assert np.any(err > 0)  # not computed in float32 or wider and left unrounded
         return
     # max pooling is exact; an average sums at most 49 values then scales once: a few
     # float32 ulps (2^-24 each) of values of order 1, well under 1e-6 (1e-13 for float64)
@@ -170,14 +182,14 @@ def _inputs(case: Case, dtype: type, ties: bool) -> tuple[np.ndarray, np.ndarray
 
 def _run_max(dev: Device, case: Case, dtype: type, ties: bool) -> None:
     x, gy = _inputs(case, dtype, ties)
-    y, idx = pool_cuda.max_pool2d_forward(dev, dev.xp.asarray(x), case.out_hw(), case.kernel,
+    y, idx = pool_cuda.max_pool2d_forward(dev, dev.asarray(x), case.out_hw(), case.kernel,
                                           case.stride, case.padding, case.dilation)
     y_ref, idx_ref = ref_max_forward(case, x)
     np.testing.assert_array_equal(_host(y).astype(np.float64), y_ref)  # exact, float16 too
     assert _host(y).dtype == dtype
     np.testing.assert_array_equal(_host(idx), idx_ref)
     assert _host(idx).dtype == np.int32
-    gx = pool_cuda.max_pool2d_backward(dev, dev.xp.asarray(gy), idx, x.shape, case.kernel,
+    gx = pool_cuda.max_pool2d_backward(dev, dev.asarray(gy), idx, x.shape, case.kernel,
                                        case.stride, case.padding, case.dilation)
     _close(gx, ref_max_backward(gy, idx_ref, x.shape), dtype)
 
@@ -188,9 +200,9 @@ def _run_avg(dev: Device, case: Case, dtype: type, include_pad: bool,
     ho, wo = case.out_hw(dilation=False)
     gy = np.random.default_rng(5).standard_normal(case.shape[:2] + (ho, wo)).astype(dtype)
     args = (case.kernel, case.stride, case.padding, include_pad, override)
-    _close(pool_cuda.avg_pool2d_forward(dev, dev.xp.asarray(x), (ho, wo), *args),
+    _close(pool_cuda.avg_pool2d_forward(dev, dev.asarray(x), (ho, wo), *args),
            ref_avg_forward(case, x, include_pad, override), dtype)
-    _close(pool_cuda.avg_pool2d_backward(dev, dev.xp.asarray(gy), x.shape, *args),
+    _close(pool_cuda.avg_pool2d_backward(dev, dev.asarray(gy), x.shape, *args),
            ref_avg_backward(case, gy, include_pad, override), dtype)
 
 
@@ -222,6 +234,18 @@ def test_emu_float16_within_one_rounding(name: str) -> None:
     if name in AVG_CASES:
         _run_avg(EMU, CASES[name], np.float16, include_pad=True, override=None)
         _run_avg(EMU, CASES[name], np.float16, include_pad=False, override=3)
+
+
+@pytest.mark.parametrize("name", ["3x3_s2_pad1_ceil", "dilation2_pad", "partial_tiles",
+                                  "1x1_out_planes"])
+def test_emu_bfloat16_within_one_rounding(name: str) -> None:
+    """__nv_bfloat16 storage, float arithmetic: maxima and indices exact, sums within one
+    bfloat16 rounding of the float64 value of the same (bfloat16) inputs."""
+    _run_max(EMU, CASES[name], BF16, ties=False)
+    _run_max(EMU, CASES[name], BF16, ties=True)
+    if name in AVG_CASES:
+        _run_avg(EMU, CASES[name], BF16, include_pad=True, override=None)
+        _run_avg(EMU, CASES[name], BF16, include_pad=False, override=3)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -370,7 +394,7 @@ def test_ceil_mode_drops_window_starting_in_right_padding() -> None:
     assert pool2d_out_size(5, 2, 2, 1, 1, False) == 3
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, pytest.param(BF16, id="bfloat16")])
 @pytest.mark.parametrize("name", ["3x3_s2_pad1_ceil", "dilation3_ceil", "overlap_s1",
                                   "partial_tiles"])
 def test_emu_agrees_with_cpu_path(name: str, dtype: type) -> None:
@@ -391,7 +415,7 @@ def test_emu_agrees_with_cpu_path(name: str, dtype: type) -> None:
     np.testing.assert_array_equal(gx, gx_cpu)
     if case.dilation != (1, 1):
         return
-    tol = 1e-6 if dtype == np.float32 else 2 * HALF_ROUNDING
+    tol = {np.float32: 1e-6, np.float16: 2 * HALF_ROUNDING}.get(dtype, 2 * BF16_ROUNDING)
     for include_pad, override in ((True, None), (False, None), (False, 4)):
         avg = (case.kernel, case.stride, case.padding, include_pad, override)
         out_hw = case.out_hw(dilation=False)
@@ -404,7 +428,8 @@ def test_emu_agrees_with_cpu_path(name: str, dtype: type) -> None:
                                        rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, pytest.param(BF16, id="bfloat16"), np.float32,
+                                   np.float64])
 @pytest.mark.parametrize("name", list(CASES))
 def test_cuda_matches_reference(name: str, dtype: type) -> None:
     dev = _device("cuda")

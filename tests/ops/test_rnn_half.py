@@ -263,3 +263,47 @@ def test_modules_under_autocast(cls: type) -> None:
     for k, (g, w) in enumerate(zip(*results)):
         bound = 2 * (FORWARD_BOUND if k < 2 else GRADIENT_BOUND) * np.abs(w).max()
         assert np.abs(g.astype(np.float64) - w).max() <= bound, k
+
+
+# ---- bfloat16: the __nv_bfloat16 kernels (emu) and the NumPy twin (cpu) ----------------------
+# The same storage rule with bfloat16's unit roundoff U_BF16 = 2^-8 (8 significand bits), so
+# the derivations above carry over with U_BF16 for U. (cuda: no bfloat16 GEMM in CuPy, so a
+# bfloat16 layer raises there; see test_bfloat16_layer_raises_on_cuda in tests/test_bfloat16.py.)
+BF16 = np.dtype(dlcore.bfloat16)
+U_BF16 = 2.0**-8
+
+
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+@pytest.mark.parametrize("name, relu", CELL_CASES, ids=CELL_IDS)
+def test_bfloat16_cells_round_once_from_float32(device: str, name: str, relu: bool) -> None:
+    """Each bfloat16 output of a cell is the float32 cell's output on the same (widened)
+    inputs rounded to bfloat16 once, bit for bit (ml_dtypes' rounding is the reference)."""
+    inputs = [a.astype(BF16) for a in _cell_inputs(name, seed=2)]
+    low = _run_cell(device, name, relu, inputs, BF16)
+    wide = _run_cell(device, name, relu, inputs, np.float32)
+    for out, b, w in zip(CELLS[name][1], low, wide):
+        assert b.dtype == BF16 and not np.isnan(b.astype(np.float32)).any(), out
+        np.testing.assert_array_equal(b.view(np.uint16), w.astype(BF16).view(np.uint16),
+                                      err_msg=out)
+
+
+@pytest.mark.parametrize("device", ["cpu", "emu"])
+@pytest.mark.parametrize("mode, reverse, lengths", LAYER_CASES[::2] + [LAYER_CASES[5]])
+def test_layer_within_bfloat16_bound_of_float32(device: str, mode: str, reverse: bool,
+                                                lengths: Any) -> None:
+    """8 steps of a bfloat16 layer against the float32 layer (cpu) on the same bfloat16
+    values, within 12 U_BF16 (outputs) and 24 U_BF16 (gradients) of each quantity's largest
+    value (the loss projection's weights are float16 values rounded to bfloat16 on one side:
+    half a U_BF16 more, inside the margin); everything stored is bfloat16."""
+    arrays = [None if a is None else a.astype(BF16)
+              for a in contracting_inputs(mode, 8, 3, 4, 6, seed=3)]
+    got, n_out, saved = _layer(device, arrays, BF16, mode, reverse, lengths)
+    want, _, _ = _layer("cpu", arrays, np.float32, mode, reverse, lengths)
+    assert all(a.dtype == BF16 for a in got) and set(saved) == {BF16}
+    worst = 0.0
+    for k, (g, w) in enumerate(zip(got, want)):
+        bound = (12 if k < n_out else 24) * U_BF16 * np.abs(w).max()
+        error = np.abs(g.astype(np.float64) - w).max()
+        assert error <= bound, f"quantity {k}: error {error:.3g} > bound {bound:.3g}"
+        worst = max(worst, error / np.abs(w).max())
+    assert worst > 2.0**-12  # really rounded to bfloat16, not kept in float32

@@ -1,5 +1,6 @@
-"""``dlcore train --amp``: forward and loss under float16 autocast, backward through a
-GradScaler whose state is checkpointed, so an interrupted --amp run resumes bit-for-bit."""
+"""``dlcore train --amp``: forward and loss under autocast -- bfloat16 on the CPU (no loss
+scaling), float16 elsewhere, backward through a GradScaler whose state is checkpointed, so an
+interrupted --amp run resumes bit-for-bit (float16 forced on the CPU to test that here)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,18 @@ def _train(out: Path, *args: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_train_cnn_amp_runs_in_float16_and_records_amp(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_digits: None) -> None:
+def _float16_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--amp as on cuda and emu: float16 and a GradScaler."""
+    monkeypatch.setattr(common.MixedPrecision, "DTYPES",
+                        {**common.MixedPrecision.DTYPES, "cpu": dlcore.float16})
+
+
+@pytest.mark.parametrize("low", ["bfloat16", "float16"])
+def test_train_cnn_amp_runs_in_its_low_dtype_and_records_amp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_digits: None, low: str) -> None:
+    """bfloat16 by default on the CPU, without a loss scale; float16 with one."""
+    if low == "float16":
+        _float16_on_cpu(monkeypatch)
     dtypes = []
     real_loss = classify.F.cross_entropy
 
@@ -37,10 +48,13 @@ def test_train_cnn_amp_runs_in_float16_and_records_amp(
     metrics = _train(tmp_path / "amp", *ARGS)
     assert metrics["config"]["amp"] is True and metrics["epochs"] == 2
     # each epoch: 8 training steps' logits, then evaluate()'s (float32 weights, no autocast)
-    assert dtypes == (["float16"] * 8 + ["float32"]) * 2
+    assert dtypes == ([low] * 8 + ["float32"]) * 2
     assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["test_accuracy"] <= 1.0
     scaler = dlcore.load(tmp_path / "amp" / "checkpoint.safetensors")["scaler"]
-    assert scaler["scale"] > 0 and scaler["growth_interval"] == 2000
+    if low == "bfloat16":
+        assert scaler == {}  # float32's exponent range: nothing to scale
+    else:
+        assert scaler["scale"] > 0 and scaler["growth_interval"] == 2000
 
     dtypes.clear()
     metrics = _train(tmp_path / "plain", "cnn", "--epochs", "1", "--batch-size", "16")
@@ -72,6 +86,7 @@ def test_amp_interrupt_and_resume_continue_bit_for_bit(
     """Ctrl-C at the last step of epoch 1 and at the 3rd step of epoch 2, each resumed: the
     same weights, history and loss-scale state as the straight run."""
     monkeypatch.setattr(common, "GradScaler", _FastGrowth)
+    _float16_on_cpu(monkeypatch)
     _train(tmp_path / "straight", *ARGS)
     want_weights, want_scaler, want_history = _outcome(tmp_path / "straight")
     assert want_scaler["scale"] != 2.0 ** 16  # the scale moved during the run
