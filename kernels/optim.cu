@@ -13,6 +13,16 @@
 // unscale_grads is GradScaler's pass: it flags an inf/NaN and multiplies by 1/scale in the same
 // read of the gradients.
 //
+// Nothing the host decides per step (CUDA graphs freeze every argument): with OPT_FOUND_INF in
+// flags a rule reads GradScaler's found_inf flag (device int32) and the whole launch does nothing
+// when it is set, so skipping a step needs no host read; without it found_inf is a 1-element
+// stand-in, never read. Capturable optimizers keep their step counts on the device: count_steps
+// (one thread) adds 1 to them unless found_inf is set and computes the step's scalars in double
+// with the host's formulas into a 2-element device array, which adam_step / adagrad_step then read
+// (ADAM_DEVICE_STEP, ADAGRAD_DEVICE_STEP) instead of their host scalars. unscale_grads reads the
+// scale from device memory (UNSCALE_DEVICE_SCALE) and amp_update_scale is GradScaler.update (one
+// thread), both on GradScaler's device state.
+//
 // Element types T: float and double (A = T), and __half (A = float): parameters, gradients and
 // every state array stay __half in memory (the parameter's dtype, as PyTorch keeps them), each
 // load widens to float, the whole rule runs in float and each stored value is rounded to half
@@ -32,7 +42,8 @@
 // floats, 2 doubles or 8 halves), then the last n % W elements one at a time; without it, all
 // n one at a time.
 //
-// Memory traffic per element: Adam reads param, grad, exp_avg, exp_avg_sq and writes param,
+// Memory traffic per element (plus, per thread, a read of found_inf with OPT_FOUND_INF and of the
+// two device step scalars with *_DEVICE_STEP, both broadcast from cache): Adam reads param, grad, exp_avg, exp_avg_sq and writes param,
 // exp_avg, exp_avg_sq (7 words; 9 with amsgrad); SGD with momentum 5 (3 without: no buffer,
 // and the first step does not read it), RMSprop 5-9, Adagrad 5; unscale_grads 2; a word is
 // the element's size (2 bytes for __half). Purely bandwidth bound; no shared memory, no
@@ -47,6 +58,7 @@
 
 #define OPT_MAXIMIZE 1
 #define OPT_ALIGNED16 8
+#define OPT_FOUND_INF 16
 
 namespace optim {
 
@@ -128,6 +140,12 @@ struct Vec16<__half> {
   }
 };
 
+// Whether GradScaler found an inf/NaN this step (OPT_FOUND_INF): then the launch does nothing. The
+// same for every thread, so the early return is uniform (and these kernels have no barriers).
+__device__ __forceinline__ bool skipped(const int* __restrict__ found_inf, int flags) {
+  return (flags & OPT_FOUND_INF) && *found_inf != 0;
+}
+
 // Elements [0, vectors * W) go in vectors, the rest one by one (all of them when unaligned).
 template <typename T>
 __device__ __forceinline__ index_t vector_count(index_t n, int flags) {
@@ -163,7 +181,8 @@ template <typename T, typename A>
 __device__ __forceinline__ void sgd(T* __restrict__ param, const T* __restrict__ grad,
                                     T* __restrict__ momentum_buffer, long long n, A lr,
                                     A momentum, A one_minus_dampening, A weight_decay,
-                                    int flags) {
+                                    int flags, const int* __restrict__ found_inf) {
+  if (skipped(found_inf, flags)) return;
   typedef Vec16<T> V;
   const SgdRule<A> rule{lr, momentum, one_minus_dampening, weight_decay, flags};
   const bool keeps = momentum != A(0), reads = keeps && !(flags & SGD_FIRST_STEP);
@@ -193,25 +212,29 @@ __device__ __forceinline__ void sgd(T* __restrict__ param, const T* __restrict__
 template <typename T>
 __global__ void sgd_step(T* __restrict__ param, const T* __restrict__ grad,
                          T* __restrict__ momentum_buffer, long long n, T lr, T momentum,
-                         T one_minus_dampening, T weight_decay, int flags) {
+                         T one_minus_dampening, T weight_decay, int flags,
+                         const int* __restrict__ found_inf) {
   optim::sgd(param, grad, momentum_buffer, n, lr, momentum, one_minus_dampening, weight_decay,
-             flags);
+             flags, found_inf);
 }
 
 extern "C" __global__ void sgd_step_half(__half* __restrict__ param,
                                          const __half* __restrict__ grad,
                                          __half* __restrict__ momentum_buffer, long long n,
                                          float lr, float momentum, float one_minus_dampening,
-                                         float weight_decay, int flags) {
+                                         float weight_decay, int flags,
+                                         const int* __restrict__ found_inf) {
   optim::sgd(param, grad, momentum_buffer, n, lr, momentum, one_minus_dampening, weight_decay,
-             flags);
+             flags, found_inf);
 }
 
 // Adam / AdamW: g = grad (+ wd * p unless decoupled, where p *= 1 - lr * wd first);
 // m += (g - m) * (1 - beta1); v = v * beta2 + (g * (1 - beta2)) * g; amsgrad: vmax = max(vmax, v);
-// p -= step_size * m / (sqrt(v or vmax) / sqrt(1 - beta2^t) + eps).
+// p -= step_size * m / (sqrt(v or vmax) / sqrt(1 - beta2^t) + eps). ADAM_DEVICE_STEP: step_size
+// and sqrt(1 - beta2^t) are step_scalars[0] and [1] (count_steps's), rounded to A as the host's are.
 #define ADAM_AMSGRAD 2
 #define ADAM_DECOUPLED 4
+#define ADAM_DEVICE_STEP 32
 
 namespace optim {
 template <typename A>
@@ -243,7 +266,13 @@ __device__ __forceinline__ void adam(T* __restrict__ param, const T* __restrict_
                                      T* __restrict__ max_exp_avg_sq, long long n, A decay,
                                      A weight_decay, A one_minus_beta1, A beta2,
                                      A one_minus_beta2, A step_size, A bias_correction2_sqrt,
-                                     A eps, int flags) {
+                                     A eps, int flags, const int* __restrict__ found_inf,
+                                     const double* __restrict__ step_scalars) {
+  if (skipped(found_inf, flags)) return;
+  if (flags & ADAM_DEVICE_STEP) {
+    step_size = A(step_scalars[0]);
+    bias_correction2_sqrt = A(step_scalars[1]);
+  }
   typedef Vec16<T> V;
   const AdamRule<A> rule{decay,     weight_decay,          one_minus_beta1, beta2,
                          one_minus_beta2, step_size, bias_correction2_sqrt, eps,
@@ -284,10 +313,12 @@ __global__ void adam_step(T* __restrict__ param, const T* __restrict__ grad,
                           T* __restrict__ exp_avg, T* __restrict__ exp_avg_sq,
                           T* __restrict__ max_exp_avg_sq, long long n, T decay, T weight_decay,
                           T one_minus_beta1, T beta2, T one_minus_beta2, T step_size,
-                          T bias_correction2_sqrt, T eps, int flags) {
+                          T bias_correction2_sqrt, T eps, int flags,
+                          const int* __restrict__ found_inf,
+                          const double* __restrict__ step_scalars) {
   optim::adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, decay, weight_decay,
               one_minus_beta1, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps,
-              flags);
+              flags, found_inf, step_scalars);
 }
 
 extern "C" __global__ void adam_step_half(__half* __restrict__ param,
@@ -298,10 +329,12 @@ extern "C" __global__ void adam_step_half(__half* __restrict__ param,
                                           float decay, float weight_decay,
                                           float one_minus_beta1, float beta2,
                                           float one_minus_beta2, float step_size,
-                                          float bias_correction2_sqrt, float eps, int flags) {
+                                          float bias_correction2_sqrt, float eps, int flags,
+                                          const int* __restrict__ found_inf,
+                                          const double* __restrict__ step_scalars) {
   optim::adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, n, decay, weight_decay,
               one_minus_beta1, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps,
-              flags);
+              flags, found_inf, step_scalars);
 }
 
 // RMSprop: g = grad (+ wd * p); v = v * alpha + (g * (1 - alpha)) * g; centered:
@@ -340,7 +373,9 @@ __device__ __forceinline__ void rmsprop(T* __restrict__ param, const T* __restri
                                         T* __restrict__ square_avg, T* __restrict__ grad_avg,
                                         T* __restrict__ momentum_buffer, long long n, A lr,
                                         A alpha, A one_minus_alpha, A eps, A weight_decay,
-                                        A momentum, int flags) {
+                                        A momentum, int flags,
+                                        const int* __restrict__ found_inf) {
+  if (skipped(found_inf, flags)) return;
   typedef Vec16<T> V;
   const RmspropRule<A> rule{lr, alpha, one_minus_alpha, eps, weight_decay, momentum, flags};
   const bool centered = flags & RMSPROP_CENTERED, with_momentum = flags & RMSPROP_MOMENTUM;
@@ -379,9 +414,10 @@ template <typename T>
 __global__ void rmsprop_step(T* __restrict__ param, const T* __restrict__ grad,
                              T* __restrict__ square_avg, T* __restrict__ grad_avg,
                              T* __restrict__ momentum_buffer, long long n, T lr, T alpha,
-                             T one_minus_alpha, T eps, T weight_decay, T momentum, int flags) {
+                             T one_minus_alpha, T eps, T weight_decay, T momentum, int flags,
+                             const int* __restrict__ found_inf) {
   optim::rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, n, lr, alpha,
-                 one_minus_alpha, eps, weight_decay, momentum, flags);
+                 one_minus_alpha, eps, weight_decay, momentum, flags, found_inf);
 }
 
 extern "C" __global__ void rmsprop_step_half(__half* __restrict__ param,
@@ -391,13 +427,16 @@ extern "C" __global__ void rmsprop_step_half(__half* __restrict__ param,
                                              __half* __restrict__ momentum_buffer, long long n,
                                              float lr, float alpha, float one_minus_alpha,
                                              float eps, float weight_decay, float momentum,
-                                             int flags) {
+                                             int flags, const int* __restrict__ found_inf) {
   optim::rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, n, lr, alpha,
-                 one_minus_alpha, eps, weight_decay, momentum, flags);
+                 one_minus_alpha, eps, weight_decay, momentum, flags, found_inf);
 }
 
 // Adagrad: g = grad (+ wd * p); s += g * g; p -= (g / (sqrt(s) + eps)) * clr, where
-// clr = lr / (1 + (t - 1) * lr_decay) comes from the host.
+// clr = lr / (1 + (t - 1) * lr_decay) comes from the host, or with ADAGRAD_DEVICE_STEP is
+// step_scalars[0] (count_steps's), rounded to A as the host's is.
+#define ADAGRAD_DEVICE_STEP 2
+
 namespace optim {
 template <typename A>
 struct AdagradRule {
@@ -414,7 +453,11 @@ struct AdagradRule {
 template <typename T, typename A>
 __device__ __forceinline__ void adagrad(T* __restrict__ param, const T* __restrict__ grad,
                                         T* __restrict__ sum, long long n, A clr,
-                                        A weight_decay, A eps, int flags) {
+                                        A weight_decay, A eps, int flags,
+                                        const int* __restrict__ found_inf,
+                                        const double* __restrict__ step_scalars) {
+  if (skipped(found_inf, flags)) return;
+  if (flags & ADAGRAD_DEVICE_STEP) clr = A(step_scalars[0]);
   typedef Vec16<T> V;
   const AdagradRule<A> rule{clr, weight_decay, eps, flags};
   const index_t vectors = vector_count<T>(n, flags), done = vectors * V::W;
@@ -443,25 +486,36 @@ __device__ __forceinline__ void adagrad(T* __restrict__ param, const T* __restri
 template <typename T>
 __global__ void adagrad_step(T* __restrict__ param, const T* __restrict__ grad,
                              T* __restrict__ sum, long long n, T clr, T weight_decay, T eps,
-                             int flags) {
-  optim::adagrad(param, grad, sum, n, clr, weight_decay, eps, flags);
+                             int flags, const int* __restrict__ found_inf,
+                             const double* __restrict__ step_scalars) {
+  optim::adagrad(param, grad, sum, n, clr, weight_decay, eps, flags, found_inf, step_scalars);
 }
 
 extern "C" __global__ void adagrad_step_half(__half* __restrict__ param,
                                              const __half* __restrict__ grad,
                                              __half* __restrict__ sum, long long n, float clr,
-                                             float weight_decay, float eps, int flags) {
-  optim::adagrad(param, grad, sum, n, clr, weight_decay, eps, flags);
+                                             float weight_decay, float eps, int flags,
+                                             const int* __restrict__ found_inf,
+                                             const double* __restrict__ step_scalars) {
+  optim::adagrad(param, grad, sum, n, clr, weight_decay, eps, flags, found_inf, step_scalars);
 }
 
 // GradScaler's unscale: found_inf[0] = 1 if any grad is inf or NaN (tested before scaling, as
 // PyTorch does), then grad *= inv_scale. Every thread that saw one stores the same 1, so the
-// result does not depend on the order; found_inf is never cleared here (the host zeroes it
-// once for all of an optimizer's buckets).
+// result does not depend on the order; found_inf is never cleared here (GradScaler clears it
+// once for all of an optimizer's buckets: amp_update_scale). UNSCALE_DEVICE_SCALE: inv_scale is
+// 1 / scale[0] in float32, correctly rounded (__frcp_rn: the bits of IEEE 1.0f / scale, and of
+// PyTorch's reciprocal through double, since double rounding is exact for a quotient of floats),
+// widened to A; else the host's inv_scale. NOTE: __launch_bounds__(256, 8) keeps these at 32
+// registers (100% occupancy on sm_80; the scale's branch cost 2-8 registers more without it).
+#define UNSCALE_DEVICE_SCALE 2
+
 namespace optim {
 template <typename T, typename A>
 __device__ __forceinline__ void unscale(T* __restrict__ grad, long long n, A inv_scale,
+                                        const float* __restrict__ scale,
                                         int* __restrict__ found_inf, int flags) {
+  if (flags & UNSCALE_DEVICE_SCALE) inv_scale = A(__frcp_rn(*scale));
   typedef Vec16<T> V;
   bool bad = false;
   const index_t vectors = vector_count<T>(n, flags), done = vectors * V::W;
@@ -488,13 +542,86 @@ __device__ __forceinline__ void unscale(T* __restrict__ grad, long long n, A inv
 // dlcore: instantiate unscale_grads<float>
 // dlcore: instantiate unscale_grads<double>
 template <typename T>
-__global__ void unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
-                              int* __restrict__ found_inf, int flags) {
-  optim::unscale(grad, n, inv_scale, found_inf, flags);
+__global__ void __launch_bounds__(256, 8) unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
+                              const float* __restrict__ scale, int* __restrict__ found_inf,
+                              int flags) {
+  optim::unscale(grad, n, inv_scale, scale, found_inf, flags);
 }
 
-extern "C" __global__ void unscale_grads_half(__half* __restrict__ grad, long long n,
-                                              float inv_scale, int* __restrict__ found_inf,
-                                              int flags) {
-  optim::unscale(grad, n, inv_scale, found_inf, flags);
+extern "C" __global__ void __launch_bounds__(256, 8)
+    unscale_grads_half(__half* __restrict__ grad, long long n,
+                                              float inv_scale, const float* __restrict__ scale,
+                                              int* __restrict__ found_inf, int flags) {
+  optim::unscale(grad, n, inv_scale, scale, found_inf, flags);
+}
+
+// Device step counts (capturable optimizers): unless found_inf is set (OPT_FOUND_INF), add 1 to
+// the step counts of the `count` parameters the next update launch covers (they are equal: the
+// optimizer groups parameters by their history), then compute that step's scalars in double with
+// the host's formulas, t the new count: STEPS_ADAM: step_scalars = {lr / (1 - a^t),
+// sqrt(1 - b^t)} (a, b = beta1, beta2); STEPS_ADAGRAD: {lr / (1 + (t - 1) * a)} (a = lr_decay);
+// neither: counting only (RMSprop). Thread 0 of one block; float counts are exact to 2^24.
+// NOTE: pow is glibc's on the emulator, as the host's (bit-identical scalars); CUDA's double pow
+// is within 2 ulp, so a scalar may differ from the host's by 2^-51 relative before its rounding
+// to A (float: the same float unless it lies that close to a rounding boundary).
+#define STEPS_ADAM 2
+#define STEPS_ADAGRAD 4
+
+namespace optim {
+// a * b rounded on its own, never contracted into a fused multiply-add with a following add (the
+// host rounds it): __dmul_rn on the GPU; the emulator's g++ honours a volatile temporary.
+__device__ __forceinline__ double mul_rn(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  volatile double product = a * b;
+  return product;
+#endif
+}
+}  // namespace optim
+
+extern "C" __global__ void count_steps(float* __restrict__ steps, int count, double lr, double a,
+                                       double b, double* __restrict__ step_scalars, int flags,
+                                       const int* __restrict__ found_inf) {
+  if (threadIdx.x != 0 || blockIdx.x != 0 || optim::skipped(found_inf, flags)) return;
+  for (int i = 0; i < count; ++i) steps[i] += 1.0f;
+  const double t = steps[0];
+  if (flags & STEPS_ADAM) {
+    step_scalars[0] = lr / (1.0 - pow(a, t));
+    step_scalars[1] = sqrt(1.0 - pow(b, t));
+  } else if (flags & STEPS_ADAGRAD) {
+    step_scalars[0] = lr / (1.0 + optim::mul_rn(t - 1.0, a));
+  }
+}
+
+// GradScaler.update: PyTorch's _amp_update_scale_ (aten/src/ATen/native/cuda/AmpKernels.cu), one
+// thread. found: any of found_inf[0, count) set (the flags of the iteration's optimizers). Then
+// scale *= backoff_factor, growth_tracker = 0; else growth_tracker + 1, and when that reaches
+// growth_interval, scale *= growth_factor only if the product is finite, growth_tracker = 0. The
+// factors are double and each product rounds to float once, as there. The flags are cleared for
+// the next iteration. Thread 0 of one block.
+extern "C" __global__ void amp_update_scale(float* __restrict__ scale,
+                                            int* __restrict__ growth_tracker,
+                                            int* __restrict__ found_inf, int count,
+                                            double growth_factor, double backoff_factor,
+                                            int growth_interval) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  bool found = false;
+  for (int i = 0; i < count; ++i) {
+    found |= found_inf[i] != 0;
+    found_inf[i] = 0;
+  }
+  if (found) {
+    *scale = (float)(*scale * backoff_factor);
+    *growth_tracker = 0;
+    return;
+  }
+  const int successful = *growth_tracker + 1;
+  if (successful == growth_interval) {
+    const float grown = (float)(*scale * growth_factor);
+    if (isfinite(grown)) *scale = grown;
+    *growth_tracker = 0;
+  } else {
+    *growth_tracker = successful;
+  }
 }

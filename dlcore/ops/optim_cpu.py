@@ -16,10 +16,16 @@ and the parameter and state chunks are rounded back to float16, once per stored 
 The kernels contract a*b+c into one fused multiply-add, which these rules cannot, so the two
 paths can differ by a float32 ulp before the rounding to float16, and so by one float16 ulp
 after it, for a value that lands next to a rounding boundary (tests/optim/test_half_steps.py).
+
+GradScaler's device-side arguments have twins here too (on ``cpu`` the "device" is the host, so
+reading them is free): ``found_inf`` (a rule does nothing when it is set), ``step_scalars`` (what
+:func:`count_steps` computed, replacing the host's step scalars), the scale array of
+:func:`unscale_grads`, and :func:`update_scale` (GradScaler.update).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,6 +40,13 @@ RMSPROP_CENTERED, RMSPROP_MOMENTUM = 2, 4
 # every array starts on a 16-byte boundary: the kernels move 16 bytes per access (the NumPy
 # rules have nothing to choose and ignore it)
 ALIGNED16 = 8
+# found_inf is read: a set flag skips the whole update (every rule; set by update() itself)
+FOUND_INF = 16
+ADAM_DEVICE_STEP, ADAGRAD_DEVICE_STEP = 32, 2
+# the rules whose per-step scalars can come from the device (count_steps), and their flag bit
+DEVICE_STEP = {"adam_step": ADAM_DEVICE_STEP, "adagrad_step": ADAGRAD_DEVICE_STEP}
+UNSCALE_DEVICE_SCALE = 2  # unscale_grads: inv_scale = 1 / scale[0], in float32
+STEPS_ADAM, STEPS_ADAGRAD = 2, 4  # count_steps: which scalars to compute
 CPU_CHUNK = 1 << 16
 SCRATCH = 3  # chunk-sized temporaries a rule needs at most
 
@@ -45,7 +58,11 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 
 
 def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[float],
-           flags: int) -> None:
+           flags: int, found_inf: Any = None, step_scalars: Any = None) -> None:
+    if found_inf is not None and found_inf[0]:
+        return
+    if step_scalars is not None:
+        scalars = _with_step_scalars(rule, scalars, step_scalars)
     fn = RULES[rule]
     n = int(arrays[0].size)
     dtype = compute_dtype(arrays[0].dtype)
@@ -75,12 +92,67 @@ def update(device: Any, rule: str, arrays: Sequence[Any], scalars: Sequence[floa
                 np.copyto(chunks[i], work[i], casting="same_kind")
 
 
-def unscale_grads(device: Any, grad: np.ndarray, inv_scale: float, found_inf: np.ndarray,
+def _with_step_scalars(rule: str, scalars: Sequence[float], step_scalars: np.ndarray
+                       ) -> list[float]:
+    """The rule's scalars with the per-step ones from ``step_scalars`` (Python floats, which
+    the rules round to the arithmetic dtype as they round the host's)."""
+    out = list(scalars)
+    if rule == "adam_step":
+        out[5], out[6] = float(step_scalars[0]), float(step_scalars[1])
+    else:
+        out[0] = float(step_scalars[0])
+    return out
+
+
+def count_steps(device: Any, steps: np.ndarray, lr: float, a: float, b: float,
+                step_scalars: np.ndarray, flags: int, found_inf: Any) -> None:
+    """Unless ``found_inf`` is set: steps += 1, then the step's scalars from t = steps[0], in
+    float64 with the optimizers' host formulas (STEPS_ADAM: lr / (1 - a^t), sqrt(1 - b^t);
+    STEPS_ADAGRAD: lr / (1 + (t - 1) * a))."""
+    if found_inf is not None and found_inf[0]:
+        return
+    steps += np.float32(1)
+    t = float(steps[0])
+    if flags & STEPS_ADAM:
+        step_scalars[0] = lr / (1 - a ** t)
+        step_scalars[1] = math.sqrt(1 - b ** t)
+    elif flags & STEPS_ADAGRAD:
+        step_scalars[0] = lr / (1 + (t - 1) * a)
+
+
+def update_scale(device: Any, scale: np.ndarray, growth_tracker: np.ndarray,
+                 found_inf: np.ndarray, growth_factor: float, backoff_factor: float,
+                 growth_interval: int) -> None:
+    """GradScaler.update, PyTorch's _amp_update_scale_: on any set flag of ``found_inf``,
+    scale *= backoff_factor and the tracker restarts; else the tracker counts, and at
+    growth_interval scale *= growth_factor (kept only if finite) and the tracker restarts. The
+    products in float64, rounded to float32 once; the flags are cleared."""
+    found = bool(found_inf.any())
+    found_inf[...] = 0
+    if found:
+        scale[0] = np.float32(float(scale[0]) * backoff_factor)
+        growth_tracker[0] = 0
+        return
+    successful = int(growth_tracker[0]) + 1
+    if successful == growth_interval:
+        with np.errstate(over="ignore"):
+            grown = np.float32(float(scale[0]) * growth_factor)
+        if np.isfinite(grown):
+            scale[0] = grown
+        growth_tracker[0] = 0
+    else:
+        growth_tracker[0] = successful
+
+
+def unscale_grads(device: Any, grad: np.ndarray, inv_scale: Any, found_inf: np.ndarray,
                   flags: int) -> None:
     """found_inf[0] = 1 if any element of ``grad`` is inf or NaN (tested before scaling, as
     PyTorch does; never cleared here), then grad *= inv_scale, in place (float16: the product
-    in float32, rounded once, as the kernel computes it)."""
+    in float32, rounded once, as the kernel computes it). ``inv_scale``: the host's float, or
+    GradScaler's scale array, whose float32 reciprocal is used."""
     dtype = compute_dtype(grad.dtype)
+    if isinstance(inv_scale, np.ndarray):
+        inv_scale = np.float32(1) / inv_scale.reshape(-1)[0]
     scale = dtype.type(inv_scale)
     for c in range(0, int(grad.size), CPU_CHUNK):
         chunk = grad[c:c + CPU_CHUNK]

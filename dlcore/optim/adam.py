@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from ..ops.optim import ADAM_AMSGRAD, ADAM_DECOUPLED, MAXIMIZE
+from ..ops.optim import ADAM_AMSGRAD, ADAM_DECOUPLED, MAXIMIZE, STEPS_ADAM
 from .optimizer import Optimizer, state_like
 
 
@@ -14,7 +14,9 @@ class Adam(Optimizer):
     """``torch.optim.Adam``: ``g = grad + weight_decay * p`` (negated if ``maximize``),
     ``m = lerp(m, g, 1 - beta1)``, ``v = beta2 * v + (1 - beta2) * g * g``, then
     ``p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``; with ``amsgrad``
-    the running maximum of ``v`` replaces ``v`` in the denominator.
+    the running maximum of ``v`` replaces ``v`` in the denominator. ``capturable``: the step
+    count lives on the device and the bias corrections are computed there (CUDA graphs,
+    GradScaler without a host sync; :mod:`dlcore.optim.optimizer`), on ``cuda``/``emu`` only.
 
     >>> opt = Adam(model.parameters(), lr=1e-3)  # doctest: +SKIP
     """
@@ -24,7 +26,8 @@ class Adam(Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None, fused: bool | None = None) -> None:
+                 foreach: bool | None = None, capturable: bool = False,
+                 fused: bool | None = None) -> None:
         """``foreach`` and ``fused`` are accepted for PyTorch compatibility: dlcore always
         updates a group in one fused pass."""
         if not 0.0 <= lr:
@@ -38,7 +41,7 @@ class Adam(Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize))
+                                      maximize=maximize, capturable=capturable))
 
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
         for name in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group["amsgrad"] else ()):
@@ -55,6 +58,10 @@ class Adam(Optimizer):
         bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
         return (lr, group["weight_decay"], 1 - beta1, beta2, 1 - beta2,
                 lr / bias_correction1, bias_correction2_sqrt, group["eps"])
+
+    def step_count_rule(self, group: dict[str, Any]) -> tuple[int, float, float, float]:
+        beta1, beta2 = group["betas"]
+        return STEPS_ADAM, group["lr"], beta1, beta2
 
     def update_rule(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
                     step: int) -> tuple[str, tuple, tuple[float, ...], int]:
@@ -76,5 +83,7 @@ class AdamW(Adam):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None, fused: bool | None = None) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
+                 foreach: bool | None = None, capturable: bool = False,
+                 fused: bool | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         capturable=capturable)

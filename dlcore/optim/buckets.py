@@ -10,6 +10,12 @@ slots that hold their parameter's current gradient (autograd fills a slot throug
 :meth:`GradSlot.receive`, any assignment of ``.grad`` empties it through
 :meth:`GradSlot.release`), and :attr:`Bucket.common_step` is the step count all parameters
 share (None once they differ, as when some had no gradient at a step).
+
+Capturable optimizers keep the step counts on the device as well (:attr:`Bucket.step_counts`,
+one float32 per parameter, counted by the ``count_steps`` kernel, which skips a step GradScaler
+found an inf in), so the host no longer knows them; it knows which steps each parameter took
+part in, and :attr:`Bucket.histories` names that set: parameters with equal histories have
+equal device counts, and one launch serves a run of them.
 """
 
 from __future__ import annotations
@@ -115,6 +121,15 @@ class Bucket:
         # a tenth of a step's host time), and the count they all share, or None
         self.steps = [0] * len(params)
         self.common_step: int | None = 0
+        # capturable: the device step counts (float32, one per parameter; None until the first
+        # capturable step, then made from `steps`), the 2 float64 step scalars count_steps
+        # writes for the next update launch, and the histories (see the module doc)
+        self.step_counts: Any = None
+        self.step_scalars: Any = None
+        self.histories = [0] * len(params)
+        self.common_history: int | None = 0
+        self._renamed: dict[int, int] = {}  # this step's old history -> new history
+        self._next_history = 1
         self._aligned: tuple[tuple[int, ...], bool] | None = None  # (state ids, result)
 
     # ---- the steady state: O(1), or one identity test per parameter ------------------
@@ -145,17 +160,43 @@ class Bucket:
         return 0
 
     def set_steps(self, first: int, last: int, step: int) -> None:
+        history = self._renamed.get(self.histories[first])
+        if history is None:
+            history = self._renamed[self.histories[first]] = self._next_history
+            self._next_history += 1
         if first == 0 and last == len(self.params):
             self.steps = [step] * last
             self.common_step = step
+            self.histories = [history] * last
+            self.common_history = history
         else:
             self.steps[first:last] = [step] * (last - first)
             self.common_step = step if self.steps.count(step) == len(self.steps) else None
+            self.histories[first:last] = [history] * (last - first)
+            self.common_history = history if self.histories.count(history) == len(
+                self.histories) else None
+
+    def begin_step(self) -> None:
+        """A new optimizer step: parameters updated in it get new histories."""
+        self._renamed.clear()
 
     def recount_steps(self) -> None:
-        """After step counts were set one by one (loading a state dict)."""
+        """After step counts were set one by one (loading a state dict): the device counts
+        are made again from them, and equal counts are equal histories."""
         s0 = self.steps[0]
         self.common_step = s0 if self.steps.count(s0) == len(self.steps) else None
+        self.histories = [-1 - s for s in self.steps]
+        self.common_history = None if self.common_step is None else self.histories[0]
+        self.step_counts = None
+
+    def device_steps(self) -> tuple[Any, Any]:
+        """The device step counts and step-scalar array (made on first use, from the host's
+        counts, which are exact until a capturable step has run)."""
+        if self.step_counts is None:
+            with self.device:
+                self.step_counts = self.device.asarray(np.asarray(self.steps, np.float32))
+                self.step_scalars = self.device.xp.zeros(2, np.float64)
+        return self.step_counts, self.step_scalars
 
     # ---- everything else: per parameter ----------------------------------------------
     def moved(self) -> bool:
@@ -207,9 +248,10 @@ class Bucket:
                                f"to a parameter of shape {tuple(view.shape)}")
         self.device.xp.copyto(view, g.data, casting="same_kind")
 
-    def runs(self) -> list[tuple[int, int]]:
-        """Maximal ranges of parameters that have a gradient and the same step count: each
-        is updated by one call (PyTorch skips parameters whose ``.grad`` is None)."""
+    def runs(self, key: list[int]) -> list[tuple[int, int]]:
+        """Maximal ranges of parameters that have a gradient and the same ``key`` (their
+        step counts, or histories): each is updated by one call (PyTorch skips parameters
+        whose ``.grad`` is None)."""
         out: list[tuple[int, int]] = []
         start = None
         for i, p in enumerate(self.params):
@@ -219,7 +261,7 @@ class Bucket:
                     start = None
             elif start is None:
                 start = i
-            elif self.steps[i] != self.steps[start]:
+            elif key[i] != key[start]:
                 out.append((start, i))
                 start = i
         if start is not None:

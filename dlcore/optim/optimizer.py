@@ -40,6 +40,22 @@ was made) no longer sees updates; take such aliases afterwards, or read ``p``. I
 is replaced later (``module.load_state_dict`` copies in place, but a user may assign), the new
 values are adopted into the flat buffer at the next step. Replacing the *array* of a gradient
 in its slot (``p.grad.data = a``, ``p.grad.set_(t)``) is not noticed; assign ``p.grad = t``.
+
+Nothing per step from the host (GradScaler without a sync, CUDA graphs). ``capturable=True``
+(Adam, AdamW, RMSprop, and Adagrad as a dlcore extension; PyTorch's option) keeps each
+parameter's step count on the device (:attr:`Bucket.step_counts`, float32, PyTorch's ``step``
+tensor; ``state_dict`` copies it): before each update launch the ``count_steps`` kernel (one
+thread) adds 1 and computes the step's scalars (Adam's bias corrections, Adagrad's decayed lr)
+in float64 with the host's formulas, and the update kernel reads them, so a graph replays later
+steps correctly and the update equals the non-capturable one (bit for bit on ``emu``; on
+``cuda`` up to CUDA's double ``pow``, 2 ulp of float64 before the rounding to the parameter's
+dtype). As in PyTorch, ``capturable`` needs parameters on a kernel device (``cuda``, ``emu``):
+a step on ``cpu`` raises AssertionError. When GradScaler sets ``self.found_inf`` (a device
+int32 flag: PyTorch's protocol for optimizers whose ``_step_supports_amp_scaling`` is true) the
+kernels read it and do nothing when it is set, and the step counts stay; the host does not
+read it. What stays on the host: the learning rate and other hyperparameters (a graph replays
+them as captured, as PyTorch's with float lr), and the bookkeeping of which parameters had
+gradients.
 """
 
 from __future__ import annotations
@@ -55,6 +71,8 @@ from ..device import device_of_array
 from ..ops import optim as update_rules
 from ..tensor import Tensor
 from .buckets import Bucket
+
+SUPPORTED_CAPTURABLE = ("cuda", "emu")  # where capturable=True can step
 
 
 class _Required:
@@ -168,11 +186,27 @@ class Optimizer:
         if closure is not None:
             with autograd.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)  # a Tensor GradScaler set, for this step
         with autograd.no_grad():
             for index, group in enumerate(self.param_groups):
                 for bucket in self._group_buckets(index):
-                    self._step_bucket(bucket, group)
+                    self._step_bucket(bucket, group, found_inf)
         return loss
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether GradScaler may hand :meth:`step` its device found_inf flag (as
+        ``self.found_inf``) instead of reading it on the host: when a step the kernels skip
+        leaves no host state wrong, i.e. every group :meth:`skips_on_device`."""
+        return all(self.skips_on_device(group) for group in self.param_groups)
+
+    def skips_on_device(self, group: dict[str, Any]) -> bool:
+        """Whether a step of ``group`` the kernels skip (found_inf set) is as good as no
+        step: true for capturable groups, whose step counts are on the device."""
+        return bool(group.get("capturable", False))
+
+    def _bucket_devices(self) -> set[Any]:
+        return {b.device for i in range(len(self.param_groups)) for b in self._group_buckets(i)}
 
     def _group_buckets(self, index: int) -> list[Bucket]:
         """Group ``index``'s buckets, after noticing parameters moved, cast or reassigned."""
@@ -203,30 +237,63 @@ class Optimizer:
                 self._load_param_state(bucket, i, saved[id(p)])
             bucket.recount_steps()
 
-    def _step_bucket(self, bucket: Bucket, group: dict[str, Any]) -> None:
+    def _step_bucket(self, bucket: Bucket, group: dict[str, Any],
+                     found_inf: Tensor | None) -> None:
+        capturable = bool(group.get("capturable", False))
+        if capturable and bucket.device.type not in SUPPORTED_CAPTURABLE:
+            raise AssertionError(f"{type(self).__name__}: if capturable=True, params and "
+                                 f"state_steps must be on supported devices: "
+                                 f"{list(SUPPORTED_CAPTURABLE)}, got {bucket.device}")
+        flag = None
+        if found_inf is not None:
+            if found_inf.device is not bucket.device:
+                raise RuntimeError(f"{type(self).__name__}.step: found_inf is on "
+                                   f"{found_inf.device}, parameters on {bucket.device}")
+            flag = found_inf.data
         self.init_single(bucket.flat, bucket.state, group)
+        bucket.begin_step()
         n = len(bucket.params)
-        if bucket.grads_in_slots() and bucket.common_step is not None:
-            self._update(bucket, group, 0, n, bucket.common_step + 1)  # the steady state
+        common = bucket.common_history if capturable else bucket.common_step
+        if bucket.grads_in_slots() and common is not None:  # the steady state
+            self._update(bucket, group, 0, n, bucket.steps[0] + 1, capturable, flag)
             return
         for i in bucket.foreign_grads():
             bucket.copy_into_slot(i)
-        for first, last in bucket.runs():
-            self._update(bucket, group, first, last, bucket.steps[first] + 1)
+        for first, last in bucket.runs(bucket.histories if capturable else bucket.steps):
+            self._update(bucket, group, first, last, bucket.steps[first] + 1, capturable,
+                         flag)
 
     def _update(self, bucket: Bucket, group: dict[str, Any], first: int, last: int,
-                step: int) -> None:
+                step: int, capturable: bool, found_inf: Any) -> None:
         """One launch (or NumPy pass) over parameters ``first:last``, whose gradients are in
-        their slots and whose step counts all become ``step``."""
+        their slots and whose step counts all become ``step`` (on the host; capturable: the
+        ``count_steps`` launch before it counts on the device, unless found_inf is set)."""
         lo, hi = bucket.offsets[first], bucket.offsets[last]
         if first == 0 and last == len(bucket.params):  # the usual case: the whole bucket
             state, param, grad = bucket.state, bucket.flat, bucket.grads.buffer
         else:
             state = {k: v[lo:hi] for k, v in bucket.state.items()}
             param, grad = bucket.flat[lo:hi], bucket.grads.buffer[lo:hi]
-        rule, arrays, scalars, flags = self.update_rule(grad, param, state, group, step)
-        update_rules.update(bucket.device, rule, arrays, scalars, flags | bucket.aligned(lo))
+        # NOTE: capturable: the host's step scalars are replaced by the device's, and step 1's
+        # are passed so that every launch has the same arguments (a CUDA graph replays them)
+        rule, arrays, scalars, flags = self.update_rule(grad, param, state, group,
+                                                        1 if capturable else step)
+        step_scalars = None
+        if capturable:
+            counts, step_scalars = bucket.device_steps()
+            what, lr, a, b = self.step_count_rule(group)
+            update_rules.count_steps(bucket.device, counts[first:last], lr, a, b, step_scalars,
+                                     what, found_inf)
+            step_scalars = step_scalars if what else None
+        update_rules.update(bucket.device, rule, arrays, scalars, flags | bucket.aligned(lo),
+                            found_inf, step_scalars)
         bucket.set_steps(first, last, step)
+
+    def step_count_rule(self, group: dict[str, Any]) -> tuple[int, float, float, float]:
+        """What ``count_steps`` computes for ``group``'s capturable steps, besides counting:
+        ``(STEPS_ADAM, lr, beta1, beta2)``, ``(STEPS_ADAGRAD, lr, lr_decay, 0)``, or nothing
+        (``0, 0, 0, 0``: a rule that does not depend on the step count)."""
+        return 0, 0.0, 0.0, 0.0
 
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Create the state arrays ``group``'s options need and ``state`` lacks (flat, like
@@ -265,6 +332,34 @@ class Optimizer:
                         found_inf = _unscale_one(bucket.params[i], inv_scale) or found_inf
         return found_inf or any(int(dev.to_host(flag)[0]) for dev, flag in flags.items())
 
+    def _unscale_grads_device_(self, scale: Any, found_inf: Any) -> None:
+        """GradScaler's pass with no host read: every gradient times ``1 / scale[0]`` (float32,
+        taken in the kernel), ``found_inf[0]`` set on an inf or NaN; ``scale`` and
+        ``found_inf`` (float32 and int32, 1 element) on the device of every bucket. The flat
+        buffers in one launch per bucket, a gradient outside its slot in one launch of its
+        own."""
+        with autograd.no_grad():
+            for index in range(len(self.param_groups)):
+                for bucket in self._group_buckets(index):
+                    buffer = bucket.grads.buffer
+                    if bucket.grads_in_slots():
+                        ranges, foreign = [(0, int(buffer.size))], []
+                    else:
+                        foreign = bucket.foreign_grads()
+                        ranges = bucket.slot_runs(foreign)
+                    for lo, hi in ranges:
+                        update_rules.unscale_grads(bucket.device, buffer[lo:hi], scale,
+                                                   found_inf, bucket.aligned(lo))
+                    for i in foreign:
+                        grad = bucket.params[i].grad
+                        assert grad is not None  # foreign_grads() lists only existing ones
+                        contiguous = grad.data.flags.c_contiguous
+                        flat = (grad.data if contiguous else
+                                grad.device.xp.ascontiguousarray(grad.data)).reshape(-1)
+                        update_rules.unscale_grads(grad.device, flat, scale, found_inf)
+                        if not contiguous:
+                            grad.data[...] = flat.reshape(grad.shape)
+
     # ---- state -----------------------------------------------------------------------
     @property
     def state(self) -> dict[Tensor, dict[str, Any]]:
@@ -286,7 +381,9 @@ class Optimizer:
         shape = bucket.views[i].shape
         entry: dict[str, Any] = {}
         if self.has_step_state:
-            entry["step"] = Tensor(float(bucket.steps[i]), dtype=np.float32)
+            counts = bucket.step_counts
+            entry["step"] = Tensor(float(bucket.steps[i]), dtype=np.float32) if counts is None \
+                else Tensor._make(counts[i:i + 1].reshape(()), bucket.device)
         for name, flat in bucket.state.items():
             entry[name] = Tensor._make(flat[lo:hi].reshape(shape), bucket.device)
         return entry
@@ -308,7 +405,7 @@ class Optimizer:
                 where = location.get(id(p))
                 entry = self._param_state(*where) if where else {}
                 if entry:
-                    state[index] = {k: v.clone() if k != "step" else v for k, v in entry.items()}
+                    state[index] = {k: v.clone() for k, v in entry.items()}
                 index += 1
             groups.append(saved)
         return {"state": state, "param_groups": groups}

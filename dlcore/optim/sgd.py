@@ -41,6 +41,12 @@ class SGD(Optimizer):
         if group["momentum"] != 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = state_like(param)
 
+    def skips_on_device(self, group: dict[str, Any]) -> bool:
+        """SGD keeps no step count; only its first step is special (``b = g``), and when the
+        kernels skip it the next step's ``b = momentum * 0 + (1 - dampening) * g`` is the same
+        ``g`` exactly when dampening is 0."""
+        return group["momentum"] == 0 or group["dampening"] == 0
+
     def update_rule(self, grad: Any, param: Any, state: dict[str, Any], group: dict[str, Any],
                     step: int) -> tuple[str, tuple, tuple[float, ...], int]:
         flags = (MAXIMIZE * group["maximize"] | SGD_NESTEROV * group["nesterov"]

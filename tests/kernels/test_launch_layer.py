@@ -20,7 +20,8 @@ DEVICES = ["emu"] + (["cuda"] if device_count() else [])
 def _adam_args(xp: object, n: int = 5) -> list:
     arrays = [xp.ones(n, dtype=np.float32) for _ in range(5)]  # type: ignore[attr-defined]
     scalars = [np.float32(v) for v in (1.0, 0.0, 0.1, 0.999, 0.001, 0.01, 1.0, 1e-8)]
-    return [*arrays, np.int64(n), *scalars, np.int32(0)]
+    return [*arrays, np.int64(n), *scalars, np.int32(0),
+            xp.zeros(1, np.int32), xp.zeros(1, np.float64)]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -53,7 +54,7 @@ def test_wrong_argument_types_raise_naming_kernel_parameter_and_types(
 
 def test_wrong_argument_count_raises() -> None:
     dev = Device("emu")
-    with pytest.raises(TypeError, match=r"adam_step<float>: takes 15 arguments \(param, grad, "):
+    with pytest.raises(TypeError, match=r"adam_step<float>: takes 17 arguments \(param, grad, "):
         dev.kernels.function("optim.cu", "adam_step<float>")((1,), (32,), _adam_args(np)[:-1])
 
 

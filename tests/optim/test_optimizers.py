@@ -178,7 +178,8 @@ def test_kernel_matches_numpy_path(kernel_device, cls, ref, options, via):
 def test_defaults_match_pytorch():
     p = [Parameter(dlcore.zeros(2))]
     assert optim.Adam(p).defaults == dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                                          weight_decay=0.0, amsgrad=False, maximize=False)
+                                          weight_decay=0.0, amsgrad=False, maximize=False,
+                                          capturable=False)
     assert optim.AdamW(p).defaults["weight_decay"] == 1e-2
     r = optim.RMSprop(p).defaults
     assert (r["lr"], r["alpha"], r["eps"], r["momentum"], r["centered"]) == \
