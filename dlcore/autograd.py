@@ -144,6 +144,7 @@ class Function:
     _out_arrays: Any = None
     _out_versions: tuple[list[int], ...] = ()  # the outputs' version counters, saved at 0
     _freed = False
+    _forward_trace: Any = None  # anomaly mode: the stack that created the op (dlcore.anomaly)
 
     @classmethod
     def apply(cls, *inputs: Tensor, **options: Any) -> Any:
@@ -152,7 +153,11 @@ class Function:
         dev = x0._device
         fn = cls.__new__(cls)
         fn.device = dev
-        if len(inputs) == 1:
+        cap = _capture
+        if cap is not None and cap.recording(dev):  # a CUDA graph capture on emu
+            out = _forward_captured(cap, fn, inputs, options)
+            requires = any([t._requires_grad for t in inputs])
+        elif len(inputs) == 1:
             out = fn.forward(x0.data, **options)
             requires = x0._requires_grad
         else:
@@ -170,6 +175,8 @@ class Function:
             out = np.asarray(out)
         elif type(out) is tuple:
             out = tuple([np.asarray(o) if isinstance(o, np.generic) else o for o in out])
+        if _anomaly is not None:  # anomaly mode: record where, check the output
+            _anomaly.forward(fn, inputs, out)
         if not (requires and _mode.enabled):
             if type(out) is tuple:
                 return tuple([make(o, dev) for o in out])
@@ -300,6 +307,34 @@ class RetainGrad(Function):
         return (g,)
 
 
+# Anomaly mode's settings (dlcore.anomaly._AnomalyMode) while it is on, else None: global, as
+# in PyTorch. Ops record their creation stack and backward checks gradients through it.
+_anomaly: Any = None
+
+# The recorder of a CUDA graph capture on emu (dlcore.graphs._EmuCapture), or None: set by
+# dlcore.graphs for the duration of a capture. Ops, backward nodes and gradient accumulation
+# are recorded through it so that a replay re-runs them on the same arrays.
+_capture: Any = None
+
+
+def device_work(device: Any, fn: Callable[[], Any], writes: Sequence[Any] = ()) -> Any:
+    """Run ``fn()``: raw array work on ``device`` that is no op's forward (gradient clipping,
+    an optimizer's bookkeeping), writing the arrays ``writes`` in place; returns what ``fn``
+    returns (an array, a tuple of arrays, or None). Going through here lets a CUDA graph
+    capture on emu record the work and replay it (dlcore.graphs); elsewhere it is ``fn()``."""
+    cap = _capture
+    if cap is not None and cap.recording(device):
+        return cap.raw(fn, writes)
+    return fn()
+
+
+def _forward_captured(cap: Any, fn: Function, inputs: Sequence[Tensor], options: dict) -> Any:
+    for t in inputs:
+        if t._device is not fn.device:
+            _raise_device_mismatch(type(fn), inputs)
+    return cap.forward(fn, tuple([t.data for t in inputs]), options)
+
+
 def _raise_device_mismatch(cls: type, inputs: Sequence[Tensor]) -> None:
     devs = ", ".join(f"{i}: {t._device}" for i, t in enumerate(inputs))
     raise RuntimeError(f"{cls.__name__}: expected all tensors on the same device, "
@@ -375,22 +410,27 @@ def _run_backward(roots: Sequence[Tensor], grads: Sequence[Tensor], retain_graph
                     if g is not None and (node, i) in capture:
                         prev = capture[(node, i)]
                         capture[(node, i)] = g if prev is None else prev + g
+            cap = _capture
+            if cap is not None and not cap.recording(node.device):
+                cap = None
             if type(node) is AccumulateGrad:
                 if capture is None:
-                    node.accumulate(got)
+                    node.accumulate(got) if cap is None else cap.accumulate(node, got)
                 continue
             if node._freed:
                 _raise_freed(node)
             versions = node._out_versions
             if versions and any([v[0] for v in versions]):
                 node._check_outputs()
-            in_grads = node.backward(*gouts)
+            in_grads = node.backward(*gouts) if cap is None else cap.backward(node, gouts)
             if type(in_grads) is not tuple:
                 in_grads = (in_grads,)
+            if _anomaly is not None:  # anomaly mode: a NaN/Inf gradient names its op
+                _anomaly.backward(node, in_grads)
             for edge, g in zip(node.next_functions, in_grads):
                 if edge is not None and g is not None:
                     _add_grad(pending, edge[0], edge[1], g)
-            if not retain_graph:
+            if not retain_graph and cap is None:  # a captured graph keeps its nodes
                 node._free()
 
 
@@ -464,3 +504,4 @@ def _prepare_roots(tensors: Any, grad_tensors: Any, op: str) -> tuple[list, list
 # above build Tensors at run time; a plain module import after every definition here serves
 # both orders of first import.
 from . import tensor  # noqa: E402
+from .anomaly import detect_anomaly, is_anomaly_enabled, set_detect_anomaly  # noqa: E402, F401

@@ -130,6 +130,8 @@ class PoolAllocator:
         self._bound: dict[int, int] = {}
 
     def __call__(self, size: int) -> Any:
+        if _device.capturing:
+            _refuse_during_capture(size)
         try:
             ptr = self._malloc(size)
         except MemoryError:  # cupy.cuda.memory.OutOfMemoryError derives from it
@@ -197,6 +199,19 @@ class PoolAllocator:
 
 
 _allocator: PoolAllocator | None = None
+def _refuse_during_capture(size: int) -> None:
+    """A capture allocates from its graph's private pool (dlcore.graphs); an allocation that
+    reaches the default pool meanwhile comes from another thread and would hand the graph's
+    replays memory that others reuse, or break the capture."""
+    me = threading.get_ident()
+    for dev, thread in _device.capturing.items():
+        if dev.type == "cuda" and thread != me:
+            raise RuntimeError(f"CUDA allocation of {size} bytes from another thread while a "
+                               f"CUDA graph is being captured on {dev}: allocations during "
+                               "capture must come from the graph's pool (capture in one "
+                               "thread, or allocate before capture)")
+
+
 _install_decided = False  # True once installed, or once we saw a user's own allocator
 _install_lock = threading.Lock()
 

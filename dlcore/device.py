@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import check_supported, get_default_dtype
+from .dtypes import (BF16_WORDS, bfloat16, bfloat16_bits, bfloat16_value, check_supported,
+                     get_default_dtype)
 
 _KINDS = ("cpu", "cuda", "emu")
 
@@ -187,7 +188,14 @@ class Device:
         a new array even when ``data`` already is one of this device. Python floats become
         the default float dtype (as in PyTorch), Python ints int64; arrays keep their dtype."""
         if isinstance(data, np.ndarray | np.generic) or hasattr(data, "__cuda_array_interface__"):
-            check_supported(np.dtype(data.dtype if dtype is None else dtype), "tensor")
+            src = np.dtype(data.dtype)
+            if src == BF16_WORDS and not isinstance(data, np.ndarray | np.generic):
+                src = bfloat16  # a GPU array of uint16 (no tensor dtype) is bfloat16's words
+            check_supported(src if dtype is None else np.dtype(dtype), "tensor")
+            if self.type == "cuda" and (dtype == bfloat16 or src == bfloat16):
+                return self._bfloat16_words(data, dtype, copy)
+            if src == bfloat16 and data.dtype == BF16_WORDS:  # cuda words to the host
+                data = Device("cuda").to_host(data)
             if self.type != "cuda":
                 if not isinstance(data, np.ndarray | np.generic):
                     data = data.get()  # a CuPy array to the host
@@ -210,20 +218,57 @@ class Device:
         check_supported(host.dtype, "tensor")
         if self.type == "cuda":
             with self.use():
-                return self.xp.asarray(host)
+                return self.xp.asarray(host.view(BF16_WORDS) if host.dtype == bfloat16 else host)
         return host
+
+    def _bfloat16_words(self, data: Any, dtype: np.dtype | None, copy: bool) -> Any:
+        """A cuda bfloat16 array (uint16 words, see dlcore.dtypes) from a NumPy or CuPy array:
+        host bfloat16 is uploaded bit for bit, CuPy floats are rounded on the device by
+        :func:`~dlcore.dtypes.bfloat16_bits`; cuda words to another ``dtype`` are widened."""
+        xp = self.xp
+        with self.use():
+            if isinstance(data, np.ndarray | np.generic):
+                host = np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
+                return xp.array(host.view(BF16_WORDS), copy=True)
+            if data.dtype == BF16_WORDS:  # already words (a cuda bfloat16 array)
+                if dtype is None or dtype == bfloat16:
+                    return xp.array(data, copy=True) if copy else data
+                return bfloat16_value(xp, data).astype(dtype)
+            return bfloat16_bits(xp, xp.asarray(data, dtype=xp.float32))
 
     def to_host(self, array: Any) -> np.ndarray:
         """A NumPy array with ``array``'s values: ``array`` itself on ``cpu``/``emu``, a copy
-        from GPU memory on ``cuda``."""
+        from GPU memory on ``cuda`` (bfloat16 words come back as ml_dtypes bfloat16)."""
         if isinstance(array, np.ndarray):
             return array
-        return np.asarray(array) if isinstance(array, np.generic) else array.get()
+        if isinstance(array, np.generic):
+            return np.asarray(array)
+        host = array.get()
+        return host.view(bfloat16) if host.dtype == BF16_WORDS else host
+
+    def astype(self, array: Any, dtype: np.dtype) -> Any:
+        """``array`` (of this device) cast to ``dtype``: ``array.astype`` except for bfloat16 on
+        cuda, whose uint16 words are converted on the bit pattern (see dlcore.dtypes).
+        NOTE: there, float64 and wide integers reach bfloat16 through float32 (two roundings;
+        one differs from the direct rounding only within 2^-29 of a bfloat16 tie)."""
+        if self.type != "cuda" or (array.dtype != BF16_WORDS and dtype != bfloat16):
+            return array.astype(dtype)
+        xp = self.xp
+        with self.use():
+            if array.dtype == BF16_WORDS:
+                return array.copy() if dtype == bfloat16 else \
+                    bfloat16_value(xp, array).astype(dtype)
+            return bfloat16_bits(xp, array.astype(xp.float32))
 
     def move(self, array: Any, source: Device) -> Any:
         """A copy of ``array`` (an array of ``source``) on this device."""
+        if capturing:
+            check_not_capturing(source, f"copy from {source} to {self}")
+            check_not_capturing(self, f"copy from {source} to {self}")
         if self.type == "cuda":
             with self.use():
+                if isinstance(array, np.ndarray) and array.dtype == bfloat16:
+                    array = array.view(BF16_WORDS)  # bfloat16 travels as its words
                 return self.xp.array(array)
         return source.to_host(array) if source.type == "cuda" else array.copy()
 
@@ -346,6 +391,22 @@ def _require_cuda(dev: Device) -> Any:
 
     cuda.install_allocator()
     return cp
+
+
+# ---- CUDA graph capture (dlcore.graphs) ---------------------------------------------------
+# The devices a graph is being captured on, each with the capturing thread's id. The host may
+# not read a capturing device's memory (on cuda it would invalidate the capture; on emu it
+# would read values a real GPU has not computed yet), nor copy between it and another device.
+capturing: dict[Device, int] = {}
+
+
+def check_not_capturing(device: Device, op: str) -> None:
+    """Raise a clear error when ``op`` (a host read or a cross-device copy) meets a capture."""
+    if device in capturing:
+        raise RuntimeError(f"{op}: the host cannot read or copy {device} memory while a CUDA "
+                           f"graph is being captured on it (a captured region is device work "
+                           f"only); move the host read out of the 'with dlcore.cuda.graph(g):' "
+                           f"block and read the static output after g.replay()")
 
 
 def device_count() -> int:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .device import Device
+from .device import capturing as _capturing
 
 _seed: int | None = None
 _generators: dict[Device, Any] = {}
@@ -33,6 +34,14 @@ def initial_seed() -> int | None:
 
 
 def generator_for(device: Device) -> Any:
+    if _capturing and device in _capturing:
+        # NOTE: uniform and normal draws inside a capture go to the graph's Philox stream
+        # (uniform_array, normal_array); anything else would replay with its seed frozen,
+        # repeating the same numbers, so it is refused rather than repeated silently.
+        raise RuntimeError(f"random numbers on {device} inside CUDA graph capture: only "
+                           "uniform and normal draws (rand, randn, dropout, uniform_, "
+                           "normal_) are graph-safe; keep integer draws and permutations "
+                           "out of the captured region")
     gen = _generators.get(device)
     if gen is None:
         gen = _generators[device] = device.new_generator(_seed)
@@ -44,13 +53,28 @@ def _shape(shape: Any) -> tuple[int, ...]:
 
 
 def uniform_array(shape: Any, low: float, high: float, dtype: np.dtype, device: Device) -> Any:
+    if _streams:
+        stream = _streams.get(device)
+        if stream is not None:
+            return stream.draw("uniform", _shape(shape), low, high - low, dtype)
     with device:
         return generator_for(device).uniform(low, high, _shape(shape)).astype(dtype, copy=False)
 
 
 def normal_array(shape: Any, mean: float, std: float, dtype: np.dtype, device: Device) -> Any:
+    if _streams:
+        stream = _streams.get(device)
+        if stream is not None:
+            return stream.draw("normal", _shape(shape), mean, std, dtype)
     with device:
         return generator_for(device).normal(mean, std, _shape(shape)).astype(dtype, copy=False)
+
+
+# ---- graph-safe random numbers (Philox4x64-10, kernels/philox.cu) ---------------------------
+# The stream drawing for each device while a CUDA graph is captured or replayed on it
+# (dlcore.graphs sets and clears it: a dlcore.ops.philox_cuda.PhiloxStream). Elsewhere the
+# devices' generators above draw.
+_streams: dict[Device, Any] = {}
 
 
 def integers_array(low: int, high: int, shape: Any, dtype: np.dtype, device: Device) -> Any:

@@ -20,8 +20,10 @@ import weakref
 import numpy as np
 
 from . import autograd, random
+from .device import capturing as _capturing
+from .device import check_not_capturing as _check_not_capturing
 from .device import Device, as_device, device_of_array
-from .dtypes import to_dtype
+from .dtypes import BF16_WORDS, bfloat16, is_floating, to_dtype
 
 
 _CPU = Device("cpu")
@@ -117,7 +119,10 @@ class Tensor:
 
     @property
     def dtype(self) -> np.dtype:
-        return self.data.dtype
+        # NOTE: on cuda a bfloat16 tensor holds uint16 words (CuPy has no bfloat16); uint16 is
+        # no tensor dtype of its own, so those words always mean bfloat16.
+        dt = self.data.dtype
+        return bfloat16 if dt == BF16_WORDS else dt
 
     @property
     def device(self) -> Device:
@@ -141,7 +146,7 @@ class Tensor:
         return self._device.is_cuda
 
     def is_floating_point(self) -> _bool:
-        return self.data.dtype.kind == "f"
+        return is_floating(self.dtype)
 
     def __len__(self) -> _int:
         if self.data.ndim == 0:
@@ -158,9 +163,9 @@ class Tensor:
         self.requires_grad_(value)
 
     def requires_grad_(self, requires_grad: _bool = True) -> Tensor:
-        if requires_grad and self.data.dtype.kind not in "fc":
+        if requires_grad and not is_floating(self.dtype):
             raise RuntimeError(f"requires_grad_: only floating point tensors can require "
-                               f"gradients, got dtype {self.data.dtype}")
+                               f"gradients, got dtype {self.dtype}")
         if self.grad_fn is not None and not requires_grad:
             raise RuntimeError("requires_grad_: you can only change requires_grad of leaf "
                                "tensors; use detach() for a non-leaf")
@@ -217,9 +222,13 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """A NumPy array with the data: shared on ``cpu``/``emu``, a host copy on ``cuda``.
         (PyTorch refuses ``.numpy()`` on GPU tensors; copying is what users then do.)"""
+        if _capturing:
+            _check_not_capturing(self._device, "Tensor.numpy")
         return self._device.to_host(self.data)
 
     def item(self) -> Any:
+        if _capturing:
+            _check_not_capturing(self._device, "Tensor.item")
         if self.data.size != 1:
             raise RuntimeError(f"item: a tensor with {self.data.size} elements cannot be "
                                "converted to a Python scalar")
@@ -274,6 +283,9 @@ class Tensor:
     def half(self) -> Tensor:
         return self.to(np.float16)
 
+    def bfloat16(self) -> Tensor:
+        return self.to(bfloat16)
+
     def long(self) -> Tensor:
         return self.to(np.int64)
 
@@ -314,14 +326,17 @@ class Tensor:
         return object.__format__(self, spec) if spec else repr(self)
 
     def __repr__(self) -> str:
-        body = np.array2string(self.numpy(), separator=", ", precision=4,
+        arr = self.numpy()
+        if arr.dtype == bfloat16:  # ml_dtypes' scalars ignore array2string's precision
+            arr = arr.astype(np.float32)
+        body = np.array2string(arr, separator=", ", precision=4,
                                prefix="tensor(")
         extra = []
         if self._device is not _CPU:
             extra.append(f"device='{self._device}'")
-        if self.data.dtype != np.float32 and self.data.dtype != np.int64 and \
-                self.data.dtype != np.bool_:
-            extra.append(f"dtype=dlcore.{self.data.dtype}")
+        dt = self.dtype
+        if dt != np.float32 and dt != np.int64 and dt != np.bool_:
+            extra.append(f"dtype=dlcore.{dt}")
         if self.grad_fn is not None:
             extra.append(f"grad_fn={self.grad_fn!r}")
         elif self._requires_grad:
@@ -784,15 +799,23 @@ class Tensor:
     def _bump(self) -> None:
         self._version[0] += 1
 
+    def _write(self, src: Any, casting: str) -> None:
+        """``self.data[...] = src``: every raw in-place write goes through here, so that a
+        CUDA graph capture on emu records it (dlcore.graphs)."""
+        cap = autograd._capture
+        if cap is not None and cap.recording(self._device):
+            cap.write(self.data, src, casting)
+        else:
+            self._device.xp.copyto(self.data, src, casting=casting)
+
     def _inplace_from(self, result: Tensor, op: str) -> Tensor:
         """Write ``result`` into this tensor's storage and take over its graph node."""
-        xp = self._device.xp
         if result._device is not self._device:
             raise RuntimeError(f"{op}: expected a tensor on {self._device}, got {result._device}")
         if result.shape != self.shape:
             raise RuntimeError(f"{op}: result of shape {tuple(result.shape)} cannot be written "
                                f"in place into a tensor of shape {tuple(self.shape)}")
-        xp.copyto(self.data, result.data, casting="unsafe")
+        self._write(result.data, "unsafe")
         self._bump()
         if result.grad_fn is not None and autograd.is_grad_enabled():
             if result.dtype != self.dtype:
@@ -869,9 +892,7 @@ class Tensor:
             # since the storage is overwritten next.
             return self._inplace_from(fn(self._snapshot(copy=True), other), op)
         result = fn(self, other)
-        xp = self._device.xp
-        xp.copyto(self.data, result.data if isinstance(result, Tensor) else result,
-                  casting="same_kind")
+        self._write(result.data if isinstance(result, Tensor) else result, "same_kind")
         self._bump()
         return self
 
@@ -911,7 +932,7 @@ class Tensor:
             # history gets a zero gradient) instead of silently becoming a constant
             return self._inplace_from(ops.index.overwrite(self._snapshot(copy=False),
                                                           src_b.data), "copy_")
-        self._device.xp.copyto(self.data, src_b.data, casting="unsafe")
+        self._write(src_b.data, "unsafe")
         self._bump()
         return self
 
@@ -923,7 +944,7 @@ class Tensor:
         if autograd.is_grad_enabled() and self.grad_fn is not None:
             return self._inplace_from(ops.index.overwrite(self._snapshot(copy=False), value),
                                       "fill_")
-        self.data[...] = value
+        self._write(value, "unsafe")
         self._bump()
         return self
 

@@ -122,6 +122,11 @@ class KernelRunner:
                     log.append(Launch(launch_kernel.__qualname__, *dims, shared_mem))
             if _stubbed.depth:
                 return  # measuring the host cost: everything but the launch itself
+            if capture_hooks:
+                cap = capture_hooks.get(device)
+                if cap is not None and cap.recording(device):  # a graph capture on emu
+                    cap.launch(kernel, *dims, tuple(args), shared_mem)
+                    return
             kernel(*dims, tuple(args), shared_mem=shared_mem)
 
         launch_kernel.__qualname__ = f"{src.name}:{name}"
@@ -226,6 +231,10 @@ def recorded_launches() -> Iterator[list[Launch]]:
     finally:
         _recorded.logs.remove(log)
 
+
+# device -> the recorder of a CUDA graph capture on emu (dlcore.graphs._EmuCapture), set by
+# dlcore.graphs during a capture: launches made outside any recorded op are recorded there.
+capture_hooks: dict[Any, Any] = {}
 
 _runners: dict[Any, KernelRunner] = {}
 _runners_lock = threading.Lock()

@@ -157,7 +157,7 @@ SM_LIMITS = {
 #: 1-D blocks; tests/kernels/test_kernel_resources.py keeps this in step with the launch code).
 #: This package sits below dlcore.ops, so it cannot read their constants itself.
 BLOCK_THREADS = {"conv2d.cu": 256, "conv2d_tc.cu": 256, "conv2d_depthwise.cu": 256,
-                 "pool2d.cu": 256, "rnn_cell.cu": 256, "optim.cu": 256}
+                 "pool2d.cu": 256, "rnn_cell.cu": 256, "optim.cu": 256, "philox.cu": 256}
 DEFAULT_BLOCK_THREADS = 256
 
 

@@ -5,11 +5,14 @@ Shape letters: N batch, C channels, H, W spatial."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
+from ..autograd import device_work
 from ..random import uniform_array
 from ..tensor import Tensor
 from . import functional as F  # NOTE: functional imports dropout2d from here; F is used
 from .module import Module     # only at call time, so the cycle is harmless
+from ..dtypes import is_floating
 
 
 def dropout2d(input: Tensor, p: float = 0.5, training: bool = True,
@@ -41,14 +44,15 @@ def dropout2d(input: Tensor, p: float = 0.5, training: bool = True,
     if input.ndim < 2:
         raise RuntimeError(f"dropout2d: feature dropout requires at least 2 dimensions in the "
                            f"input, got shape {tuple(input.shape)}")
-    if input.dtype.kind != "f":
+    if not is_floating(input.dtype):
         raise TypeError(f"dropout2d: expected a floating point tensor, got dtype {input.dtype}")
     if p == 1.0:
         return input * 0.0
     mask_shape = tuple(input.shape[:2]) + (1,) * (input.ndim - 2)
-    keep = uniform_array(mask_shape, 0.0, 1.0, input.dtype, input.device) < (1.0 - p)
-    mask = keep.astype(input.dtype) * input.dtype.type(1.0 / (1.0 - p))
-    return input * Tensor._make(mask, input.device)
+    def draw() -> Any:  # one unit of device work: a CUDA graph on emu replays it whole
+        keep = uniform_array(mask_shape, 0.0, 1.0, input.dtype, input.device) < (1.0 - p)
+        return keep.astype(input.dtype) * input.dtype.type(1.0 / (1.0 - p))
+    return input * Tensor._make(device_work(input.device, draw), input.device)
 
 
 class Dropout(Module):

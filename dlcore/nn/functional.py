@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autograd import no_grad
+from ..autograd import device_work, no_grad
 from ..ops import gelu, leaky_relu, pad, sigmoid, softplus, tanh  # noqa: F401
 from ..ops import log_softmax as _log_softmax
 from ..ops import relu as _relu
@@ -31,6 +31,7 @@ from ..ops.resample import interpolate, pixel_shuffle, pixel_unshuffle  # noqa: 
 from ..random import uniform_array
 from ..tensor import Tensor
 from .dropout import dropout2d  # noqa: F401  (dropout.py uses F only at call time)
+from ..dtypes import is_floating
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -65,7 +66,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 # ---- activations ---------------------------------------------------------------------
 def _float_input(x: Tensor, op: str) -> Tensor:
-    if x.dtype.kind != "f":
+    if not is_floating(x.dtype):
         raise TypeError(f"{op}: expected a floating point tensor, got dtype {x.dtype}")
     return x
 
@@ -123,9 +124,10 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
     _float_input(input, "dropout")
     if p == 1.0:
         return input * 0.0
-    keep = uniform_array(input.shape, 0.0, 1.0, input.dtype, input.device) < (1.0 - p)
-    mask = keep.astype(input.dtype) * input.dtype.type(1.0 / (1.0 - p))
-    return input * Tensor._make(mask, input.device)
+    def draw() -> Any:  # one unit of device work: a CUDA graph on emu replays it whole
+        keep = uniform_array(input.shape, 0.0, 1.0, input.dtype, input.device) < (1.0 - p)
+        return keep.astype(input.dtype) * input.dtype.type(1.0 / (1.0 - p))
+    return input * Tensor._make(device_work(input.device, draw), input.device)
 
 
 # ---- normalisation -------------------------------------------------------------------
@@ -280,7 +282,8 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
         num_classes = int(tensor.data.max()) + 1 if tensor.numel() else 0
     _check_indices(tensor, num_classes, "one_hot", "num_classes")
     xp = tensor.device.xp
-    out = (tensor.data[..., None] == xp.arange(num_classes)).astype(np.int64)
+    out = device_work(tensor.device, lambda: (tensor.data[..., None] ==
+                                              xp.arange(num_classes)).astype(np.int64))
     return Tensor._make(out, tensor.device)
 
 

@@ -67,8 +67,7 @@ class _BatchNorm(Module):
                              f"{input.ndim}D input of shape {tuple(input.shape)}")
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.data += 1
-            self.num_batches_tracked._bump()
+            self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked.item())
         # batch statistics in training, and in eval when no running statistics are kept

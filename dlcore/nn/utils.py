@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..autograd import device_work
+from ..device import check_not_capturing
 from ..tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
@@ -48,26 +50,34 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float,
         return Tensor(0.0)
     device = grads[0].device
     xp = device.xp
-    by_device: dict[Any, list[Any]] = {}
+    if error_if_nonfinite:
+        check_not_capturing(device, "clip_grad_norm_(error_if_nonfinite=True)")
+
+    def clip() -> Any:
+        by_device: dict[Any, list[Any]] = {}
+        for g in grads:
+            by_device.setdefault(g.device, []).append(_norm(g.device.xp, g.data, norm_type))
+        totals = []
+        for dev, norms in by_device.items():
+            total = _norm(dev.xp, dev.xp.stack(norms), norm_type)
+            totals.append(total if dev is device else xp.asarray(float(total)))
+        total = totals[0] if len(totals) == 1 else _norm(xp, xp.stack(totals), norm_type)
+        if error_if_nonfinite and not bool(xp.isfinite(total)):
+            raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} for "
+                               "gradients from `parameters` is non-finite, so it cannot be "
+                               "clipped; to scale the gradients by the non-finite norm "
+                               "anyway, set error_if_nonfinite=False")
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        for g in grads:
+            gxp = g.device.xp
+            scale = coef if g.device is device else gxp.asarray(float(coef))
+            gxp.multiply(g.data, scale.astype(g.dtype), out=g.data)
+        return xp.asarray(total)
+
+    total = device_work(device, clip, [g.data for g in grads])
     for g in grads:
-        by_device.setdefault(g.device, []).append(_norm(g.device.xp, g.data, norm_type))
-    totals = []
-    for dev, norms in by_device.items():
-        total = _norm(dev.xp, dev.xp.stack(norms), norm_type)
-        totals.append(total if dev is device else xp.asarray(float(total)))
-    total = totals[0] if len(totals) == 1 else _norm(xp, xp.stack(totals), norm_type)
-    if error_if_nonfinite and not bool(xp.isfinite(total)):
-        raise RuntimeError(f"clip_grad_norm_: the total norm of order {norm_type} for "
-                           "gradients from `parameters` is non-finite, so it cannot be "
-                           "clipped; to scale the gradients by the non-finite norm anyway, "
-                           "set error_if_nonfinite=False")
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for g in grads:
-        gxp = g.device.xp
-        scale = coef if g.device is device else gxp.asarray(float(coef))
-        gxp.multiply(g.data, scale.astype(g.dtype), out=g.data)
         g._bump()
-    return Tensor._make(xp.asarray(total), device)
+    return Tensor._make(total, device)
 
 
 def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float,
@@ -76,5 +86,7 @@ def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float,
     is accepted for PyTorch compatibility."""
     clip_value = float(clip_value)
     for g in _grads(parameters):
-        g.device.xp.clip(g.data, -clip_value, clip_value, out=g.data)
+        def clamp(g: Tensor = g) -> None:
+            g.device.xp.clip(g.data, -clip_value, clip_value, out=g.data)
+        device_work(g.device, clamp, [g.data])
         g._bump()

@@ -8,10 +8,10 @@ guard against the gradient bursts of long recurrences) and cosine annealing leav
 plateau in its second epoch (steps 250-500 at batch 64) and is below 0.01 by the end of
 the third, for seeds 0-4; five epochs end at 0.0018-0.0036. Training set:
 16,000 sequences (seed 1); test set: 1,000 (seed 2). ``--amp``: forward and loss under
-float16 autocast, the gradients unscaled before clipping (the clip threshold is in true
-units); see :mod:`.common`. Under ``mpiexec -n N``: DistributedDataParallel on each rank's
-slice of the global batch, the clipping applied to the averaged gradient (as one process
-clips the whole batch's); see :mod:`.parallel`.
+autocast (bfloat16 on the CPU, float16 elsewhere), the gradients unscaled before clipping
+(the clip threshold is in true units); see :mod:`.common`. Under ``mpiexec -n N``:
+DistributedDataParallel on each rank's slice of the global batch, the clipping applied to
+the averaged gradient (as one process clips the whole batch's); see :mod:`.parallel`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..models import SequenceRegressor
 from ..nn import functional as F
 from ..nn.utils import clip_grad_norm_
 from ..tensor import Tensor
-from .common import Batches, Defaults, MixedPrecision, Options, Task
+from .common import Batches, Defaults, MixedPrecision, Options, Task, capturable
 from .parallel import Ranks
 
 SEQ_LEN, TRAIN_SIZE, TEST_SIZE = 100, 16_000, 1_000
@@ -38,7 +38,7 @@ class AddingTask(Task):
                  lr: float, ranks: Ranks | None = None) -> None:
         ranks = ranks or Ranks()
         model = SequenceRegressor(input_size=2).to(device)
-        opt = optim.Adam(model.parameters(), lr=lr)
+        opt = optim.Adam(model.parameters(), lr=lr, **capturable(options, device))
         train = datasets.adding_problem(TRAIN_SIZE, SEQ_LEN, seed=1)
         super().__init__(name="adding", modules={"model": model},
                          optimizers={"optimizer": opt},

@@ -21,7 +21,8 @@ losses and Adam betas at lr 5e-4 without decay, 60 epochs of 22 batches (about 3
 cores); samples.png shows 64 digits from the fixed evaluation noise. There is no agreed
 score for 8x8 digits, so metrics.json holds the losses only.
 
-``--amp``: both networks' forward and the losses under float16 autocast, and one GradScaler
+``--amp``: both networks' forward and the losses under autocast (bfloat16 on the CPU, float16
+elsewhere), and one GradScaler
 for the two optimizers, updated once per iteration after both steps (PyTorch's recipe for
 several losses and optimizers); samples are drawn in float32. See :mod:`.common`.
 
@@ -49,7 +50,7 @@ from ..device import Device
 from ..models import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from ..nn import functional as F
 from ..tensor import Tensor
-from .common import Batches, Defaults, MixedPrecision, Options, Task
+from .common import Batches, Defaults, MixedPrecision, Options, Task, capturable
 from .parallel import OptionError, Ranks
 
 MODES, RADIUS, STD, EVAL_SAMPLES = 8, 2.0, 0.02, 2500
@@ -110,8 +111,8 @@ class GANTask(Task):
             gen, disc = DCGANGenerator(), DCGANDiscriminator()
         gen, disc = gen.to(device), disc.to(device)
         betas = (0.5, 0.999)
-        opt_g = optim.Adam(gen.parameters(), lr=lr, betas=betas)
-        opt_d = optim.Adam(disc.parameters(), lr=lr, betas=betas)
+        opt_g = optim.Adam(gen.parameters(), lr=lr, betas=betas, **capturable(options, device))
+        opt_d = optim.Adam(disc.parameters(), lr=lr, betas=betas, **capturable(options, device))
         decay = {f"lr_{k}": optim.lr_scheduler.LambdaLR(o, lambda e: 1.0 - e / epochs)
                  for k, o in (("g", opt_g), ("d", opt_d))}
         super().__init__(name="gan", modules={"generator": gen, "discriminator": disc},
@@ -147,7 +148,7 @@ class GANTask(Task):
         scaler.scale(loss_d).backward()
         scaler.step(self.opt_d)
         # Non-saturating loss: the generator maximises log D(G(z)) (Goodfellow et al., 2014).
-        # NOTE: a region of its own: the first one's cached float16 copies of D's weights
+        # NOTE: a region of its own: the first one's cached low-precision copies of D's weights
         # predate opt_d's step. The bare discriminator: D's gradients from this loss are
         # discarded, so DDP need not average them.
         with self.precision.autocast():

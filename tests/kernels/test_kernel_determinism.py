@@ -206,6 +206,35 @@ def optim_case(cls: type, options: dict, dtype: type) -> Outputs:
     return [p.numpy().copy() for p in params]
 
 
+def capturable_case(dtype: type) -> Outputs:
+    """A scaled step with capturable Adam: the device step count (count_steps), the unscale
+    pass, the update reading found_inf, and the scale update (amp_update_scale)."""
+    rng = _rng(5)
+    params = [Parameter(dlcore.tensor(rng.standard_normal(s).astype(dtype), device="emu"))
+              for s in ((300,), (17, 20))]
+    opt = optim.Adam(params, lr=0.01, capturable=True)
+    scaler = dlcore.amp.GradScaler("emu", init_scale=2.0 ** 8, growth_interval=2)
+    for _ in range(3):
+        weights = [dlcore.tensor(rng.standard_normal(p.shape).astype(dtype), device="emu")
+                   for p in params]
+        opt.zero_grad()
+        scaler.scale(sum((p * w).sum() for p, w in zip(params, weights))).backward()
+        scaler.step(opt)
+        scaler.update()
+    return [p.numpy().copy() for p in params] + [np.array([scaler.get_scale()])]
+
+
+def philox_case(dtype: type) -> Outputs:
+    """Graph-safe random numbers: 1000 draws (four blocks of 256 threads) of each kind."""
+    from dlcore.ops.philox_cuda import PhiloxStream
+
+    stream = PhiloxStream(EMU, (5, 6))
+    out = [stream.draw("uniform", (1000,), 0.0, 1.0, dtype),
+           stream.draw("normal", (999,), 0.0, 1.0, dtype)]
+    stream.advance()
+    return [o.copy() for o in out] + [stream.base.copy()]
+
+
 DTYPES = [np.float32, np.float64]
 CASES: dict[str, Callable[[type], Outputs]] = {
     "conv2d": lambda dt: [*conv_case(dt, False), *conv_case(dt, True),
@@ -216,21 +245,28 @@ CASES: dict[str, Callable[[type], Outputs]] = {
     **{f"optim-{cls.__name__}": (lambda dt, cls=cls, options=options: optim_case(cls, options, dt))
        for cls, options in OPTIMIZERS},
     "optim-unscale": unscale_case,
+    "optim-capturable": capturable_case,
+    "philox": philox_case,
 }
 # Entry points each case must launch (checked against what it fetched), and together: all.
 FAMILY_SOURCE = {"conv2d": "conv2d.cu", "conv2d_depthwise": "conv2d_depthwise.cu",
-                 "pool2d": "pool2d.cu", "rnn": "rnn_cell.cu", "optim": "optim.cu"}
+                 "pool2d": "pool2d.cu", "rnn": "rnn_cell.cu", "optim": "optim.cu",
+                 "philox": "philox.cu"}
 # The families whose cases run in float16 too (their __half kernels; the tensor-core and the
 # float16 pooling kernels have tests of their own below)
-HALF_FAMILIES = ("rnn", "optim")
+HALF_FAMILIES = ("rnn", "optim", "philox")
+BF16 = np.dtype(dlcore.bfloat16)
+BF16_FAMILIES = ("rnn",)  # with __nv_bfloat16 kernels (pooling: its own test below)
 
 
-def case_dtypes(case: str) -> list[type]:
-    return DTYPES + ([np.float16] if case.partition("-")[0] in HALF_FAMILIES else [])
+def case_dtypes(case: str) -> list[Any]:
+    family = case.partition("-")[0]
+    return DTYPES + ([np.float16] if family in HALF_FAMILIES else []) + (
+        [BF16] if family in BF16_FAMILIES else [])
 
 
 @pytest.mark.parametrize("case, dtype", [(c, d) for c in CASES for d in case_dtypes(c)],
-                         ids=lambda v: np.dtype(v).name if isinstance(v, type) else v)
+                         ids=lambda v: np.dtype(v).name if isinstance(v, type | np.dtype) else v)
 def test_product_kernel_is_deterministic(monkeypatch: pytest.MonkeyPatch, launched: set[str],
                                          case: str, dtype: type) -> None:
     assert_deterministic(monkeypatch, lambda: CASES[case](dtype))
@@ -255,6 +291,13 @@ def test_float16_pool_is_deterministic(monkeypatch: pytest.MonkeyPatch,
     assert any(name.startswith("pool2d.cu:") and "<__half>" in name for name in launched)
 
 
+def test_bfloat16_pool_is_deterministic(monkeypatch: pytest.MonkeyPatch,
+                                        launched: set[str]) -> None:
+    """pool2d's __nv_bfloat16 kernels (storage bfloat16, arithmetic float)."""
+    assert_deterministic(monkeypatch, lambda: pool_case(BF16))
+    assert any(name.startswith("pool2d.cu:") and "<__nv_bfloat16>" in name for name in launched)
+
+
 def test_every_product_entry_point_is_covered(monkeypatch: pytest.MonkeyPatch,
                                               launched: set[str]) -> None:
     monkeypatch.setenv("DLCORE_EMU_SEED", "3")
@@ -264,6 +307,7 @@ def test_every_product_entry_point_is_covered(monkeypatch: pytest.MonkeyPatch,
     for dtype in TC_DTYPES:
         conv_tc_case(dtype)
     pool_case(np.float16)
+    pool_case(BF16)
     declared = {f"{p.name}:{e}" for p in product_sources() for e in kernel_source(p).entry_points}
     assert declared <= launched, f"no determinism case launches {sorted(declared - launched)}"
 

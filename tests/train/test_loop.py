@@ -122,3 +122,58 @@ def test_epoch_means_are_float64_sums_of_the_float32_figures(tmp_path: Path) -> 
         total += v
     assert metrics["loss"] == total / 25
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["amp"] is False
+
+
+class _Regression(Task):
+    """A small MLP regression on emu with Adam (capturable under --graphs) and a learning
+    rate that changes every epoch: the step a graph must capture afresh each epoch."""
+
+    def __init__(self, options: Options) -> None:
+        dev = Device("emu")
+        dlcore.manual_seed(0)
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((48, 3)).astype(np.float32)
+        y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32)).astype(np.float32)
+        model = dlcore.nn.Sequential(dlcore.nn.Linear(3, 8), dlcore.nn.Tanh(),
+                                     dlcore.nn.Linear(8, 1)).to(dev)
+        opt = dlcore.optim.Adam(model.parameters(), lr=0.05, **common.capturable(options, dev))
+        super().__init__(name="regression", modules={"model": model},
+                         optimizers={"optimizer": opt},
+                         batches=Batches(TensorDataset(dlcore.tensor(x), dlcore.tensor(y)),
+                                         8, 0, dev),
+                         config={"lr": 0.05, "device": "emu"},
+                         schedulers={"lr": dlcore.optim.lr_scheduler.StepLR(opt, 1, 0.5)})
+        self.model, self.opt = model, opt
+
+    def step(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        x, y = batch
+        self.opt.zero_grad()
+        loss = dlcore.nn.functional.mse_loss(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+
+def test_graphs_train_as_eager(tmp_path: Path) -> None:
+    """--graphs: three eager warm-up steps, then each epoch's step captured once and replayed
+    per batch; the epoch figures and the trained weights equal the eager run's."""
+    runs = {}
+    for graphs in (False, True):
+        options = Options(progress=False, graphs=graphs)
+        task = _Regression(options)
+        metrics = fit(task, options, tmp_path / str(graphs), 3)
+        runs[graphs] = (metrics["history"],
+                        [p.detach().numpy().copy() for p in task.model.parameters()])
+    assert [h["loss"] for h in runs[True][0]] == [h["loss"] for h in runs[False][0]]
+    for a, b in zip(runs[True][1], runs[False][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_graphs_need_a_device_that_runs_kernels(tmp_path: Path, small_digits: None,
+                                                capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "cnn", "--device", "cpu", "--graphs", "--epochs", "1",
+                 "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "CUDA graphs need --device cuda (or emu), not cpu" in capsys.readouterr().err

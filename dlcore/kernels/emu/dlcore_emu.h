@@ -497,12 +497,26 @@ inline float __cosf(float x) { return cosf(x); }
 inline float __tanhf(float x) { return tanhf(x); }
 inline float __powf(float x, float y) { return powf(x, y); }
 inline float __fdividef(float x, float y) { return x / y; }
+inline void sincospi(double x, double* s, double* c) {
+  *s = sin(M_PI * x);
+  *c = cos(M_PI * x);
+}
+inline void sincospif(float x, float* s, float* c) {
+  *s = sinf((float)M_PI * x);
+  *c = cosf((float)M_PI * x);
+}
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline float __int_as_float(int v) { return ::dlemu::from_bits<float>((uint32_t)v); }
 inline int __float_as_int(float v) { return (int)(uint32_t)::dlemu::to_bits(v); }
 inline float __uint_as_float(unsigned v) { return ::dlemu::from_bits<float>(v); }
 inline unsigned __float_as_uint(float v) { return (unsigned)::dlemu::to_bits(v); }
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return (unsigned)(((unsigned long long)a * b) >> 32);
+}
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return (unsigned long long)(((unsigned __int128)a * b) >> 64);
+}
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline int __popcll(unsigned long long v) { return __builtin_popcountll(v); }
 inline int __clz(int v) { return v == 0 ? 32 : __builtin_clz((unsigned)v); }
