@@ -5,7 +5,9 @@ Each suite is a module ``dlcore.bench.<name>`` with ``run(device, quick) -> rows
 runner records the process's peak resident memory (``resource.getrusage``: the high-water
 mark since start, so it only grows from suite to suite) and, on a GPU, the CuPy pool's
 peak (``dlcore.cuda.max_memory_allocated``) and, through NVML when nvidia-ml-py is
-installed, the board power sampled every 100 ms while the suite runs (mean and max).
+installed, the board power sampled every 100 ms while the suite runs (mean and max), and the
+energy the suite used where a meter is readable (``suite_energy_joules``, from
+:mod:`dlcore.energy`: NVML's counter on a GPU, RAPL on the CPU; else the reason why not).
 Suites compare with PyTorch whenever it is importable; ``--compare torch`` makes its
 absence an error instead of a silent omission.
 
@@ -29,9 +31,11 @@ from typing import Any
 
 import dlcore
 
+from ..energy import EnergyMeter
 from ..sysinfo import collect, nvml_handle, nvml_module
 
-SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models", "distributed")
+SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models", "graphs",
+          "distributed")
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -101,12 +105,16 @@ def run_suite(module: ModuleType, name: str, device: str,
         nvml, _ = nvml_module()
         if nvml is not None:
             sampler = PowerSampler(nvml, dlcore.device(device).index or 0)
+    meter = EnergyMeter(device)
     if sampler is not None:
-        with sampler:
+        with sampler, meter:
             rows = module.run(device, quick=quick)
     else:
-        rows = module.run(device, quick=quick)
+        with meter:
+            rows = module.run(device, quick=quick)
     stats: dict[str, Any] = {"suite": name, "peak_rss_mb": _peak_rss_mb()}
+    # per suite, not per case: the whole suite's joules, warm-ups and references included
+    stats.update({k: v for k, v in meter.metrics(prefix="suite_").items() if v is not None})
     if gpu:
         stats["peak_gpu_pool_mb"] = dlcore.cuda.max_memory_allocated(device) / 2**20
     if sampler is not None:

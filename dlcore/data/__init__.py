@@ -11,11 +11,13 @@ from . import datasets
 from .collate import default_collate
 from .distributed import DistributedSampler
 from .dataset import Dataset, IterableDataset, Subset, TensorDataset, random_split
+from .inspect import DatasetReport, inspect
 from .loader import DataLoader
 from .sampler import BatchSampler, Generator, RandomSampler, Sampler, SequentialSampler
 from .shards import ShardDataset, write_shards
 
-__all__ = ["BatchSampler", "DataLoader", "Dataset", "DistributedSampler", "Generator",
+__all__ = ["BatchSampler", "DataLoader", "DatasetReport", "Dataset", "DistributedSampler",
+           "Generator", "inspect",
            "IterableDataset", "RandomSampler", "Sampler", "SequentialSampler", "ShardDataset",
            "Subset", "TensorDataset", "datasets", "default_collate", "random_split",
            "write_shards"]

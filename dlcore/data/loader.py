@@ -24,6 +24,7 @@ from typing import Any
 from ..device import Device
 from .collate import default_collate
 from .dataset import IterableDataset
+from .inspect import check_finite as check_batch_finite
 from .sampler import (BatchSampler, GeneratorLike, RandomSampler, Sampler, SequentialSampler,
                       check_batch_size, chunks)
 from .transfer import Staged, make_transfer
@@ -52,14 +53,15 @@ class DataLoader:
                  sampler: Sampler[int] | Sequence[int] | None = None, *,
                  pin_memory: bool = False, persistent_workers: bool = False,
                  worker_init_fn: Callable[[int], None] | None = None,
-                 prefetch_factor: int | None = None) -> None:
+                 prefetch_factor: int | None = None, check_finite: bool = False) -> None:
         """PyTorch's names, with dlcore's meaning: workers are threads (``num_workers`` of
         them; ``worker_init_fn(i)`` runs in worker ``i`` before it loads anything);
         ``prefetch_factor`` batches per worker are prepared ahead (``prefetch`` counts them
         in total); batches for a ``device="cuda"`` loader always go through pinned memory,
         so ``pin_memory`` changes nothing (dlcore has no pinned CPU tensors); worker
         threads are cheap to start, so ``persistent_workers`` is accepted and each epoch
-        starts its own."""
+        starts its own. ``check_finite=True`` (dlcore's) rejects a batch whose floating-point
+        tensors hold NaN or Inf with a ValueError naming the samples' dataset indices."""
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"DataLoader: num_workers must be an int >= 0, got {num_workers!r}")
         if persistent_workers and num_workers == 0:
@@ -76,6 +78,7 @@ class DataLoader:
             raise TypeError("DataLoader: worker_init_fn must be callable")
         self.pin_memory, self.persistent_workers = bool(pin_memory), bool(persistent_workers)
         self.worker_init_fn = worker_init_fn
+        self.check_finite = bool(check_finite)
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
         if prefetch == 0 and num_workers > 0:
@@ -120,8 +123,12 @@ class DataLoader:
             def build(indices: list[int]) -> Any:
                 return collate([dataset[i] for i in indices])
 
+        check, indexed = self.check_finite, self.batch_sampler is not None
+
         def make_batch(item: Any) -> Staged:
             batch = build(item)
+            if check:  # before the copy to the device: the batch is still on the host
+                check_batch_finite(batch, item if indexed else None)
             return Staged(batch, None, ()) if transfer is None else transfer.prepare(batch)
 
         if self.prefetch == 0:

@@ -1,11 +1,11 @@
 """The training jobs behind ``dlcore train``: one module per task (``classify``: cnn and
 rnn; ``gan``; ``adding``) on the shared loop, checkpoints and metrics of ``common``.
 
-``--amp`` runs each task's forward and loss under ``dlcore.autocast(device_type,
-dtype=float16)`` and its backward and optimizer steps through a ``dlcore.amp.GradScaler``,
-on every device. float16 on the CPU too, where PyTorch's recipe is bfloat16: dlcore has no
-bfloat16 dtype yet. (On the CPU, float16 is NumPy without BLAS, so --amp there is a
-correctness path, not a speed-up.)
+``--amp`` runs each task's forward and loss under ``dlcore.autocast(device_type)``: bfloat16
+on the CPU (PyTorch's recipe; no loss scaling), float16 with its backward and optimizer steps
+through a ``dlcore.amp.GradScaler`` on cuda and emu. (On the CPU, bfloat16 is ml_dtypes'
+NumPy dtype without BLAS, its GEMMs widened to float32, so --amp there is a correctness path,
+not a speed-up.)
 
 Under ``mpiexec -n N`` every task runs data-parallel, its models in DistributedDataParallel
 and ``--batch-size`` the global batch split over the ranks: see :mod:`.parallel`.

@@ -20,9 +20,9 @@ the global batch, the figures, the files and the checkpoints); with one rank it 
 path of a plain run, with no MPI call.
 
 ``--amp`` (:class:`MixedPrecision`): each step's forward and loss run under
-``dlcore.autocast(device_type, dtype=float16)`` and backward and the optimizer steps go
-through a ``dlcore.amp.GradScaler``. float16 on every device, the CPU included, where
-PyTorch would use bfloat16: dlcore has no bfloat16 dtype yet. Evaluation runs in float32,
+``dlcore.autocast(device_type)``, in bfloat16 on the CPU (PyTorch's recipe: no loss scaling
+needed) and in float16 on cuda and emu, with backward and the optimizer steps going through a
+``dlcore.amp.GradScaler``. Evaluation runs in float32,
 so the figures measure the trained (float32) weights, not the low-precision forward.
 """
 
@@ -47,10 +47,13 @@ import numpy as np
 
 from .. import cuda
 from ..amp import GradScaler
+from ..anomaly import detect_anomaly
 from ..creation import tensor
 from ..data import Generator, TensorDataset
 from ..device import Device
-from ..dtypes import float16, float64
+from ..dtypes import bfloat16, float16, float64
+from ..energy import EnergyMeter
+from ..graphs import CUDAGraph, graph
 from ..io import load, save
 from ..ops import stack
 from ..precision import autocast
@@ -78,6 +81,8 @@ class Options:
     threads: int | None = 1
     progress: bool = True
     amp: bool = False
+    graphs: bool = False
+    detect_anomaly: bool = False  # dlcore.autograd.detect_anomaly(check_forward=True)
 
 
 class Defaults(TypedDict):
@@ -137,13 +142,18 @@ class MixedPrecision:
     the region is no region at all (the ops keep their fast path) and the scaler passes
     the loss and the steps through unchanged, so a run without ``--amp`` is as before."""
 
+    # PyTorch's recipes: bfloat16 on the CPU, which has float32's exponent range and so needs
+    # no loss scaling (the scaler passes through); float16 and a GradScaler on cuda, and on
+    # emu, whose conv2d kernels take float16 but not bfloat16.
+    DTYPES = {"cpu": bfloat16, "cuda": float16, "emu": float16}
+
     def __init__(self, device: Device, enabled: bool) -> None:
         self.device_type, self.enabled = device.type, enabled
-        self.scaler = GradScaler(device.type, enabled=enabled)
+        self.dtype = self.DTYPES[device.type]
+        self.scaler = GradScaler(device.type, enabled=enabled and self.dtype == float16)
 
     def autocast(self) -> AbstractContextManager:
-        # NOTE: float16 on the CPU too, where PyTorch would take bfloat16: dlcore has none.
-        return autocast(self.device_type, dtype=float16) if self.enabled else nullcontext()
+        return autocast(self.device_type, dtype=self.dtype) if self.enabled else nullcontext()
 
 
 @dataclass
@@ -164,6 +174,7 @@ class Task:
     def __post_init__(self) -> None:
         # amp changes every step's arithmetic: part of the config resume compares
         self.config["amp"] = self.precision.enabled
+        self.steps_done = 0  # in this process (--graphs warms up eagerly first)
 
     @property
     def ranks(self) -> Ranks:
@@ -309,6 +320,52 @@ def _ranks(world_size: int) -> str:
         f"{world_size} ranks (mpiexec -n {world_size})"
 
 
+GRAPH_WARMUP = 3  # eager steps before the first capture: optimizer state, kernel caches
+
+
+class GraphedSteps:
+    """``--graphs``: a task's training step captured as one CUDA graph and replayed for each
+    batch, which is copied into the graph's static batch first. The step's figures are the
+    graph's static outputs (the loop adds them to its device sums before the next replay).
+
+    A graph freezes host scalars, so the graph is captured afresh each epoch (the learning
+    rate changes between epochs, never within one), and the optimizers must be capturable
+    (their step count on the device: :func:`capturable`). The first ``GRAPH_WARMUP`` steps of
+    a run are eager, as PyTorch's recipe asks: they create the optimizer state the captured
+    step then updates in place."""
+
+    def __init__(self, task: Task, done: int) -> None:
+        self.task, self.done = task, done
+        self.graph: CUDAGraph | None = None
+        self.static: tuple[Tensor, ...] = ()
+        self.figures: dict[str, Tensor] = {}
+
+    def __call__(self, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        if self.done < GRAPH_WARMUP:
+            self.done += 1
+            return self.task.step(batch)
+        if self.graph is None:
+            self.static = tuple(b.clone() for b in batch)
+            self.graph = CUDAGraph()
+            try:
+                with graph(self.graph, device=batch[0].device):
+                    self.figures = self.task.step(self.static)
+            except RuntimeError as exc:
+                raise RuntimeError(f"--graphs: the {self.task.name} step cannot be captured "
+                                   f"as a CUDA graph: {exc}") from None
+        else:
+            for s, b in zip(self.static, batch):
+                s.copy_(b)
+        self.graph.replay()
+        self.done += 1
+        return self.figures
+
+
+def capturable(options: Options, device: Device) -> dict[str, Any]:
+    """The optimizer arguments ``--graphs`` needs (``capturable=True`` on cuda and emu)."""
+    return {"capturable": True} if options.graphs and device.runs_kernels else {}
+
+
 def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
                  options: Options, interrupted: threading.Event
                  ) -> tuple[int, float, dict[str, float], bool]:
@@ -327,9 +384,11 @@ def _train_epoch(task: Task, skip: int, sums: dict[str, float], label: str,
     running: dict[str, Tensor] = {}
     figures: dict[str, float] = dict(sums)
     step, read_at, t0, stop = skip, skip, time.perf_counter(), False
+    run_step = GraphedSteps(task, task.steps_done) if options.graphs else task.step
     try:
         for batch in batches.epoch(skip):
-            for k, v in task.step(batch).items():
+            task.steps_done += 1
+            for k, v in run_step(batch).items():
                 if k not in running:
                     # float64 on the device: the same sums as adding the figures as Python
                     # floats, and a checkpoint's float restores the sum exactly
@@ -401,13 +460,18 @@ def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
         history, seconds = list(state["history"]), state["seconds"]
         batches.generator.set_state(state["data_rng"])
     started = time.perf_counter() - seconds
-    with deferred_interrupt() as interrupted:
+    # NOTE: energy and samples of this process's part of the run (a resumed run's own);
+    # under several ranks, rank 0's device and rank 0's share of the samples
+    meter, samples = EnergyMeter(task.config.get("device")), 0
+    anomaly = detect_anomaly(check_forward=True) if options.detect_anomaly else nullcontext()
+    with meter, anomaly, deferred_interrupt() as interrupted:
         while epoch < epochs:
             data_state = batches.generator.get_state()
             for m in task.modules.values():
                 m.train()
             step, train_seconds, figures, stop = _train_epoch(
                 task, skip, sums, f"epoch {epoch + 1}/{epochs}", options, interrupted)
+            samples += (step - skip) * batches.local_batch_size
             if step < len(batches):  # interrupted mid-epoch: save where it stands
                 _save(task, ckpt, epoch, step, data_state, sums, history,
                       time.perf_counter() - started)
@@ -430,7 +494,8 @@ def fit(task: Task, options: Options, out: Path, epochs: int) -> dict[str, Any]:
             # since then counts at the next epoch's first read); one rank on its own flag
             if (stop if ranks.parallel else interrupted.is_set()):
                 raise Interrupted
-    return write_metrics(task, out, history, time.perf_counter() - started, options)
+    return write_metrics(task, out, history, time.perf_counter() - started, options,
+                         meter.metrics(samples))
 
 
 def _fmt(v: Any) -> str:
@@ -438,16 +503,19 @@ def _fmt(v: Any) -> str:
 
 
 def write_metrics(task: Task, out: Path, history: list[dict], seconds: float,
-                  options: Options) -> dict[str, Any]:
+                  options: Options, energy: dict[str, Any] | None = None) -> dict[str, Any]:
     """metrics.json (final figures at top level, then the run's settings and history),
     metrics.csv (one row per epoch) and curves.png, written by rank 0 only (the other ranks
-    return the same figures without the task's extras from ``finish``)."""
+    return the same figures without the task's extras from ``finish``). ``energy``: the
+    run's figures from :class:`~dlcore.energy.EnergyMeter` (``energy_joules``,
+    ``joules_per_sample``, ``energy_source``; None with the reason where no meter reads)."""
     main = task.ranks.main
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds",
                                                                  "samples_per_s")}
     if main:
         final.update(task.finish(out, history))
-    metrics = {**final, "seconds": seconds, "epochs": len(history), "task": task.name,
+    metrics = {**final, **(energy or {}), "seconds": seconds, "epochs": len(history),
+               "task": task.name,
                "world_size": task.ranks.world_size,
                "config": {**asdict(options), **task.config},
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(

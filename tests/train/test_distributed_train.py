@@ -94,7 +94,8 @@ def test_two_ranks_write_one_set_of_outputs(straight: tuple[Path, Job]) -> None:
     rank0 = ast.literal_eval(job.stdout.split("rank 0 wrote ")[1].split("\n")[0])
     assert {"cnn/metrics.json", "cnn/checkpoint.safetensors", "gan/samples.npy"} <= set(rank0)
     assert sorted(p.name for p in (root / "cnn").iterdir()) == [
-        "checkpoint.safetensors", "curves.png", "metrics.csv", "metrics.json"]
+        "attributions.png", "checkpoint.safetensors", "curves.png", "metrics.csv",
+        "metrics.json"]
     # one summary per run, from rank 0; the epoch lines too
     assert job.stdout.count("dlcore train cnn on cpu x 2 ranks: ") == 1
     assert job.stderr.count("epoch 2, loss") == 1
@@ -121,8 +122,17 @@ def test_two_ranks_equal_one_process_on_the_global_batch(
         for k in FIGURES:
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (k, a, b)
     want, got = weights(tmp_path), weights(root / "cnn")
+    # NOTE: float32 sums in another order (two 4-image halves averaged, against one 8-image
+    # mean) differ by an ulp; Adam divides each gradient by its own running RMS, so where a
+    # weight's gradient is a near-cancelling sum an ulp becomes a visible relative change
+    # of its step (seen: 1 weight of 32768 off by 5.7e-4 relative, 4.4e-6 absolute, on one
+    # BLAS build and not another). Adam moves a weight at most ~lr per step: all weights must
+    # agree to 1e-3 of that travel (32 steps at lr 2e-3), and nearly all to float32 rounding.
+    travel = 32 * 2e-3
     for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-3 * travel, err_msg=k)
+        close = np.isclose(got[k], want[k], rtol=1e-4, atol=1e-6)
+        assert close.mean() >= 0.999, (k, int((~close).sum()), close.size)
     # the training moved the weights: equal figures are not two untrained models'
     assert one[-1]["loss"] < one[0]["loss"]
 
