@@ -29,6 +29,7 @@ from ..random import manual_seed
 from ..sysinfo import collect
 from ..train import (Interrupted, OptionError, Options, Ranks, ResumeError, TrainingDiverged,
                      adding, classify, fit, gan, parallel, resolve_device)
+from ..train import private  # dlcore train cnn --dp-epsilon
 from .check import run_checks
 from .info import format_report
 
@@ -58,15 +59,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if value is not None and args.task != "gan":
             say(f"dlcore train {args.task}: {flag} applies to the gan task only")
             return 2
+    if args.dp_epsilon is not None and args.task != "cnn":
+        say(f"dlcore train {args.task}: --dp-epsilon applies to the cnn task only")
+        return 2
     options = Options(device=args.device, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, out=str(out), resume=args.resume,
                       data=args.data or "ring", pack=args.pack,
                       threads=args.threads or None, progress=not args.no_progress,
-                      amp=args.amp)
+                      amp=args.amp, graphs=args.graphs, detect_anomaly=args.detect_anomaly)
     device = resolve_device(options.device)
     if not device.is_usable():
         why = cuda.why_unavailable() or "no such GPU"
         say(f"dlcore train: {device} is not usable here ({why}); use --device cpu or auto")
+        return 2
+    if options.graphs and not device.runs_kernels:
+        say(f"dlcore train --graphs: CUDA graphs need --device cuda (or emu), not {device}")
         return 2
     try:
         ranks, device = parallel.start(device, options.device)
@@ -94,7 +101,10 @@ def _train(args: argparse.Namespace, options: Options, device: Device, ranks: Ra
     manual_seed(options.seed)
     with _threads(options.threads):
         try:
-            if args.task in ("cnn", "rnn"):
+            if args.task == "cnn" and args.dp_epsilon is not None:
+                task, epochs = private.build(options, device, args.dp_epsilon, args.dp_delta,
+                                             ranks)
+            elif args.task in ("cnn", "rnn"):
                 task, epochs = classify.build(args.task, options, device, ranks)
             elif args.task == "gan":
                 task, epochs = gan.build(options, device, ranks)
@@ -136,7 +146,8 @@ def _train(args: argparse.Namespace, options: Options, device: Device, ranks: Ra
             return 130
     if not ranks.main:
         return 0
-    skip = ("history", "config", "published", "date", "machine", "task")
+    skip = ("history", "config", "published", "date", "machine", "task",
+            "energy_unavailable_because")
     where = f"{device}" + (f" x {ranks.world_size} ranks" if ranks.parallel else "")
     print(f"dlcore train {args.task} on {where}: " + ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -144,6 +155,7 @@ def _train(args: argparse.Namespace, options: Options, device: Device, ranks: Ra
     if args.task == "gan" and options.data == "ring":
         print(gan.comparison_table(metrics))
     print(f"wrote {out}/metrics.json, metrics.csv, curves.png, checkpoint.safetensors"
+          + (", attributions.png" if args.task == "cnn" else "")
           + (", samples.png" if args.task == "gan" else "")
           + (", samples.npy" if args.task == "gan" and options.data == "ring" else ""))
     return 0
@@ -242,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mixed precision: forward and loss under float16 autocast, "
                             "backward through a GradScaler (float16 on the CPU too: no "
                             "bfloat16 yet)")
+
+    train.add_argument("--detect-anomaly", action="store_true",
+                       help="debug NaN/Inf: stop at the first op whose forward output or "
+                            "backward gradient is not finite, naming it and the line that "
+                            "made it (slow; not with --amp's float16, whose scaler expects "
+                            "infinite gradients)")
+    train.add_argument("--graphs", action="store_true",
+                       help="capture each epoch's training step as a CUDA graph and replay "
+                            "it per batch (cuda, emu; the step must draw no random numbers)")
+    train.add_argument("--dp-epsilon", type=_positive(float),
+                       help="cnn: train with DP-SGD to this (epsilon, --dp-delta) differential "
+                            "privacy of the training images (dlcore.train.private)")
+    train.add_argument("--dp-delta", type=_positive(float), default=1e-5,
+                       help="the delta of --dp-epsilon (default 1e-5, below 1/N)")
 
     bench = sub.add_parser("bench", help="benchmark suites (dlcore.bench), table and JSON")
     bench_runner.add_arguments(bench)
