@@ -251,9 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="BLAS threads (default 1; 0 = the library's default)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--amp", action="store_true",
-                       help="mixed precision: forward and loss under float16 autocast, "
-                            "backward through a GradScaler (float16 on the CPU too: no "
-                            "bfloat16 yet)")
+                       help="mixed precision: forward and loss under autocast (bfloat16 on "
+                            "the CPU; float16 with a GradScaler on cuda/emu)")
 
     train.add_argument("--detect-anomaly", action="store_true",
                        help="debug NaN/Inf: stop at the first op whose forward output or "
