@@ -88,6 +88,7 @@ class KernelFamily:
         for d in self.kernel_dtypes:
             ctype(d)  # every kernel dtype has a C type
         self.checks: dict[str, CheckCase] = {}
+        self.tolerances: dict[str, tuple[float | None, float | None]] = {}
         self._selected: dict[tuple[Any, np.dtype], Any] = {}  # (device, dtype) -> impl
         _FAMILIES[name] = self
 
@@ -114,13 +115,18 @@ class KernelFamily:
         self._selected[(device, dt)] = impl
         return impl
 
-    def check(self, name: str) -> Callable[[CheckCase], CheckCase]:
+    def check(self, name: str, rtol: float | None = None,
+              atol: float | None = None) -> Callable[[CheckCase], CheckCase]:
         """Register a ``dlcore check`` case: ``case(device) -> {quantity: array}``, run on the
-        checked device and on ``cpu`` and compared quantity by quantity."""
+        checked device and on ``cpu`` and compared quantity by quantity, to float32's
+        tolerances unless the case states its own (``rtol``, ``atol``: a 16-bit case's bound,
+        derived from its roundings where it is declared)."""
         def register(case: CheckCase) -> CheckCase:
             if name in self.checks:
                 raise ValueError(f"{self.name}: check case {name!r} registered twice")
             self.checks[name] = case
+            if rtol is not None or atol is not None:
+                self.tolerances[name] = (rtol, atol)
             return case
         return register
 

@@ -332,6 +332,19 @@ CONV2D.check("conv2d stride 2 dilation 2 groups 2")(
     kwargs_case(_check_conv2d, stride=2, padding=2, dilation=2, groups=2))
 
 
+def _check_conv2d_float16(device: Any) -> dict:
+    # float16 through the FP16 tensor-core kernels on cuda/emu, float32 rounded once on the
+    # cpu: both round each stored result once from float32 sums taken in different orders,
+    # so they differ by at most one float16 ulp (2^-10 relative) where the float32 sums
+    # straddle a rounding boundary. No bias: the cpu path adds it after rounding the product.
+    return forward_backward(device, 0, [(2, 4, 9, 9), (6, 4, 3, 3)],
+                            lambda x, w: conv2d(x.half(), w.half(), None, 1, 1).float(),
+                            ["input", "weight"])
+
+
+CONV2D.check("conv2d 3x3 pad 1 float16", rtol=2.0 ** -10, atol=1e-5)(_check_conv2d_float16)
+
+
 @CONV2D.check("conv_transpose2d 4x4 stride 2")
 def _check_conv_transpose2d(device: Any) -> dict:
     return forward_backward(device, 1, [(2, 4, 5, 5), (4, 3, 4, 4), (3,)],

@@ -116,21 +116,22 @@ Scalars = Callable[[int], tuple[float, ...]]
 
 
 def _check_rule(device: Any, rule: str, n_state: int, scalars: Scalars,
-                flags: Callable[[int], int], steps: int = 3,
-                vectors: bool = False) -> dict[str, np.ndarray]:
+                flags: Callable[[int], int], steps: int = 3, vectors: bool = False,
+                dtype: Any = np.float32) -> dict[str, np.ndarray]:
     """Three updates of a 317-element buffer (not a multiple of any block size or vector
     width) from zero state, with seeded parameters and gradients; ``vectors``: with
-    ``ALIGNED16`` where the buffers allow it (the kernels' 16-byte path and its scalar tail)."""
+    ``ALIGNED16`` where the buffers allow it (the kernels' 16-byte path and its scalar tail);
+    ``dtype``: the storage type of every buffer (results compared in float32)."""
     shape = (317,)
-    param = Tensor(seeded_arrays(4, shape)[0], device=device).data
-    state = [Tensor(np.zeros(shape, np.float32), device=device).data for _ in range(n_state)]
+    param = Tensor(seeded_arrays(4, shape)[0].astype(dtype), device=device).data
+    state = [Tensor(np.zeros(shape, dtype), device=device).data for _ in range(n_state)]
     for step in range(1, steps + 1):
-        grad = Tensor(seeded_arrays(10 + step, shape)[0], device=device).data
+        grad = Tensor(seeded_arrays(10 + step, shape)[0].astype(dtype), device=device).data
         arrays = (param, grad, *state)
         aligned = ALIGNED16 if vectors and aligned16(*arrays) else 0
         update(device, rule, arrays, scalars(step), flags(step) | aligned)
     named = {"param": param} | {f"state {i}": s for i, s in enumerate(state)}
-    return {k: Tensor._make(a, device).numpy() for k, a in named.items()}
+    return {k: Tensor._make(a, device).numpy().astype(np.float32) for k, a in named.items()}
 
 
 def _check_unscale(device: Any) -> dict[str, np.ndarray]:
@@ -173,6 +174,13 @@ for _name, (_rule, _n_state, _scalars, _flags) in _CHECKS.items():
         OPTIM.check(_name + (", 16-byte accesses" if _vectors else ""))(kwargs_case(
             _check_rule, rule=_rule, n_state=_n_state, scalars=_scalars, flags=_flags,
             vectors=_vectors))
+# float16 storage: the kernels and the cpu path both compute each update in float32 from the
+# widened values and round every stored value once; float32 evaluation order (FMA
+# contraction) may move a rounding by one ulp, and three steps carry that forward: at most a
+# few float16 ulps, 2^-8 relative (4 ulps); 1e-6 absolute for exp_avg_sq's subnormals.
+OPTIM.check("adam step float16", rtol=2.0 ** -8, atol=1e-6)(kwargs_case(
+    _check_rule, rule="adam_step", n_state=3, scalars=_adam_scalars(1e-2, 0.0),
+    flags=lambda t: 0, dtype=np.float16))
 OPTIM.check("unscale grads")(_check_unscale)
 
 
