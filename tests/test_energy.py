@@ -235,3 +235,28 @@ def test_bench_adds_the_suites_joules(monkeypatch: pytest.MonkeyPatch) -> None:
     _, stats = runner.run_suite(suite, "fake", "cpu", quick=True)  # type: ignore[arg-type]
     assert "suite_energy_joules" not in stats
     assert stats["energy_unavailable_because"] == "no RAPL here"
+
+
+def test_bench_gives_each_case_the_joules_of_its_timed_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row's joules are its timed loop's (not the warm-up's) per call; the reference's
+    likewise; a figure derived from several loops gets none."""
+    from dlcore.bench import timing
+
+    meters = _Meters()  # 1.5 J between the two reads of each meter
+    monkeypatch.setattr(timing, "EnergyMeter", meters)
+    calls = []
+
+    def suite_run(device: str, quick: bool) -> list[dict]:
+        us = timing.time_host(lambda: calls.append(1), reps=6, warmup=4, inner=3)
+        ref = timing.time_host(lambda: None, reps=10, warmup=0, inner=5)
+        return [{"case": "a", "median_us": us, "reference_us": ref},
+                {"case": "derived", "median_us": us / 2}]
+
+    suite = types.SimpleNamespace(run=suite_run)
+    rows, _ = runner.run_suite(suite, "fake", "cpu", quick=True)  # type: ignore[arg-type]
+    assert len(calls) == 4 + 6  # warm-up, then 2 samples of 3 calls
+    assert rows[0]["joules"] == 1.5 / 6 and rows[0]["reference_joules"] == 1.5 / 10
+    assert "joules" not in rows[1]
+    assert meters.devices[:2] == ["cpu", "cpu"]
+    assert timing._meter_device is None  # outside a suite run, no meter is read

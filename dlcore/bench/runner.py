@@ -33,6 +33,7 @@ import dlcore
 
 from ..energy import EnergyMeter
 from ..sysinfo import collect, nvml_handle, nvml_module
+from .timing import energy_per_case
 
 SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models", "graphs",
           "distributed")
@@ -106,14 +107,21 @@ def run_suite(module: ModuleType, name: str, device: str,
         if nvml is not None:
             sampler = PowerSampler(nvml, dlcore.device(device).index or 0)
     meter = EnergyMeter(device)
-    if sampler is not None:
-        with sampler, meter:
-            rows = module.run(device, quick=quick)
-    else:
-        with meter:
-            rows = module.run(device, quick=quick)
+    with energy_per_case(device) as measured:
+        if sampler is not None:
+            with sampler, meter:
+                rows = module.run(device, quick=quick)
+        else:
+            with meter:
+                rows = module.run(device, quick=quick)
+    # per case: the joules per call of the loop a row's time came from (timing.time_host)
+    for row in rows:
+        for time_key, energy_key in (("median_us", "joules"), ("reference_us",
+                                                               "reference_joules")):
+            if row.get(time_key) in measured:
+                row[energy_key] = measured[row[time_key]]
     stats: dict[str, Any] = {"suite": name, "peak_rss_mb": _peak_rss_mb()}
-    # per suite, not per case: the whole suite's joules, warm-ups and references included
+    # and the whole suite's, warm-ups and references included
     stats.update({k: v for k, v in meter.metrics(prefix="suite_").items() if v is not None})
     if gpu:
         stats["peak_gpu_pool_mb"] = dlcore.cuda.max_memory_allocated(device) / 2**20
@@ -124,7 +132,7 @@ def run_suite(module: ModuleType, name: str, device: str,
 
 def format_table(rows: list[dict]) -> str:
     cols = ["suite", "case", "device", "median_us", "gflops", "us_per_op", "numpy_floor_us",
-            "samples_s", "reference_us", "ratio", "note"]
+            "samples_s", "reference_us", "ratio", "joules", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
