@@ -5,6 +5,7 @@ from .elementwise import (abs, add, clamp, cos, div, eq, exp, ge, gelu, gt, isfi
                           maximum, minimum, mul, ne, neg, pow, relu, rsqrt, sigmoid, sign, sin,
                           softplus, sqrt, sub, tanh, where)
 from .index import gather, getitem, index_select, masked_fill, scatter_add, setitem
+from .einsum import einsum
 from .linalg import bmm, matmul, mm
 from .logic import all, any, isinf, tril, triu
 from .ordering import argsort, sort, topk
