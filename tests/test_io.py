@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import zlib
+from io import BytesIO, StringIO
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +249,43 @@ def test_rng_state_restarts_unused_generators_from_seed() -> None:
     dlcore.rand(9)
     io.set_rng_state(state)
     np.testing.assert_array_equal(dlcore.rand(4).numpy(), expected)
+
+
+def test_file_object_round_trip(tmp_path: Path) -> None:
+    obj = {"w": dlcore.arange(6).reshape(2, 3), "a": np.ones(2, np.float16), "epoch": 4}
+    buffer = BytesIO()
+    io.save(obj, buffer)
+    buffer.seek(0)
+    back = io.load(buffer)
+    assert back["epoch"] == 4 and back["w"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert back["a"].dtype == np.float16 and back["w"].numpy().flags.writeable
+    with open(tmp_path / "c.safetensors", "wb") as f:
+        f.write(b"preamble")  # written at the file's position, like torch.save
+        io.save(obj, f)
+    with open(tmp_path / "c.safetensors", "rb") as f:
+        assert f.read(8) == b"preamble"
+        assert io.load(f)["epoch"] == 4
+    assert io.load(BytesIO((tmp_path / "c.safetensors").read_bytes()[8:]))["epoch"] == 4
+
+
+def test_file_object_errors_name_the_op_and_argument(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"save: f is a text file object.*'wb'"):
+        io.save({}, StringIO())
+    with pytest.raises(TypeError, match=r"load: f is a text file object.*'rb'"):
+        io.load(StringIO())
+    with pytest.raises(TypeError, match=r"save: f must be a path .* with write\(\), got int"):
+        io.save({}, 3)
+    with pytest.raises(TypeError, match=r"load: f must be a path .* with read\(\), got list"):
+        io.load([])
+    with pytest.raises(io.CheckpointError, match="<BytesIO>.*not a readable safetensors"):
+        io.load(BytesIO(b"garbage" * 10))
+    with pytest.raises(io.CheckpointError, match="<BytesIO>.*corrupted"):
+        buffer = BytesIO()
+        io.save({"w": np.arange(100.0)}, buffer)
+        data = bytearray(buffer.getvalue())
+        data[-3] ^= 0xFF
+        io.load(BytesIO(bytes(data)))
+    with open(tmp_path / "c", "wb") as f, pytest.raises(io.CheckpointError,
+                                                         match=r"c'?: could not be written"):
+        f.close()
+        io.save({}, f)
