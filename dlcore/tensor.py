@@ -578,7 +578,9 @@ class Tensor:
 
     def norm(self, p: Any = "fro", dim: Any = None, keepdim: _bool = False) -> Tensor:
         """PyTorch's ``Tensor.norm``: the Frobenius/Euclidean norm by default, or the
-        ``p``-norm of the elements (over ``dim``)."""
+        ``p``-norm of the elements (over ``dim``); ``"nuc"``: the nuclear norm of a matrix."""
+        if p == "nuc":
+            return ops.linalg.matrix_norm(self, "nuc", (-2, -1) if dim is None else dim, keepdim)
         return ops.linalg.vector_norm(self, 2 if p == "fro" else p, dim, keepdim)
 
     def sort(self, dim: _int = -1, descending: _bool = False) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..autograd import Function
 from ..tensor import Tensor
 from ._util import float32_op, gemm, low_precision, sum_to
@@ -129,12 +131,95 @@ def vector_norm(x: Tensor, ord: float = 2, dim: Any = None, keepdim: bool = Fals
     return (a ** ord).sum(dim=dims, keepdim=keepdim) ** (1.0 / ord)
 
 
+class _SingularValues(Function):
+    """The singular values of the last two dims, descending (``linalg.svdvals``). Gradient
+    ``U diag(g) V^T`` (d sigma_i = u_i^T dA v_i), exact where the singular values are distinct
+    and nonzero-gapped; first order only."""
+
+    def forward(self, x: Any) -> Any:
+        u, s, vh = self.device.xp.linalg.svd(x, full_matrices=False)
+        self.u, self.vh = u, vh
+        return s
+
+    def backward(self, g: Tensor) -> tuple:
+        from ..autograd import is_grad_enabled
+
+        if is_grad_enabled():
+            raise RuntimeError("svdvals: double backward (create_graph=True) through singular "
+                               "values is not supported")
+        ga = (self.u * g.data[..., None, :]) @ self.vh
+        return (Tensor._make(ga, self.device),)
+
+
+def svdvals(x: Tensor) -> Tensor:
+    """Singular values of the matrices in the last two dims of ``x``, descending
+    (``torch.linalg.svdvals``), differentiable (first order).
+
+    >>> dlcore.linalg.svdvals(dlcore.tensor([[3.0, 0.0], [0.0, -4.0]])).tolist()
+    [4.0, 3.0]
+    """
+    if x.ndim < 2:
+        raise RuntimeError(f"svdvals: expected a tensor of at least 2 dims, got shape "
+                           f"{tuple(x.shape)}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"svdvals: expected a float32 or float64 tensor, got {x.dtype}")
+    return _SingularValues.apply(x)
+
+
+@float32_op
+def matrix_norm(x: Tensor, ord: Any = "fro", dim: Any = (-2, -1), keepdim: bool = False) -> Tensor:
+    """The ``ord`` matrix norm over the two dims ``dim`` (``torch.linalg.matrix_norm``):
+    ``'fro'`` (Frobenius), ``'nuc'`` (sum of singular values), ``2``/``-2`` (largest and
+    smallest singular value), ``1``/``-1`` (max/min column sum of ``|x|``), ``inf``/``-inf``
+    (max/min row sum).
+
+    >>> dlcore.linalg.matrix_norm(dlcore.tensor([[1.0, -2.0], [3.0, 4.0]]), ord=1).item()
+    6.0
+    """
+    if not is_floating(x.dtype):
+        raise RuntimeError(f"matrix_norm: expected a floating point tensor, got {x.dtype}")
+    if x.ndim < 2:
+        raise RuntimeError(f"matrix_norm: expected a tensor of at least 2 dims, got shape "
+                           f"{tuple(x.shape)}")
+    if isinstance(dim, int) or len(dim) != 2:
+        raise RuntimeError(f"matrix_norm: dim must be a pair of dims, got {dim!r}")
+    r, c = (int(d) % x.ndim for d in dim)
+    if r == c:
+        raise RuntimeError(f"matrix_norm: dims {dim} name the same dim twice")
+    if ord == "fro":
+        return vector_norm(x, 2, (r, c), keepdim)
+    if ord in ("nuc", 2, -2):
+        order = [d for d in range(x.ndim) if d not in (r, c)] + [r, c]
+        moved = x.permute(*order) if order != list(range(x.ndim)) else x
+        sv = svdvals(moved)
+        out = sv.sum(-1) if ord == "nuc" else (sv[..., 0] if ord == 2 else sv[..., -1])
+        if keepdim:
+            for d in sorted((r, c)):
+                out = out.unsqueeze(d)
+        return out
+    inf = float("inf")
+    if ord in (1, -1, inf, -inf):
+        # 1: the columns' sums (over rows r), then their max; inf: the rows' sums, then max
+        summed, other = (r, c) if ord in (1, -1) else (c, r)
+        sums = x.abs().sum(dim=summed, keepdim=True)
+        out = sums.amax(dim=other, keepdim=True) if ord in (1, inf) else \
+            sums.amin(dim=other, keepdim=True)
+        return out if keepdim else out.squeeze((r, c) if r < c else (c, r))
+    raise RuntimeError(f"matrix_norm: ord must be 'fro', 'nuc', 2, -2, 1, -1, inf or -inf, "
+                       f"got {ord!r}")
+
+
 def norm(x: Tensor, ord: Any = None, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """PyTorch's ``linalg.norm`` for vectors and the Frobenius norm of matrices (``ord``
-    None or 'fro'); other matrix norms are not built (a clear error)."""
-    if ord is None or ord == "fro":
+    """PyTorch's ``linalg.norm``: a vector norm (``dim`` an int, or a 1-D input), or a matrix
+    norm (``dim`` a pair, or a 2-D input with ``ord`` given); ``ord=None`` is the 2-norm of
+    the flattened input."""
+    if dim is not None and not isinstance(dim, int) and len(dim) == 2:
+        return matrix_norm(x, "fro" if ord is None else ord, tuple(dim), keepdim)
+    if ord is None:
         return vector_norm(x, 2, dim, keepdim)
-    if isinstance(ord, str) or (dim is not None and not isinstance(dim, int) and len(dim) == 2):
-        raise NotImplementedError(f"norm: matrix norm ord={ord!r} is not available in dlcore "
-                                  "(vector norms and 'fro' are)")
+    if dim is None and x.ndim == 2:
+        return matrix_norm(x, ord, (-2, -1), keepdim)
+    if isinstance(ord, str):
+        raise RuntimeError(f"norm: ord {ord!r} is a matrix norm; give a 2-D input or a pair of "
+                           "dims")
     return vector_norm(x, ord, dim, keepdim)
