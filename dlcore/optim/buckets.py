@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..autograd import device_work
 from ..ops import optim as update_rules
 from ..tensor import Tensor
 
@@ -246,7 +247,9 @@ class Bucket:
         if g.shape != view.shape:
             raise RuntimeError(f"optimizer: a gradient of shape {tuple(g.shape)} was assigned "
                                f"to a parameter of shape {tuple(view.shape)}")
-        self.device.xp.copyto(view, g.data, casting="same_kind")
+        # raw device work: a CUDA graph capture on emu records it (autograd.device_work)
+        device_work(self.device, lambda: self.device.xp.copyto(view, g.data,
+                                                               casting="same_kind"), [view])
 
     def runs(self, key: list[int]) -> list[tuple[int, int]]:
         """Maximal ranges of parameters that have a gradient and the same ``key`` (their

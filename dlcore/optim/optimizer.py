@@ -61,6 +61,7 @@ gradients.
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -109,6 +110,9 @@ class Optimizer:
             raise TypeError("optimizer: params should be an iterable of Tensors or dicts, "
                             f"but got a Tensor of shape {tuple(params.shape)}")
         self.defaults = dict(defaults)
+        # NOTE: the state of a PyTorch-style optimizer (one that overrides step() and keeps
+        # its own tensors in self.state[p], not an update_rule over the flat buffers)
+        self._own_state: defaultdict[Tensor, dict[str, Any]] = defaultdict(dict)
         self.param_groups: list[dict[str, Any]] = []
         self._buckets: list[list[Bucket] | None] = []
         groups = list(params)
@@ -276,6 +280,9 @@ class Optimizer:
             param, grad = bucket.flat[lo:hi], bucket.grads.buffer[lo:hi]
         # NOTE: capturable: the host's step scalars are replaced by the device's, and step 1's
         # are passed so that every launch has the same arguments (a CUDA graph replays them)
+        if not capturable and self.update_arrays(grad, param, state, group, step):
+            bucket.set_steps(first, last, step)
+            return
         rule, arrays, scalars, flags = self.update_rule(grad, param, state, group,
                                                         1 if capturable else step)
         step_scalars = None
@@ -298,6 +305,14 @@ class Optimizer:
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
         """Create the state arrays ``group``'s options need and ``state`` lacks (flat, like
         ``param``); called before every step so options switched on later get state too."""
+
+    def update_arrays(self, grad: Any, param: Any, state: dict[str, Any],
+                      group: dict[str, Any], step: int) -> bool:
+        """The update of ``param`` (and ``state``) from ``grad`` written with array operations
+        (``array_module(param)``, in place; ``grad`` is read only) on the same flat slices
+        :meth:`update_rule` gets, for a rule no fused kernel pays for; True when done. The
+        base does nothing and says False: the kernel rule of :meth:`update_rule` runs."""
+        return False
 
     def update_rule(self, grad: Any, param: Any, state: dict[str, Any],
                     group: dict[str, Any], step: int) -> tuple[str, tuple, tuple[float, ...], int]:
@@ -364,7 +379,11 @@ class Optimizer:
     @property
     def state(self) -> dict[Tensor, dict[str, Any]]:
         """Per-parameter state as in PyTorch (``opt.state[p]["exp_avg"]``): Tensors that are
-        views of the flat buffers (writing them changes the optimizer's state)."""
+        views of the flat buffers (writing them changes the optimizer's state). An optimizer
+        with no :meth:`update_rule` (PyTorch-style: it overrides ``step`` and keeps its own
+        state) gets a persistent ``defaultdict(dict)``, as PyTorch's."""
+        if self._keeps_own_state():
+            return self._own_state
         out: dict[Tensor, dict[str, Any]] = {}
         for buckets in self._buckets:
             for bucket in buckets or ():
@@ -373,6 +392,12 @@ class Optimizer:
                     if entry:
                         out[p] = entry
         return out
+
+    def _keeps_own_state(self) -> bool:
+        """Whether the subclass steps by itself (no update rule): its state is ``_own_state``."""
+        cls = type(self)
+        return cls.update_rule is Optimizer.update_rule and \
+            cls.update_arrays is Optimizer.update_arrays
 
     def _param_state(self, bucket: Bucket, i: int) -> dict[str, Any]:
         if bucket.steps[i] == 0:
@@ -402,6 +427,11 @@ class Optimizer:
             saved = {k: copy.deepcopy(v) for k, v in group.items() if k != "params"}
             saved["params"] = list(range(index, index + len(group["params"])))
             for p in group["params"]:
+                if self._keeps_own_state():
+                    if self._own_state.get(p):
+                        state[index] = _copy_state(self._own_state[p])
+                    index += 1
+                    continue
                 where = location.get(id(p))
                 entry = self._param_state(*where) if where else {}
                 if entry:
@@ -426,6 +456,14 @@ class Optimizer:
             options = {k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}
             group.update(options)
             position = {id(p): k for k, p in enumerate(group["params"])}
+            if self._keeps_own_state():
+                for k, p in enumerate(group["params"]):
+                    key = saved["params"][k]
+                    self._own_state.pop(p, None)
+                    entry = saved_state.get(key, saved_state.get(str(key)))
+                    if entry:
+                        self._own_state[p] = _copy_state(entry)
+                continue
             for bucket in self._group_buckets(index):
                 self.init_single(bucket.flat, bucket.state, group)
                 for i, p in enumerate(bucket.params):
@@ -453,6 +491,17 @@ class Optimizer:
                 raise ValueError(f"load_state_dict: state {name!r} has {arr.size} elements, "
                                  f"its parameter {tuple(bucket.views[i].shape)} has {hi - lo}")
             bucket.state[name][lo:hi] = xp.asarray(arr.reshape(-1), dtype=bucket.dtype)
+
+
+def _copy_state(value: Any) -> Any:
+    """A deep copy of per-parameter state: Tensors cloned (detached), containers rebuilt."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _copy_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_state(v) for v in value)
+    return copy.deepcopy(value)
 
 
 def _unscale_one(p: Tensor, inv_scale: float) -> bool:
