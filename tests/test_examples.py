@@ -36,6 +36,7 @@ QUICK_ARGS = {
                              "--future", "10"],
     "rnn_classifier": ["--epochs", "2", "--hidden", "32"],
     "regression": ["--epochs", "10"],
+    "transformer_lm": ["--epochs", "1", "--sentences", "300"],
 }
 PROGRAMS = sorted(p.stem for p in EXAMPLES.glob("*.py") if p != RUNNER)
 
