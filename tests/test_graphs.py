@@ -260,3 +260,32 @@ def test_other_random_ops_inside_capture_raise(dev: str) -> None:
     with pytest.raises(RuntimeError, match="only uniform and normal draws"):
         with dl.cuda.graph(dl.cuda.CUDAGraph(), device=dev):
             dl.randint(0, 5, (3,), device=dev)
+
+
+def test_batchnorm_step_replays_running_statistics(dev: str) -> None:
+    """BatchNorm updates its running statistics in place in forward: a replay must too."""
+    def make() -> tuple[nn.Module, dl.optim.Optimizer]:
+        dl.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 6 * 6, 4)).to(dev)
+        return m, dl.optim.SGD(m.parameters(), lr=0.05)
+
+    data = _batches((4, 1, 8, 8), 4, 5, seed=2)
+    model, opt = make()
+    for x, y in data:
+        _train_step(model, opt, dl.tensor(x, device=dev), dl.tensor(y, device=dev), False)
+    want = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    model, opt = make()
+    _train_step(model, opt, dl.tensor(data[0][0], device=dev), dl.tensor(data[0][1],
+                                                                          device=dev), False)
+    sx, sy = dl.zeros(4, 1, 8, 8, device=dev), dl.zeros(4, dtype=dl.int64, device=dev)
+    g = dl.cuda.CUDAGraph()
+    with dl.cuda.graph(g, device=dev):
+        _train_step(model, opt, sx, sy, False)
+    for x, y in data[1:]:
+        sx.copy_(dl.tensor(x, device=dev))
+        sy.copy_(dl.tensor(y, device=dev))
+        g.replay()
+    got = model.state_dict()
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k].numpy(), v, err_msg=k)

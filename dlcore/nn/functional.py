@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..autograd import device_work, no_grad
-from ..ops import gelu, leaky_relu, pad, sigmoid, softplus, tanh  # noqa: F401
+from ..ops import gelu, pad, sigmoid, softplus, tanh  # noqa: F401
+from ..ops import leaky_relu as _leaky_relu
 from ..ops import log_softmax as _log_softmax
 from ..ops import relu as _relu
 from ..ops import softmax as _softmax
@@ -31,6 +32,7 @@ from ..ops.resample import interpolate, pixel_shuffle, pixel_unshuffle  # noqa: 
 from ..random import uniform_array
 from ..tensor import Tensor
 from .dropout import dropout2d  # noqa: F401  (dropout.py uses F only at call time)
+from .attention import scaled_dot_product_attention  # noqa: F401  (same: F at call time)
 from ..dtypes import is_floating
 
 
@@ -71,10 +73,29 @@ def _float_input(x: Tensor, op: str) -> Tensor:
     return x
 
 
+def _in_place(input: Tensor, op: str, fn: Any) -> Tensor:
+    """PyTorch's ``inplace=True``: ``fn(input)`` written into ``input``'s storage, ``input``
+    returned. It is an in-place op like ``add_`` (dlcore.Tensor._inplace_binary): refused on
+    a leaf that requires grad or an expanded view, version-counted, and under autograd the
+    op gets a snapshot of the input to save, so backward never reads clobbered values (the
+    snapshot costs what PyTorch's in-place relu saves only for ops that need their input)."""
+    return input._inplace_binary(None, op, lambda a, _: fn(a))
+
+
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
-    """``max(x, 0)``. ``inplace`` is accepted so PyTorch code ports unchanged; the result is
-    always a new tensor (same values, and autograd never sees a clobbered input)."""
-    return _relu(input)
+    """``max(x, 0)``; ``inplace=True`` writes the result into ``input`` and returns it.
+
+    >>> x = dlcore.tensor([-1.0, 2.0]); _ = relu(x, inplace=True); x.tolist()
+    [0.0, 2.0]
+    """
+    return _in_place(input, "relu_", _relu) if inplace else _relu(input)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """``x`` if x > 0 else ``negative_slope * x`` (``inplace`` as in :func:`relu`)."""
+    if inplace:
+        return _in_place(input, "leaky_relu_", lambda a: _leaky_relu(a, negative_slope))
+    return _leaky_relu(input, negative_slope)
 
 
 def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
@@ -83,12 +104,16 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     >>> elu(dlcore.tensor([-1.0, 2.0])).tolist()[1]
     2.0
     """
-    return Elu.apply(_float_input(input, "elu"), alpha=float(alpha))
+    def op(a: Tensor) -> Tensor:
+        return Elu.apply(_float_input(a, "elu"), alpha=float(alpha))
+    return _in_place(input, "elu_", op) if inplace else op(input)
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
     """``x * sigmoid(x)`` (``inplace`` as in :func:`relu`)."""
-    return Silu.apply(_float_input(input, "silu"))
+    def op(a: Tensor) -> Tensor:
+        return Silu.apply(_float_input(a, "silu"))
+    return _in_place(input, "silu_", op) if inplace else op(input)
 
 
 def _legacy_softmax_dim(ndim: int, op: str) -> int:
@@ -123,11 +148,13 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True,
         return input
     _float_input(input, "dropout")
     if p == 1.0:
-        return input * 0.0
+        return _in_place(input, "dropout_", lambda a: a * 0.0) if inplace else input * 0.0
+
     def draw() -> Any:  # one unit of device work: a CUDA graph on emu replays it whole
         keep = uniform_array(input.shape, 0.0, 1.0, input.dtype, input.device) < (1.0 - p)
         return keep.astype(input.dtype) * input.dtype.type(1.0 / (1.0 - p))
-    return input * Tensor._make(device_work(input.device, draw), input.device)
+    mask = Tensor._make(device_work(input.device, draw), input.device)
+    return _in_place(input, "dropout_", lambda a: a * mask) if inplace else input * mask
 
 
 # ---- normalisation -------------------------------------------------------------------
@@ -184,13 +211,19 @@ def batch_norm(input: Tensor, running_mean: Tensor | None,
                          f"got input of shape {_shape(input)}")
     dims = (0,) + tuple(range(2, input.ndim))
     y, mean, var = _norm_affine("batch_norm", input, w, b, dims, eps)
-    with no_grad():
+    def update() -> None:  # raw in-place work: a CUDA graph on emu replays it whole
         for running, batch in ((running_mean, mean.data), (running_var, var.data * (n / (n - 1)))):
             if running is not None:
                 arr = running.data
                 arr *= 1.0 - momentum
                 arr += (batch.reshape(c) * momentum).astype(arr.dtype, copy=False)
-                running._bump()
+
+    with no_grad():
+        device_work(input.device, update, [t.data for t in (running_mean, running_var)
+                                           if t is not None])
+        for t in (running_mean, running_var):
+            if t is not None:
+                t._bump()
     return y
 
 
