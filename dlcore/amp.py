@@ -205,7 +205,7 @@ class GradScaler:
         if new_scale is not None:
             with self.device:
                 if isinstance(new_scale, Tensor):  # copied on the device, no host read
-                    value = new_scale.to(self.device).data.reshape(-1)
+                    value = new_scale.to(self.device)._data.reshape(-1)
                     self._scale[...] = value.astype(np.float32)
                 else:
                     self._scale.fill(np.float32(new_scale))

@@ -62,7 +62,7 @@ class _AnomalyMode:
         for i, o in enumerate(outs):
             bad = _nonfinite(fn.device, o)
             if bad:
-                upstream = [j for j, t in enumerate(inputs) if _nonfinite(t._device, t.data)]
+                upstream = [j for j, t in enumerate(inputs) if _nonfinite(t._device, t._data)]
                 note = (f"; its input {upstream[0]} already held non-finite values (a leaf "
                         "or the data, or an op run before anomaly mode was on)"
                         if upstream else "")
@@ -75,7 +75,7 @@ class _AnomalyMode:
         if not self.check_nan or _capturing():
             return
         for i, g in enumerate(in_grads):
-            bad = None if g is None else _nonfinite(g._device, g.data)
+            bad = None if g is None else _nonfinite(g._device, g._data)
             if bad:
                 raise RuntimeError(f"{node.name()}Backward returned {bad} values in its {i}th "
                                    f"output (the gradient of its input {i}).\n"

@@ -158,7 +158,7 @@ class Function:
             out = _forward_captured(cap, fn, inputs, options)
             requires = any([t._requires_grad for t in inputs])
         elif len(inputs) == 1:
-            out = fn.forward(x0.data, **options)
+            out = fn.forward(x0._data, **options)
             requires = x0._requires_grad
         else:
             requires = False
@@ -167,7 +167,7 @@ class Function:
                 if t._device is not dev:
                     _raise_device_mismatch(cls, inputs)
                 requires = requires or t._requires_grad
-                arrays.append(t.data)
+                arrays.append(t._data)
             out = fn.forward(*arrays, **options)
         dev = fn.device  # forward may set it: outputs live where forward put them
         make = tensor.Tensor._make
@@ -277,11 +277,11 @@ class AccumulateGrad(Function):
             else:
                 # NOTE: copy, never alias: one gradient Tensor may flow to several leaves
                 # (x + y hands the same grad to both), and later accumulation is in place.
-                leaf.grad = tensor.Tensor._make(grad.data.copy(), leaf._device)
+                leaf.grad = tensor.Tensor._make(grad._data.copy(), leaf._device)
         elif _mode.enabled or leaf.grad.requires_grad:
             leaf.grad = leaf.grad + grad  # create_graph: keep the graph of the sum
         else:
-            leaf.grad.data += grad.data
+            leaf.grad._data += grad._data
 
 
 class RetainGrad(Function):
@@ -332,7 +332,7 @@ def _forward_captured(cap: Any, fn: Function, inputs: Sequence[Tensor], options:
     for t in inputs:
         if t._device is not fn.device:
             _raise_device_mismatch(type(fn), inputs)
-    return cap.forward(fn, tuple([t.data for t in inputs]), options)
+    return cap.forward(fn, tuple([t._data for t in inputs]), options)
 
 
 def _raise_device_mismatch(cls: type, inputs: Sequence[Tensor]) -> None:
@@ -486,13 +486,13 @@ def _prepare_roots(tensors: Any, grad_tensors: Any, op: str) -> tuple[list, list
             raise RuntimeError(f"{op}: element of shape {tuple(t.shape)} does not require grad "
                                "and has no grad_fn")
         if g is None:
-            if t.data.size != 1:
+            if t._data.size != 1:
                 raise RuntimeError(
                     f"{op}: grad can be implicitly created only for scalar outputs; got an "
                     f"output of shape {tuple(t.shape)}, pass gradient= explicitly")
-            g = tensor.Tensor._make(t._device.xp.ones_like(t.data), t._device)
+            g = tensor.Tensor._make(t._device.xp.ones_like(t._data), t._device)
         elif not isinstance(g, tensor.Tensor):
-            g = tensor.Tensor._make(t._device.xp.asarray(g, dtype=t.data.dtype), t._device)
+            g = tensor.Tensor._make(t._device.xp.asarray(g, dtype=t._data.dtype), t._device)
         if tuple(g.shape) != tuple(t.shape):
             raise RuntimeError(f"{op}: gradient has shape {tuple(g.shape)} but the output has "
                                f"shape {tuple(t.shape)}")

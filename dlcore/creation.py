@@ -244,7 +244,7 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False) -> T
         raise RuntimeError(f"{op}: expected a 1-D or 2-D floating point tensor of weights, got "
                            f"shape {tuple(input.shape)} and dtype {input.dtype}")
     dev, xp = input.device, input.device.xp
-    w = input.data.reshape(1, -1) if input.ndim == 1 else input.data
+    w = input._data.reshape(1, -1) if input.ndim == 1 else input._data
     rows, categories = w.shape
     if not isinstance(num_samples, int) or num_samples < 1:
         raise RuntimeError(f"{op}: num_samples must be a positive int, got {num_samples!r}")

@@ -33,7 +33,7 @@ same arrays and copies every result into the array the capture produced, so memo
 static as on a GPU and graph code is tested here. To keep "capture does not run the work"
 true, the contents of every array that existed before capture and was written during it are
 restored when capture ends. The emulation is faithful where the region is pure device work;
-an op computed outside these points (a raw NumPy expression on ``.data``) is not replayed.
+an op computed outside these points (a raw NumPy expression on ``.array``) is not replayed.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _copy_into(dst: Any, src: Any, what: str) -> None:
     if dst is src or dst is None:
         return
     if isinstance(dst, Tensor):
-        _copy_into(dst.data, src.data if isinstance(src, Tensor) else src, what)
+        _copy_into(dst._data, src._data if isinstance(src, Tensor) else src, what)
     elif isinstance(dst, np.ndarray):
         src = np.asarray(src)
         if src.shape != dst.shape or src.dtype != dst.dtype:
@@ -165,11 +165,11 @@ class _EmuCapture:
     def backward(self, node: autograd.Function, gouts: tuple) -> Any:
         """``node.backward(*gouts)``, recorded (the backward engine)."""
         c0 = self._mark()
-        grads_in = tuple([None if g is None else g.data for g in gouts])
+        grads_in = tuple([None if g is None else g._data for g in gouts])
         result = self._run(lambda: node.backward(*gouts))
         single = type(result) is not tuple
         results = (result,) if single else result
-        arrays = tuple([None if r is None else r.data for r in results])
+        arrays = tuple([None if r is None else r._data for r in results])
         self._produced(arrays)
         dev, name = node.device, type(node).__name__
 
@@ -182,20 +182,20 @@ class _EmuCapture:
             new = (new,) if type(new) is not tuple else new
             for dst, src in zip(arrays, new):
                 if dst is not None and src is not None:
-                    _copy_into(dst, src.data, f"{name} backward")
+                    _copy_into(dst, src._data, f"{name} backward")
         self.units.append((c0, replay))
         return result
 
     def accumulate(self, node: autograd.AccumulateGrad, grad: Tensor) -> None:
         """A leaf's gradient accumulation, recorded as the copy or add it came to."""
         leaf = node.leaf
-        before = None if leaf.grad is None else leaf.grad.data
+        before = None if leaf.grad is None else leaf.grad._data
         slot = leaf._grad_slot
         self._before_write(before if before is not None else
                            None if slot is None else slot.view)
         self._run(lambda: node.accumulate(grad))
         assert leaf.grad is not None
-        after, src = leaf.grad.data, grad.data
+        after, src = leaf.grad._data, grad._data
         if after is before:  # in place: grad += g
             self.units.append((0, lambda: np.add(after, src, out=after)))  # type: ignore[arg-type]
             return
@@ -418,11 +418,11 @@ class _Graphed(autograd.Function):
     def forward(self, *arrays: Any, entry: Any) -> Any:
         self.entry = entry
         for static, a in zip(entry.static_inputs, arrays):
-            if static.data is not a:  # the call's inputs (parameters are the static ones)
-                static.data[...] = a
+            if static._data is not a:  # the call's inputs (parameters are the static ones)
+                static._data[...] = a
         entry.fwd.replay()
         # the static outputs themselves, as PyTorch: the next call overwrites them
-        outs = tuple([o.data for o in entry.static_outputs])
+        outs = tuple([o._data for o in entry.static_outputs])
         return outs if len(outs) > 1 else outs[0]
 
     def backward(self, *grads: Tensor) -> tuple[Tensor | None, ...]:
@@ -430,11 +430,11 @@ class _Graphed(autograd.Function):
         for static, g in zip(entry.static_grad_outputs, grads):
             if static is not None:
                 if g is None:
-                    static.data[...] = 0
+                    static._data[...] = 0
                 else:
-                    static.data[...] = g.data
+                    static._data[...] = g._data
         entry.bwd.replay()
-        return tuple([None if g is None else Tensor._make(g.data, g.device)
+        return tuple([None if g is None else Tensor._make(g._data, g.device)
                       for g in entry.static_grad_inputs])
 
 

@@ -36,12 +36,12 @@ class Tensor:
     (like ``dlcore.tensor``); ops build Tensors through the cheap ``Tensor._make``.
     """
 
-    __slots__ = ("data", "_device", "_requires_grad", "_grad", "_grad_slot", "grad_fn",
+    __slots__ = ("_data", "_device", "_requires_grad", "_grad", "_grad_slot", "grad_fn",
                  "_output_nr", "_accum", "_version", "_retains_grad", "_view", "_views",
                  "__weakref__")
     __array_priority__ = 1000  # numpy_array * tensor -> Tensor.__rmul__
 
-    data: Any  # the NumPy or CuPy array
+    _data: Any  # the NumPy or CuPy array (public, read-only: ``array``)
     _device: Device
     _requires_grad: _bool
     _grad: Tensor | None  # .grad (a property: assigning it must reach _grad_slot)
@@ -63,7 +63,7 @@ class Tensor:
                  requires_grad: _bool = False) -> None:
         dev = as_device(device)
         if isinstance(data, Tensor):
-            data = data.data
+            data = data._data
         self._init_leaf(dev.asarray(data, None if dtype is None else to_dtype(dtype),
                                     copy=True), dev, [0], requires_grad)
 
@@ -71,7 +71,7 @@ class Tensor:
                    requires_grad: _bool) -> None:
         """Set every field of a new leaf (for ``__init__`` and subclasses such as
         ``nn.Parameter``; ``_make`` sets the same fields inline, on the hot path of every op)."""
-        self.data = data
+        self._data = data
         self._device = device
         self._requires_grad = False
         self._grad = None
@@ -89,13 +89,13 @@ class Tensor:
     def _share_leaf(self, other: Tensor, requires_grad: _bool) -> None:
         """Become a new leaf holding ``other``'s array, device and version counter (no copy),
         as ``nn.Parameter(t)`` does."""
-        self._init_leaf(other.data, other._device, other._version, requires_grad)
+        self._init_leaf(other._data, other._device, other._version, requires_grad)
 
     @classmethod
     def _make(cls, data: Any, device: Device, grad_fn: Any = None, output_nr: _int = 0,
               version: list | None = None) -> Tensor:
         t = object.__new__(cls)
-        t.data = data
+        t._data = data
         t._device = device
         t._requires_grad = grad_fn is not None
         t._grad = None
@@ -112,16 +112,16 @@ class Tensor:
     # ---- metadata -------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.data.shape
+        return self._data.shape
 
     def size(self, dim: _int | None = None) -> Any:
-        return self.data.shape if dim is None else self.data.shape[dim]
+        return self._data.shape if dim is None else self._data.shape[dim]
 
     @property
     def dtype(self) -> np.dtype:
         # NOTE: on cuda a bfloat16 tensor holds uint16 words (CuPy has no bfloat16); uint16 is
         # no tensor dtype of its own, so those words always mean bfloat16.
-        dt = self.data.dtype
+        dt = self._data.dtype
         return bfloat16 if dt == BF16_WORDS else dt
 
     @property
@@ -130,16 +130,16 @@ class Tensor:
 
     @property
     def ndim(self) -> _int:
-        return self.data.ndim
+        return self._data.ndim
 
     def dim(self) -> _int:
-        return self.data.ndim
+        return self._data.ndim
 
     def numel(self) -> _int:
-        return int(self.data.size)
+        return int(self._data.size)
 
     def element_size(self) -> _int:
-        return self.data.dtype.itemsize
+        return self._data.dtype.itemsize
 
     @property
     def is_cuda(self) -> _bool:
@@ -149,9 +149,9 @@ class Tensor:
         return is_floating(self.dtype)
 
     def __len__(self) -> _int:
-        if self.data.ndim == 0:
+        if self._data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self.data.shape[0]
+        return self._data.shape[0]
 
     # ---- autograd fields ------------------------------------------------------------
     @property
@@ -211,7 +211,34 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same data (shared, like PyTorch), cut off from the graph."""
-        return Tensor._make(self.data, self._device, version=self._version)
+        return Tensor._make(self._data, self._device, version=self._version)
+
+    # ---- the storage ------------------------------------------------------------------
+    @property
+    def array(self) -> Any:
+        """The NumPy (``cpu``, ``emu``) or CuPy (``cuda``) array holding the values, shared,
+        not copied: dlcore's door to the array world (``.numpy()`` copies from a GPU)."""
+        return self._data
+
+    @property
+    def data(self) -> Tensor:
+        """PyTorch's ``.data``: a tensor sharing this one's storage, detached from the graph
+        and invisible to autograd's in-place checks (``p.data.normal_(0, 0.02)``,
+        ``p.data.copy_(w)``). Unlike ``detach()`` its writes bump no version counter shared
+        with this tensor, as in PyTorch; that is what makes it unsafe under autograd."""
+        return Tensor._make(self._data, self._device)
+
+    @data.setter
+    def data(self, value: Tensor) -> None:
+        """``t.data = other``: ``t`` holds ``other``'s storage from now on (same device and
+        dtype, any shape, as PyTorch allows)."""
+        if not isinstance(value, Tensor):
+            raise TypeError(f"data: expected a Tensor, got {type(value).__name__}")
+        if value._device is not self._device or value._data.dtype != self._data.dtype:
+            raise RuntimeError(f"data: a tensor of dtype {value.dtype} on {value.device} cannot "
+                               f"replace the data of a tensor of dtype {self.dtype} on "
+                               f"{self.device}")
+        self._data = value._data
 
     def detach_(self) -> Tensor:
         self.grad_fn = None
@@ -224,15 +251,15 @@ class Tensor:
         (PyTorch refuses ``.numpy()`` on GPU tensors; copying is what users then do.)"""
         if _capturing:
             _check_not_capturing(self._device, "Tensor.numpy")
-        return self._device.to_host(self.data)
+        return self._device.to_host(self._data)
 
     def item(self) -> Any:
         if _capturing:
             _check_not_capturing(self._device, "Tensor.item")
-        if self.data.size != 1:
-            raise RuntimeError(f"item: a tensor with {self.data.size} elements cannot be "
+        if self._data.size != 1:
+            raise RuntimeError(f"item: a tensor with {self._data.size} elements cannot be "
                                "converted to a Python scalar")
-        return self.data.reshape(()).item() if isinstance(self.data, np.ndarray) else \
+        return self._data.reshape(()).item() if isinstance(self._data, np.ndarray) else \
             self.numpy().reshape(()).item()
 
     def tolist(self) -> Any:
@@ -243,10 +270,10 @@ class Tensor:
         return arr if dtype is None else arr.astype(dtype, copy=False)
 
     def __dlpack__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.data.__dlpack__(*args, **kwargs)
+        return self._data.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self) -> Any:
-        return self.data.__dlpack_device__()
+        return self._data.__dlpack_device__()
 
     def to(self, *args: Any, **kwargs: Any) -> Tensor:
         """``t.to(device)``, ``t.to(dtype)``, ``t.to(device, dtype)``, ``t.to(other)``;
@@ -262,7 +289,7 @@ class Tensor:
         autograd; a leaf's gradient node is rebuilt when the device changes."""
         if source._device is not self._device:
             self._accum = None  # its node would report the old device
-        self.data, self._device = source.data, source._device
+        self._data, self._device = source._data, source._device
         return self
 
     def cpu(self) -> Tensor:
@@ -296,8 +323,8 @@ class Tensor:
         return self.to(np.bool_)
 
     def __bool__(self) -> _bool:
-        if self.data.size != 1:
-            raise RuntimeError(f"bool: the truth value of a tensor with {self.data.size} "
+        if self._data.size != 1:
+            raise RuntimeError(f"bool: the truth value of a tensor with {self._data.size} "
                                "elements is ambiguous")
         return bool(self.item())
 
@@ -308,20 +335,20 @@ class Tensor:
         return int(self.item())
 
     def __index__(self) -> _int:
-        if self.data.dtype.kind not in "iu" or self.data.size != 1:
+        if self._data.dtype.kind not in "iu" or self._data.size != 1:
             raise TypeError("only integer tensors of a single element can be an index")
         return int(self.item())
 
     __hash__ = object.__hash__
 
     def __iter__(self) -> Any:
-        if self.data.ndim == 0:
+        if self._data.ndim == 0:
             raise TypeError("iteration over a 0-d tensor")
-        return (self[i] for i in range(self.data.shape[0]))
+        return (self[i] for i in range(self._data.shape[0]))
 
     def __format__(self, spec: str) -> str:
         """A one-element tensor formats as its value (``f"{loss:.3f}"``), as in PyTorch."""
-        if self.data.size == 1 and self.data.ndim == 0:
+        if self._data.size == 1 and self._data.ndim == 0:
             return format(self.item(), spec)
         return object.__format__(self, spec) if spec else repr(self)
 
@@ -718,7 +745,7 @@ class Tensor:
         return ops.contiguous(self)
 
     def is_contiguous(self) -> _bool:
-        return _bool(self.data.flags.c_contiguous)
+        return _bool(self._data.flags.c_contiguous)
 
     # ---- new tensors like this one (its dtype and device unless given) --------------------
     def new_tensor(self, data: Any, dtype: Any = None, device: Any = None,
@@ -802,13 +829,13 @@ class Tensor:
         self._version[0] += 1
 
     def _write(self, src: Any, casting: str) -> None:
-        """``self.data[...] = src``: every raw in-place write goes through here, so that a
+        """``self._data[...] = src``: every raw in-place write goes through here, so that a
         CUDA graph capture on emu records it (dlcore.graphs)."""
         cap = autograd._capture
         if cap is not None and cap.recording(self._device):
-            cap.write(self.data, src, casting)
+            cap.write(self._data, src, casting)
         else:
-            self._device.xp.copyto(self.data, src, casting=casting)
+            self._device.xp.copyto(self._data, src, casting=casting)
 
     def _inplace_from(self, result: Tensor, op: str) -> Tensor:
         """Write ``result`` into this tensor's storage and take over its graph node."""
@@ -817,7 +844,7 @@ class Tensor:
         if result.shape != self.shape:
             raise RuntimeError(f"{op}: result of shape {tuple(result.shape)} cannot be written "
                                f"in place into a tensor of shape {tuple(self.shape)}")
-        self._write(result.data, "unsafe")
+        self._write(result._data, "unsafe")
         self._bump()
         if result.grad_fn is not None and autograd.is_grad_enabled():
             if result.dtype != self.dtype:
@@ -854,7 +881,7 @@ class Tensor:
         """A Tensor standing for this one's current value and graph position before an
         in-place write: same node, leaf accumulator and requires_grad; its own copy of the
         data when ``copy`` (the write would change what an op saved), else shared."""
-        snap = Tensor._make(self.data.copy() if copy else self.data, self._device,
+        snap = Tensor._make(self._data.copy() if copy else self._data, self._device,
                             self.grad_fn, self._output_nr)
         snap._requires_grad = self._requires_grad
         snap._accum = self._accum
@@ -894,7 +921,7 @@ class Tensor:
             # since the storage is overwritten next.
             return self._inplace_from(fn(self._snapshot(copy=True), other), op)
         result = fn(self, other)
-        self._write(result.data if isinstance(result, Tensor) else result, "same_kind")
+        self._write(result._data if isinstance(result, Tensor) else result, "same_kind")
         self._bump()
         return self
 
@@ -933,8 +960,8 @@ class Tensor:
             # PyTorch's copy_ is differentiable: a non-leaf stays in the graph (its earlier
             # history gets a zero gradient) instead of silently becoming a constant
             return self._inplace_from(ops.index.overwrite(self._snapshot(copy=False),
-                                                          src_b.data), "copy_")
-        self._write(src_b.data, "unsafe")
+                                                          src_b._data), "copy_")
+        self._write(src_b._data, "unsafe")
         self._bump()
         return self
 

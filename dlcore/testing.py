@@ -28,7 +28,7 @@ def numerical_jacobian_vjp(fn: Callable, inputs: Sequence[Any], weights: list[np
             grads.append(None)
             continue
         g = np.zeros(x.shape, dtype=np.float64)
-        flat = x.data.reshape(-1)  # a view: perturbations reach the tensor
+        flat = x._data.reshape(-1)  # a view: perturbations reach the tensor
         for i in range(flat.size):
             orig = flat[i].item()
             vals = []

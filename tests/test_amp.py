@@ -500,7 +500,7 @@ def test_a_captured_scaled_step_replays_what_eager_steps_do() -> None:
 
         graph, out = None, []
         for i, x in enumerate(xs):
-            static.data[...] = x
+            static.array[...] = x
             opt.zero_grad(set_to_none=False)
             with np.errstate(invalid="ignore"):
                 if graph is not None:

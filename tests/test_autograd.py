@@ -75,7 +75,7 @@ def test_detach_shares_data_and_stops_gradients(device):
     y = t * 2
     yd = y.detach()
     with dlcore.no_grad():
-        yd.data[0] = 100.0
+        yd.array[0] = 100.0
     assert y.numpy()[0] == 100.0
     (t * d).sum().backward()
     check(t.grad, d.numpy())
@@ -222,8 +222,8 @@ def test_inplace_ops_forward(device):
 
 def test_inplace_keeps_identity_and_storage(device):
     t = on(device, rand(3))
-    data = t.data
-    assert t.mul_(2.0) is t and t.data is data
+    data = t.array
+    assert t.mul_(2.0) is t and t.array is data
 
 
 def test_inplace_on_leaf_requiring_grad_raises(device):

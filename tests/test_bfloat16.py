@@ -315,12 +315,12 @@ def test_cuda_conversions_keep_words_and_round_as_ml_dtypes(numpy_as_cuda: Devic
     t = Tensor._make(words, dev)
     assert t.dtype == dlcore.bfloat16
     f = t.float()
-    assert f.dtype == dlcore.float32 and f.data.dtype == np.float32
-    np.testing.assert_array_equal(f.data, want.astype(np.float32))
+    assert f.dtype == dlcore.float32 and f.array.dtype == np.float32
+    np.testing.assert_array_equal(f.array, want.astype(np.float32))
     back = Tensor._make(x, dev).bfloat16()
-    assert back.dtype == dlcore.bfloat16 and back.data.dtype == BF16_WORDS
-    np.testing.assert_array_equal(back.data, bits(want))
+    assert back.dtype == dlcore.bfloat16 and back.array.dtype == BF16_WORDS
+    np.testing.assert_array_equal(back.array, bits(want))
     assert back.to(dlcore.bfloat16) is back  # already bfloat16: nothing to do
     x_t = Tensor._make(x, dev).requires_grad_()
     x_t.bfloat16().float().sum().backward()  # the casts' backward: float32 -> words -> float32
-    assert x_t.grad.dtype == dlcore.float32 and np.all(x_t.grad.data == 1)
+    assert x_t.grad.dtype == dlcore.float32 and np.all(x_t.grad.array == 1)

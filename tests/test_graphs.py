@@ -172,14 +172,14 @@ def test_replay_writes_static_outputs_in_place(dev: str) -> None:
     with dl.cuda.graph(g, device=dev):
         out = (a * b).relu().sum(0) + a.mean()  # broadcast, a reduction's view, in-place
         out.mul_(2.0)
-    held = out.data
+    held = out.array
     for k in range(3):
         a.copy_(dl.tensor([1.0, -2.0, 3.0 * k], device=dev))
         g.replay()
         av, bv = a.numpy(), b.numpy()
         want = 2.0 * (np.maximum(av * bv, 0).sum(0) + av.mean())
         np.testing.assert_allclose(out.numpy(), want, rtol=1e-6)
-        assert out.data is held
+        assert out.array is held
 
 
 def test_make_graphed_callables_matches_the_module(dev: str) -> None:

@@ -34,7 +34,7 @@ def test_numpy_and_array_protocol(device):
     np.testing.assert_array_equal(np.asarray(t), x)
     assert np.asarray(t, dtype=np.float32).dtype == np.float32
     if device != "cuda":
-        assert np.shares_memory(t.numpy(), t.data)
+        assert np.shares_memory(t.numpy(), t.array)
 
 
 def test_reductions_and_0d_results_are_arrays(device):
@@ -100,7 +100,7 @@ def test_from_numpy_shares_memory():
     a = np.arange(4, dtype=np.int32)
     t = dlcore.from_numpy(a)
     assert t.dtype == dlcore.int32
-    t.data[2] = 9
+    t.array[2] = 9
     assert a[2] == 9
     with pytest.raises(TypeError):
         dlcore.from_numpy([1, 2])

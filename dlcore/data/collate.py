@@ -67,4 +67,4 @@ def _stack_tensors(batch: Sequence[Tensor]) -> Tensor:
     if len(shapes) != 1:
         raise ValueError(f"default_collate: cannot stack tensors of shapes {sorted(shapes)}")
     with device.use():
-        return Tensor._make(device.xp.stack([t.data for t in batch]), device)
+        return Tensor._make(device.xp.stack([t._data for t in batch]), device)

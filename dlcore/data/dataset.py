@@ -70,7 +70,7 @@ class TensorDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         # NOTE: ``[index, ...]``: a plain ``[index]`` on a 1-d array gives a NumPy scalar,
         # not the 0-d array a Tensor must hold.
-        return tuple(Tensor._make(t.data[index, ...], t.device) for t in self.tensors)
+        return tuple(Tensor._make(t._data[index, ...], t.device) for t in self.tensors)
 
     def __len__(self) -> int:
         return self.tensors[0].shape[0]

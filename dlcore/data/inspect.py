@@ -162,8 +162,8 @@ def _chunks(dataset: Any, features: int, label: int | None
         y = None if label is None or len(dataset.tensors) < 2 else dataset.tensors[label]
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
-            yield (Tensor._make(x.data[start:stop], x.device).numpy(),
-                   None if y is None else Tensor._make(y.data[start:stop], y.device).numpy())
+            yield (Tensor._make(x._data[start:stop], x.device).numpy(),
+                   None if y is None else Tensor._make(y._data[start:stop], y.device).numpy())
         return
     for start in range(0, n, CHUNK):
         xs, ys = [], []

@@ -65,7 +65,7 @@ class HostTransfer:
             return t
         if t.device.is_cuda:
             return t.to(self.device)
-        return Tensor._make(t.data, self.device)
+        return Tensor._make(t._data, self.device)
 
     def deliver(self, staged: Staged) -> Any:
         return staged.batch
@@ -90,7 +90,7 @@ class CudaTransfer:
         def stage(t: Tensor) -> Tensor:
             if t.device.is_cuda:
                 return t.to(device)
-            host = np.ascontiguousarray(t.data)
+            host = np.ascontiguousarray(t._data)
             pinned = device.pinned_empty(host.shape, host.dtype)
             pinned[...] = host
             target = device.xp.empty(host.shape, host.dtype)

@@ -139,7 +139,7 @@ class _Staging:
 
     def buffer(self, tensor: Tensor) -> Any:
         """A C-contiguous array with ``tensor``'s values, for the backend to work in."""
-        data = tensor.data
+        data = tensor._data
         if self.device.is_cuda and not self.on_gpu:
             return np.ascontiguousarray(self.device.to_host(data))
         if data.flags.c_contiguous and getattr(data.flags, "writeable", True):
@@ -151,11 +151,11 @@ class _Staging:
 
     def write(self, tensor: Tensor, values: Any) -> None:
         """Put ``values`` into ``tensor``'s array (nothing to do if they are that array)."""
-        if values is tensor.data:
+        if values is tensor._data:
             return
         if self.device.is_cuda and not self.on_gpu:
             values = self.device.asarray(values)
-        tensor.data[...] = values
+        tensor._data[...] = values
 
 
 def _start(stage: _Staging, what: str, start: Callable[[], Any], finish: Finish | None,
@@ -214,7 +214,7 @@ def all_gather(tensor_list: list[Tensor], tensor: Tensor, group: Any = None,
     outputs = _check_like(tensor_list, tensor, pg.world_size, what, "tensor_list")
     stage = _Staging(pg, tensor, None)
     send = stage.buffer(tensor)
-    if send is tensor.data:
+    if send is tensor._data:
         send = send.copy()  # NOTE: tensor may be one of the outputs; MPI forbids the overlap
     recv = stage.empty((pg.world_size, *tensor.shape), tensor.dtype)
 

@@ -94,7 +94,7 @@ def broadcast_baselines(op: str, baselines: Any, x: Tensor) -> Tensor:
         raise TypeError(f"{op}: baselines must be None, a number or a Tensor, got "
                         f"{type(baselines).__name__}")
     try:
-        data = x.device.xp.broadcast_to(baselines.detach().to(x.device).data, x.shape)
+        data = x.device.xp.broadcast_to(baselines.detach().to(x.device)._data, x.shape)
     except ValueError:
         raise ValueError(f"{op}: baselines of shape {tuple(baselines.shape)} do not broadcast "
                          f"to the inputs' {tuple(x.shape)}") from None

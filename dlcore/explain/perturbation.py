@@ -57,13 +57,13 @@ def occlusion(model: Any, inputs: Tensor, target: Target, window: Sequence[int],
     n = x.shape[0]
     t = targets(op, target, n)
     xp, dev = x.device.xp, x.device
-    base = broadcast_baselines(op, baselines, x).data
+    base = broadcast_baselines(op, baselines, x)._data
     starts = [range(0, s - w + 1, k) for s, w, k in zip(shape[lead:], win, steps)]
     positions = list(itertools.product(*starts))
     total = xp.zeros(x.shape, dtype=x.dtype)
     covered = xp.zeros(shape, dtype=x.dtype)
     with no_grad():
-        reference = scores(op, model(x), t).data  # (N,)
+        reference = scores(op, model(x), t)._data  # (N,)
         for first in range(0, len(positions), perturbations_per_eval):
             chunk = positions[first:first + perturbations_per_eval]
             masks = []
@@ -71,9 +71,9 @@ def occlusion(model: Any, inputs: Tensor, target: Target, window: Sequence[int],
                 mask = xp.zeros(shape, dtype=x.dtype)
                 mask[(Ellipsis,) + tuple(slice(p, p + w) for p, w in zip(pos, win))] = 1
                 masks.append(mask)
-            hidden = xp.concatenate([x.data * (1 - m) + base * m for m in masks])
+            hidden = xp.concatenate([x._data * (1 - m) + base * m for m in masks])
             tiled = None if t is None else np.tile(t, len(chunk))
-            s = scores(op, model(Tensor._make(hidden, dev)), tiled).data.reshape(len(chunk), n)
+            s = scores(op, model(Tensor._make(hidden, dev)), tiled)._data.reshape(len(chunk), n)
             for mask, drop in zip(masks, reference - s):
                 total += drop.reshape((n,) + (1,) * len(shape)) * mask
                 covered += mask

@@ -212,14 +212,15 @@ def batch_norm(input: Tensor, running_mean: Tensor | None,
     dims = (0,) + tuple(range(2, input.ndim))
     y, mean, var = _norm_affine("batch_norm", input, w, b, dims, eps)
     def update() -> None:  # raw in-place work: a CUDA graph on emu replays it whole
-        for running, batch in ((running_mean, mean.data), (running_var, var.data * (n / (n - 1)))):
+        unbiased = var._data * (n / (n - 1))
+        for running, batch in ((running_mean, mean._data), (running_var, unbiased)):
             if running is not None:
-                arr = running.data
+                arr = running._data
                 arr *= 1.0 - momentum
                 arr += (batch.reshape(c) * momentum).astype(arr.dtype, copy=False)
 
     with no_grad():
-        device_work(input.device, update, [t.data for t in (running_mean, running_var)
+        device_work(input.device, update, [t._data for t in (running_mean, running_var)
                                            if t is not None])
         for t in (running_mean, running_var):
             if t is not None:
@@ -280,7 +281,7 @@ def _check_indices(indices: Tensor, num: int, op: str, what: str) -> None:
         got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
         raise TypeError(f"{op}: indices must be an integer tensor, got {got}")
     if indices.numel():
-        lo, hi = int(indices.data.min()), int(indices.data.max())
+        lo, hi = int(indices._data.min()), int(indices._data.max())
         bad = lo if lo < 0 else hi
         if lo < 0 or hi >= num:
             raise IndexError(f"{op}: index {bad} is out of range for {what} of size {num}")
@@ -303,7 +304,7 @@ def embedding(input: Tensor, weight: Tensor,
             raise ValueError(f"embedding: padding_idx {padding_idx} must be within "
                              f"num_embeddings {num}")
         padding_idx %= num
-    return EmbeddingFunction.apply(weight, indices=input.data, padding_idx=padding_idx)
+    return EmbeddingFunction.apply(weight, indices=input._data, padding_idx=padding_idx)
 
 
 def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
@@ -312,10 +313,10 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
     if not isinstance(tensor, Tensor) or tensor.dtype.kind not in "iu":
         raise TypeError("one_hot: expected an integer tensor of class indices")
     if num_classes == -1:
-        num_classes = int(tensor.data.max()) + 1 if tensor.numel() else 0
+        num_classes = int(tensor._data.max()) + 1 if tensor.numel() else 0
     _check_indices(tensor, num_classes, "one_hot", "num_classes")
     xp = tensor.device.xp
-    out = device_work(tensor.device, lambda: (tensor.data[..., None] ==
+    out = device_work(tensor.device, lambda: (tensor._data[..., None] ==
                                               xp.arange(num_classes)).astype(np.int64))
     return Tensor._make(out, tensor.device)
 

@@ -315,7 +315,7 @@ class Module:
 
         for p in self.parameters():
             moved = convert(p)
-            if moved.data is not p.data:
+            if moved._data is not p._data:
                 p.set_(moved)
             if p.grad is not None:
                 p.grad.set_(convert(p.grad))
@@ -323,7 +323,7 @@ class Module:
             for name, b in m._buffers.items():
                 if b is not None:
                     moved = convert(b)
-                    if moved.data is not b.data:
+                    if moved._data is not b._data:
                         m._buffers[name] = moved
         return self
 

@@ -56,7 +56,7 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float,
     def clip() -> Any:
         by_device: dict[Any, list[Any]] = {}
         for g in grads:
-            by_device.setdefault(g.device, []).append(_norm(g.device.xp, g.data, norm_type))
+            by_device.setdefault(g.device, []).append(_norm(g.device.xp, g._data, norm_type))
         totals = []
         for dev, norms in by_device.items():
             total = _norm(dev.xp, dev.xp.stack(norms), norm_type)
@@ -71,10 +71,10 @@ def clip_grad_norm_(parameters: Tensor | Iterable[Tensor], max_norm: float,
         for g in grads:
             gxp = g.device.xp
             scale = coef if g.device is device else gxp.asarray(float(coef))
-            gxp.multiply(g.data, scale.astype(g.dtype), out=g.data)
+            gxp.multiply(g._data, scale.astype(g.dtype), out=g._data)
         return xp.asarray(total)
 
-    total = device_work(device, clip, [g.data for g in grads])
+    total = device_work(device, clip, [g._data for g in grads])
     for g in grads:
         g._bump()
     return Tensor._make(total, device)
@@ -87,6 +87,6 @@ def clip_grad_value_(parameters: Tensor | Iterable[Tensor], clip_value: float,
     clip_value = float(clip_value)
     for g in _grads(parameters):
         def clamp(g: Tensor = g) -> None:
-            g.device.xp.clip(g.data, -clip_value, clip_value, out=g.data)
-        device_work(g.device, clamp, [g.data])
+            g.device.xp.clip(g._data, -clip_value, clip_value, out=g._data)
+        device_work(g.device, clamp, [g._data])
         g._bump()

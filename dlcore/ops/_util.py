@@ -45,7 +45,7 @@ def bfloat16_unsupported(op: str) -> TypeError:
 def reject_bfloat16_words(op: str, *tensors: Any) -> None:
     """Raise :func:`bfloat16_unsupported` if any of ``tensors`` is a cuda bfloat16 tensor."""
     for t in tensors:
-        if isinstance(t, Tensor) and t.data.dtype == BF16_WORDS:
+        if isinstance(t, Tensor) and t._data.dtype == BF16_WORDS:
             raise bfloat16_unsupported(op)
 
 
@@ -75,13 +75,13 @@ def as_tensor_like(x: Any, like: Tensor) -> Tensor:
 
 
 def cast(t: Tensor, dtype: np.dtype) -> Tensor:
-    if t.data.dtype == dtype:
+    if t._data.dtype == dtype:
         return t
     return t.to(dtype)
 
 
 def promote_pair(a: Tensor, b: Tensor, op: str = "binary op") -> tuple[Tensor, Tensor]:
-    da, db = a.data.dtype, b.data.dtype
+    da, db = a._data.dtype, b._data.dtype
     if da == BF16_WORDS or db == BF16_WORDS:
         raise bfloat16_unsupported(op)
     if da == db:
@@ -94,10 +94,10 @@ def scalar_operand(t: Tensor, c: Any, op: str = "binary op") -> tuple[Tensor, An
     """Cast ``t`` to the dtype of ``t op c`` (PyTorch's weak-scalar rules) and return the
     scalar as a NumPy scalar of that dtype (float32 for 16-bit floats: :func:`opmath_scalar`),
     so no array module widens the result beyond what :func:`narrow_to` rounds back."""
-    if t.data.dtype == BF16_WORDS:
+    if t._data.dtype == BF16_WORDS:
         raise bfloat16_unsupported(op)
-    dt = scalar_result(t.data.dtype, c)
-    if dt != t.data.dtype:
+    dt = scalar_result(t._data.dtype, c)
+    if dt != t._data.dtype:
         t = cast(t, dt)
     if isinstance(c, bool | np.bool_) and dt.kind != "b":
         c = int(c)
@@ -154,7 +154,7 @@ class SumTo(Function):
 
 
 def sum_to(g: Tensor, shape: tuple[int, ...]) -> Tensor:
-    if g.data.shape == shape:
+    if g._data.shape == shape:
         return g
     return SumTo.apply(g, shape=shape)
 

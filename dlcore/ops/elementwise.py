@@ -98,9 +98,9 @@ class Maximum(Function):
     def backward(self, g: Tensor) -> tuple:
         a, b = self.saved_tensors
         xp = self.device.xp
-        first = self.pick(a.data, b.data)
+        first = self.pick(a._data, b._data)
         # ties split the gradient evenly, as PyTorch does
-        wa = xp.where(first, 1.0, xp.where(a.data == b.data, 0.5, 0.0)).astype(g.dtype)
+        wa = xp.where(first, 1.0, xp.where(a._data == b._data, 0.5, 0.0)).astype(g.dtype)
         wa_t = Tensor._make(wa, self.device)
         na, nb = self.needs_input_grad
         return (sum_to(g * wa_t, a.shape) if na else None,
@@ -192,8 +192,8 @@ def _binary(a: Any, b: Any, tensor_fn: type[Function], scalar_fn: type[Function]
         if isinstance(b, Tensor):
             return _apply_broadcast(tensor_fn, *promote_pair(a, b, tensor_fn.__name__.lower()))
         tb = type(b)
-        if scalar_fn is not None and (tb is float or tb is int) and is_floating(a.data.dtype):
-            return scalar_fn.apply(a, c=opmath_scalar(a.data.dtype, b))  # fast path: floats
+        if scalar_fn is not None and (tb is float or tb is int) and is_floating(a._data.dtype):
+            return scalar_fn.apply(a, c=opmath_scalar(a._data.dtype, b))  # fast path: floats
         if scalar_fn is not None and is_scalar(b):
             t, c = scalar_operand(a, b, tensor_fn.__name__.lower())
             return scalar_fn.apply(t, c=c)
@@ -250,11 +250,11 @@ def mul(input: Any, other: Any) -> Tensor:
 
 def div(input: Any, other: Any) -> Tensor:
     """True division; integer inputs give the default float dtype (PyTorch's rule)."""
-    if isinstance(input, Tensor) and input.data.dtype.kind in "biu" and not (
-            isinstance(other, Tensor) and is_floating(other.data.dtype)):
+    if isinstance(input, Tensor) and input._data.dtype.kind in "biu" and not (
+            isinstance(other, Tensor) and is_floating(other._data.dtype)):
         input = cast(input, get_default_dtype())
     if not isinstance(input, Tensor) and isinstance(other, Tensor) and \
-            other.data.dtype.kind in "biu":
+            other._data.dtype.kind in "biu":
         other = cast(other, get_default_dtype())
     return _binary(input, other, Div, DivScalar, RDivScalar)
 
@@ -541,7 +541,7 @@ class Clamp(Function):
         return self.device.xp.clip(a, lo, hi).astype(a.dtype, copy=False)
 
     def backward(self, g: Tensor) -> tuple:
-        x = self.saved_tensors[0].data
+        x = self.saved_tensors[0]._data
         mask = self.device.xp.ones(x.shape, dtype=bool)
         if self.lo is not None:
             mask &= x >= self.lo
@@ -575,14 +575,14 @@ def where(condition: Tensor, input: Any, other: Any) -> Tensor:
     y = other if isinstance(other, Tensor) else as_tensor_like(_scalar_arr(other, like), like)
     x, y = promote_pair(x, y)
     cond = condition if isinstance(condition, Tensor) else as_tensor_like(condition, like)
-    if cond.data.dtype != np.bool_:
-        cond = Tensor._make(cond.data.astype(bool), cond.device)
+    if cond._data.dtype != np.bool_:
+        cond = Tensor._make(cond._data.astype(bool), cond.device)
     return Where.apply(cond, x, y)
 
 
 def _scalar_arr(v: Any, like: Tensor) -> Any:
     if is_scalar(v):
-        dt = like.data.dtype if is_floating(like.data.dtype) or not isinstance(v, float) \
+        dt = like._data.dtype if is_floating(like._data.dtype) or not isinstance(v, float) \
             else np.dtype(np.float32)
         return np.asarray(v, dtype=dt)
     return v
@@ -592,7 +592,7 @@ def _unary(cls: type[Function]) -> Any:
     name = cls.__name__.lower()
 
     def op(input: Tensor) -> Tensor:
-        if input.data.dtype == BF16_WORDS:
+        if input._data.dtype == BF16_WORDS:
             raise bfloat16_unsupported(name)
         return cls.apply(input)
 
@@ -617,7 +617,7 @@ relu = _unary(Relu)
 
 
 def _float_input(x: Tensor, op: str) -> Tensor:
-    if not is_floating(x.data.dtype):
+    if not is_floating(x._data.dtype):
         raise TypeError(f"{op}: expected a floating point tensor, got dtype {x.dtype}")
     return x
 
@@ -639,7 +639,7 @@ def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tenso
 def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:
     if min is None and max is None:
         raise ValueError("clamp: at least one of min and max must be given")
-    if input.data.dtype == BF16_WORDS:
+    if input._data.dtype == BF16_WORDS:
         raise bfloat16_unsupported("clamp")
     if isinstance(min, Tensor) or isinstance(max, Tensor):
         out = input
@@ -654,8 +654,8 @@ def clamp(input: Tensor, min: Any = None, max: Any = None) -> Tensor:
 # ---- comparisons (no gradient) -------------------------------------------------------
 def _compare(a: Any, b: Any, ufunc: str) -> Tensor:
     t = a if isinstance(a, Tensor) else b
-    da = a.data if isinstance(a, Tensor) else a
-    db = b.data if isinstance(b, Tensor) else b
+    da = a._data if isinstance(a, Tensor) else a
+    db = b._data if isinstance(b, Tensor) else b
     if isinstance(a, Tensor) and isinstance(b, Tensor) and a.device is not b.device:
         raise RuntimeError(f"{ufunc}: expected both tensors on the same device, got "
                            f"{a.device} and {b.device}")
@@ -690,7 +690,7 @@ def ge(a: Any, b: Any) -> Tensor:
 
 
 def logical_not(a: Tensor) -> Tensor:
-    return Tensor._make(device_work(a.device, lambda: a.device.xp.logical_not(a.data)),
+    return Tensor._make(device_work(a.device, lambda: a.device.xp.logical_not(a._data)),
                         a.device)
 
 
@@ -703,9 +703,9 @@ def logical_or(a: Tensor, b: Tensor) -> Tensor:
 
 
 def isnan(a: Tensor) -> Tensor:
-    return Tensor._make(device_work(a.device, lambda: a.device.xp.isnan(a.data)), a.device)
+    return Tensor._make(device_work(a.device, lambda: a.device.xp.isnan(a._data)), a.device)
 
 
 def isfinite(a: Tensor) -> Tensor:
-    return Tensor._make(device_work(a.device, lambda: a.device.xp.isfinite(a.data)),
+    return Tensor._make(device_work(a.device, lambda: a.device.xp.isfinite(a._data)),
                         a.device)

@@ -28,10 +28,10 @@ def _convert_index(index: Any, t: Tensor) -> tuple[Any, bool]:
             if it.device is not t.device:
                 raise RuntimeError(f"index: indices on {it.device} for a tensor on "
                                    f"{t.device}")
-            if it.data.dtype.kind not in "biu":
+            if it._data.dtype.kind not in "biu":
                 raise IndexError(f"index: tensors used as indices must be integer or bool, "
                                  f"got {it.dtype}")
-            out.append(it.data)
+            out.append(it._data)
             basic = False
         elif isinstance(it, list | np.ndarray):
             arr = np.asarray(it)
@@ -92,7 +92,7 @@ class Overwrite(Function):
         return out
 
     def backward(self, g: Tensor) -> tuple:
-        return (Tensor._make(self.device.xp.zeros_like(g.data), self.device),)
+        return (Tensor._make(self.device.xp.zeros_like(g._data), self.device),)
 
 
 def overwrite(t: Tensor, values: Any) -> Tensor:
@@ -113,7 +113,7 @@ class IndexPut(Function):
         nx, nv = self.needs_input_grad
         gx = gv = None
         if nx:
-            mask = self.device.xp.ones(g.shape, dtype=g.data.dtype)
+            mask = self.device.xp.ones(g.shape, dtype=g._data.dtype)
             mask[self.index] = 0
             gx = g * Tensor._make(mask, self.device)
         if nv:
@@ -136,7 +136,7 @@ def setitem(t: Tensor, index: Any, value: Any) -> None:
         t._inplace_from(IndexPut.apply(t._snapshot(copy=False), value, index=raw), "setitem")
         return
     try:
-        t.data[raw] = value.data
+        t._data[raw] = value._data
     except (ValueError, IndexError) as exc:
         raise RuntimeError(f"setitem: {exc} (tensor shape {tuple(t.shape)}, value shape "
                            f"{tuple(value.shape)})") from None
@@ -144,7 +144,7 @@ def setitem(t: Tensor, index: Any, value: Any) -> None:
 
 
 def _check_index_tensor(index: Tensor, op: str) -> None:
-    if not isinstance(index, Tensor) or index.data.dtype.kind not in "iu":
+    if not isinstance(index, Tensor) or index._data.dtype.kind not in "iu":
         raise TypeError(f"{op}: index must be an integer tensor")
 
 
@@ -154,7 +154,7 @@ class Gather(Function):
         return self.device.xp.take_along_axis(x, index, axis=dim)
 
     def backward(self, g: Tensor) -> tuple:
-        zeros = Tensor._make(self.device.xp.zeros(self.in_shape, g.data.dtype), self.device)
+        zeros = Tensor._make(self.device.xp.zeros(self.in_shape, g._data.dtype), self.device)
         return (scatter_add(zeros, self.dim, Tensor._make(self.index, self.device), g),)
 
 
@@ -169,7 +169,7 @@ def gather(input: Tensor, dim: int, index: Tensor) -> Tensor:
         if i != d and si > sx:
             raise RuntimeError(f"gather: index shape {tuple(index.shape)} exceeds input shape "
                                f"{tuple(input.shape)} at dim {i}")
-    idx = index.data
+    idx = index._data
     if idx.shape[:d] + idx.shape[d + 1:] != input.shape[:d] + input.shape[d + 1:]:
         # take_along_axis needs full-size other dims: work on the slice the index covers
         sl = tuple(slice(0, s) if i != d else slice(None) for i, s in enumerate(idx.shape))
@@ -225,7 +225,7 @@ def scatter_add(input: Tensor, dim: int, index: Tensor, src: Tensor) -> Tensor:
     input, src = promote_pair(input, src)
     if index.device is not input.device:
         raise RuntimeError(f"scatter_add: index on {index.device}, input on {input.device}")
-    return ScatterAdd.apply(input, src, index=index.data, dim=d)
+    return ScatterAdd.apply(input, src, index=index._data, dim=d)
 
 
 def index_select(input: Tensor, dim: int, index: Tensor) -> Tensor:

@@ -147,7 +147,7 @@ class _SingularValues(Function):
         if is_grad_enabled():
             raise RuntimeError("svdvals: double backward (create_graph=True) through singular "
                                "values is not supported")
-        ga = (self.u * g.data[..., None, :]) @ self.vh
+        ga = (self.u * g._data[..., None, :]) @ self.vh
         return (Tensor._make(ga, self.device),)
 
 

@@ -11,7 +11,7 @@ from ._util import normalize_dim
 
 def isinf(input: Tensor) -> Tensor:
     """Where ``input`` is +inf or -inf (a bool tensor)."""
-    return Tensor._make(device_work(input.device, lambda: input.device.xp.isinf(input.data)),
+    return Tensor._make(device_work(input.device, lambda: input.device.xp.isinf(input._data)),
                         input.device)
 
 
@@ -19,10 +19,10 @@ def _truth(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
     xp = input.device.xp
     if dim is None:
         return Tensor._make(device_work(input.device, lambda: xp.asarray(
-            getattr(xp, fn)(input.data))), input.device)
+            getattr(xp, fn)(input._data))), input.device)
     axis = normalize_dim(dim, input.ndim, fn)
     return Tensor._make(device_work(input.device, lambda: getattr(xp, fn)(
-        input.data, axis=axis, keepdims=keepdim)), input.device)
+        input._data, axis=axis, keepdims=keepdim)), input.device)
 
 
 def all(input: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:

@@ -111,7 +111,7 @@ def _rows_of_classes(input: Tensor, target: Tensor, op: str) -> tuple[Tensor, An
         rows = input
     else:
         rows = input.permute(0, *range(2, input.ndim), 1).reshape(-1, n_classes)
-    return rows, target.data.reshape(-1), expected
+    return rows, target._data.reshape(-1), expected
 
 
 def _class_weights(weight: Tensor | None, input: Tensor, n_classes: int, op: str) -> Any:
@@ -120,7 +120,7 @@ def _class_weights(weight: Tensor | None, input: Tensor, n_classes: int, op: str
     if tuple(weight.shape) != (n_classes,):
         raise ValueError(f"{op}: weight must have shape ({n_classes},) for {n_classes} "
                          f"classes, got {tuple(weight.shape)}")
-    return weight.data.astype(input.dtype, copy=False)
+    return weight._data.astype(input.dtype, copy=False)
 
 
 def _picked_weights(target: Any, weight: Any, ignore_index: int, n_classes: int, dtype: Any,
@@ -306,11 +306,11 @@ def binary_cross_entropy(input: Tensor, target: Tensor,
     op = "binary_cross_entropy"
     reduction = _reduction(size_average, reduce, reduction, op)
     input, target = _same_shape_operands(input, target, op)
-    if input.data.size and bool(((input.data < 0) | (input.data > 1)).any()):
+    if input._data.size and bool(((input._data < 0) | (input._data > 1)).any()):
         raise RuntimeError(f"{op}: all elements of input should be between 0 and 1")
     w = None
     if weight is not None:
-        w = input.device.xp.broadcast_to(weight.data.astype(input.dtype, copy=False),
+        w = input.device.xp.broadcast_to(weight._data.astype(input.dtype, copy=False),
                                           input.shape)
     loss = BinaryCrossEntropy.apply(input, target.to(input.dtype), weight=w)
     return _reduce(loss, reduction)

@@ -83,7 +83,7 @@ class NormAffine(Function):
             xhat = xc * invstd
         else:
             invstd = Tensor._make(self.invstd, self.device)
-            xhat = Tensor._make((x.data - self.mean) * self.invstd, self.device)
+            xhat = Tensor._make((x._data - self.mean) * self.invstd, self.device)
         need = self.needs_input_grad
         grads: list[Tensor | None] = [None] * len(need)
         if need[0]:

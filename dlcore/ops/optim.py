@@ -123,10 +123,10 @@ def _check_rule(device: Any, rule: str, n_state: int, scalars: Scalars,
     ``ALIGNED16`` where the buffers allow it (the kernels' 16-byte path and its scalar tail);
     ``dtype``: the storage type of every buffer (results compared in float32)."""
     shape = (317,)
-    param = Tensor(seeded_arrays(4, shape)[0].astype(dtype), device=device).data
-    state = [Tensor(np.zeros(shape, dtype), device=device).data for _ in range(n_state)]
+    param = Tensor(seeded_arrays(4, shape)[0].astype(dtype), device=device)._data
+    state = [Tensor(np.zeros(shape, dtype), device=device)._data for _ in range(n_state)]
     for step in range(1, steps + 1):
-        grad = Tensor(seeded_arrays(10 + step, shape)[0].astype(dtype), device=device).data
+        grad = Tensor(seeded_arrays(10 + step, shape)[0].astype(dtype), device=device)._data
         arrays = (param, grad, *state)
         aligned = ALIGNED16 if vectors and aligned16(*arrays) else 0
         update(device, rule, arrays, scalars(step), flags(step) | aligned)
@@ -140,8 +140,8 @@ def _check_unscale(device: Any) -> dict[str, np.ndarray]:
     for name, bad in (("clean", ()), ("with inf and nan", (5, 300))):
         host = seeded_arrays(20, (317,))[0] * np.float32(1024)
         host[list(bad)] = (np.inf, np.nan) if bad else ()
-        grad = Tensor(host, device=device).data
-        found = Tensor(np.zeros(1, np.int32), device=device).data
+        grad = Tensor(host, device=device)._data
+        found = Tensor(np.zeros(1, np.int32), device=device)._data
         unscale_grads(device, grad, 1 / 1024, found, ALIGNED16 if aligned16(grad) else 0)
         scaled = Tensor._make(grad, device).numpy()
         out[f"{name} grad"] = np.where(np.isfinite(scaled), scaled, 0)  # check compares values
@@ -188,7 +188,7 @@ def _check_device_steps(device: Any) -> dict[str, np.ndarray]:
     """Capturable Adam and Adagrad over three steps, the middle one found inf (skipped: no
     count, no update), and the unscale with a device scale."""
     def on(a: np.ndarray) -> Any:
-        return Tensor(a, device=device).data
+        return Tensor(a, device=device)._data
 
     out: dict[str, np.ndarray] = {}
     for rule, n_state, what in (("adam_step", 3, STEPS_ADAM), ("adagrad_step", 1, STEPS_ADAGRAD)):
@@ -213,11 +213,11 @@ def _check_device_steps(device: Any) -> dict[str, np.ndarray]:
 
 def _check_update_scale(device: Any) -> dict[str, np.ndarray]:
     """The scale after a pattern of clean and inf steps with awkward factors."""
-    scale = Tensor(np.array([1000.0], np.float32), device=device).data
-    tracker = Tensor(np.zeros(1, np.int32), device=device).data
+    scale = Tensor(np.array([1000.0], np.float32), device=device)._data
+    tracker = Tensor(np.zeros(1, np.int32), device=device)._data
     seen = []
     for bad in (0, 0, 1, 0, 0, 0, 1, 1, 0, 0):
-        found = Tensor(np.array([0, bad], np.int32), device=device).data
+        found = Tensor(np.array([0, bad], np.int32), device=device)._data
         update_scale(device, scale, tracker, found, 1.7, 0.3, 2)
         seen.append(Tensor._make(scale, device).numpy().copy())
     return {"scales": np.concatenate(seen)}

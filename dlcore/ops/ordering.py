@@ -19,7 +19,7 @@ SortResult = namedtuple("SortResult", ["values", "indices"])
 def _order(input: Tensor, dim: int, descending: bool, op: str) -> tuple[int, Tensor]:
     d = normalize_dim(dim, input.ndim, op)
     xp = input.device.xp
-    data = input.data if input.ndim else input.data.reshape(1)
+    data = input._data if input.ndim else input._data.reshape(1)
     # stable: equal values keep their order (PyTorch's stable=True); descending sorts the
     # negated keys, so ties still keep their original order
     signed = data.dtype.kind in "fi" or data.dtype == bfloat16
@@ -62,5 +62,5 @@ def topk(input: Tensor, k: int, dim: int = -1, largest: bool = True,
                            f"(shape {tuple(input.shape)})")
     _, idx = _order(input, d, largest, "topk")
     index = (slice(None),) * d + (slice(0, k),)
-    idx = Tensor._make(input.device.xp.ascontiguousarray(idx.data[index]), input.device)
+    idx = Tensor._make(input.device.xp.ascontiguousarray(idx._data[index]), input.device)
     return SortResult(gather(input, d, idx), idx)

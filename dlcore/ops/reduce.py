@@ -37,7 +37,7 @@ def _expand_back(g: Tensor, in_shape: tuple, dims: tuple | None, keepdim: bool) 
         kshape = (1,) * len(in_shape)
     else:
         kshape = tuple(1 if i in dims else s for i, s in enumerate(in_shape))
-    if g.data.shape == in_shape:
+    if g._data.shape == in_shape:
         return g
     return ExpandBack.apply(g, kshape=kshape, shape=in_shape)
 
@@ -74,12 +74,12 @@ class Prod(Function):
         (x,) = self.saved_tensors
         dims = None if self.dim is None else (self.dim,)
         ge = _expand_back(g, x.shape, dims, self.keepdim)
-        if not bool((x.data == 0).any()):
+        if not bool((x._data == 0).any()):
             out = _expand_back(self.output(), x.shape, dims, self.keepdim)
             return (ge * out / x,)
         # with zeros: product of the others = exclusive cumprod from both sides
         xp = self.device.xp
-        xd = x.data
+        xd = x._data
         ax = -1 if self.dim is None else self.dim
         flat = xd.reshape(-1) if self.dim is None else xd
         ones_shape = list(flat.shape)
@@ -115,7 +115,7 @@ class MaxMinDim(Function):
     def backward(self, g: Tensor, _gi: Any = None) -> tuple:
         if not self.keepdim:
             g = g.unsqueeze(self.dim)
-        zeros = Tensor._make(self.device.xp.zeros(self.in_shape, dtype=g.data.dtype),
+        zeros = Tensor._make(self.device.xp.zeros(self.in_shape, dtype=g._data.dtype),
                              self.device)
         idx = Tensor._make(self.idx, self.device)
         return (scatter_add(zeros, self.dim, idx, g),)
@@ -214,7 +214,7 @@ class LogSoftmax(Function):
 def _float_for_mean(x: Tensor, op: str, dtype: Any = None) -> Tensor:
     if dtype is not None:
         return cast(x, to_dtype(dtype))
-    if not is_floating(x.data.dtype):
+    if not is_floating(x._data.dtype):
         raise RuntimeError(f"{op}: could not infer output dtype; input dtype {x.dtype} is not "
                            "floating point (pass dtype=)")
     return x
@@ -229,7 +229,7 @@ def sum(input: Tensor, dim: Any = None, keepdim: bool = False,
         reject_bfloat16_words("sum", input)
     if dtype is not None:
         input = cast(input, to_dtype(dtype))
-    elif input.data.dtype.kind in "biu":
+    elif input._data.dtype.kind in "biu":
         input = cast(input, np.dtype(np.int64))  # PyTorch sums integers in int64
     dims = normalize_dims(dim, input.ndim, "sum")
     return Sum.apply(input, dims=dims, keepdim=keepdim)
@@ -256,7 +256,7 @@ def prod(input: Tensor, dim: int | None = None, keepdim: bool = False,
 
 
 def _max_min(input: Tensor, dim: Any, keepdim: bool, is_max: bool, op: str) -> Any:
-    if input.data.size == 0:
+    if input._data.size == 0:
         raise RuntimeError(f"{op}: cannot reduce an empty tensor of shape {tuple(input.shape)}")
     if dim is None:
         return AMaxMin.apply(input, dims=None, keepdim=False, is_max=is_max)
@@ -297,12 +297,12 @@ def _arg(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Tensor:
 def _arg_array(input: Tensor, dim: int | None, keepdim: bool, fn: str) -> Any:
     xp = input.device.xp
     if dim is None:
-        out = getattr(xp, fn)(input.data.reshape(-1))
+        out = getattr(xp, fn)(input._data.reshape(-1))
         if keepdim:
             out = xp.asarray(out).reshape((1,) * input.ndim)
     else:
         d = normalize_dim(dim, input.ndim, fn)
-        out = getattr(xp, fn)(input.data, axis=d, keepdims=keepdim) if input.ndim else \
+        out = getattr(xp, fn)(input._data, axis=d, keepdims=keepdim) if input.ndim else \
             xp.zeros((), np.int64)
     return xp.asarray(out).astype(np.int64, copy=False)
 
@@ -336,7 +336,7 @@ def std(input: Tensor, dim: Any = None, unbiased: bool | None = None,
 @float32_op
 def logsumexp(input: Tensor, dim: Any, keepdim: bool = False) -> Tensor:
     reject_bfloat16_words("logsumexp", input)
-    x = _float_for_mean(input, "logsumexp") if is_floating(input.data.dtype) else \
+    x = _float_for_mean(input, "logsumexp") if is_floating(input._data.dtype) else \
         cast(input, get_default_dtype())
     dims = normalize_dims(dim, x.ndim, "logsumexp")
     if dims is None:

@@ -183,14 +183,14 @@ class RNNLayerFunction(Function):
         xp = self.device.xp
         saved = self.saved_tensors
         k = 3 if self.lstm else 2  # position of w_ih among the inputs
-        x, w_ih, w_hh = saved[0].data, saved[k].data, saved[k + 1].data
+        x, w_ih, w_hh = saved[0]._data, saved[k]._data, saved[k + 1]._data
         T, N, H = self.h_prev.shape
         GH, dtype = w_hh.shape[0], x.dtype
         gemm = gemm_dtype(xp, dtype)
         w_ih, w_hh = w_ih.astype(gemm, copy=False), w_hh.astype(gemm, copy=False)
 
         def grad_array(g: Tensor | None, shape: tuple) -> Any:
-            return xp.zeros(shape, dtype) if g is None else xp.ascontiguousarray(g.data, dtype)
+            return xp.zeros(shape, dtype) if g is None else xp.ascontiguousarray(g._data, dtype)
 
         gy_a = grad_array(gy, (T, N, H))
         dh = grad_array(gh_n, (N, H)).copy()

@@ -33,7 +33,7 @@ class Remainder(Function):
         ga = sum_to(g, a.shape) if na else None
         gb = None
         if nb:
-            quotient = Tensor._make(self.device.xp.floor_divide(a.data, b.data), self.device)
+            quotient = Tensor._make(self.device.xp.floor_divide(a._data, b._data), self.device)
             gb = sum_to(-g * quotient, b.shape)
         return ga, gb
 

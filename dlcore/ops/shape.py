@@ -64,7 +64,7 @@ class WriteThroughView(Function):
         if self.needs_input_grad[0]:
             mask = self.device.xp.ones(self.shape, dtype=g.dtype)
             with no_grad():  # zero the view's region of the mask through the same view
-                self.replay(Tensor._make(mask, self.device)).data[...] = 0
+                self.replay(Tensor._make(mask, self.device))._data[...] = 0
             keep = g * Tensor._make(mask, self.device)
         return keep, (self.replay(g) if self.needs_input_grad[1] else None)
 
@@ -96,7 +96,7 @@ def _shape_arg(shape: Sequence[Any]) -> tuple:
 
 
 def _checked_shape(input: Tensor, shape: tuple, op: str) -> None:
-    n = input.data.size
+    n = input._data.size
     known = int(np.prod([s for s in shape if s != -1])) if shape else 1
     if shape.count(-1) > 1 or (-1 not in shape and known != n) or (
             -1 in shape and (known == 0 or n % known)):
@@ -111,11 +111,11 @@ def reshape(input: Tensor, *shape: Any) -> Tensor:
     >>> dlcore.arange(6).reshape(2, 3).shape
     (2, 3)"""
     shape = _shape_arg(shape)
-    if shape == input.data.shape:
+    if shape == input._data.shape:
         return input
     _checked_shape(input, shape, "reshape")
     out = Reshape.apply(input, shape=shape)
-    if not _shares_memory(out.data, input.data, input.device.xp):
+    if not _shares_memory(out._data, input._data, input.device.xp):
         return out  # a copy: writes to it do not reach input
     return _view_of(out, input, lambda t: Reshape.apply(t, shape=shape))
 
@@ -129,10 +129,10 @@ def view(input: Tensor, *shape: Any) -> Tensor:
     shape = _shape_arg(shape)
     _checked_shape(input, shape, "view")
     out = reshape(input, *shape)
-    if out is not input and not _shares_memory(out.data, input.data, input.device.xp):
+    if out is not input and not _shares_memory(out._data, input._data, input.device.xp):
         raise RuntimeError(f"view: size {shape} is not compatible with the input's size and "
                            f"stride (shape {tuple(input.shape)}, strides "
-                           f"{tuple(input.data.strides)}: a dimension spans non-contiguous "
+                           f"{tuple(input._data.strides)}: a dimension spans non-contiguous "
                            "memory); use .reshape(...) instead, or .contiguous() first")
     return out
 
@@ -268,7 +268,7 @@ class Contiguous(Function):
 
 
 def contiguous(input: Tensor) -> Tensor:
-    if input.data.flags.c_contiguous:
+    if input._data.flags.c_contiguous:
         return input
     return Contiguous.apply(input)
 

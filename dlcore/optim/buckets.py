@@ -64,7 +64,7 @@ class GradSlot:
         """Autograd's first gradient for ``leaf`` since its ``.grad`` was None: copy it into
         the slot and make ``leaf.grad`` a new Tensor over the slot. False (nothing done) when
         the gradient does not fit the slot: another device, dtype or shape."""
-        view, flat, data = self.view, self.flat, grad.data
+        view, flat, data = self.view, self.flat, grad._data
         if grad._device is not flat.device or data.dtype != view.dtype or \
                 data.shape != view.shape:
             return False
@@ -96,10 +96,10 @@ class Bucket:
     def __init__(self, params: list[Tensor]) -> None:
         p0 = params[0]
         self.device = p0.device
-        self.dtype = p0.data.dtype
+        self.dtype = p0._data.dtype
         xp = self.device.xp
         self.params = params
-        sizes = [int(p.data.size) for p in params]
+        sizes = [int(p._data.size) for p in params]
         self.offsets: list[int] = np.concatenate([[0], np.cumsum(sizes)]).astype(
             np.int64).tolist()
         self.flat = xp.empty(self.offsets[-1], dtype=self.dtype)
@@ -108,9 +108,9 @@ class Bucket:
         self.slots: list[GradSlot] = []
         for i, p in enumerate(params):
             lo, hi = self.offsets[i], self.offsets[i + 1]
-            view = self.flat[lo:hi].reshape(p.data.shape)
-            xp.copyto(view, p.data)
-            p.data = view
+            view = self.flat[lo:hi].reshape(p._data.shape)
+            xp.copyto(view, p._data)
+            p._data = view
             self.views.append(view)
             slot = GradSlot(self.grads.buffer[lo:hi].reshape(view.shape), self.grads)
             if p._grad_slot is not None:  # another optimizer's: it loses this parameter
@@ -135,11 +135,11 @@ class Bucket:
 
     # ---- the steady state: O(1), or one identity test per parameter ------------------
     def data_in_place(self) -> bool:
-        """Whether every parameter's ``.data`` is still its view of the flat buffer (nothing
+        """Whether every parameter's ``.array`` is still its view of the flat buffer (nothing
         was moved, cast or assigned since): one identity test per parameter (a plain loop:
         measured faster than ``all(map(operator.is_, ...))`` on CPython 3.11)."""
         for p, view in zip(self.params, self.views):
-            if p.data is not view:
+            if p._data is not view:
                 return False
         return True
 
@@ -203,22 +203,22 @@ class Bucket:
     def moved(self) -> bool:
         """Whether a parameter now lives on another device or has another dtype (the model
         was moved or cast after the optimizer was made): the layout must be rebuilt."""
-        return any(p.device is not self.device or p.data.dtype != self.dtype
+        return any(p.device is not self.device or p._data.dtype != self.dtype
                    for p in self.params)
 
     def adopt_replaced_data(self) -> None:
-        """Take back parameters whose ``.data`` was reassigned since the last step."""
+        """Take back parameters whose ``.array`` was replaced since the last step."""
         for i, p in enumerate(self.params):
             view = self.views[i]
-            if p.data is view:
+            if p._data is view:
                 continue
-            if p.data.shape != view.shape:
+            if p._data.shape != view.shape:
                 raise RuntimeError(
                     f"optimizer: a parameter changed shape from {tuple(view.shape)} to "
-                    f"{tuple(p.data.shape)} after the optimizer was made; its state no "
+                    f"{tuple(p._data.shape)} after the optimizer was made; its state no "
                     "longer fits (create a new optimizer)")
-            self.device.xp.copyto(view, p.data)
-            p.data = view
+            self.device.xp.copyto(view, p._data)
+            p._data = view
 
     def foreign_grads(self) -> list[int]:
         """The parameters whose ``.grad`` is not their slot's view (a user's tensor, one made
@@ -232,7 +232,7 @@ class Bucket:
             slot = self.slots[i]
             # NOTE: the slot must also still be the parameter's: a later optimizer over the
             # same parameter took it over, and only that one hears of assignments now.
-            if g.data is slot.view and p._grad_slot is slot:
+            if g._data is slot.view and p._grad_slot is slot:
                 slot.mark_filled()
             else:
                 slot.release()
@@ -248,7 +248,7 @@ class Bucket:
             raise RuntimeError(f"optimizer: a gradient of shape {tuple(g.shape)} was assigned "
                                f"to a parameter of shape {tuple(view.shape)}")
         # raw device work: a CUDA graph capture on emu records it (autograd.device_work)
-        device_work(self.device, lambda: self.device.xp.copyto(view, g.data,
+        device_work(self.device, lambda: self.device.xp.copyto(view, g._data,
                                                                casting="same_kind"), [view])
 
     def runs(self, key: list[int]) -> list[tuple[int, int]]:

@@ -149,14 +149,14 @@ class LBFGS(Optimizer):
 
     def _gather_flat_grad(self) -> Any:
         xp = self._device.xp
-        return xp.concatenate([xp.zeros(p.data.size, p.data.dtype) if p.grad is None
-                               else p.grad.data.reshape(-1) for p in self._params])
+        return xp.concatenate([xp.zeros(p._data.size, p._data.dtype) if p.grad is None
+                               else p.grad._data.reshape(-1) for p in self._params])
 
     def _add_grad(self, step_size: float, update: Any) -> None:
         offset = 0
         for p in self._params:
-            n = p.data.size
-            p.data += step_size * update[offset:offset + n].reshape(p.data.shape)
+            n = p._data.size
+            p._data += step_size * update[offset:offset + n].reshape(p._data.shape)
             offset += n
 
     def _directional_evaluate(self, closure: Callable[[], Any], x_init: list[Any], d: Any,
@@ -167,7 +167,7 @@ class LBFGS(Optimizer):
         value = self._evaluate(closure)[1]
         grad = self._gather_flat_grad()
         for p, x in zip(self._params, x_init):
-            self._device.xp.copyto(p.data, x)
+            self._device.xp.copyto(p._data, x)
         return value, grad
 
     def _tensor(self, array: Any) -> Tensor:
@@ -205,11 +205,11 @@ class LBFGS(Optimizer):
 
         def array(name: str) -> Any:
             value = state.get(name)
-            return None if value is None else value.data
+            return None if value is None else value._data
 
         d, t = array("d"), state.get("t")
-        old_dirs = [v.data for v in state.get("old_dirs", [])]
-        old_stps = [v.data for v in state.get("old_stps", [])]
+        old_dirs = [v._data for v in state.get("old_dirs", [])]
+        old_stps = [v._data for v in state.get("old_stps", [])]
         ro: list[float] = list(state.get("ro", []))
         h_diag = state.get("H_diag")
         prev_flat_grad, prev_loss = array("prev_flat_grad"), state.get("prev_loss")
@@ -260,7 +260,7 @@ class LBFGS(Optimizer):
             if line_search_fn is not None:
                 if line_search_fn != "strong_wolfe":
                     raise RuntimeError("only 'strong_wolfe' is supported")
-                x_init = [p.data.copy() for p in self._params]
+                x_init = [p._data.copy() for p in self._params]
                 loss, flat_grad, t, ls_func_evals = _strong_wolfe(
                     functools.partial(self._directional_evaluate, closure, x_init, d),
                     t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals)

@@ -9,9 +9,9 @@ to stay in cache) on ``cpu``.
 Layout. When an optimizer is made (and for each ``add_param_group``) the parameters of each
 group are split into buckets by (device, dtype), and each bucket is flattened
 (:mod:`dlcore.optim.buckets`): ONE contiguous parameter buffer, of which every parameter's
-``.data`` becomes a view; ONE flat gradient buffer of the same layout, of which every
+``.array`` becomes a view; ONE flat gradient buffer of the same layout, of which every
 parameter gets a *gradient slot* (a view); one flat array per state name (``exp_avg``, ...).
-``p.data`` keeps its shape, dtype and values, so autograd and ``Module`` are unaffected.
+``p.array`` keeps its shape, dtype and values, so autograd and ``Module`` are unaffected.
 
 Gradients live in their slots. PyTorch's AccumulateGrad rules, with one difference: when
 backward brings a gradient to a leaf whose ``.grad`` is None and that has a slot, autograd
@@ -21,7 +21,7 @@ the incoming gradient); when ``.grad`` exists it accumulates in place, so it sta
 ``zero_grad(set_to_none=False)`` zeroes the whole flat gradient buffer in one fill. A step then
 finds the gradients of the whole bucket in the buffer and updates it with ONE kernel launch (or
 one NumPy pass), and GradScaler's unscale and inf/NaN test is one fused pass over the same
-buffer: no gather, and no Python work per parameter beyond one identity pass over ``.data``
+buffer: no gather, and no Python work per parameter beyond one identity pass over ``.array``
 (a parameter moved, cast or reassigned must be noticed).
 
 How a step knows, cheaply: each bucket counts its *filled* slots (autograd filled it, and
@@ -36,10 +36,10 @@ have gradients and equal step counts.
 NOTE: the slot is reused: a reference to an old ``p.grad`` kept across
 ``zero_grad(set_to_none=True)`` sees the next backward's values (clone() it to keep it). A
 tensor that aliased a parameter's old array (``w = p.detach()`` taken *before* the optimizer
-was made) no longer sees updates; take such aliases afterwards, or read ``p``. If ``p.data``
+was made) no longer sees updates; take such aliases afterwards, or read ``p``. If ``p.array``
 is replaced later (``module.load_state_dict`` copies in place, but a user may assign), the new
 values are adopted into the flat buffer at the next step. Replacing the *array* of a gradient
-in its slot (``p.grad.data = a``, ``p.grad.set_(t)``) is not noticed; assign ``p.grad = t``.
+in its slot (``p.grad.data = t``, ``p.grad.set_(t)``) is not noticed; assign ``p.grad = t``.
 
 Nothing per step from the host (GradScaler without a sync, CUDA graphs). ``capturable=True``
 (Adam, AdamW, RMSprop, and Adagrad as a dlcore extension; PyTorch's option) keeps each
@@ -223,7 +223,7 @@ class Optimizer:
         if buckets is None:
             by_kind: dict[tuple, list[Tensor]] = {}
             for p in self.param_groups[index]["params"]:
-                by_kind.setdefault((p.device, p.data.dtype), []).append(p)
+                by_kind.setdefault((p.device, p._data.dtype), []).append(p)
             buckets = self._buckets[index] = [Bucket(ps) for ps in by_kind.values()]
         for bucket in buckets:
             bucket.adopt_replaced_data()
@@ -253,7 +253,7 @@ class Optimizer:
             if found_inf.device is not bucket.device:
                 raise RuntimeError(f"{type(self).__name__}.step: found_inf is on "
                                    f"{found_inf.device}, parameters on {bucket.device}")
-            flag = found_inf.data
+            flag = found_inf._data
         self.init_single(bucket.flat, bucket.state, group)
         bucket.begin_step()
         n = len(bucket.params)
@@ -368,12 +368,12 @@ class Optimizer:
                     for i in foreign:
                         grad = bucket.params[i].grad
                         assert grad is not None  # foreign_grads() lists only existing ones
-                        contiguous = grad.data.flags.c_contiguous
-                        flat = (grad.data if contiguous else
-                                grad.device.xp.ascontiguousarray(grad.data)).reshape(-1)
+                        contiguous = grad._data.flags.c_contiguous
+                        flat = (grad._data if contiguous else
+                                grad.device.xp.ascontiguousarray(grad._data)).reshape(-1)
                         update_rules.unscale_grads(grad.device, flat, scale, found_inf)
                         if not contiguous:
-                            grad.data[...] = flat.reshape(grad.shape)
+                            grad._data[...] = flat.reshape(grad.shape)
 
     # ---- state -----------------------------------------------------------------------
     @property
@@ -509,10 +509,10 @@ def _unscale_one(p: Tensor, inv_scale: float) -> bool:
     grad = p.grad
     assert grad is not None  # foreign_grads() lists only existing ones
     xp = grad.device.xp
-    bad = not bool(xp.isfinite(grad.data).all())
+    bad = not bool(xp.isfinite(grad._data).all())
     # in float32 and rounded once, as the fused pass does (a float16 1/scale is exact only for
     # powers of two)
-    scaled = grad.data.astype(np.float32) * np.float32(inv_scale) \
-        if grad.dtype == np.float16 else grad.data * grad.dtype.type(inv_scale)
-    grad.data[...] = scaled
+    scaled = grad._data.astype(np.float32) * np.float32(inv_scale) \
+        if grad.dtype == np.float16 else grad._data * grad.dtype.type(inv_scale)
+    grad._data[...] = scaled
     return bad

@@ -127,7 +127,7 @@ class DPOptimizer:
     def clipped_sum(self, grad_samples: dict[str, Tensor]) -> dict[str, Any]:
         """Sum over samples of the per-sample gradients, each scaled to total L2 norm at
         most ``max_grad_norm`` (arrays by name); records :attr:`per_sample_norms`."""
-        arrays = {k: g.data for k, g in grad_samples.items()}
+        arrays = {k: g._data for k, g in grad_samples.items()}
         first = next(iter(arrays.values()))
         xp, n = _xp_of(first), first.shape[0]
         squares = sum(((a.reshape(n, -1).astype(np.float64)) ** 2).sum(axis=1)

@@ -140,7 +140,7 @@ def _embedding(module: nn.Embedding, indices: Any, grads: list[Any]) -> dict[str
 def _layer_norm(module: nn.LayerNorm, x: Tensor, grads: list[Any]) -> dict[str, Any]:
     g = grads[0]
     with no_grad():
-        x_hat = F.layer_norm(x, module.normalized_shape, None, None, module.eps).data
+        x_hat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)._data
     k = len(module.normalized_shape)
     between = tuple(range(1, g.ndim - k))  # dims between batch and the normalised ones
     out = {}
@@ -157,7 +157,7 @@ def _group_norm(module: nn.GroupNorm, x: Tensor, grads: list[Any]) -> dict[str, 
     if module.weight is None:
         return out
     with no_grad():
-        x_hat = F.group_norm(x, module.num_groups, None, None, module.eps).data
+        x_hat = F.group_norm(x, module.num_groups, None, None, module.eps)._data
     spatial = tuple(range(2, g.ndim))
     out["weight"] = (g * x_hat.astype(g.dtype, copy=False)).sum(axis=spatial)
     out["bias"] = g.sum(axis=spatial)
@@ -166,10 +166,10 @@ def _group_norm(module: nn.GroupNorm, x: Tensor, grads: list[Any]) -> dict[str, 
 
 # the layers with per-sample rules, and what each saves of its input
 _RULES: dict[type, tuple[Rule, Callable[[Tensor], Any]]] = {
-    nn.Linear: (_linear, lambda x: x.data),
-    nn.Conv1d: (_conv, lambda x: x.data),
-    nn.Conv2d: (_conv, lambda x: x.data),
-    nn.Embedding: (_embedding, lambda x: x.data),
+    nn.Linear: (_linear, lambda x: x._data),
+    nn.Conv1d: (_conv, lambda x: x._data),
+    nn.Conv2d: (_conv, lambda x: x._data),
+    nn.Embedding: (_embedding, lambda x: x._data),
     nn.LayerNorm: (_layer_norm, lambda x: x.detach()),
     nn.GroupNorm: (_group_norm, lambda x: x.detach()),
 }
@@ -277,7 +277,7 @@ class Capture:
         for r in self.records:
             gs = grads[position:position + len(r.outputs)]
             position += len(r.outputs)
-            arrays = [None if g is None else (g.data if isinstance(g, Tensor) else g)
+            arrays = [None if g is None else (g._data if isinstance(g, Tensor) else g)
                       for g in gs]
             arrays = [_zeros_like(t) if a is None else a for a, t in zip(arrays, r.outputs)]
             for attr, value in r.rule(r.module, r.saved, arrays).items():

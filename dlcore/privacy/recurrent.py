@@ -73,7 +73,7 @@ def _run_direction(module: Any, capture: Any, x: Tensor, h: Tensor, c: Tensor | 
     h_prev: list[Any] = [None] * T
     ghs: list[Any] = [None] * T
     for t in order:
-        h_prev[t] = h.data
+        h_prev[t] = h._data
         ghs[t] = F.linear(h, w_hh, b_hh)
         capture.track(ghs[t])
         h_new, c_new = _cell(module.mode, gi[t], ghs[t], h, c)
@@ -87,7 +87,7 @@ def _run_direction(module: Any, capture: Any, x: Tensor, h: Tensor, c: Tensor | 
             ys[t] = m * h_new
     xp = x._device.xp
     if gi.requires_grad:  # under no_grad (evaluation) there is nothing to record
-        capture.add(Record(module, _rule, (x.data, xp.stack(h_prev), names),
+        capture.add(Record(module, _rule, (x._data, xp.stack(h_prev), names),
                            [gi] + ghs))
     return stack(ys), h, c
 

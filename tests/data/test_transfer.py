@@ -107,8 +107,8 @@ def test_cuda_transfer_stages_through_pinned_memory_on_side_stream(cp: _FakeCupy
     assert staged.ready.recorded_on == "side"
     x, ys, names = staged.batch
     assert isinstance(x, Tensor) and x.device is Device("cuda:0") and names == ["a", "b"]
-    np.testing.assert_array_equal(x.data.host, np.arange(6).reshape(2, 3))
-    assert ys["y"].data.host.dtype == np.float32
+    np.testing.assert_array_equal(x.array.host, np.arange(6).reshape(2, 3))
+    assert ys["y"].array.host.dtype == np.float32
     assert len(staged.keepalive) == 2  # the pinned buffers the copies read
 
     cp.log.clear()
@@ -133,7 +133,7 @@ def test_cuda_transfer_holds_pinned_buffers_until_copy_done(cp: _FakeCupy) -> No
 def test_host_transfer_relabels_without_copy() -> None:
     x = dlcore.ones(3)
     moved = HostTransfer(Device("emu")).prepare({"x": x}).batch["x"]
-    assert moved.device is Device("emu") and moved.data is x.data
+    assert moved.device is Device("emu") and moved.array is x.array
     assert map_tensors((1, [x]), lambda t: 2) == (1, [2])
 
 

@@ -26,9 +26,9 @@ def test_inplace_writes_the_input_and_returns_it(device: str, name: str) -> None
     a = np.array([[-2.0, -0.5, 0.0, 1.5]], dtype=np.float32)
     want = OPS[name](dlcore.tensor(a, device=device), False).numpy()
     x = dlcore.tensor(a, device=device)
-    held = x.data
+    held = x.array
     out = OPS[name](x, True)
-    assert out is x and x.data is held  # the same tensor and storage
+    assert out is x and x.array is held  # the same tensor and storage
     np.testing.assert_array_equal(x.numpy(), want)
 
 

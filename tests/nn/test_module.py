@@ -159,7 +159,7 @@ def test_state_dict_round_trip(device: str) -> None:
     assert sd["block.bn.num_batches_tracked"].item() == 1
     # detached, sharing memory with the module
     assert not sd["block.fc.weight"].requires_grad
-    assert sd["block.fc.weight"].data is net.block.fc.weight.data
+    assert sd["block.fc.weight"].array is net.block.fc.weight.array
     fresh = Net().to(device).eval()
     result = fresh.load_state_dict(sd)
     assert result.missing_keys == [] and result.unexpected_keys == []
@@ -250,7 +250,7 @@ def test_deepcopy_is_independent() -> None:
     twin = copy.deepcopy(net)
     assert twin.block.fc.weight is not net.block.fc.weight
     assert isinstance(twin.block.fc.weight, nn.Parameter) and twin.block.fc.weight.requires_grad
-    twin.block.fc.weight.data[...] = 0
+    twin.block.fc.weight.array[...] = 0
     assert net.block.fc.weight.numpy().any()
 
 

@@ -208,7 +208,7 @@ def _contracting_module(cls: type, input_size: int, hidden: int, layers: int,
         arrays = contracting_inputs(mode, 1, 1, fan_in, hidden, seed=layer + 10 * len(name))
         value = {"weight_ih": arrays[3], "weight_hh": arrays[4], "bias_ih": arrays[5],
                  "bias_hh": arrays[6]}[kind]
-        p.data[...] = value.astype(np.float32)
+        p.array[...] = value.astype(np.float32)
     return m.to("emu")
 
 

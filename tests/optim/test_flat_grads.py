@@ -33,7 +33,7 @@ def _buffer(opt: optim.Optimizer, group: int = 0, bucket: int = 0) -> np.ndarray
 
 def _in_buffer(p: Parameter, buffer: np.ndarray) -> bool:
     assert p.grad is not None
-    return p.grad.data.base is buffer and np.shares_memory(p.grad.data, buffer)
+    return p.grad.array.base is buffer and np.shares_memory(p.grad.array, buffer)
 
 
 def _loss(params: list[Parameter], weights: list[np.ndarray]) -> dlcore.Tensor:
@@ -288,7 +288,7 @@ def test_unscale_is_one_launch_per_bucket_and_finds_an_inf() -> None:
 
     opt.zero_grad()
     scaler.scale(_loss(params, w)).backward()
-    params[1].grad.data[3] = np.inf
+    params[1].grad.array[3] = np.inf
     before = [p.numpy().copy() for p in params]
     scaler.step(opt)
     scaler.update()
@@ -303,7 +303,7 @@ def test_a_stale_inf_in_an_unused_slot_is_not_found() -> None:
     scaler = dlcore.amp.GradScaler("cpu", init_scale=8.0)
     w = _weights(0)
     scaler.scale(_loss(params, w)).backward()
-    params[1].grad.data[0] = np.nan
+    params[1].grad.array[0] = np.nan
     with np.errstate(invalid="ignore"):
         scaler.step(opt)
     scaler.update()
@@ -324,7 +324,7 @@ def test_unscale_kernel_is_deterministic(monkeypatch: pytest.MonkeyPatch) -> Non
         params = [Parameter(dlcore.tensor(np.arange(700, dtype=np.float64) - 3.0, device="emu"))]
         opt = optim.SGD(params, lr=0.1)
         (params[0] * params[0]).sum().backward()
-        params[0].grad.data[650] = np.inf
+        params[0].grad.array[650] = np.inf
         found = opt._unscale_grads_(0.125)
         out = (found, params[0].grad.numpy().tobytes())
         assert found
@@ -401,7 +401,7 @@ def test_a_copied_model_has_no_slots() -> None:
     assert all(p._grad_slot is None for p in twin.parameters())
     assert all(p._grad_slot is None for p in pickle.loads(pickle.dumps(model)).parameters())
     (twin(dlcore.ones(1, 3)).sum()).backward()
-    assert all(p.grad is not None and p.grad.data.base is None for p in twin.parameters())
+    assert all(p.grad is not None and p.grad.array.base is None for p in twin.parameters())
     before = [p.numpy().copy() for p in model.parameters()]
     opt.step()  # the original has no gradients: nothing moves
     assert all(np.array_equal(b, p.numpy()) for b, p in zip(before, model.parameters()))

@@ -77,13 +77,13 @@ def _copy_into(dst: tuple[list[Parameter], optim.Optimizer],
     """Give ``dst`` the values of ``src``'s parameters and state (cast to ``dst``'s dtype;
     float16 into float32 exactly); the step counts already agree."""
     for p_dst, p_src in zip(dst[0], src[0]):
-        p_dst.data[...] = dlcore.tensor(p_src.numpy(), device=p_dst.device).to(p_dst.dtype).data
+        p_dst.array[...] = dlcore.tensor(p_src.numpy(), device=p_dst.device).to(p_dst.dtype).array
         state = src[1].state.get(p_src, {})
         for name, value in state.items():
             if name != "step":
                 target = dst[1].state[p_dst][name]
-                target.data[...] = dlcore.tensor(value.numpy(), device=target.device).to(
-                    target.dtype).data
+                target.array[...] = dlcore.tensor(value.numpy(), device=target.device).to(
+                    target.dtype).array
 
 
 def _step(run: tuple[list[Parameter], optim.Optimizer], grads: list[np.ndarray]) -> None:
@@ -189,7 +189,7 @@ def test_grad_scaler_unscale_of_float16_gradients(device: str) -> None:
         opt.zero_grad()
         dlcore.autograd.backward([(p * w).sum() for p, w in zip(params, weights)])  # slots
         if bad is not None:
-            params[bad[0]].grad.data[bad[1] // 20, bad[1] % 20] = np.inf
+            params[bad[0]].grad.array[bad[1] // 20, bad[1] % 20] = np.inf
         before = [p.grad.numpy().astype(np.float32) for p in params]
         found = opt._unscale_grads_(inv_scale)
         assert found == (bad is not None)

@@ -288,7 +288,7 @@ def test_params_stay_usable_after_flattening():
     (w * 3).sum().backward()
     opt.step()
     assert w.is_leaf and w.requires_grad and w.shape == (2, 2)
-    w.data = np.full((2, 2), 5.0, np.float32)  # replaced after the first step: adopted
+    w.data = dlcore.full((2, 2), 5.0)  # replaced after the first step: adopted
     w.grad = dlcore.ones(2, 2)
     opt.step()
     np.testing.assert_allclose(w.numpy(), 4.9)

@@ -61,10 +61,10 @@ class _Bucket:
 
     def slot(self, i: int) -> Any:
         p, start = self.params[i], int(self.offsets[i])
-        return self.tensor.data[start:start + p.numel()].reshape(p.shape)
+        return self.tensor._data[start:start + p.numel()].reshape(p.shape)
 
     def nbytes(self) -> int:
-        return int(self.tensor.data.nbytes)
+        return int(self.tensor._data.nbytes)
 
 
 def make_buckets(params: list[Tensor], cap_bytes: int) -> list[list[int]]:
@@ -156,7 +156,7 @@ class Reducer:
         for i, p in enumerate(self.params):
             b, _ = self.where[i]
             bucket = self.buckets[b].tensor
-            if p._device is not bucket._device or p.data.dtype != bucket.dtype:
+            if p._device is not bucket._device or p._data.dtype != bucket.dtype:
                 raise RuntimeError(
                     f"DistributedDataParallel: parameter {self.names[i]} is now {p.dtype} on "
                     f"{p.device}, but was {bucket.dtype} on {bucket.device} when the module "
@@ -198,9 +198,9 @@ class Reducer:
         if grad is None:
             slot[...] = 0
         else:
-            slot[...] = grad.data
+            slot[...] = grad._data
         if previous is not None:
-            slot += previous.data
+            slot += previous._data
         self.ready[i] = True
         bucket.pending -= 1
         while self.next_bucket < len(self.buckets) and \
@@ -226,7 +226,7 @@ class Reducer:
         for bucket in self.buckets:
             result = bucket.future.wait()
             if result is not bucket.tensor:
-                bucket.tensor.data[...] = result.data
+                bucket.tensor._data[...] = result._data
         used = self._globally_used()
         passed: Tensor | None = None
         for i, p in enumerate(self.params):
@@ -243,7 +243,7 @@ class Reducer:
                 if p._grad_slot is None or not p._grad_slot.receive(p, average):
                     p.grad = Tensor._make(mean.copy(), p._device)
             else:
-                p.grad.data[...] = mean
+                p.grad._data[...] = mean
         return passed
 
     def _globally_used(self) -> np.ndarray:
@@ -251,7 +251,7 @@ class Reducer:
             return np.ones(len(self.params), np.uint8)
         used = Tensor._make(self.used.copy(), Device("cpu"))
         all_reduce(used, ReduceOp.MAX)
-        return used.data
+        return used._data
 
 
 def coalesced_broadcast(tensors: list[Tensor], src: int = 0) -> None:
@@ -261,13 +261,13 @@ def coalesced_broadcast(tensors: list[Tensor], src: int = 0) -> None:
         groups.setdefault((t.device, t.dtype), []).append(t)
     for members in groups.values():
         dev = members[0]._device
-        flat = dev.xp.concatenate([t.data.reshape(-1) for t in members])
+        flat = dev.xp.concatenate([t._data.reshape(-1) for t in members])
         carrier = Tensor._make(flat, dev)
         broadcast(carrier, src)
         start = 0
         for t in members:
             n = t.numel()
-            t.data[...] = flat[start:start + n].reshape(t.shape)
+            t._data[...] = flat[start:start + n].reshape(t.shape)
             start += n
 
 
@@ -277,7 +277,7 @@ def check_same_model(signature: list[tuple[str, tuple[int, ...], str]]) -> None:
     crc = zlib.crc32(repr(signature).encode())
     both = Tensor._make(np.array([crc, -crc], np.int64), Device("cpu"))
     all_reduce(both, ReduceOp.MAX)
-    if int(both.data[0]) != crc or -int(both.data[1]) != crc:
+    if int(both._data[0]) != crc or -int(both._data[1]) != crc:
         raise RuntimeError(
             f"DistributedDataParallel: the ranks wrap different models ({get_world_size()} "
             "ranks; parameter names, shapes or dtypes differ): every rank must build the same "

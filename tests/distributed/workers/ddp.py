@@ -171,7 +171,7 @@ if R == 0:
 # buffers follow rank 0 (at wrap, and at each training forward); unused parameters
 dlcore.manual_seed(R)
 net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 5))
-net[1].running_mean.data[...] = R  # type: ignore[index]
+net[1].running_mean.array[...] = R  # type: ignore[index]
 bn = DDP(net)
 assert (net[1].running_mean.numpy() == 0).all()  # type: ignore[index]
 assert list(bn.state_dict())[0] == "module.0.weight"  # PyTorch's prefix
