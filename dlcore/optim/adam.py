@@ -10,6 +10,40 @@ from ..ops.optim import ADAM_AMSGRAD, ADAM_DECOUPLED, MAXIMIZE, STEPS_ADAM
 from .optimizer import Optimizer, state_like
 
 
+def check_adam_args(lr: float, betas: tuple[float, float], eps: float,
+                    weight_decay: float) -> None:
+    """PyTorch's argument checks of the Adam family (Adam, AdamW, NAdam, RAdam)."""
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    for i in (0, 1):
+        if not 0.0 <= betas[i] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def init_moments(param: Any, state: dict[str, Any]) -> None:
+    """The first and second moments of the array-operation Adam variants (NAdam, RAdam)."""
+    for name in ("exp_avg", "exp_avg_sq"):
+        if name not in state:
+            state[name] = state_like(param)
+
+
+def decayed_gradient(grad: Any, param: Any, group: dict[str, Any]) -> Any:
+    """The gradient NAdam and RAdam update with: negated under ``maximize``, plus L2 weight
+    decay, or with ``decoupled_weight_decay`` the parameter shrunk in place instead."""
+    lr, wd = group["lr"], group["weight_decay"]
+    g = -grad if group["maximize"] else grad
+    if wd != 0:
+        if group["decoupled_weight_decay"]:
+            param *= 1 - lr * wd
+        else:
+            g = g + wd * param
+    return g
+
+
 class Adam(Optimizer):
     """``torch.optim.Adam``: ``g = grad + weight_decay * p`` (negated if ``maximize``),
     ``m = lerp(m, g, 1 - beta1)``, ``v = beta2 * v + (1 - beta2) * g * g``, then
@@ -30,15 +64,7 @@ class Adam(Optimizer):
                  fused: bool | None = None) -> None:
         """``foreach`` and ``fused`` are accepted for PyTorch compatibility: dlcore always
         updates a group in one fused pass."""
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        for i in (0, 1):
-            if not 0.0 <= betas[i] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_adam_args(lr, betas, eps, weight_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, capturable=capturable))

@@ -7,7 +7,8 @@ from typing import Any
 
 from ..tensor import Tensor
 from .buckets import Bucket
-from .optimizer import Optimizer, array_module, state_like
+from .adam import check_adam_args, decayed_gradient, init_moments
+from .optimizer import Optimizer, array_module
 
 
 class NAdam(Optimizer):
@@ -35,15 +36,7 @@ class NAdam(Optimizer):
                  differentiable: bool = False) -> None:
         """``foreach`` is accepted for PyTorch compatibility; ``capturable`` and
         ``differentiable`` only as False."""
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        for i in (0, 1):
-            if not 0.0 <= betas[i] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_adam_args(lr, betas, eps, weight_decay)
         if not 0.0 <= momentum_decay:
             raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
         if capturable or differentiable:
@@ -68,21 +61,14 @@ class NAdam(Optimizer):
         return products[step]
 
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
-        for name in ("exp_avg", "exp_avg_sq"):
-            if name not in state:
-                state[name] = state_like(param)
+        init_moments(param, state)
 
     def update_arrays(self, grad: Any, param: Any, state: dict[str, Any],
                       group: dict[str, Any], step: int) -> bool:
         xp = array_module(param)
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        lr, eps = group["lr"], group["eps"]
         beta1, beta2 = group["betas"]
-        g = -grad if group["maximize"] else grad
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                param *= 1 - lr * wd
-            else:
-                g = g + wd * param
+        g = decayed_gradient(grad, param, group)
         mu = self._mu(beta1, group["momentum_decay"], step)
         mu_next = self._mu(beta1, group["momentum_decay"], step + 1)
         mu_product = self._mu_product(group, step)

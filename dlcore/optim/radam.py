@@ -7,7 +7,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from .optimizer import Optimizer, array_module, state_like
+from .adam import check_adam_args, decayed_gradient, init_moments
+from .optimizer import Optimizer, array_module
 
 
 class RAdam(Optimizer):
@@ -32,15 +33,7 @@ class RAdam(Optimizer):
                  capturable: bool = False, differentiable: bool = False) -> None:
         """``foreach`` is accepted for PyTorch compatibility; ``capturable`` and
         ``differentiable`` only as False."""
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        for i in (0, 1):
-            if not 0.0 <= betas[i] < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        check_adam_args(lr, betas, eps, weight_decay)
         if capturable or differentiable:
             raise NotImplementedError("RAdam: capturable and differentiable are not "
                                       "supported by dlcore")
@@ -49,21 +42,14 @@ class RAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay))
 
     def init_single(self, param: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
-        for name in ("exp_avg", "exp_avg_sq"):
-            if name not in state:
-                state[name] = state_like(param)
+        init_moments(param, state)
 
     def update_arrays(self, grad: Any, param: Any, state: dict[str, Any],
                       group: dict[str, Any], step: int) -> bool:
         xp = array_module(param)
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        lr, eps = group["lr"], group["eps"]
         beta1, beta2 = group["betas"]
-        g = -grad if group["maximize"] else grad
-        if wd != 0:
-            if group["decoupled_weight_decay"]:
-                param *= 1 - lr * wd
-            else:
-                g = g + wd * param
+        g = decayed_gradient(grad, param, group)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg += (1 - beta1) * (g - exp_avg)  # lerp
         exp_avg_sq *= beta2
