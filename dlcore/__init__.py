@@ -24,7 +24,8 @@ from .io import load, save
 from .precision import autocast
 from .random import get_rng_state, manual_seed, set_rng_state
 from .threads import get_num_threads, set_num_threads
-from .tensor import Tensor
+from .tensor import (Tensor, channels_last, contiguous_format, memory_format,
+                     preserve_format)
 
 from . import amp, distributed, nn, optim  # noqa: E402  -- built on everything above
 from . import energy, explain  # noqa: E402  -- over nn and sysinfo

@@ -277,7 +277,8 @@ class AccumulateGrad(Function):
             else:
                 # NOTE: copy, never alias: one gradient Tensor may flow to several leaves
                 # (x + y hands the same grad to both), and later accumulation is in place.
-                leaf.grad = tensor.Tensor._make(grad._data.copy(), leaf._device)
+                # order="K" keeps the gradient's layout (a channels-last one stays so).
+                leaf.grad = tensor.Tensor._make(grad._data.copy(order="K"), leaf._device)
         elif _mode.enabled or leaf.grad.requires_grad:
             leaf.grad = leaf.grad + grad  # create_graph: keep the graph of the sum
         else:

@@ -26,6 +26,63 @@ from .device import Device, as_device, device_of_array
 from .dtypes import BF16_WORDS, bfloat16, is_floating, to_dtype
 
 
+class memory_format:  # noqa: N801 - PyTorch's name (torch.memory_format)
+    """How a tensor's elements are laid out in memory, PyTorch's three values:
+    ``dlcore.contiguous_format`` (row-major in the shape's order), ``dlcore.channels_last``
+    (a 4-D (N, C, H, W) tensor stored as N, H, W, C: the layout the CPU convolution's GEMMs
+    read and write without a transposing copy) and ``dlcore.preserve_format``. The shape and
+    every result stay the same; only strides (``Tensor.stride()``) and speed differ."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"dlcore.{self.name}"
+
+
+contiguous_format = memory_format("contiguous_format")
+channels_last = memory_format("channels_last")
+preserve_format = memory_format("preserve_format")
+
+
+def is_channels_last(arr: Any) -> _bool:
+    """Whether a 4-D array's strides are exactly those of an (N, H, W, C) row-major buffer
+    seen as (N, C, H, W), size-1 dimensions included. This is the strict test the CPU kernels
+    use to choose their output layout: a (N, 1, H, W) array made by ``contiguous(
+    memory_format=channels_last)`` passes it, one from a plain ``zeros(N, 1, H, W)`` does
+    not, although both layouts hold the elements in the same order."""
+    if getattr(arr, "ndim", 0) != 4:
+        return False
+    n, c, h, w = arr.shape
+    i = arr.itemsize
+    return tuple(arr.strides) == (h * w * c * i, i, w * c * i, c * i)
+
+
+def _dense_in_order(shape: Sequence[_int], strides: Sequence[_int], itemsize: _int,
+                    order: Sequence[_int]) -> _bool:
+    """PyTorch's contiguity rule: walking dims from innermost (``order``) each stride is
+    the product of the sizes inside it; size-1 dimensions may have any stride."""
+    expected = itemsize
+    for d in order:
+        if shape[d] != 1:
+            if strides[d] != expected:
+                return False
+            expected *= shape[d]
+    return True
+
+
+def channels_last_array(xp: Any, arr: Any) -> Any:
+    """``arr`` (N, C, H, W) copied into channels-last strides (itself when it has them)."""
+    if is_channels_last(arr):
+        return arr
+    n, c, h, w = arr.shape
+    # NOTE: a fresh buffer, not ascontiguousarray: for C == 1 (or H == W == 1) the transposed
+    # view is already "contiguous" to NumPy and would come back with its old strides
+    out = xp.empty((n, h, w, c), dtype=arr.dtype)
+    out[...] = arr.transpose(0, 2, 3, 1)
+    return out.transpose(0, 3, 1, 2)
+
+
 _CPU = Device("cpu")
 
 
@@ -134,6 +191,11 @@ class Tensor:
 
     def dim(self) -> _int:
         return self._data.ndim
+
+    def stride(self, dim: _int | None = None) -> Any:
+        """Strides in elements (PyTorch's unit; NumPy's ``strides`` are in bytes)."""
+        st = tuple(s // self._data.itemsize for s in self._data.strides)
+        return st if dim is None else st[dim]
 
     def numel(self) -> _int:
         return int(self._data.size)
@@ -279,8 +341,13 @@ class Tensor:
         """``t.to(device)``, ``t.to(dtype)``, ``t.to(device, dtype)``, ``t.to(other)``;
         differentiable; returns ``self`` when nothing changes."""
         copy = kwargs.pop("copy", False)
+        fmt = kwargs.pop("memory_format", preserve_format)
         device, dtype = parse_to_args(args, kwargs, "to")
         out = ops.shape.to_device_dtype(self, device, dtype)
+        if fmt is not preserve_format:
+            formatted = ops.contiguous(out, fmt)
+            if formatted is not out:
+                return formatted
         return out.clone() if copy and out is self else out
 
     def set_(self, source: Tensor) -> Tensor:
@@ -741,11 +808,22 @@ class Tensor:
     def narrow(self, dim: _int, start: _int, length: _int) -> Tensor:
         return ops.narrow(self, dim, start, length)
 
-    def contiguous(self) -> Tensor:
-        return ops.contiguous(self)
+    def contiguous(self, memory_format: memory_format = contiguous_format) -> Tensor:
+        """``self`` when already laid out in ``memory_format``, else a differentiable copy
+        that is; ``channels_last`` needs a 4-D tensor."""
+        return ops.contiguous(self, memory_format)
 
-    def is_contiguous(self) -> _bool:
-        return _bool(self._data.flags.c_contiguous)
+    def is_contiguous(self, memory_format: memory_format = contiguous_format) -> _bool:
+        """PyTorch's test: dense in the format's dimension order, size-1 dimensions
+        ignored."""
+        a = self._data
+        if memory_format is channels_last:
+            return a.ndim == 4 and _dense_in_order(a.shape, a.strides, a.itemsize,
+                                                   (1, 3, 2, 0))
+        if memory_format is not contiguous_format:
+            raise ValueError(f"is_contiguous: memory_format must be dlcore.contiguous_format "
+                             f"or dlcore.channels_last, got {memory_format!r}")
+        return _bool(a.flags.c_contiguous)
 
     # ---- new tensors like this one (its dtype and device unless given) --------------------
     def new_tensor(self, data: Any, dtype: Any = None, device: Any = None,

@@ -28,18 +28,20 @@ def numerical_jacobian_vjp(fn: Callable, inputs: Sequence[Any], weights: list[np
             grads.append(None)
             continue
         g = np.zeros(x.shape, dtype=np.float64)
-        flat = x._data.reshape(-1)  # a view: perturbations reach the tensor
-        for i in range(flat.size):
-            orig = flat[i].item()
+        # NOTE: indexed in place, whatever the strides: reshape(-1) of a transposed or
+        # channels-last array is a copy, and perturbing a copy would measure nothing
+        data = x._data
+        for i in np.ndindex(*x.shape):
+            orig = data[i].item()
             vals = []
             for delta in (eps, -eps):
-                flat[i] = orig + delta
+                data[i] = orig + delta
                 with autograd.no_grad():
                     outs = _outputs(fn, inputs)
                 vals.append(sum(float((np.asarray(o.numpy(), np.float64) * w).sum())
                                 for o, w in zip(outs, weights)))
-            flat[i] = orig
-            g.reshape(-1)[i] = (vals[0] - vals[1]) / (2 * eps)
+            data[i] = orig
+            g[i] = (vals[0] - vals[1]) / (2 * eps)
         grads.append(g)
     return grads
 

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..autograd import no_grad
 from ..device import Device
-from ..ops.shape import to_device_dtype
-from ..tensor import Tensor, parse_to_args
+from ..ops.shape import contiguous, to_device_dtype
+from ..tensor import Tensor, parse_to_args, preserve_format
 from .parameter import Parameter
 from ..dtypes import bfloat16, is_floating
 
@@ -300,18 +300,22 @@ class Module:
     # ---- device and dtype -----------------------------------------------------------
     def to(self, *args: Any, **kwargs: Any) -> Module:
         """Move and/or cast parameters and buffers in place: ``to('emu')``,
-        ``to(dlcore.float64)``, ``to(device, dtype)``, ``to(tensor)``.
+        ``to(dlcore.float64)``, ``to(device, dtype)``, ``to(tensor)``, and lay the 4-D
+        ones out in ``memory_format=`` (``dlcore.channels_last``).
 
         Parameters stay the same objects (their ``data`` is replaced, gradients follow), so
         an optimizer built before the move still holds them. Casts apply to floating point
         tensors only (``num_batches_tracked`` stays int64), as in PyTorch.
         """
+        fmt = kwargs.pop("memory_format", preserve_format)
         device, dtype = _parse_to(args, kwargs)
 
         def convert(t: Tensor) -> Tensor:
             cast = dtype if dtype is not None and is_floating(t.dtype) else None
             with no_grad():
-                return to_device_dtype(t.detach(), device, cast)
+                out = to_device_dtype(t.detach(), device, cast)
+                # PyTorch's rule: memory_format applies to the 4-D tensors (conv weights)
+                return contiguous(out, fmt) if out.ndim == 4 else out
 
         for p in self.parameters():
             moved = convert(p)

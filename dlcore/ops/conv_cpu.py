@@ -24,6 +24,13 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
 * 1x1, stride 1, no padding: the NCHW input already is the column matrix (one GEMM).
 * depthwise (C/G == 1): no GEMM has a useful shape, so y is a sum over the kernel offsets of
   shifted input slices times one weight per channel, all in NCHW.
+* channels-last (``memory_format=dlcore.channels_last``, groups 1): an input whose strides
+  are NHWC (:func:`dlcore.tensor.is_channels_last`) is its own padded buffer's source
+  without a transposing copy (and is the buffer itself without padding), the GEMM's
+  (N*P, O) product is the output's channels-last memory, and a channels-last gy is read
+  in place by both backward GEMMs; outputs and input gradients come back channels-last,
+  so a chain of convolutions, ReLUs and batch norms never transposes between layers.
+  Grouped and depthwise convolutions read any layout and return NCHW.
 
 Batches are processed in chunks so a column matrix never exceeds :data:`COL_BYTES`.
 """
@@ -37,6 +44,8 @@ from typing import Any, TypeVar
 import ml_dtypes
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from ..tensor import is_channels_last
 
 Pair = tuple[int, int]
 
@@ -84,6 +93,8 @@ def _padded_nhwc(x: np.ndarray, padding: Pair) -> np.ndarray:
     """x (n, C, H, W) -> zero-padded (n, H + 2ph, W + 2pw, C), C contiguous."""
     n, c, h, w = x.shape
     ph, pw = padding
+    if not (ph or pw) and is_channels_last(x):
+        return x.transpose(0, 2, 3, 1)  # already the buffer: no copy
     buf = np.empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
     if ph or pw:
         buf[:, :ph] = 0
@@ -140,6 +151,8 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     oh, ow = out_hw
     if cg == 1 and groups > 1:
         return _depthwise_forward(x, w, (oh, ow), stride, padding, dilation, groups)
+    if groups == 1 and is_channels_last(x):
+        return _forward_nhwc(x, w, out_hw, stride, padding, dilation)
     if _is_pointwise(w.shape, stride, padding) and groups == 1:
         return np.matmul(w.reshape(o, c), x.reshape(n, c, h * wd)).reshape(n, o, oh, ow)
     y = np.empty((n, o, oh, ow), dtype=x.dtype)
@@ -159,6 +172,24 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     return y
 
 
+def _forward_nhwc(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: Pair,
+                  dilation: Pair) -> np.ndarray:
+    """Channels-last x, groups 1: y (N*P, O) = col (N*P, K) @ wmat^T (K, O), which already
+    is the channels-last output; a 1x1 stride-1 kernel needs no columns at all."""
+    n, c = x.shape[:2]
+    o, _, kh, kw = w.shape
+    oh, ow = out_hw
+    y = np.empty((n, oh, ow, o), dtype=x.dtype)
+    wmat = _weight_matrix(w, 1)[0]
+    if _is_pointwise(w.shape, stride, padding):
+        np.matmul(x.transpose(0, 2, 3, 1).reshape(-1, c), wmat.T, out=y.reshape(-1, o))
+        return y.transpose(0, 3, 1, 2)
+    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * x.itemsize):
+        col = _im2col(x[n0:n1], out_hw, (kh, kw), stride, padding, dilation, 1)
+        np.matmul(col.reshape(-1, col.shape[3]), wmat.T, out=y[n0:n1].reshape(-1, o))
+    return y.transpose(0, 3, 1, 2)
+
+
 @_float16_in_float32
 def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
                            stride: Pair, padding: Pair, dilation: Pair,
@@ -169,6 +200,8 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
     oh, ow = gy.shape[2:]
     if cg == 1 and groups > 1:
         return _depthwise_backward_weight(x, gy, w_shape, stride, padding, dilation, groups)
+    if groups == 1 and is_channels_last(gy):
+        return _backward_weight_nhwc(x, gy, w_shape, stride, padding, dilation)
     if _is_pointwise(w_shape, stride, padding) and groups == 1:
         g = np.ascontiguousarray(gy.reshape(n, o, oh * ow).transpose(1, 0, 2))
         xt = np.ascontiguousarray(x.reshape(n, c, oh * ow).transpose(1, 0, 2))
@@ -182,6 +215,24 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
         gw += np.matmul(g.reshape(groups, og, -1), col.reshape(groups, -1, col.shape[-1]))
     return np.ascontiguousarray(
         gw.reshape(o, kh, kw, cg).transpose(0, 3, 1, 2))
+
+
+def _backward_weight_nhwc(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
+                          stride: Pair, padding: Pair, dilation: Pair) -> np.ndarray:
+    """Channels-last gy, groups 1: gw (O, K) = gy (N*P, O)^T @ col (N*P, K), gy read in place
+    (BLAS takes the transpose as a flag)."""
+    n, c = x.shape[:2]
+    o, _, kh, kw = w_shape
+    oh, ow = gy.shape[2:]
+    g = gy.transpose(0, 2, 3, 1)  # (n, OH, OW, O), contiguous
+    if _is_pointwise(w_shape, stride, padding):
+        xs = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(-1, c)
+        return (g.reshape(-1, o).T @ xs).reshape(w_shape)
+    gw = np.zeros((o, kh * kw * c), dtype=x.dtype)
+    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * x.itemsize):
+        col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, 1)
+        gw += g[n0:n1].reshape(-1, o).T @ col.reshape(-1, col.shape[3])
+    return np.ascontiguousarray(gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
 
 
 @_float16_in_float32
@@ -210,6 +261,8 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
         return conv2d_forward(device, gy, wf, (h, wd), (1, 1), flip_pad, dilation, groups)
     if cg == 1 and groups > 1:
         return _depthwise_backward_data(gy, w, x_shape, stride, padding, dilation, groups)
+    if groups == 1 and is_channels_last(gy):
+        return _backward_data_nhwc(gy, w, x_shape, stride, padding, dilation)
     og = o // groups
     wmat = w.reshape(groups, og, cg * kh * kw)
     gy_groups = gy.reshape(n, groups, og, oh * ow)
@@ -227,6 +280,30 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
                 buf[:, :, rows, cols] += gcol[:, :, i, j]
         gx[n0:n1] = buf[:, :, ph:ph + h, pw:pw + wd]
     return gx
+
+
+def _backward_data_nhwc(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,
+                        padding: Pair, dilation: Pair) -> np.ndarray:
+    """Channels-last gy, groups 1, any stride: gcol (N*P, K) = gy (N*P, O) @ wmat (O, K),
+    then col2im into a padded NHWC buffer, one strided add of C-long runs per kernel
+    offset; gx comes back channels-last."""
+    n, c, h, wd = x_shape
+    o, _, kh, kw = w.shape
+    oh, ow = gy.shape[2:]
+    ph, pw = padding
+    wmat = _weight_matrix(w, 1)[0]  # (O, kH*kW*C)
+    g = gy.transpose(0, 2, 3, 1)
+    gx = np.empty((n, h, wd, c), dtype=gy.dtype)
+    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * gy.itemsize):
+        m = n1 - n0
+        gcol = (g[n0:n1].reshape(-1, o) @ wmat).reshape(m, oh, ow, kh, kw, c)
+        buf = np.zeros((m, h + 2 * ph, wd + 2 * pw, c), dtype=gy.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                rows, cols = _offset_slices(i, j, (oh, ow), stride, dilation)
+                buf[:, rows, cols] += gcol[:, :, :, i, j]
+        gx[n0:n1] = buf[:, ph:ph + h, pw:pw + wd]
+    return gx.transpose(0, 3, 1, 2)
 
 
 # ---- depthwise: C/G == 1, O = G * multiplier ----------------------------------------------

@@ -15,7 +15,8 @@ import numpy as np
 from ..autograd import Function, no_grad
 from ..device import Device
 from ..dtypes import BF16_WORDS, bfloat16, is_floating, promote
-from ..tensor import Tensor
+from ..tensor import (Tensor, channels_last, channels_last_array, contiguous_format,
+                      is_channels_last, preserve_format)
 from ._util import cast, normalize_dim, sum_to
 
 
@@ -260,15 +261,28 @@ def repeat(input: Tensor, *sizes: Any) -> Tensor:
 
 
 class Contiguous(Function):
-    def forward(self, x: Any) -> Any:
-        return self.device.xp.ascontiguousarray(x)
+    def forward(self, x: Any, channels_last: bool = False) -> Any:
+        xp = self.device.xp
+        return channels_last_array(xp, x) if channels_last else xp.ascontiguousarray(x)
 
     def backward(self, g: Tensor) -> tuple:
         return (g,)
 
 
-def contiguous(input: Tensor) -> Tensor:
-    if input._data.flags.c_contiguous:
+def contiguous(input: Tensor, memory_format: Any = contiguous_format) -> Tensor:
+    """``input`` when it is laid out in ``memory_format`` already, else a copy that is
+    (differentiable; the gradient passes through unchanged)."""
+    if memory_format is channels_last:
+        if input.ndim != 4:
+            raise RuntimeError(f"contiguous: memory_format=dlcore.channels_last needs a 4-D "
+                               f"(N, C, H, W) tensor, got shape {tuple(input.shape)}")
+        if is_channels_last(input._data):
+            return input
+        return Contiguous.apply(input, channels_last=True)
+    if memory_format is not contiguous_format and memory_format is not preserve_format:
+        raise ValueError(f"contiguous: memory_format must be dlcore.contiguous_format or "
+                         f"dlcore.channels_last, got {memory_format!r}")
+    if memory_format is preserve_format or input._data.flags.c_contiguous:
         return input
     return Contiguous.apply(input)
 
