@@ -9,7 +9,10 @@ installed, the board power sampled every 100 ms while the suite runs (mean and m
 energy the suite used where a meter is readable (``suite_energy_joules``, from
 :mod:`dlcore.energy`: NVML's counter on a GPU, RAPL on the CPU; else the reason why not).
 Suites compare with PyTorch whenever it is importable; ``--compare torch`` makes its
-absence an error instead of a silent omission.
+absence an error instead of a silent omission. ``--threads N`` runs every suite with N BLAS
+threads for dlcore (``dlcore.threads.limit``) and ``torch.set_num_threads(N)`` for PyTorch
+(and ``OMP_NUM_THREADS=N``, which the rnn suite reads), all restored afterwards; the JSON's
+``threads`` records what ran (without it: dlcore's default, ``dlcore.threads``).
 
 A suite that cannot be imported (any exception while importing its module) is a failure, not
 an omission: the runner names it and the exception, runs the other suites, and exits 1.
@@ -18,25 +21,29 @@ an omission: the runner names it and the exception, runs the other suites, and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import importlib.util
 import json
+import os
 import platform
 import resource
 import sys
 import threading
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import dlcore
 
+from .. import threads as _threads
 from ..energy import EnergyMeter
 from ..sysinfo import collect, nvml_handle, nvml_module
 from .timing import energy_per_case
 
 SUITES = ("overhead", "launch", "optim", "conv", "pool", "rnn", "models", "graphs",
-          "distributed")
+          "distributed", "load")
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -132,7 +139,8 @@ def run_suite(module: ModuleType, name: str, device: str,
 
 def format_table(rows: list[dict]) -> str:
     cols = ["suite", "case", "device", "median_us", "gflops", "us_per_op", "numpy_floor_us",
-            "samples_s", "reference_us", "ratio", "joules", "note"]
+            "samples_s", "quiet_us", "slowdown", "reference_us", "ratio",
+            "reference_slowdown", "joules", "note"]
     cols = [c for c in cols if any(c in r for r in rows)]
     table = [cols] + [[_cell(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
@@ -158,6 +166,58 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer cases and repetitions")
     ap.add_argument("--compare", choices=["torch"],
                     help="require PyTorch for the reference columns (an error if absent)")
+    ap.add_argument("--threads", type=_thread_count, metavar="N",
+                    help="CPU threads for the run: dlcore's BLAS and torch.set_num_threads "
+                         "(default: dlcore's default, see dlcore.threads; PyTorch's own)")
+
+
+def _thread_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
+    return n
+
+
+def _torch_module() -> Any:
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch  # optional: a comparison, never a dependency
+
+    return torch
+
+
+@contextlib.contextmanager
+def thread_setting(n: int | None) -> Iterator[dict[str, Any]]:
+    """Within it, ``n`` threads for dlcore's BLAS and PyTorch's intra-op pool (``None``: as
+    they are); yields the record of what ran (the JSON's ``threads``)."""
+    torch = _torch_module() if n is not None else None
+    torch_before = torch.get_num_threads() if torch is not None else None
+    env_before = os.environ.get("OMP_NUM_THREADS")
+    with contextlib.ExitStack() as stack:
+        if n is not None:
+            stack.enter_context(_threads.limit(n))
+            os.environ["OMP_NUM_THREADS"] = str(n)
+            if torch is not None:
+                torch.set_num_threads(n)
+        try:
+            record: dict[str, Any] = {"requested": n, "blas": dlcore.get_num_threads(),
+                                      "usable_cpus": _threads.usable_cpus(),
+                                      "choice": _threads.user_choice() or "dlcore default"}
+            torch_now = _torch_module()
+            if torch_now is not None:
+                record["torch"] = torch_now.get_num_threads()
+            yield record
+        finally:
+            if n is not None:
+                if env_before is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = env_before
+                if torch is not None and torch_before is not None:
+                    torch.set_num_threads(torch_before)
 
 
 def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
@@ -172,21 +232,22 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     rows: list[dict] = []
     stats: list[dict] = []
     failed: dict[str, str] = {}
-    for name in suites:
-        module = import_suite(name)
-        if isinstance(module, str):
-            failed[name] = module
-            print(f"suite {name}: cannot be imported: {module}", file=sys.stderr)
-            continue
-        suite_rows, suite_stats = run_suite(module, name, args.device, args.quick)
-        rows += suite_rows
-        stats.append(suite_stats)
+    with thread_setting(getattr(args, "threads", None)) as threads:
+        for name in suites:
+            module = import_suite(name)
+            if isinstance(module, str):
+                failed[name] = module
+                print(f"suite {name}: cannot be imported: {module}", file=sys.stderr)
+                continue
+            suite_rows, suite_stats = run_suite(module, name, args.device, args.quick)
+            rows += suite_rows
+            stats.append(suite_stats)
     print(format_table(rows))
     for s in stats:
         print(", ".join(f"{k} {_cell(v)}" for k, v in s.items()))
     if args.json_path:
-        result: dict[str, Any] = {"environment": environment(args.device), "suites": stats,
-                                  "results": rows}
+        result: dict[str, Any] = {"environment": environment(args.device),
+                                  "threads": threads, "suites": stats, "results": rows}
         if failed:
             result["import_errors"] = failed
         with open(args.json_path, "w") as f:

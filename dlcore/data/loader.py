@@ -12,6 +12,13 @@ Threads, not processes: NumPy releases the GIL in copies and most array work, an
 need no pickling of datasets. An exception in a loader thread is re-raised by ``next()``
 with its original traceback; leaving the loop early (``break``, an exception, or dropping
 the iterator) stops the threads.
+
+Threads budget: the loader threads and NumPy's BLAS threads share the machine's CPUs. While
+an iteration's loader threads run, BLAS is held to at most ``max(1, cpus - loader
+threads)`` threads and given its count back when the iteration ends
+(:func:`dlcore.threads.loader_threads_started`), so the two never ask for more CPUs than the
+process may use; a thread count the user chose (``dlcore.set_num_threads``,
+``OMP_NUM_THREADS`` and the like) is left alone.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .. import threads as _threads
 from ..device import Device
 from .collate import default_collate
 from .dataset import IterableDataset
@@ -133,8 +141,14 @@ class DataLoader:
 
         if self.prefetch == 0:
             return _InlineIterator(work, make_batch, transfer)
-        return _ThreadedIterator(_Pipeline(work, make_batch, max(1, self.num_workers),
-                                           self.prefetch, self.worker_init_fn), transfer)
+        count = max(1, self.num_workers)
+        release = _threads.loader_threads_started(count)  # BLAS makes room for them
+        try:
+            pipeline = _Pipeline(work, make_batch, count, self.prefetch, self.worker_init_fn)
+        except BaseException:
+            release()
+            raise
+        return _ThreadedIterator(pipeline, transfer, release)
 
 
 class _Pipeline:
@@ -244,11 +258,13 @@ class _Pipeline:
 class _ThreadedIterator:
     """The consumer's side of a :class:`_Pipeline`."""
 
-    def __init__(self, pipeline: _Pipeline, transfer: Any) -> None:
+    def __init__(self, pipeline: _Pipeline, transfer: Any,
+                 release: Callable[[], None] = lambda: None) -> None:
         self._pipeline, self._transfer = pipeline, transfer
         # NOTE: the threads hold the pipeline, never this iterator, so dropping the
-        # iterator (a ``break`` out of the for loop) runs the finalizer and stops them.
-        self._stop = weakref.finalize(self, pipeline.stop)
+        # iterator (a ``break`` out of the for loop) runs the finalizer and stops them;
+        # it also gives BLAS its threads back (``release``).
+        self._stop = weakref.finalize(self, _stop_pipeline, pipeline, release)
 
     def __iter__(self) -> _ThreadedIterator:
         return self
@@ -267,6 +283,13 @@ class _ThreadedIterator:
     def close(self) -> None:
         """Stop the loader threads now (also done when the iterator is dropped)."""
         self._stop()
+
+
+def _stop_pipeline(pipeline: _Pipeline, release: Callable[[], None]) -> None:
+    try:
+        pipeline.stop()
+    finally:
+        release()
 
 
 class _InlineIterator:
