@@ -46,9 +46,9 @@ def _threads(count: int | None) -> Any:
     """A context limiting BLAS to ``count`` threads (``None``: leave it alone)."""
     if count is None:
         return nullcontext()
-    from threadpoolctl import threadpool_limits  # a core dependency; imported when used
+    from ..threads import limit  # an explicit choice: the DataLoader's budget leaves it alone
 
-    return threadpool_limits(limits=count, user_api="blas")
+    return limit(count)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
