@@ -164,3 +164,79 @@ def test_double_backward_is_refused() -> None:
     y, _ = rnn_layer(*inputs, mode="rnn_tanh")
     with pytest.raises(RuntimeError, match="double backward"):
         dlcore.autograd.grad(y.sum(), inputs[0], create_graph=True)
+
+
+# ---- the whole-layer LSTM path of the cpu (rnn_cpu.lstm_layer_forward/backward) -----------
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("block_bytes", [1, 1 << 19])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_lstm_matches_step_by_step_reference(monkeypatch: pytest.MonkeyPatch, flip: bool,
+                                                   block_bytes: int, reverse: bool) -> None:
+    """The fused path (taken: cpu, no lengths, float64) in both GEMM orientations and with
+    one step per backward block as well as all steps in one, against the reference built
+    from basic ops."""
+    from dlcore.ops import rnn_cpu
+    big = 10 ** 9
+    monkeypatch.setattr(rnn_cpu, "FORWARD_FLIP_MIN_H", 1 if flip else big)
+    monkeypatch.setattr(rnn_cpu, "FORWARD_FLIP_MAX_N", big if flip else 0)
+    monkeypatch.setattr(rnn_cpu, "BACKWARD_FLIP_MIN_H", 1 if flip else big)
+    monkeypatch.setattr(rnn_cpu, "BACKWARD_BLOCK_BYTES", block_bytes)
+    inputs = make_inputs("lstm", 6, 3, 4, 5, "cpu", seed=21)  # N > 1: flips
+    out = rnn_layer(*inputs, mode="lstm", reverse=reverse)
+    assert out[0].grad_fn.fused
+    ref = reference_layer(*inputs, mode="lstm", reverse=reverse)
+    for o, r in zip(out, ref):
+        assert_close(o, r)
+    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
+        assert_close(g, r)
+
+
+def test_fused_lstm_matches_per_step_cells() -> None:
+    """Lengths all T take the per-step cells (the kernels' oracle), None the fused path: the
+    same values, to float64 rounding."""
+    results = []
+    for lengths in (None, [7, 7]):
+        inputs = make_inputs("lstm", 7, 2, 3, 4, "cpu", seed=23)
+        out = rnn_layer(*inputs, mode="lstm", lengths=lengths)
+        assert out[0].grad_fn.fused == (lengths is None)
+        results.append([o.numpy() for o in out] + [g.numpy() for g in grads_of(out, inputs)])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def numpy_lstm(x: np.ndarray, h: np.ndarray, c: np.ndarray, w_ih: np.ndarray,
+               w_hh: np.ndarray, b: np.ndarray) -> tuple:
+    """The LSTM forward as the obvious float64 NumPy loop."""
+    H = h.shape[1]
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    ys = []
+    for t in range(x.shape[0]):
+        a = x[t] @ w_ih.T + h @ w_hh.T + b
+        i, f, o = sig(a[:, :H]), sig(a[:, H:2 * H]), sig(a[:, 3 * H:])
+        g = np.tanh(a[:, 2 * H:3 * H])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        ys.append(h)
+    return np.stack(ys), h, c
+
+
+def test_fused_lstm_float32_against_numpy_loop() -> None:
+    """float32 through the fused path, the sizes where the GEMM orientation flips (H=512,
+    N=4: the backward; H=1024 would flip the forward too, covered above by the thresholds),
+    against a float64 NumPy loop."""
+    inputs = make_inputs("lstm", 3, 4, 8, 512, "cpu", dtype=np.float32, seed=25)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = (t.numpy().astype(np.float64) for t in inputs)
+    w_ih, w_hh = w_ih / 8, w_hh / 8  # keep the gates off saturation
+    inputs[3] = on("cpu", w_ih.astype(np.float32), requires_grad=True)
+    inputs[4] = on("cpu", w_hh.astype(np.float32), requires_grad=True)
+    out = rnn_layer(*inputs, mode="lstm")
+    assert out[0].grad_fn.fused and out[0].dtype == np.float32
+    for o, r in zip(out, numpy_lstm(x, h0, c0, w_ih, w_hh, b_ih + b_hh)):
+        np.testing.assert_allclose(o.numpy(), r, rtol=1e-5, atol=1e-5)
+    # backward against the float64 run of the same layer (checked against the reference above)
+    grads32 = grads_of(out, inputs)
+    inputs64 = [on("cpu", t.numpy().astype(np.float64), requires_grad=True) for t in inputs]
+    grads64 = grads_of(rnn_layer(*inputs64, mode="lstm"), inputs64)
+    for g32, g64 in zip(grads32, grads64):
+        np.testing.assert_allclose(g32.numpy(), g64.numpy(), rtol=2e-4, atol=2e-4)
