@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 import pytest
 from op_check import check, grad_ok, gradgrad_ok, on, rand
 
 import dlcore
+from dlcore.ops import pool_cpu
 from dlcore.ops.pool import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 
 
@@ -255,3 +257,128 @@ def test_plane_of_2_31_elements_is_refused():
 def test_pool_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call(dlcore.ones(2, 3, 6, 6))
+
+
+# ---- the cpu path's blocked loops and saved codes (dlcore.ops.pool_cpu) ---------------------
+
+# kernel, stride, padding, dilation, ceil_mode, input: overlapping, disjoint (stride >= kernel),
+# dilated, ceil and padded windows, unit column stride (the uncopied layout) and a kernel of
+# more than 256 offsets (int32 codes)
+CPU_MAX_CASES = MAX_CASES + [
+    ((3, 3), (2, 2), (1, 1), (1, 1), False, (3, 5, 9, 10)),
+    ((2, 2), (3, 3), (0, 0), (1, 1), True, (2, 3, 10, 8)),
+    ((2, 3), (1, 1), (0, 0), (2, 1), False, (2, 3, 8, 9)),
+    ((17, 17), (1, 1), (8, 8), (1, 1), False, (1, 2, 18, 17)),
+]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few planes, so the loops run several blocks and a partial last one."""
+    monkeypatch.setattr(pool_cpu, "BLOCK_BYTES", 1600)
+
+
+@pytest.mark.parametrize("values", ["distinct", "ties", "nans"])
+@pytest.mark.parametrize("case", CPU_MAX_CASES, ids=[f"case{i}" for i in range(len(CPU_MAX_CASES))])
+def test_cpu_max_pool_codes_match_the_loop_reference(case, values, small_blocks):
+    """Forward (y, flat indices from the codes) and the codes' backward against the obvious
+    loops; the backward also to the bit against the public flat-index scatter (same order),
+    with an inf and a NaN in gy (they must not leak into other windows' positions)."""
+    k, s, p, d, ceil, shape = case
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-2, 3, shape).astype(np.float64) if values == "ties" else rand(*shape)
+    if values == "nans":
+        x[rng.random(shape) < 0.15] = np.nan
+    oh, ow = _out(shape[2], k[0], s[0], p[0], d[0], ceil), _out(shape[3], k[1], s[1], p[1],
+                                                                  d[1], ceil)
+    gy = rand(shape[0], shape[1], oh, ow, seed=2)
+    y, saved, flat = pool_cpu.max_pool2d_forward_codes(x, (oh, ow), k, s, p, d, flat=True)
+    gx = pool_cpu.max_pool2d_backward_codes(gy, saved)
+    if values == "nans":  # the reference's strict > ignores NaNs: check the NaN rule apart
+        ry, ridx = _ref_nan_max(x, k, s, p, d, (oh, ow))
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(flat, ridx)
+    else:
+        ry, ridx, rgx = ref_max_pool(x, gy, k, s, p, d, ceil)
+        np.testing.assert_array_equal(y, ry)
+        np.testing.assert_array_equal(flat, np.where(np.isneginf(ry), -1, ridx))
+        np.testing.assert_allclose(gx, rgx, rtol=1e-15, atol=1e-15)
+    np.testing.assert_array_equal(saved.flat(), flat)
+    np.testing.assert_array_equal(gx, pool_cpu.max_pool2d_backward(None, gy, flat, shape, k, s,
+                                                                   p, d))
+    gy[0, 0, 0, 0], gy[-1, -1, -1, -1] = np.inf, np.nan
+    np.testing.assert_array_equal(pool_cpu.max_pool2d_backward_codes(gy, saved),
+                                  pool_cpu.max_pool2d_backward(None, gy, flat, shape, k, s, p, d))
+
+
+def _ref_nan_max(x, k, s, p, d, out_hw):
+    """Per output: PyTorch's rule, a value wins if greater or NaN (so the last NaN wins)."""
+    n, c, h, w = x.shape
+    y = np.full((n, c, *out_hw), -np.inf)
+    idx = np.full((n, c, *out_hw), -1, dtype=np.int64)
+    for b, ch, a, e in np.ndindex(n, c, *out_hw):
+        for i, j in np.ndindex(*k):
+            r, q = a * s[0] - p[0] + i * d[0], e * s[1] - p[1] + j * d[1]
+            if 0 <= r < h and 0 <= q < w and (x[b, ch, r, q] > y[b, ch, a, e]
+                                               or np.isnan(x[b, ch, r, q])):
+                y[b, ch, a, e], idx[b, ch, a, e] = x[b, ch, r, q], r * w + q
+    return y, idx
+
+
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16"])
+def test_cpu_max_pool_codes_half_precision_to_the_bit(dtype, small_blocks):
+    """16-bit gradients are summed in float32 in output order and rounded once, as the
+    public scatter (and the kernels) do."""
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    x = np.round(rand(3, 4, 11, 12, seed=5) * 2).astype(dtype)  # ties
+    gy = rand(3, 4, 6, 6, seed=6).astype(dtype)
+    geo = ((3, 3), (2, 2), (1, 1), (1, 1))
+    y, saved, flat = pool_cpu.max_pool2d_forward_codes(x, (6, 6), *geo, flat=True)
+    ry, ridx = pool_cpu.max_pool2d_forward(None, x, (6, 6), *geo)
+    assert y.dtype == dtype and saved.codes.dtype == np.uint8
+    np.testing.assert_array_equal(flat, ridx)
+    gx = pool_cpu.max_pool2d_backward_codes(gy, saved)
+    assert gx.dtype == dtype
+    np.testing.assert_array_equal(gx.astype(np.float32), pool_cpu.max_pool2d_backward(
+        None, gy, flat, x.shape, *geo).astype(np.float32))
+
+
+def test_cpu_max_pool_windows_of_minus_inf_keep_their_gradient_in_the_window():
+    """Regression: a window of -inf picks its first tap, which may be padding; the flat index
+    of a padding tap at column -1 named the previous row's last input (r*W - 1), and the
+    gradient went there. The codes' backward drops a padding winner's gradient."""
+    x = np.full((1, 1, 4, 4), -np.inf)
+    y, saved, flat = pool_cpu.max_pool2d_forward_codes(x, (2, 2), (3, 3), (2, 2), (1, 1),
+                                                       (1, 1), flat=True)
+    assert saved.padding_wins and np.isneginf(y).all()
+    gx = pool_cpu.max_pool2d_backward_codes(np.ones((1, 1, 2, 2)), saved)
+    expected = np.zeros((1, 1, 4, 4))
+    expected[0, 0, 1, 1] = 1.0  # window (1, 1) starts inside the input
+    np.testing.assert_array_equal(gx, expected)
+
+
+@pytest.mark.parametrize("case", AVG_CASES + [((3, 3), (1, 1), (0, 0), False, (2, 5, 9, 8))],
+                         ids=[f"case{i}" for i in range(len(AVG_CASES) + 1)])
+def test_cpu_avg_pool_blocks_match_the_reference(case, small_blocks):
+    k, s, p, ceil, shape = case
+    x = rand(*shape, seed=3)
+    oh, ow = _out(shape[2], k[0], s[0], p[0], 1, ceil), _out(shape[3], k[1], s[1], p[1], 1,
+                                                             ceil)
+    gy = rand(shape[0], shape[1], oh, ow, seed=4)
+    for include_pad, divisor in ((True, None), (False, None), (False, 3)):
+        ry, rgx = ref_avg_pool(x, gy, k, s, p, ceil, include_pad, divisor)
+        args = (k, s, p, include_pad, divisor)
+        np.testing.assert_allclose(pool_cpu.avg_pool2d_forward(None, x, (oh, ow), *args), ry,
+                                   rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(pool_cpu.avg_pool2d_backward(None, gy, shape, *args), rgx,
+                                   rtol=1e-13, atol=1e-13)
+
+
+def test_global_average_pool_float32_matches_the_mean(device):
+    """The cpu's matrix-vector global average against NumPy's mean, values and gradient."""
+    x = rand(4, 6, 7, 5, seed=5).astype(np.float32)
+    tx = on(device, x, requires_grad=True)
+    y = adaptive_avg_pool2d(tx, 1)
+    check(y, x.mean(axis=(2, 3), keepdims=True), dtype=np.float32)
+    y.backward(on(device, np.ones(y.shape, np.float32)))
+    check(tx.grad, np.full(x.shape, 1 / 35), dtype=np.float32)
