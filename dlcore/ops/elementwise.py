@@ -423,7 +423,14 @@ class Relu(Function):
 class LeakyRelu(Function):
     def forward(self, a: Any, slope: float) -> Any:
         xp = self.device.xp
-        self.scale = xp.where(a > 0, a.dtype.type(1), a.dtype.type(slope))
+        positive = a > 0
+        if xp is np and a.dtype.kind == "f":
+            # NOTE: a two-entry table indexed by the mask's bytes: NumPy's where() branches per
+            # element and measured 4x slower on random signs (220 vs 53 us, 256x128 float32)
+            table = np.array([slope, 1], dtype=a.dtype)
+            self.scale = table.take(positive.view(np.uint8))
+        else:
+            self.scale = xp.where(positive, a.dtype.type(1), a.dtype.type(slope))
         return a * self.scale
 
     def backward(self, g: Tensor) -> tuple:
