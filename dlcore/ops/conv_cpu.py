@@ -23,7 +23,11 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
   kernel offset.
 * 1x1, stride 1, no padding: the NCHW input already is the column matrix (one GEMM).
 * depthwise (C/G == 1): no GEMM has a useful shape, so y is a sum over the kernel offsets of
-  shifted input slices times one weight per channel, all in NCHW.
+  shifted input planes times one weight per plane, a block of planes at a time so each
+  block stays in L2 (see the depthwise section).
+* one input channel on small images (the digits' first layer): (kH*kW, N*P) columns (the
+  NHWC ones would be copied one value at a time); backward data with 8*C <= O on small
+  images: gcol = w^T @ gy then col2im (adds C*kH*kW values per pixel, not O*kH*kW).
 * channels-last (``memory_format=dlcore.channels_last``, groups 1): an input whose strides
   are NHWC (:func:`dlcore.tensor.is_channels_last`) is its own padded buffer's source
   without a transposing copy (and is the buffer itself without padding), the GEMM's
@@ -126,6 +130,30 @@ def _im2col(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pa
     return np.ascontiguousarray(win).reshape(groups, n, p, -1)
 
 
+def _one_channel_small(c: int, groups: int, out_hw: Pair) -> bool:
+    """A one-channel input (the digits' first layer) on small images: the NHWC columns
+    would be copied one value at a time, so build the (kH*kW, N*P) columns instead, whose
+    copies run along output rows and whose GEMMs take w and give gw in their own layout."""
+    return c == 1 and groups == 1 and out_hw[0] * out_hw[1] < FLAT_GEMM_PIXELS
+
+
+def _im2col_kn(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+               dilation: Pair) -> np.ndarray:
+    """Columns (C*kH*kW, N*P) of an NCHW x, rows in w's (C, kH, kW) order: one copy of a
+    strided view of the zero-padded NCHW input (x itself without padding)."""
+    n, c, h, wd = x.shape
+    ph, pw = padding
+    xp = x
+    if ph or pw:
+        xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=x.dtype)
+        xp[:, :, ph:ph + h, pw:pw + wd] = x
+    s0, s1, s2, s3 = xp.strides
+    view = as_strided(xp, (c, *kernel, n, *out_hw),
+                      (s1, s2 * dilation[0], s3 * dilation[1], s0, s2 * stride[0],
+                       s3 * stride[1]), writeable=False)
+    return np.ascontiguousarray(view).reshape(c * kernel[0] * kernel[1], -1)
+
+
 def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
     """w (O, C/G, kH, kW) -> (G, O/G, kH*kW*C/G) in the column order (kH, kW, C)."""
     o = w.shape[0]
@@ -149,12 +177,16 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     oh, ow = out_hw
-    if cg == 1 and groups > 1:
+    if _is_small_grouped(cg, o // groups, groups):
         return _depthwise_forward(x, w, (oh, ow), stride, padding, dilation, groups)
     if groups == 1 and is_channels_last(x):
         return _forward_nhwc(x, w, out_hw, stride, padding, dilation)
     if _is_pointwise(w.shape, stride, padding) and groups == 1:
         return np.matmul(w.reshape(o, c), x.reshape(n, c, h * wd)).reshape(n, o, oh, ow)
+    if _one_channel_small(c, groups, out_hw):
+        col = _im2col_kn(x, out_hw, (kh, kw), stride, padding, dilation)
+        yt = (w.reshape(o, -1) @ col).reshape(o, n, oh * ow)
+        return np.ascontiguousarray(yt.transpose(1, 0, 2)).reshape(n, o, oh, ow)
     y = np.empty((n, o, oh, ow), dtype=x.dtype)
     wmat = _weight_matrix(w, groups)
     y_groups = y.reshape(n, groups, o // groups, oh * ow)
@@ -206,6 +238,10 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
         g = np.ascontiguousarray(gy.reshape(n, o, oh * ow).transpose(1, 0, 2))
         xt = np.ascontiguousarray(x.reshape(n, c, oh * ow).transpose(1, 0, 2))
         return (g.reshape(o, -1) @ xt.reshape(c, -1).T).reshape(w_shape)
+    if _one_channel_small(c, groups, (oh, ow)):
+        col = _im2col_kn(x, (oh, ow), (kh, kw), stride, padding, dilation)
+        gyt = np.ascontiguousarray(gy.reshape(n, o, oh * ow).transpose(1, 0, 2))
+        return (gyt.reshape(o, -1) @ col.T).reshape(w_shape)
     og = o // groups
     gw = np.zeros((groups, og, kh * kw * cg), dtype=x.dtype)
     gy_groups = gy.reshape(n, groups, og, oh * ow)
@@ -254,6 +290,9 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
     dh, dw = dilation
     flip_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
     fits = oh + dh * (kh - 1) - 2 * ph == h and ow + dw * (kw - 1) - 2 * pw == wd
+    small = oh * ow < FLAT_GEMM_PIXELS
+    if groups == 1 and 8 * c <= o and small and not is_channels_last(gy):
+        return _backward_data_gemm_first(gy, w, x_shape, stride, padding, dilation)
     if stride == (1, 1) and min(flip_pad) >= 0 and fits:
         og = o // groups
         wf = w[:, :, ::-1, ::-1].reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)
@@ -282,6 +321,28 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
     return gx
 
 
+def _backward_data_gemm_first(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
+                              stride: Pair, padding: Pair, dilation: Pair) -> np.ndarray:
+    """Groups 1, fewer input than output channels, small images: gcol (C*kH*kW, N*P) =
+    w (O, C*kH*kW)^T @ gy (O, N*P), then col2im, one strided add of (C, N, OH, OW) per
+    kernel offset. The flipped forward would copy O*kH*kW columns per pixel, this adds
+    C*kH*kW (the digits' 1->16 layer: 9 against 144), and both of w and gw keep their
+    natural layouts: no weight transposes."""
+    n, c, h, wd = x_shape
+    o, _, kh, kw = w.shape
+    oh, ow = gy.shape[2:]
+    ph, pw = padding
+    gyt = np.ascontiguousarray(gy.reshape(n, o, oh * ow).transpose(1, 0, 2))  # (O, N, P)
+    gcol = (w.reshape(o, -1).T @ gyt.reshape(o, -1)).reshape(c, kh, kw, n, oh, ow)
+    buf = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=gy.dtype)
+    bt = buf.transpose(1, 0, 2, 3)
+    for i in range(kh):
+        for j in range(kw):
+            rows, cols = _offset_slices(i, j, (oh, ow), stride, dilation)
+            bt[:, :, rows, cols] += gcol[:, i, j]
+    return np.ascontiguousarray(buf[:, :, ph:ph + h, pw:pw + wd])
+
+
 def _backward_data_nhwc(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,
                         padding: Pair, dilation: Pair) -> np.ndarray:
     """Channels-last gy, groups 1, any stride: gcol (N*P, K) = gy (N*P, O) @ wmat (O, K),
@@ -307,13 +368,19 @@ def _backward_data_nhwc(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
 
 
 # ---- depthwise: C/G == 1, O = G * multiplier ----------------------------------------------
-
-def _padded_nchw(x: np.ndarray, padding: Pair) -> np.ndarray:
-    ph, pw = padding
-    if not (ph or pw):
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-
+#
+# No GEMM has a useful shape, so each output plane is a sum over the kernel taps of a shifted
+# input plane times one weight. The batch's (sample, group) planes are processed a block at a
+# time (:data:`PLANE_BLOCK_BYTES`), so the padded copy, the accumulator and the temporary of
+# one block stay in L2 for all kH*kW multiply-adds (one pass over the whole batch per tap
+# measured 3-5x slower: each pass streamed ~4 arrays through memory). Each block is copied
+# into a zero-bordered buffer, one flat row of ``_Taps.plane`` values per input plane, so
+# there is no np.pad copy of the whole input and the borders are zeroed once.
+#
+# Stride 1 across: the output is computed "wide", over the padded row width Wp instead of OW
+# (the Wp - OW extra columns read wrapped-around values and are dropped). Tap (i, j) is then
+# the flat plane shifted by i*dH*Wp + j*dW, and with stride 1 down too every operand is one
+# contiguous run per plane (measured 2x faster than the 2-D strided slices).
 
 def _offset_slices(i: int, j: int, out_hw: Pair, stride: Pair,
                    dilation: Pair) -> tuple[slice, slice]:
@@ -323,56 +390,169 @@ def _offset_slices(i: int, j: int, out_hw: Pair, stride: Pair,
     return rows, cols
 
 
+PLANE_BLOCK_BYTES = 640 * 2**10  # the working set of one block of planes (bytes)
+
+
+class _Taps:
+    """Flat-plane geometry: padded width ``wp``, accumulator row length ``wq`` (``wp`` when
+    computed wide, else OW), the flat offset of each tap, the floats per buffered plane."""
+
+    def __init__(self, in_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                 dilation: Pair, wide: bool) -> None:
+        (h, wd), (oh, ow), (kh, kw) = in_hw, out_hw, kernel
+        self.hp, self.wp = h + 2 * padding[0], wd + 2 * padding[1]
+        # NOTE: wide only while the dropped columns stay a small fraction of the work.
+        self.wq = self.wp if wide and stride[1] == 1 and 4 * (self.wp - ow) <= ow else ow
+        self.offsets = [i * dilation[0] * self.wp + j * dilation[1]
+                        for i in range(kh) for j in range(kw)]
+        last = self.offsets[-1] + (oh - 1) * stride[0] * self.wp + (self.wq - 1) * stride[1]
+        self.plane = max(self.hp * self.wp, last + 1)
+        self.out_hw, self.stride, self.padding, self.in_hw = out_hw, stride, padding, in_hw
+
+    def buffer(self, planes: int, depth: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """A zeroed (planes, depth, plane) buffer and its (planes, depth, H, W) interior."""
+        buf = np.zeros((planes, depth, self.plane), dtype=dtype)
+        (h, wd), (ph, pw) = self.in_hw, self.padding
+        grid = buf[:, :, :self.hp * self.wp].reshape(planes, depth, self.hp, self.wp)
+        return buf, grid[:, :, ph:ph + h, pw:pw + wd]
+
+    def view(self, buf: np.ndarray, m: int, depth: int, tap: int,
+             writeable: bool = False) -> np.ndarray:
+        """(m, 1, OH, wq) view of channel ``depth`` of the first m buffered planes that tap
+        ``tap`` reads (or, writeable, scatters into)."""
+        s0, s1, s2 = buf.strides
+        flat = buf.reshape(-1)[depth * self.plane + self.offsets[tap]:]
+        return as_strided(flat, (m, 1, self.out_hw[0], self.wq),
+                          (s0, 0, s2 * self.stride[0] * self.wp, s2 * self.stride[1]),
+                          writeable=writeable)
+
+
+def _block(planes: int, per_plane_items: int, itemsize: int) -> int:
+    """Planes per block: as many as fit in PLANE_BLOCK_BYTES, at least one."""
+    return max(1, min(planes, PLANE_BLOCK_BYTES // max(per_plane_items * itemsize, 1)))
+
+
+def _per_plane_weights(w: np.ndarray, n: int, groups: int) -> np.ndarray:
+    """w (G*og, cg, kH, kW) -> (n*G, og, cg, kH*kW): each (sample, group) plane's weights."""
+    o, cg, kh, kw = w.shape
+    wk = w.reshape(1, groups, o // groups, cg, kh * kw)
+    return np.broadcast_to(wk, (n, *wk.shape[1:])).reshape(n * groups, o // groups, cg, -1)
+
+
+def _is_small_grouped(cg: int, og: int, groups: int) -> bool:
+    """Grouped convolutions run as per-plane multiply-adds: depthwise (cg == 1, any
+    multiplier; groups 1 too, a one-channel input), and the flipped depthwise of backward
+    data with a multiplier (og == 1, a few channels per group)."""
+    return groups > 1 and (cg == 1 or og == 1 and cg <= 8)
+
+
 def _depthwise_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
                        padding: Pair, dilation: Pair, groups: int) -> np.ndarray:
-    n = x.shape[0]
-    o, _, kh, kw = w.shape
-    mult = o // groups
-    xp = _padded_nchw(x, padding)
-    y = np.zeros((n, groups, mult, *out_hw), dtype=x.dtype)
-    tmp = np.empty_like(y)
-    wk = w.reshape(groups, mult, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = _offset_slices(i, j, out_hw, stride, dilation)
-            np.multiply(xp[:, :, None, rows, cols], wk[:, :, i, j, None, None], out=tmp)
-            y += tmp
+    """y[n, g*og + o] = sum over c < cg and the taps of the shifted x[n, g*cg + c] times
+    w[g*og + o, c, tap]; cg == 1 (depthwise) or og == 1."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og, planes = o // groups, n * groups
+    taps = _Taps((h, wd), out_hw, (kh, kw), stride, padding, dilation, wide=True)
+    oh = out_hw[0]
+    bp = _block(planes, cg * taps.plane + 2 * og * oh * taps.wq, x.itemsize)
+    xs = x.reshape(planes, cg, h, wd)
+    wt = _per_plane_weights(w, n, groups)
+    buf, interior = taps.buffer(bp, cg, x.dtype)
+    y = np.empty((planes, og, *out_hw), dtype=x.dtype)
+    wide = taps.wq != out_hw[1]
+    acc = np.empty((bp, og, oh, taps.wq), dtype=x.dtype) if wide else None
+    tmp = np.empty((bp, og, oh, taps.wq), dtype=x.dtype)
+    for p0 in range(0, planes, bp):
+        p1 = min(p0 + bp, planes)
+        m = p1 - p0
+        interior[:m] = xs[p0:p1]
+        a = acc[:m] if acc is not None else y[p0:p1]
+        t = tmp[:m]
+        for ci in range(cg):
+            for k in range(kh * kw):
+                v = taps.view(buf, m, ci, k)
+                wv = wt[p0:p1, :, ci, k, None, None]
+                if ci == k == 0:
+                    np.multiply(v, wv, out=a)
+                else:
+                    np.multiply(v, wv, out=t)
+                    np.add(a, t, out=a)
+        if acc is not None:
+            y[p0:p1] = a[..., :out_hw[1]]
     return y.reshape(n, o, *out_hw)
 
 
 def _depthwise_backward_data(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
                              stride: Pair, padding: Pair, dilation: Pair,
                              groups: int) -> np.ndarray:
+    """The adjoint of the depthwise forward (cg == 1): each tap scatters gy times its
+    weight (summed over the multiplier) into the block's zeroed padded buffer."""
     n, c, h, wd = x_shape
     o, _, kh, kw = w.shape
-    mult = o // groups
-    ph, pw = padding
+    og, planes = o // groups, n * groups
     out_hw = gy.shape[2:]
-    g = gy.reshape(n, groups, mult, *out_hw)
-    wk = w.reshape(groups, mult, kh, kw)
-    buf = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=gy.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = _offset_slices(i, j, out_hw, stride, dilation)
-            if mult == 1:
-                buf[:, :, rows, cols] += g[:, :, 0] * wk[:, 0, i, j, None, None]
+    oh, ow = out_hw
+    taps = _Taps((h, wd), out_hw, (kh, kw), stride, padding, dilation, wide=False)
+    bp = _block(planes, taps.plane + (og + 1) * oh * ow, gy.itemsize)
+    g = gy.reshape(planes, og, oh, ow)
+    wt = _per_plane_weights(w, n, groups)[:, :, 0]  # (planes, og, taps)
+    buf, interior = taps.buffer(bp, 1, gy.dtype)
+    gx = np.empty((planes, 1, h, wd), dtype=gy.dtype)
+    tmp = np.empty((bp, 1, oh, ow), dtype=gy.dtype)
+    for p0 in range(0, planes, bp):
+        p1 = min(p0 + bp, planes)
+        m = p1 - p0
+        if p0:
+            buf[:m] = 0
+        t = tmp[:m]
+        for k in range(kh * kw):
+            if og == 1:
+                np.multiply(g[p0:p1], wt[p0:p1, :, k, None, None], out=t)
             else:
-                buf[:, :, rows, cols] += np.einsum("ngmhw,gm->nghw", g, wk[:, :, i, j])
-    return np.ascontiguousarray(buf[:, :, ph:ph + h, pw:pw + wd])
+                np.matmul(wt[p0:p1, None, :, k], g[p0:p1].reshape(m, og, -1),
+                          out=t.reshape(m, 1, -1))
+            v = taps.view(buf, m, 0, k, writeable=True)
+            np.add(v, t, out=v)
+        gx[p0:p1] = interior[:m]
+    return gx.reshape(x_shape)
 
 
 def _depthwise_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
                                stride: Pair, padding: Pair, dilation: Pair,
                                groups: int) -> np.ndarray:
-    n = x.shape[0]
+    """gw[g*og + o, 0, tap] = sum over the batch and the pixels of gy[n, g*og + o] times the
+    tap's shifted x[n, g] (cg == 1): per block and tap one batched dot product (a matmul of
+    (og, P) by (P, 1) per plane) where the shifted plane is one contiguous run, else an
+    einsum; gy is copied into a zeroed wide buffer when the output is computed wide."""
+    n, c, h, wd = x.shape
     o, _, kh, kw = w_shape
-    mult = o // groups
+    og, planes = o // groups, n * groups
     out_hw = gy.shape[2:]
-    xp = _padded_nchw(x, padding)
-    g = gy.reshape(n, groups, mult, *out_hw)
-    gw = np.empty((groups, mult, kh, kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = _offset_slices(i, j, out_hw, stride, dilation)
-            gw[:, :, i, j] = np.einsum("ngmhw,nghw->gm", g, xp[:, :, rows, cols])
-    return gw.reshape(o, 1, kh, kw)
+    oh, ow = out_hw
+    taps = _Taps((h, wd), out_hw, (kh, kw), stride, padding, dilation, wide=True)
+    wide = taps.wq != ow
+    flat = wide and stride[0] == 1  # each tap's plane is one contiguous run
+    bp = _block(planes, taps.plane + og * oh * taps.wq, x.itemsize)
+    xs = x.reshape(planes, 1, h, wd)
+    g_all = gy.reshape(planes, og, oh, ow)
+    buf, interior = taps.buffer(bp, 1, x.dtype)
+    gbuf = np.zeros((bp, og, oh, taps.wq), dtype=x.dtype) if wide else None
+    gw = np.empty((planes, og, kh * kw), dtype=x.dtype)
+    for p0 in range(0, planes, bp):
+        p1 = min(p0 + bp, planes)
+        m = p1 - p0
+        interior[:m] = xs[p0:p1]
+        if gbuf is not None:
+            gbuf[:m, :, :, :ow] = g_all[p0:p1]
+            g = gbuf[:m]
+        else:
+            g = g_all[p0:p1]
+        for k in range(kh * kw):
+            v = taps.view(buf, m, 0, k)
+            if flat:
+                np.matmul(g.reshape(m, og, -1), v.reshape(m, -1, 1),
+                          out=gw[p0:p1, :, k, None])
+            else:
+                gw[p0:p1, :, k] = np.einsum("pmab,pab->pm", g, v[:, 0])
+    return gw.reshape(n, o, kh * kw).sum(axis=0).reshape(o, 1, kh, kw)

@@ -199,3 +199,58 @@ def test_mixed_input_and_weight_dtypes_raise_as_pytorch(op):
     with pytest.raises(RuntimeError, match="should be the same"):
         layer(x)
     assert layer.double()(x).dtype == dlcore.float64
+
+
+# The cpu paths chosen by shape (dlcore/ops/conv_cpu.py): the one-channel columns of small
+# images, backward data by GEMM then col2im (8 * C <= O), and the blocked per-plane
+# multiply-adds of depthwise (also the flipped, og == 1 form of backward data with a
+# multiplier), several blocks of planes, wide (stride 1 across) and strided.
+# (N, C, H, W), (O, kH, kW), stride, padding, dilation, groups
+PATH_CASES = [
+    ((3, 1, 8, 7), (16, 3, 3), 1, 1, 1, 1),           # one channel, same size
+    ((2, 1, 9, 8), (9, 3, 2), (2, 1), (2, 0), (1, 2), 1),  # one channel, strided, dilated
+    ((2, 2, 6, 5), (17, 3, 3), 2, 1, 1, 1),           # gemm-first backward data, strided
+    ((2, 2, 5, 6), (16, 2, 3), 1, (1, 2), 2, 1),      # gemm-first, dilated, pad pair
+    ((3, 5, 9, 11), (5, 3, 3), 1, 1, 1, 5),           # depthwise wide
+    ((2, 3, 7, 8), (6, 3, 3), 1, 1, 1, 3),            # multiplier 2: flipped og == 1 path
+    ((2, 2, 9, 7), (6, 5, 5), 1, 2, 1, 2),            # multiplier 3, 5x5
+    ((2, 3, 9, 10), (3, 3, 3), (1, 2), 2, 2, 3),      # depthwise strided across, dilated
+    ((1, 4, 10, 9), (8, 3, 1), (2, 1), (1, 0), 1, 4), # strided down, wide across
+    ((2, 2, 12, 5), (2, 3, 3), 1, 0, 1, 2),           # no padding, narrow: not wide
+]
+PATH_IDS = [f"path{i}" for i in range(len(PATH_CASES))]
+
+
+@pytest.mark.parametrize("block", [None, 1])
+@pytest.mark.parametrize("case", PATH_CASES, ids=PATH_IDS)
+def test_conv2d_cpu_paths_match_reference(case, block, monkeypatch):
+    from dlcore.ops import conv_cpu
+    if block is not None:  # one plane per block: every block boundary and buffer reuse
+        monkeypatch.setattr(conv_cpu, "PLANE_BLOCK_BYTES", block)
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rand(*y.shape, seed=5)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    check(y, ry)
+    y.backward(on("cpu", gy))
+    check(tx.grad, rgx)
+    check(tw.grad, rgw)
+
+
+@pytest.mark.parametrize("case", PATH_CASES, ids=PATH_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_conv2d_cpu_paths_low_precision(case, dtype):
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    x, w = x.astype(dtype), w.astype(dtype)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rand(*y.shape, seed=5).astype(dtype)
+    ry, rgx, rgw = ref_conv2d(x.astype(np.float64), w.astype(np.float64),
+                              gy.astype(np.float64), stride, padding, dilation, groups)
+    tol = 1e-4 if dtype == np.float32 else 1e-2
+    assert y.dtype == tx.dtype
+    check(y, ry, rtol=tol, atol=tol, dtype=dtype)
+    y.backward(on("cpu", gy))
+    check(tx.grad, rgx, rtol=tol, atol=tol, dtype=dtype)
+    check(tw.grad, rgw, rtol=tol, atol=tol, dtype=dtype)
