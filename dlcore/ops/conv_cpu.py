@@ -80,6 +80,10 @@ def _float16_in_float32(fn: F) -> F:
 
 COL_BYTES = 256 * 2**20  # largest column matrix built at once (bytes)
 FLAT_GEMM_PIXELS = 1024  # below this many output pixels per image, one flat GEMM
+# The forward's flat GEMM pays off up to larger images (one BLAS thread, 2026-12-02, min
+# of 7: 32x16 32x32 10.1-11.6 -> 7.6-8.0 ms, 32x16 64x64 37.8 -> 29.8-31.0 ms, 8x64 56x56
+# 36.7-37.7 -> 33.7-34.1 ms; 8x64 112x112 142-143 -> 160 ms, so not beyond 8192 pixels)
+FORWARD_FLAT_PIXELS = 8192
 
 
 def _chunks(n: int, per_sample: int) -> list[tuple[int, int]]:
@@ -192,11 +196,11 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     y_groups = y.reshape(n, groups, o // groups, oh * ow)
     for n0, n1 in _chunks(n, oh * ow * kh * kw * c * x.itemsize):
         col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, groups)
-        # NOTE: one matmul per group: a 4-D broadcast matmul measured 1.6x slower. Small
-        # images (P < FLAT_GEMM_PIXELS) use one flat GEMM over all pixels of the chunk and
-        # a transposed copy to NCHW: N products with only P columns each starve BLAS.
+        # NOTE: one matmul per group: a 4-D broadcast matmul measured 1.6x slower. Images
+        # up to FORWARD_FLAT_PIXELS use one flat GEMM over all pixels of the chunk and a
+        # transposed copy to NCHW: N products with only P columns each starve BLAS.
         for g in range(groups):
-            if oh * ow < FLAT_GEMM_PIXELS:
+            if oh * ow < FORWARD_FLAT_PIXELS:
                 flat = col[g].reshape(-1, col.shape[3]) @ wmat[g].T  # (n*P, O/G)
                 y_groups[n0:n1, g] = flat.reshape(n1 - n0, oh * ow, -1).transpose(0, 2, 1)
             else:

@@ -254,3 +254,23 @@ def test_conv2d_cpu_paths_low_precision(case, dtype):
     y.backward(on("cpu", gy))
     check(tx.grad, rgx, rtol=tol, atol=tol, dtype=dtype)
     check(tw.grad, rgw, rtol=tol, atol=tol, dtype=dtype)
+
+
+@pytest.mark.parametrize("flat_pixels", [1, 10**9])
+@pytest.mark.parametrize("case", [((2, 3, 7, 6), (4, 3, 3), 1, 1, 1, 1),
+                                  ((2, 4, 9, 9), (6, 3, 3), 2, 1, 1, 2)], ids=["g1", "g2"])
+def test_conv2d_forward_per_image_and_flat_gemms(case, flat_pixels, monkeypatch):
+    """Both forms of the NCHW forward GEMM (one per image for large images, one flat product
+    plus a transposed copy for small ones), forced on small shapes; backward data at stride
+    1 runs through the same forward."""
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "FORWARD_FLAT_PIXELS", flat_pixels)
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rand(*y.shape, seed=6)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    check(y, ry)
+    y.backward(on("cpu", gy))
+    check(tx.grad, rgx)
+    check(tw.grad, rgw)
