@@ -22,6 +22,10 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
   strides build gcol = w^T @ gy and scatter it back (col2im) with one strided add per
   kernel offset.
 * 1x1, stride 1, no padding: the NCHW input already is the column matrix (one GEMM).
+* 3x3, stride 1, dilation 1, groups 1, >= 64 channels in and out, >= 14x14 output:
+  Winograd F(2x2, 3x3) forward (4/9 of the GEMM flops, a 4x input expansion instead of 9x;
+  see the Winograd section for the measurements), either layout; backward data at stride
+  1 uses it through the flipped forward, backward weight stays on im2col.
 * depthwise (C/G == 1): no GEMM has a useful shape, so y is a sum over the kernel offsets of
   shifted input planes times one weight per plane, a block of planes at a time so each
   block stays in L2 (see the depthwise section).
@@ -183,6 +187,8 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     oh, ow = out_hw
     if _is_small_grouped(cg, o // groups, groups):
         return _depthwise_forward(x, w, (oh, ow), stride, padding, dilation, groups)
+    if _use_winograd(x, w, stride, dilation, groups, out_hw):
+        return _winograd_forward(x, w, out_hw, padding)
     if groups == 1 and is_channels_last(x):
         return _forward_nhwc(x, w, out_hw, stride, padding, dilation)
     if _is_pointwise(w.shape, stride, padding) and groups == 1:
@@ -560,3 +566,138 @@ def _depthwise_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int
             else:
                 gw[p0:p1, :, k] = np.einsum("pmab,pab->pm", g, v[:, 0])
     return gw.reshape(n, o, kh * kw).sum(axis=0).reshape(o, 1, kh, kw)
+
+
+# ---- Winograd F(2x2, 3x3): 3x3, stride 1, dilation 1, groups 1 forward ---------------------
+#
+# Lavin & Gray 2016. Each 2x2 output tile is Y = A^T [(G g G^T) * (B^T d B)] A over the 4x4
+# input tile d (stride 2 between tiles): 16 multiplies per tile and channel pair instead of
+# 36, so the 16 GEMMs M[k] (T, O) = V[k] (T, C) @ U[k] (C, O) over the T tiles do 4/9 of the
+# im2col GEMM's flops, and the transformed input V is 16/4 = 4x the input, not 9x.
+# Everything is channels-last (C innermost), so every transform is an add or subtract of two
+# strided views whose innermost runs are C (or O) contiguous values: no loops over tiles.
+
+WINOGRAD = True  # False forces the im2col path (benchmarks, tests)
+# Where it is used, by measurement (one BLAS thread, 2026-12-02, N=32, C = O, padding 1,
+# interleaved with im2col, medians of 9, 2-core shared VM, noisy): faster at 64 ch 56x56
+# (462 -> 333 ms NCHW, 783 -> 411 channels-last), 128 28x28 (213 -> 211, 283 -> 218) and
+# 256 14x14 (149 -> 106, 183 -> 120); slower at 16 ch 32x32 (13.0 -> 17.3: the GEMMs'
+# reduction is only C = 16 long) and 32 16x16 (6.7 -> 8.9), even at 64 8x8 (3.0 -> 3.4) and
+# 512 7x7 (127 -> 141: a 7x7 output pads to 8x8 tiles, 31% wasted, and T is 512 rows).
+WINOGRAD_MIN_CHANNELS = 64  # C and O at least this
+WINOGRAD_MIN_PIXELS = 196  # output at least this many pixels per image (14x14)
+WINOGRAD_BYTES = 64 * 2**20  # largest V (16, T, C) or M (16, T, O) built at once (bytes)
+# The transforms run over a few images at a time so their temporaries stay in L2: one pass
+# over a whole chunk measured 1.6-1.9x slower (N=32, 128 ch 28x28: input 59 -> 33 ms).
+WINOGRAD_TRANSFORM_BYTES = 1 * 2**20  # one block of transformed tiles (bytes)
+
+# G (4, 3) of F(2, 3); the weight transform G g G^T of all (O, C) pairs is one GEMM with
+# kron(G, G) (an einsum measured 130 ms for 512 channels).
+_WG = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+_WGG = np.kron(_WG, _WG)  # (16, 9): U[a*4+b] = sum_ij G[a, i] G[b, j] g[i, j]
+
+
+def _use_winograd(x: np.ndarray, w: np.ndarray, stride: Pair, dilation: Pair, groups: int,
+                  out_hw: Pair) -> bool:
+    """The Winograd forward applies (3x3, stride 1, dilation 1, groups 1, float32/64) and
+    was measured faster than im2col for the shape."""
+    o, c, kh, kw = w.shape
+    return (WINOGRAD and groups == 1 and (kh, kw) == (3, 3) and stride == (1, 1)
+            and dilation == (1, 1) and x.dtype in (np.float32, np.float64)
+            and min(c, o) >= WINOGRAD_MIN_CHANNELS
+            and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PIXELS)
+
+
+def _winograd_weight(w: np.ndarray) -> np.ndarray:
+    """U (16, C, O) = G g G^T per (O, C) pair: one (16, 9) @ (9, O*C) GEMM in w's dtype, U
+    the transposed view of its (16, O, C) product (BLAS takes the transpose as a flag)."""
+    o, c = w.shape[:2]
+    u = _WGG.astype(w.dtype) @ w.reshape(o * c, 9).T  # (16, O*C)
+    return u.reshape(16, o, c).transpose(0, 2, 1)
+
+
+def _winograd_input(x: np.ndarray, padding: Pair, tiles: Pair, v: np.ndarray) -> None:
+    """v (4, 4, n, th, tw, C) = B^T d B over the 4x4 tiles d (stride 2) of the zero-padded
+    NHWC input x (n, C, H, W), padded on the bottom/right to whole tiles (odd outputs read
+    one zero row/col); B^T has the rows (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0),
+    (0, 1, 0, -1)."""
+    n, c, h, wd = x.shape
+    ph, pw = padding
+    th, tw = tiles
+    hp, wp = 2 * th + 2, 2 * tw + 2
+    buf = np.empty((n, hp, wp, c), dtype=x.dtype)
+    buf[:, :ph] = 0
+    buf[:, ph + h:] = 0
+    buf[:, :, :pw] = 0
+    buf[:, :, pw + wd:] = 0
+    buf[:, ph:ph + h, pw:pw + wd] = x.transpose(0, 2, 3, 1)
+    # down the rows: t = B^T d
+    r = [buf[:, i:i + 2 * th:2] for i in range(4)]  # (n, th, wp, C) each
+    t = np.empty((4, n, th, wp, c), dtype=x.dtype)
+    np.subtract(r[0], r[2], out=t[0])
+    np.add(r[1], r[2], out=t[1])
+    np.subtract(r[2], r[1], out=t[2])
+    np.subtract(r[1], r[3], out=t[3])
+    # across the columns: V = t B
+    for i in range(4):
+        q = [t[i, :, :, j:j + 2 * tw:2] for j in range(4)]  # (n, th, tw, C) each
+        np.subtract(q[0], q[2], out=v[i, 0])
+        np.add(q[1], q[2], out=v[i, 1])
+        np.subtract(q[2], q[1], out=v[i, 2])
+        np.subtract(q[1], q[3], out=v[i, 3])
+
+
+def _winograd_output(m: np.ndarray) -> np.ndarray:
+    """Y (n, 2*th, 2*tw, O) = A^T M A per tile, from M (4, 4, n, th, tw, O); A^T has the
+    rows (1, 1, 1, 0) and (0, 1, -1, -1)."""
+    n, th, tw, o = m.shape[2:]
+    s = np.empty((2, 4, n, th, tw, o), dtype=m.dtype)
+    np.add(m[0], m[1], out=s[0])
+    s[0] += m[2]
+    np.subtract(m[1], m[2], out=s[1])
+    s[1] -= m[3]
+    y = np.empty((n, th, 2, tw, 2, o), dtype=m.dtype)
+    for i in range(2):
+        yi = y[:, :, i]
+        np.add(s[i, 0], s[i, 1], out=yi[:, :, :, 0])
+        yi[:, :, :, 0] += s[i, 2]
+        np.subtract(s[i, 1], s[i, 2], out=yi[:, :, :, 1])
+        yi[:, :, :, 1] -= s[i, 3]
+    return y.reshape(n, 2 * th, 2 * tw, o)
+
+
+def _winograd_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, padding: Pair) -> np.ndarray:
+    """y = conv2d(x, w) for a 3x3, stride-1, dilation-1, groups-1 kernel by Winograd
+    F(2x2, 3x3): the input and output transforms a few images at a time, between them one
+    batched matmul over the 16 tile positions (16 GEMMs (T, C) @ (C, O), T the tiles of a
+    chunk of images). A channels-last x gives a channels-last y, an NCHW x an NCHW y.
+
+    Rounding (float32): max |y - y64| / max |y64| on random normal data (N=8, the ResNet
+    shapes C = O = 16..512, padding 1) measured 2.1e-7 (16 ch) .. 6.5e-7 (512 ch), against
+    im2col's 4.9e-7 .. 6.8e-7: the transforms add a few terms of both signs, but the GEMMs
+    sum C products instead of 9*C, so Winograd is lower up to 128 channels and at most 1.33x
+    im2col's above. float64 agrees with the direct loops to ~1e-15.
+    """
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    oh, ow = out_hw
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    u = _winograd_weight(w)
+    nhwc = is_channels_last(x)
+    y = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), dtype=x.dtype)
+    per_image = 16 * th * tw * max(c, o) * x.itemsize
+    step = max(1, WINOGRAD_BYTES // per_image)
+    block = max(1, WINOGRAD_TRANSFORM_BYTES // per_image)
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        v = np.empty((4, 4, n1 - n0, th, tw, c), dtype=x.dtype)
+        for b0 in range(n0, n1, block):
+            b1 = min(n1, b0 + block)
+            _winograd_input(x[b0:b1], padding, (th, tw), v[:, :, b0 - n0:b1 - n0])
+        m = np.matmul(v.reshape(16, -1, c), u).reshape(4, 4, n1 - n0, th, tw, o)
+        del v
+        for b0 in range(n0, n1, block):
+            b1 = min(n1, b0 + block)
+            yt = _winograd_output(m[:, :, b0 - n0:b1 - n0])[:, :oh, :ow]
+            y[b0:b1] = yt if nhwc else yt.transpose(0, 3, 1, 2)
+    return y.transpose(0, 3, 1, 2) if nhwc else y

@@ -274,3 +274,103 @@ def test_conv2d_forward_per_image_and_flat_gemms(case, flat_pixels, monkeypatch)
     y.backward(on("cpu", gy))
     check(tx.grad, rgx)
     check(tw.grad, rgw)
+
+
+# Winograd F(2x2, 3x3) forward (3x3, stride 1, dilation 1, groups 1; conv_cpu.py), forced on
+# small shapes by lowering its thresholds. Backward data at stride 1 runs through the same
+# forward (flipped weight, padding 2 - p), backward weight stays on im2col.
+# (N, C, H, W), O, padding
+WINOGRAD_CASES = [
+    ((2, 3, 7, 5), 4, 1),    # odd sizes, "same"
+    ((2, 4, 8, 6), 5, 1),    # even sizes, "same"
+    ((1, 3, 9, 8), 2, 0),    # batch 1, no padding: odd output rows, even columns
+    ((2, 2, 6, 7), 3, 0),    # no padding, even rows, odd columns
+    ((1, 2, 5, 5), 3, 2),    # padding 2 (backward data with padding 0)
+    ((1, 2, 3, 3), 2, 0),    # one output pixel
+]
+WINOGRAD_IDS = [f"wg{i}" for i in range(len(WINOGRAD_CASES))]
+
+
+def _force_winograd(monkeypatch):
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "WINOGRAD", True)
+    monkeypatch.setattr(conv_cpu, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_cpu, "WINOGRAD_MIN_PIXELS", 1)
+    calls = []
+    real = conv_cpu._winograd_forward
+    monkeypatch.setattr(conv_cpu, "_winograd_forward",
+                        lambda *a: calls.append(a[0].shape) or real(*a))
+    return calls
+
+
+def _winograd_arrays(case, dtype=np.float64):
+    xs, o, padding = case
+    x = rand(*xs, seed=11).astype(dtype)
+    w = rand(o, xs[1], 3, 3, seed=12).astype(dtype)
+    b = rand(o, seed=13).astype(dtype)
+    return x, w, b, padding
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
+def test_conv2d_winograd_matches_reference(case, channels_last, monkeypatch):
+    calls = _force_winograd(monkeypatch)
+    x, w, b, p = _winograd_arrays(case)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    tb = on("cpu", b, requires_grad=True)
+    if channels_last:
+        tx = tx.detach().to(memory_format=dlcore.channels_last).requires_grad_()
+    y = conv2d(tx, tw, tb, padding=p)
+    assert calls, "the Winograd path did not run"
+    gy = rand(*y.shape, seed=14)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, (1, 1), (p, p), (1, 1), 1)
+    check(y, ry + b.reshape(1, -1, 1, 1), rtol=1e-10, atol=1e-10)
+    y.backward(on("cpu", gy))
+    assert len(calls) == 2, "backward data did not run through the Winograd forward"
+    check(tx.grad, rgx, rtol=1e-10, atol=1e-10)
+    check(tw.grad, rgw, rtol=1e-10, atol=1e-10)
+    check(tb.grad, gy.sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=WINOGRAD_IDS)
+def test_conv2d_winograd_float32(case, monkeypatch):
+    """float32 rounding: measured <= 6.5e-7 of max |y| on ResNet shapes (conv_cpu.py), the
+    bound here 1e-5 with margin for these uniform(-2, 2) values."""
+    calls = _force_winograd(monkeypatch)
+    x, w, b, p = _winograd_arrays(case, np.float32)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, on("cpu", b), padding=p)
+    assert calls
+    gy = rand(*y.shape, seed=14).astype(np.float32)
+    ry, rgx, rgw = ref_conv2d(x.astype(np.float64), w.astype(np.float64),
+                              gy.astype(np.float64), (1, 1), (p, p), (1, 1), 1)
+    ry = ry + b.astype(np.float64).reshape(1, -1, 1, 1)
+    scale = np.abs(ry).max()
+    assert y.dtype == dlcore.float32
+    assert np.abs(y.numpy() - ry).max() <= 1e-5 * scale
+    y.backward(on("cpu", gy))
+    assert np.abs(tx.grad.numpy() - rgx).max() <= 1e-5 * np.abs(rgx).max()
+    check(tw.grad, rgw, rtol=1e-4, atol=1e-4, dtype=np.float32)
+
+
+def test_conv2d_winograd_gradcheck(monkeypatch):
+    _force_winograd(monkeypatch)
+    x, w, b, _ = _winograd_arrays(((1, 2, 5, 4), 3, 1))
+    assert grad_ok(lambda a, k, c: conv2d(a, k, c, 1, 1), [x, w, b], "cpu")
+
+
+def test_conv2d_winograd_rule(monkeypatch):
+    """Used only where measured faster (>= 64 channels, >= 14x14), off with WINOGRAD."""
+    from dlcore.ops import conv_cpu
+    x = np.zeros((1, 64, 14, 14), np.float32)
+    w = np.zeros((64, 64, 3, 3), np.float32)
+    args = ((1, 1), (1, 1), 1, (14, 14))
+    monkeypatch.setattr(conv_cpu, "WINOGRAD", True)
+    assert conv_cpu._use_winograd(x, w, *args)
+    assert not conv_cpu._use_winograd(x[:, :32], w[:32, :32], *args)
+    assert not conv_cpu._use_winograd(x, w, (1, 1), (1, 1), 1, (7, 7))
+    assert not conv_cpu._use_winograd(x, w, (2, 2), (1, 1), 1, (14, 14))
+    assert not conv_cpu._use_winograd(x, w[:, :, :2], *args)
+    assert not conv_cpu._use_winograd(x.astype(np.float16), w, *args)
+    monkeypatch.setattr(conv_cpu, "WINOGRAD", False)
+    assert not conv_cpu._use_winograd(x, w, *args)
