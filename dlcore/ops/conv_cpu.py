@@ -174,7 +174,10 @@ def conv2d_forward(device: Any, x: np.ndarray, w: np.ndarray, out_hw: Pair, stri
                    bias: np.ndarray | None = None) -> np.ndarray:
     """y (N, O, *out_hw) = conv2d(x, w) + bias: im2col + GEMM (depthwise: shifted
     multiply-adds); the bias is added in place to the fresh output."""
-    y = _forward(x, w, out_hw, stride, padding, dilation, groups)
+    if x.shape[1] == 0:  # no input channels: every output is its bias (PyTorch: an error)
+        y = np.zeros((x.shape[0], w.shape[0], *out_hw), dtype=x.dtype)
+    else:
+        y = _forward(x, w, out_hw, stride, padding, dilation, groups)
     if bias is not None:
         y += bias.astype(y.dtype, copy=False).reshape(1, -1, 1, 1)
     return y
@@ -237,6 +240,8 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
                            stride: Pair, padding: Pair, dilation: Pair,
                            groups: int) -> np.ndarray:
     """gw = gy (O, N*P) @ col (N*P, K) per group, the column matrix rebuilt per chunk."""
+    if x.shape[1] == 0 or gy.size == 0:  # nothing to sum: a zero gradient
+        return np.zeros(w_shape, dtype=x.dtype)
     n, c = x.shape[:2]
     o, cg, kh, kw = w_shape
     oh, ow = gy.shape[2:]
@@ -293,6 +298,8 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
     kernel offset into a padded NCHW buffer (NCHW keeps the adds long when C is small,
     as in a 3-channel stem).
     """
+    if x_shape[1] == 0 or gy.size == 0:
+        return np.zeros(x_shape, dtype=gy.dtype)
     n, c, h, wd = x_shape
     o, cg, kh, kw = w.shape
     oh, ow = gy.shape[2:]

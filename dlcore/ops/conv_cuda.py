@@ -98,7 +98,8 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
     xp = device.xp
     with device.use():
         if x.size == 0 or f == 0:
-            return xp.zeros((n, f, *out_hw), dtype=x.dtype)
+            y = xp.zeros((n, f, *out_hw), dtype=x.dtype)
+            return y if bias is None else y + bias.astype(x.dtype).reshape(1, f, 1, 1)
         fg = f // groups
         y = xp.matmul(w.astype(x.dtype, copy=False).reshape(groups, fg, cg),
                       xp.ascontiguousarray(x).reshape(n, groups, cg, h * wd))

@@ -115,6 +115,9 @@ def linear_indices_weights(in_size: int, out_size: int, scale_factor: float | No
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
     w1 = np.clip(src - i0.astype(ct), ct(0), ct(1)).astype(ct)
+    # past the last input both neighbours are the same element: weight it 1 alone, since
+    # (1 - w) * x + w * x can land one rounding step away from x
+    w1[i0 == i1] = 0
     return i0, i1, (ct(1) - w1).astype(ct), w1
 
 

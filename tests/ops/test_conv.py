@@ -374,3 +374,20 @@ def test_conv2d_winograd_rule(monkeypatch):
     assert not conv_cpu._use_winograd(x.astype(np.float16), w, *args)
     monkeypatch.setattr(conv_cpu, "WINOGRAD", False)
     assert not conv_cpu._use_winograd(x, w, *args)
+
+
+@pytest.mark.parametrize("k", [3, 1])
+def test_conv2d_with_no_input_channels_is_its_bias(device, k):
+    """A (N, 0, H, W) input: the output is the bias on every pixel and the gradients are
+    empty or zero; the cpu path raised NumPy's reshape error and the 1x1 route on the kernel
+    devices dropped the bias."""
+    x = on(device, np.ones((2, 0, 3, 3)), requires_grad=True)
+    w = on(device, np.ones((3, 0, k, k)), requires_grad=True)
+    b = on(device, np.array([1.0, -2.0, 0.5]), requires_grad=True)
+    y = conv2d(x, w, b, padding=k // 2)
+    assert tuple(y.shape) == (2, 3, 3, 3)
+    np.testing.assert_array_equal(y.numpy(), np.broadcast_to(
+        np.array([1.0, -2.0, 0.5]).reshape(1, 3, 1, 1), (2, 3, 3, 3)))
+    y.backward(on(device, np.ones((2, 3, 3, 3))))
+    assert tuple(x.grad.shape) == (2, 0, 3, 3) and tuple(w.grad.shape) == (3, 0, k, k)
+    np.testing.assert_array_equal(b.grad.numpy(), [18.0, 18.0, 18.0])

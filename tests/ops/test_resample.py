@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from op_check import check, grad_ok, gradgrad_ok, on, rand
 
+import dlcore
 import dlcore.nn as nn
 import dlcore.nn.functional as F
 
@@ -237,3 +238,18 @@ def test_module_reprs_match_torch():
                          (nn.PixelShuffle(3), torch.nn.PixelShuffle(3)),
                          (nn.PixelUnshuffle(2), torch.nn.PixelUnshuffle(2))]:
         assert repr(ours) == repr(theirs)
+
+
+def test_bilinear_upsampling_repeats_the_edge_exactly() -> None:
+    """Past the last input pixel both neighbours are that pixel: the output must be it,
+    bit for bit (a weighted sum of it with itself was one float32 step off)."""
+    x = np.array([-0.11001077, -0.44582814, 0.7753238], np.float32).reshape(1, 1, 1, 3)
+    y = F.interpolate(dlcore.tensor(x), size=(1, 5), mode="bilinear").numpy()
+    assert y[0, 0, 0, -1] == x[0, 0, 0, -1]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        a = rng.standard_normal((1, 1, 4, 3)).astype(np.float32)
+        out = F.interpolate(dlcore.tensor(a), scale_factor=2, mode="bilinear").numpy()
+        # half-pixel centres: the last output row and column read only the last input's
+        np.testing.assert_array_equal(out[0, 0, -1, -1], a[0, 0, -1, -1])
+        np.testing.assert_array_equal(out[0, 0, 0, -1], a[0, 0, 0, -1])
