@@ -190,3 +190,19 @@ class WrongSquare(dlcore.autograd.Function):
 
     def backward(self, g):
         return (g * dlcore.tensor(3 * self.x),)  # 3x instead of 2x
+
+
+@pytest.mark.parametrize("op,kw", [(F.max_pool2d, {"kernel_size": 3, "stride": 2, "padding": 1}),
+                                   (F.avg_pool2d, {"kernel_size": 3, "stride": 2, "padding": 1}),
+                                   (F.adaptive_avg_pool2d, {"output_size": 1})],
+                         ids=["max", "avg", "global"])
+def test_pooling_reads_a_channels_last_input(op, kw) -> None:
+    """Pooling a channels-last tensor gives the NCHW result and gradient exactly."""
+    a = dlcore.randn(2, 5, 9, 9, dtype=dlcore.float64)
+    x, xc = a.clone().requires_grad_(), a.contiguous(memory_format=CL).requires_grad_()
+    y, yc = op(x, **kw), op(xc, **kw)
+    g = dlcore.randn(*y.shape, dtype=dlcore.float64)
+    y.backward(g)
+    yc.backward(g)
+    np.testing.assert_array_equal(yc.numpy(), y.numpy())
+    np.testing.assert_array_equal(xc.grad.numpy(), x.grad.numpy())
