@@ -70,3 +70,15 @@ def test_bucket_alignment_flag_counts_bytes() -> None:
         pytest.skip("the allocator gave an unaligned base (the flag is then always 0)")
     assert bucket.aligned(4) == ALIGNED16 and bucket.aligned(64) == ALIGNED16
     assert bucket.aligned(2) == 0
+
+
+def test_conv2d_forward_grid_limit_counts_64_filter_tiles(monkeypatch) -> None:
+    """65 filters make two 64-wide tiles: over a grid limit of one block the forward names
+    itself and the limit instead of launching."""
+    monkeypatch.setattr(conv_gemm_cuda, "MAX_GRID_YZ", 1)
+    dev = Device("emu")
+    x = np.ones((1, 2, 3, 3), np.float32)
+    w = np.ones((65, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"^conv2d: groups x stride phases \(1\) or column "
+                                         r"tiles \(2\) exceed the grid limit"):
+        conv_gemm_cuda.conv2d_forward(dev, x, w, (3, 3), (1, 1), (1, 1), (1, 1), 1)
