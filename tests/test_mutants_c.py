@@ -82,3 +82,52 @@ def test_conv2d_forward_grid_limit_counts_64_filter_tiles(monkeypatch) -> None:
     with pytest.raises(ValueError, match=r"^conv2d: groups x stride phases \(1\) or column "
                                          r"tiles \(2\) exceed the grid limit"):
         conv_gemm_cuda.conv2d_forward(dev, x, w, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+
+
+def test_create_graph_gradients_accumulate_by_adding() -> None:
+    """Two create_graph backwards into the same leaf add their gradients (the sum stays
+    differentiable): d(x^2)/dx twice at x = 3 is 12, and its own derivative is 4."""
+    x = dlcore.tensor(3.0, dtype=dlcore.float64, requires_grad=True)
+    (x * x).backward(create_graph=True)
+    (x * x).backward(create_graph=True)
+    assert x.grad.item() == 12.0 and x.grad.requires_grad
+    (g,) = dlcore.autograd.grad(x.grad, x)
+    assert g.item() == 4.0
+
+
+def _write_checkpoint(path, metadata: dict) -> None:
+    import safetensors.numpy
+    safetensors.numpy.save_file({}, str(path), metadata=metadata)
+
+
+def test_foreign_checkpoint_error_names_the_format_it_found(tmp_path) -> None:
+    path = tmp_path / "c.safetensors"
+    _write_checkpoint(path, {"dlcore.format": "7", "dlcore.structure": "null"})
+    with pytest.raises(dlcore.io.CheckpointError,
+                       match=r"not a dlcore checkpoint \(format '7', expected '1'\)"):
+        dlcore.load(path)
+
+
+def test_damaged_dict_items_are_named(tmp_path) -> None:
+    path = tmp_path / "c.safetensors"
+    _write_checkpoint(path, {"dlcore.format": "1", "dlcore.crc32": "{}",
+                             "dlcore.structure": '{"dict": [["a"]]}'})
+    with pytest.raises(dlcore.io.CheckpointError,
+                       match=r"damaged structure at obj: dict items must be \[key, value\] pairs$"):
+        dlcore.load(path)
+
+
+def test_adam_family_accepts_a_zero_learning_rate() -> None:
+    """PyTorch accepts lr=0 (a frozen run, or a warm-up's first value); only negative is
+    refused."""
+    p = dlcore.nn.Parameter(dlcore.ones(2))
+    for opt in (dlcore.optim.Adam, dlcore.optim.AdamW, dlcore.optim.NAdam, dlcore.optim.RAdam):
+        opt([p], lr=0.0)
+        with pytest.raises(ValueError, match="Invalid learning rate: -0.1"):
+            opt([p], lr=-0.1)
+
+
+def test_optimizer_given_a_tensor_says_what_it_expected() -> None:
+    with pytest.raises(TypeError, match=r"^optimizer: params should be an iterable of "
+                                        r"Tensors or dicts, but got a Tensor of shape \(2,\)"):
+        dlcore.optim.SGD(dlcore.nn.Parameter(dlcore.ones(2)), lr=0.1)
