@@ -131,3 +131,14 @@ def test_optimizer_given_a_tensor_says_what_it_expected() -> None:
     with pytest.raises(TypeError, match=r"^optimizer: params should be an iterable of "
                                         r"Tensors or dicts, but got a Tensor of shape \(2,\)"):
         dlcore.optim.SGD(dlcore.nn.Parameter(dlcore.ones(2)), lr=0.1)
+
+
+def test_no_bias_is_a_one_element_zero_array_per_device_and_dtype() -> None:
+    """The stand-in bias pointer is a real one-element zero array, made once per device and
+    dtype (a None would be a null pointer that only has_bias = 0 keeps from being read)."""
+    dev = Device("emu")
+    for dtype in (np.float32, np.float16):
+        dummy = conv_gemm_cuda.no_bias(dev, np.dtype(dtype))
+        assert isinstance(dummy, np.ndarray) and dummy.shape == (1,)
+        assert dummy.dtype == dtype and dummy[0] == 0
+        assert conv_gemm_cuda.no_bias(dev, np.dtype(dtype)) is dummy
