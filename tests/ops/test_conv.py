@@ -221,21 +221,26 @@ PATH_CASES = [
 PATH_IDS = [f"path{i}" for i in range(len(PATH_CASES))]
 
 
+def _check_cpu_against_reference(case, seed):
+    """conv2d on the cpu, its output and both gradients, against the loop reference."""
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rand(*y.shape, seed=seed)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    check(y, ry)
+    y.backward(on("cpu", gy))
+    check(tx.grad, rgx)
+    check(tw.grad, rgw)
+
+
 @pytest.mark.parametrize("block", [None, 1])
 @pytest.mark.parametrize("case", PATH_CASES, ids=PATH_IDS)
 def test_conv2d_cpu_paths_match_reference(case, block, monkeypatch):
     from dlcore.ops import conv_cpu
     if block is not None:  # one plane per block: every block boundary and buffer reuse
         monkeypatch.setattr(conv_cpu, "PLANE_BLOCK_BYTES", block)
-    x, w, stride, padding, dilation, groups = _arrays(case)
-    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
-    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    gy = rand(*y.shape, seed=5)
-    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
-    check(y, ry)
-    y.backward(on("cpu", gy))
-    check(tx.grad, rgx)
-    check(tw.grad, rgw)
+    _check_cpu_against_reference(case, seed=5)
 
 
 @pytest.mark.parametrize("case", PATH_CASES, ids=PATH_IDS)
@@ -265,15 +270,7 @@ def test_conv2d_forward_per_image_and_flat_gemms(case, flat_pixels, monkeypatch)
     1 runs through the same forward."""
     from dlcore.ops import conv_cpu
     monkeypatch.setattr(conv_cpu, "FORWARD_FLAT_PIXELS", flat_pixels)
-    x, w, stride, padding, dilation, groups = _arrays(case)
-    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
-    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    gy = rand(*y.shape, seed=6)
-    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
-    check(y, ry)
-    y.backward(on("cpu", gy))
-    check(tx.grad, rgx)
-    check(tw.grad, rgw)
+    _check_cpu_against_reference(case, seed=6)
 
 
 # Winograd F(2x2, 3x3) forward (3x3, stride 1, dilation 1, groups 1; conv_cpu.py), forced on
