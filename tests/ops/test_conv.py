@@ -297,6 +297,9 @@ def _force_winograd(monkeypatch):
     real = conv_cpu._winograd_forward
     monkeypatch.setattr(conv_cpu, "_winograd_forward",
                         lambda *a: calls.append(a[0].shape) or real(*a))
+    real_gw = conv_cpu._winograd_backward_weight
+    monkeypatch.setattr(conv_cpu, "_winograd_backward_weight",
+                        lambda *a: calls.append("gw") or real_gw(*a))
     return calls
 
 
@@ -323,7 +326,8 @@ def test_conv2d_winograd_matches_reference(case, channels_last, monkeypatch):
     ry, rgx, rgw = ref_conv2d(x, w, gy, (1, 1), (p, p), (1, 1), 1)
     check(y, ry + b.reshape(1, -1, 1, 1), rtol=1e-10, atol=1e-10)
     y.backward(on("cpu", gy))
-    assert len(calls) == 2, "backward data did not run through the Winograd forward"
+    assert len(calls) == 3, "backward data did not run through the Winograd forward"
+    assert "gw" in calls, "the weight gradient did not run through Winograd"
     check(tx.grad, rgx, rtol=1e-10, atol=1e-10)
     check(tw.grad, rgw, rtol=1e-10, atol=1e-10)
     check(tb.grad, gy.sum(axis=(0, 2, 3)))
@@ -361,16 +365,17 @@ def test_conv2d_winograd_rule(monkeypatch):
     from dlcore.ops import conv_cpu
     x = np.zeros((1, 64, 14, 14), np.float32)
     w = np.zeros((64, 64, 3, 3), np.float32)
+    ws = w.shape
     args = ((1, 1), (1, 1), 1, (14, 14))
     monkeypatch.setattr(conv_cpu, "WINOGRAD", True)
-    assert conv_cpu._use_winograd(x, w, *args)
-    assert not conv_cpu._use_winograd(x[:, :32], w[:32, :32], *args)
-    assert not conv_cpu._use_winograd(x, w, (1, 1), (1, 1), 1, (7, 7))
-    assert not conv_cpu._use_winograd(x, w, (2, 2), (1, 1), 1, (14, 14))
-    assert not conv_cpu._use_winograd(x, w[:, :, :2], *args)
-    assert not conv_cpu._use_winograd(x.astype(np.float16), w, *args)
+    assert conv_cpu._use_winograd(x, ws, *args)
+    assert not conv_cpu._use_winograd(x[:, :32], (32, 32, 3, 3), *args)
+    assert not conv_cpu._use_winograd(x, ws, (1, 1), (1, 1), 1, (7, 7))
+    assert not conv_cpu._use_winograd(x, ws, (2, 2), (1, 1), 1, (14, 14))
+    assert not conv_cpu._use_winograd(x, (64, 64, 2, 3), *args)
+    assert not conv_cpu._use_winograd(x.astype(np.float16), ws, *args)
     monkeypatch.setattr(conv_cpu, "WINOGRAD", False)
-    assert not conv_cpu._use_winograd(x, w, *args)
+    assert not conv_cpu._use_winograd(x, ws, *args)
 
 
 @pytest.mark.parametrize("k", [3, 1])
