@@ -12,6 +12,7 @@ from ..precision import cast_float32, cast_low, is_active
 from ..autograd import Function
 from ..dtypes import BF16_WORDS, bfloat16, float32, is_floating, promote, scalar_result
 from ..tensor import Tensor
+from . import blas_cpu
 
 SCALAR_TYPES = (int, float, bool, np.number, np.bool_)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -28,6 +29,8 @@ def gemm(a: Any, b: Any, op: str = "matmul") -> Any:
         return (a.astype(np.float32) @ b.astype(np.float32)).astype(dt)
     if dt == BF16_WORDS:
         raise bfloat16_unsupported(op)
+    if isinstance(a, np.ndarray):
+        return blas_cpu.matmul(a, b)
     return a @ b
 
 

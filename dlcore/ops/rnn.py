@@ -41,7 +41,7 @@ from ..dtypes import bfloat16
 from ..kernels import KernelFamily
 from ..kernels.family import FLOAT_DTYPES_BF16
 from ..tensor import Tensor
-from . import rnn_cpu, rnn_cuda
+from . import blas_cpu, rnn_cpu, rnn_cuda
 from ._check import forward_backward, kwargs_case
 from ._util import low_precision
 
@@ -70,7 +70,10 @@ def _matmul_into(xp: Any, a: Any, b: Any, out: Any, add: Any = None) -> None:
     """``out = a @ b (+ add)``, with ``b`` (and ``add``) already in the GEMM dtype: computed in
     it and rounded into ``out`` once."""
     if b.dtype == out.dtype:
-        xp.matmul(a, b, out=out)
+        if xp is np:
+            blas_cpu.matmul_into(a, b, out)  # a few rows: OpenBLAS's small path
+        else:
+            xp.matmul(a, b, out=out)
         if add is not None:
             out += add
         return

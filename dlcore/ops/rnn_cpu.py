@@ -19,6 +19,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from . import blas_cpu
+
 
 def _sigmoid_(a: np.ndarray) -> np.ndarray:
     """In-place sigmoid as 0.5 * (1 + tanh(a / 2)): never overflows, same formula as the kernels."""
@@ -193,7 +195,13 @@ def cells(device: Any, dtype: np.dtype, lengths: np.ndarray | None, relu: bool, 
 # forward H=1024 N=4 1.72 ms against 2.07, N=16 2.09 against 2.37, N=64 no gain; backward
 # H=512 N=4 0.39 ms against 0.50, N=16 0.51 against 0.67, H=1024 N=4 1.65 against 2.13, and
 # no loss elsewhere at H >= 512. At H=256 the plain orientation was as fast or faster.
+# Below H=1024 the plain orientation goes through blas_cpu.matmul_into, which splits the
+# product into OpenBLAS small-path blocks where that applies (batch 2-16 at H=256, 2-4 at
+# H=512); there the split beat the flip (2026-12-02, one thread, other core busy, us per
+# step): backward H=512 N=2 144 against 238, N=4 237 against 285; forward H=512 N=4 130
+# against 264. At H=1024 the flip stays (backward N=2 1.90 ms against 2.33 split).
 FORWARD_FLIP_MIN_H, FORWARD_FLIP_MAX_N, BACKWARD_FLIP_MIN_H = 1024, 16, 512
+BACKWARD_SPLIT_MAX_H = 512
 # the backward's block of steps (see lstm_layer_backward), in bytes of gates
 BACKWARD_BLOCK_BYTES = 1 << 19
 
@@ -237,7 +245,7 @@ def lstm_layer_forward(gates: np.ndarray, w_hh_t: np.ndarray, h0: np.ndarray,
             np.matmul(w, h.T, out=hg)
             a += hg.T
         else:
-            np.matmul(h, w, out=hg)
+            blas_cpu.matmul_into(h, w, hg)
             a += hg
         np.tanh(a, out=a)
         a *= scale  # 0.5 tanh(a/2) + 0.5 = sigmoid(a) for i, f, o; g unchanged
@@ -283,7 +291,8 @@ def lstm_layer_backward(gy: np.ndarray, dh: np.ndarray, dc: np.ndarray, gates: n
     block = max(1, BACKWARD_BLOCK_BYTES // max(1, N * GH * gates.itemsize))  # N may be 0
     r_buf = np.empty((min(block, T), N, H), gates.dtype)
     tmp = np.empty_like(dh)
-    flip = H >= BACKWARD_FLIP_MIN_H and N > 1
+    split = H <= BACKWARD_SPLIT_MAX_H and blas_cpu.split_columns(dxg[0], w_hh) > 0
+    flip = H >= BACKWARD_FLIP_MIN_H and N > 1 and not split
     w = np.ascontiguousarray(w_hh.T) if flip else w_hh
     dh_t = np.empty((H, N) if flip else (0, 0), gates.dtype)
     steps = list(reversed(order))
@@ -319,4 +328,4 @@ def lstm_layer_backward(gy: np.ndarray, dh: np.ndarray, dc: np.ndarray, gates: n
                 np.matmul(w, dxg[t].T, out=dh_t)
                 np.copyto(dh, dh_t.T)
             else:
-                np.matmul(dxg[t], w, out=dh)
+                blas_cpu.matmul_into(dxg[t], w, dh)

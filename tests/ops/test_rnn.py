@@ -222,9 +222,14 @@ def numpy_lstm(x: np.ndarray, h: np.ndarray, c: np.ndarray, w_ih: np.ndarray,
 
 
 def test_fused_lstm_float32_against_numpy_loop() -> None:
-    """float32 through the fused path, the sizes where the GEMM orientation flips (H=512,
-    N=4: the backward; H=1024 would flip the forward too, covered above by the thresholds),
-    against a float64 NumPy loop."""
+    """float32 through the fused path at H=512, N=4, where both per-step GEMMs go through
+    blas_cpu's column blocks (asserted; H=1024 would flip them, covered above by the
+    thresholds), against a float64 NumPy loop."""
+    from dlcore.ops import blas_cpu
+    assert blas_cpu.split_columns(np.zeros((4, 512), np.float32),
+                                  np.zeros((512, 2048), np.float32)) > 0
+    assert blas_cpu.split_columns(np.zeros((4, 2048), np.float32),
+                                  np.zeros((2048, 512), np.float32)) > 0
     inputs = make_inputs("lstm", 3, 4, 8, 512, "cpu", dtype=np.float32, seed=25)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh = (t.numpy().astype(np.float64) for t in inputs)
     w_ih, w_hh = w_ih / 8, w_hh / 8  # keep the gates off saturation

@@ -1,0 +1,58 @@
+"""dlcore.ops.blas_cpu: GEMMs of a few rows split into OpenBLAS small-path column blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlcore.ops import blas_cpu
+
+
+def _ints(shape: tuple[int, ...], seed: int, dtype: type = np.float64) -> np.ndarray:
+    """Small integers: every product and sum is exact, so any order of summation gives the
+    same bits and the split must equal the one-GEMM result exactly."""
+    return np.random.default_rng(seed).integers(-4, 5, size=shape).astype(dtype)
+
+
+@pytest.mark.parametrize("m,k,n", [(4, 256, 1024), (2, 1024, 4096), (8, 1024, 256),
+                                   (3, 700, 1000), (16, 256, 1000)])
+def test_split_equals_one_gemm(m: int, k: int, n: int) -> None:
+    """Every column block is written, at the right place, with the right sums (n not a
+    multiple of the block either)."""
+    a, b = _ints((m, k), 1), _ints((k, n), 2)
+    cs = blas_cpu.split_columns(a, b)
+    assert 0 < cs < n and cs % 16 == 0 and m * k * cs <= blas_cpu.SMALL_MNK
+    out = np.full((m, n), np.nan)
+    assert blas_cpu.matmul_into(a, b, out) is out
+    np.testing.assert_array_equal(out, a @ b)
+    np.testing.assert_array_equal(blas_cpu.matmul(a, b), a @ b)
+
+
+def test_float32_split_matches_float64() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((4, 512)), rng.standard_normal((512, 2048))
+    got = blas_cpu.matmul(a.astype(np.float32), b.astype(np.float32))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("a_shape,b_shape,why", [
+    ((1, 1024), (1024, 4096), "one row: GEMV"),
+    ((4, 256), (256, 512), "already in the small path"),
+    ((64, 256), (256, 1024), "M*K above SPLIT_MAX_MK"),
+])
+def test_left_as_one_gemm(a_shape: tuple, b_shape: tuple, why: str) -> None:
+    assert blas_cpu.split_columns(np.zeros(a_shape), np.zeros(b_shape)) == 0, why
+
+
+def test_layouts_the_small_path_does_not_take_are_not_split() -> None:
+    a, b = _ints((4, 256), 4), _ints((256, 1024), 5)
+    assert blas_cpu.split_columns(a, b) > 0
+    assert blas_cpu.split_columns(a, np.asfortranarray(b)) == 0  # transposed B
+    assert blas_cpu.split_columns(np.asfortranarray(a), b) == 0  # transposed A
+    assert blas_cpu.split_columns(a.astype(np.float32), b) == 0  # mixed dtypes
+    assert blas_cpu.split_columns(a.astype(np.int64), b.astype(np.int64)) == 0
+    assert blas_cpu.split_columns(a[None], b) == 0  # batched
+    # a non-contiguous output falls back to one matmul, still correct
+    out = np.zeros((1024, 4)).T
+    np.testing.assert_array_equal(blas_cpu.matmul_into(a, b, out), a @ b)
