@@ -28,6 +28,21 @@ def test_split_equals_one_gemm(m: int, k: int, n: int) -> None:
     np.testing.assert_array_equal(blas_cpu.matmul(a, b), a @ b)
 
 
+@pytest.mark.parametrize("m,k,n,kind", [(4096, 144, 16, "rows"), (1000, 576, 32, "rows"),
+                                        (2000, 27, 64, "rows"), (16, 4096, 144, "inner"),
+                                        (32, 1001, 288, "inner"), (3, 9000, 100, "inner")])
+def test_row_and_reduction_splits_equal_one_gemm(m: int, k: int, n: int, kind: str) -> None:
+    """Row blocks (narrow products) and reduction blocks (few rows, long sums): every block
+    written and every partial product added once, the last block short."""
+    a, b = _ints((m, k), 6), _ints((k, n), 7)
+    got_kind, block = blas_cpu.plan(a, b)
+    assert got_kind == kind and 0 < block < (m if kind == "rows" else k)
+    assert (block * k * n if kind == "rows" else m * block * n) <= blas_cpu.SMALL_MNK
+    out = np.full((m, n), np.nan)
+    np.testing.assert_array_equal(blas_cpu.matmul_into(a, b, out), a @ b)
+    np.testing.assert_array_equal(blas_cpu.matmul(a, b), a @ b)
+
+
 def test_float32_split_matches_float64() -> None:
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((4, 512)), rng.standard_normal((512, 2048))
@@ -39,7 +54,9 @@ def test_float32_split_matches_float64() -> None:
 @pytest.mark.parametrize("a_shape,b_shape,why", [
     ((1, 1024), (1024, 4096), "one row: GEMV"),
     ((4, 256), (256, 512), "already in the small path"),
-    ((64, 256), (256, 1024), "M*K above SPLIT_MAX_MK"),
+    ((64, 256), (256, 1024), "M*K above SPLIT_MAX_MK, more than 32 rows, 1024 wide"),
+    ((4096, 1152), (1152, 128), "128 wide: rows of 6"),
+    ((64, 4096), (4096, 576), "64 rows: reduction blocks of 27"),
 ])
 def test_left_as_one_gemm(a_shape: tuple, b_shape: tuple, why: str) -> None:
     assert blas_cpu.split_columns(np.zeros(a_shape), np.zeros(b_shape)) == 0, why
