@@ -16,7 +16,7 @@ from ..autograd import Function, device_work
 from ..dtypes import BF16_WORDS, get_default_dtype, is_floating
 from ..tensor import Tensor
 from ._util import (as_tensor_like, bfloat16_unsupported, cast, is_scalar, narrow_to,
-                    opmath_scalar, promote_pair,
+                    opmath_scalar, promote_pair, reject_bfloat16_words,
                     scalar_operand, sum_to)
 
 
@@ -666,8 +666,9 @@ def _compare(a: Any, b: Any, ufunc: str) -> Tensor:
     if isinstance(a, Tensor) and isinstance(b, Tensor) and a.device is not b.device:
         raise RuntimeError(f"{ufunc}: expected both tensors on the same device, got "
                            f"{a.device} and {b.device}")
-    if getattr(da, "dtype", None) == BF16_WORDS or getattr(db, "dtype", None) == BF16_WORDS:
-        raise bfloat16_unsupported(ufunc)  # words compare as integers: wrong for negatives
+    # a cuda bfloat16 tensor's words compare as integers (wrong for negatives); a plain
+    # uint16 array operand is numbers and compares as such
+    reject_bfloat16_words(ufunc, a, b)
     xp = t.device.xp
     return Tensor._make(device_work(t.device, lambda: getattr(xp, ufunc)(da, db)), t.device)
 

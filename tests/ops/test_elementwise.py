@@ -268,3 +268,12 @@ def test_half_tensor_scalar_ops_compute_in_float32_and_round_once(op: Callable) 
         got = op(dlcore.tensor(values)).numpy()
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, want)
+
+
+def test_comparison_with_a_uint16_numpy_array_compares_numbers() -> None:
+    """A plain uint16 NumPy operand is numbers, not cuda bfloat16 storage: it compares as
+    NumPy does (it was refused with the cuda-bfloat16 error on any device)."""
+    x = dlcore.tensor([1.0, 5.0, -1.0])
+    w = np.array([2, 3, 0], dtype=np.uint16)
+    np.testing.assert_array_equal((x < w).numpy(), x.numpy() < w)
+    np.testing.assert_array_equal(dlcore.eq(x, w).numpy(), x.numpy() == w)
