@@ -69,6 +69,7 @@ import numpy as np
 
 from .. import autograd
 from ..device import device_of_array
+from ..dtypes import get_default_dtype
 from ..ops import optim as update_rules
 from ..tensor import Tensor
 from .buckets import Bucket
@@ -407,7 +408,9 @@ class Optimizer:
         entry: dict[str, Any] = {}
         if self.has_step_state:
             counts = bucket.step_counts
-            entry["step"] = Tensor(float(bucket.steps[i]), dtype=np.float32) if counts is None \
+            # PyTorch's scalar dtype for "step": float64 under a float64 default dtype
+            step_dtype = np.float64 if get_default_dtype() == np.float64 else np.float32
+            entry["step"] = Tensor(float(bucket.steps[i]), dtype=step_dtype) if counts is None \
                 else Tensor._make(counts[i:i + 1].reshape(()), bucket.device)
         for name, flat in bucket.state.items():
             entry[name] = Tensor._make(flat[lo:hi].reshape(shape), bucket.device)

@@ -361,3 +361,20 @@ def test_custom_optimizer_subclass(device: str) -> None:
                       Parameter(dlcore.tensor(b0, device=device))], split)
         for p, q in zip(ours, ref):
             np.testing.assert_allclose(p, q, rtol=RTOL, atol=1e-14)
+
+
+@pytest.mark.parametrize("default", ["float32", "float64"])
+def test_step_state_dtype_follows_the_default_dtype_as_pytorch(default: str) -> None:
+    """state["step"] is float64 under a float64 default dtype and float32 otherwise
+    (PyTorch's _get_scalar_dtype); dlcore kept float32 under both."""
+    old = dlcore.get_default_dtype()
+    dlcore.set_default_dtype(getattr(dlcore, default))
+    try:
+        p = dlcore.nn.Parameter(dlcore.ones(2))
+        opt = dlcore.optim.Adam([p])
+        p.grad = dlcore.ones(2)
+        opt.step()
+        assert opt.state[p]["step"].dtype == getattr(dlcore, default)
+        assert float(opt.state[p]["step"]) == 1.0
+    finally:
+        dlcore.set_default_dtype(old)
