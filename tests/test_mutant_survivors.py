@@ -85,12 +85,13 @@ def test_conv_weight_gradient_over_several_column_chunks(monkeypatch: pytest.Mon
     for chunked in (False, True):
         if chunked:  # about one sample per chunk
             monkeypatch.setattr(conv_cpu, "COL_BYTES", 4 * 4 * 27 * 3 * 8)
+            monkeypatch.setattr(conv_cpu, "MIN_CHUNK_ROWS", 1)
         xt, wt = dlcore.tensor(x, requires_grad=True), dlcore.tensor(w, requires_grad=True)
         (dlcore.nn.functional.conv2d(xt, wt) ** 2).sum().backward()
         want.append((wt.grad.numpy(), xt.grad.numpy()))
     np.testing.assert_allclose(want[1][0], want[0][0], rtol=1e-12)
     np.testing.assert_allclose(want[1][1], want[0][1], rtol=1e-12)
-    assert len(conv_cpu._chunks(5, 4 * 27 * 3 * 8 * 4)) > 1
+    assert len(conv_cpu._chunks(5, 4 * 4, 27 * 8)) > 1
 
 
 def test_adam_bias_correction_counts_the_steps_a_parameter_had() -> None:

@@ -6,7 +6,7 @@ operand layout whatever M and N are): it reads A and B where they lie, without p
 into panels. Above that size every call packs B, and for a few rows of A (an LSTM's recurrent
 ``h (N, H) @ W (H, 4H)`` at batch 2-16) the packing costs more than the arithmetic. Splitting
 B into column blocks that each fit the small path avoids it (measured, one BLAS thread,
-2026-12-02, 2-core Xeon with AVX-512, OpenBLAS 0.3.31, float32; microseconds per product):
+2026-12-02, 2-core AMD EPYC with AVX-512, OpenBLAS 0.3.31, float32; microseconds per product):
 
 =========================  =======  =====
 shape                      one GEMM  split
@@ -22,8 +22,8 @@ shape                      one GEMM  split
 =========================  =======  =====
 
 float64 gains alike ((4, 1024) @ (1024, 256) 150 -> 53). The same holds for the skinny
-products of small convolutions (the same day, a 2-core AMD EPYC with AVX-512, best of 10,
-ms): the small path runs at ~105 GFLOP/s where the packed one gives 50-100, so
+products of small convolutions (the same day and machine, best of 10, ms): the small path
+runs at ~105 GFLOP/s where the packed one gives 50-100, so
 
 - a product at most 64 columns wide, a convolution's ``col (N*P, K) @ w^T (K, O)``, is split
   into row blocks: (4096, 144) @ (144, 16) 0.234 -> 0.179, (4096, 576) @ (576, 32) 1.77 ->

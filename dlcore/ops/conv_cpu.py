@@ -25,7 +25,14 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
 * 3x3, stride 1, dilation 1, groups 1, >= 64 channels in and out, >= 14x14 output:
   Winograd F(2x2, 3x3) forward (4/9 of the GEMM flops, a 4x input expansion instead of 9x;
   see the Winograd section for the measurements), either layout; backward data at stride
-  1 uses it through the flipped forward, backward weight stays on im2col.
+  1 uses it through the flipped forward, and the weight gradient by Winograd too.
+* stride 1, dilation 1, groups 1, 5-128 input channels (the early layers of a CIFAR
+  ResNet, and 3x3 layers on images too small for Winograd): kernel-row columns, each input
+  value held kW times instead of kH*kW, one GEMM per kernel row (see ROW_TAPS_*).
+* at most 4 input channels (an RGB stem): columns (N, K, P) per image in NCHW order, whose
+  GEMM output is NCHW already (see FEW_CHANNELS).
+* 1x1, strided, no padding (a ResNet shortcut): the pixels read, subsampled, then the
+  pointwise GEMM.
 * depthwise (C/G == 1): no GEMM has a useful shape, so y is a sum over the kernel offsets of
   shifted input planes times one weight per plane, a block of planes at a time so each
   block stays in L2 (see the depthwise section).
@@ -41,7 +48,8 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
   Grouped and depthwise convolutions read any layout and return NCHW.
 
 Batches are processed in chunks so a column matrix never exceeds :data:`COL_BYTES`, about
-one core's L2: the columns are written and then read by the GEMM while still in cache.
+one core's L2: the columns are written and then read by the GEMM while still in cache
+(but at least :data:`MIN_CHUNK_ROWS` rows, so the weight panel's packing is amortised).
 """
 
 from __future__ import annotations
@@ -91,6 +99,13 @@ def _float16_in_float32(fn: F) -> F:
 # 3.69 -> 3.18, 3->16 32x32 2.05 -> 1.53, 64->64 8x8 2.14 -> 2.14; a whole ResNet-8 conv
 # stack's forward+backward 75 -> 55 ms.
 COL_BYTES = 1 * 2**20
+# ... but never fewer than this many column rows (output pixels) per chunk: every GEMM call
+# packs the whole weight panel (K x O) again, and on deep layers with small images one image
+# is already ~1 MiB of columns with only P rows to spread that packing over (2026-12-02, the
+# same machine, forward+backward ms, one image per chunk -> at least 512 rows): 512->512 7x7
+# 537 -> 308, 128->256 28x28/2 215 -> 167, 256->256 14x14 254 -> 176; 16-64 channel layers
+# on 8x8-32x32 images unchanged (their chunks already hold >= 512 rows or fit in L2 whole).
+MIN_CHUNK_ROWS = 512
 FLAT_GEMM_PIXELS = 1024  # below this many output pixels per image, one flat GEMM
 # The forward's flat GEMM pays off up to larger images (one BLAS thread, 2026-12-02, min
 # of 7: 32x16 32x32 10.1-11.6 -> 7.6-8.0 ms, 32x16 64x64 37.8 -> 29.8-31.0 ms, 8x64 56x56
@@ -98,15 +113,34 @@ FLAT_GEMM_PIXELS = 1024  # below this many output pixels per image, one flat GEM
 FORWARD_FLAT_PIXELS = 8192
 
 
-def _chunks(n: int, per_sample: int) -> list[tuple[int, int]]:
-    """Batch ranges whose column matrices stay within COL_BYTES."""
-    step = max(1, min(n, COL_BYTES // max(per_sample, 1)))
+def _chunks(n: int, pixels: int, row_bytes: int) -> list[tuple[int, int]]:
+    """Batch ranges whose column matrices (``pixels`` rows of ``row_bytes`` per sample) stay
+    within COL_BYTES, or hold at least MIN_CHUNK_ROWS rows where one sample is that large."""
+    fit = COL_BYTES // max(pixels * row_bytes, 1)
+    step = max(1, min(n, max(fit, -(-MIN_CHUNK_ROWS // max(pixels, 1)))))
     return [(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def _is_pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair) -> bool:
     """1x1 kernel, stride 1, no padding: a plain GEMM on the NCHW input, no columns."""
     return w_shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+
+
+def _subsampled(x: np.ndarray, stride: Pair) -> np.ndarray:
+    """The pixels a strided 1x1 unpadded kernel reads, copied in x's own layout (NCHW or
+    channels-last): the convolution is then a pointwise one, a plain GEMM on them (the
+    im2col route transposed and copied the whole input first: ResNet-8's 16->32 shortcut
+    at N=32, forward 1.35 -> 0.35 ms)."""
+    sh, sw = stride
+    if is_channels_last(x):
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)[:, ::sh, ::sw]).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x[:, :, ::sh, ::sw])
+
+
+def _is_strided_pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair,
+                          groups: int) -> bool:
+    return (groups == 1 and w_shape[2:] == (1, 1) and padding == (0, 0)
+            and stride != (1, 1))
 
 
 def _padded_nhwc(x: np.ndarray, padding: Pair) -> np.ndarray:
@@ -170,6 +204,136 @@ def _im2col_kn(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding:
     return np.ascontiguousarray(view).reshape(c * kernel[0] * kernel[1], -1)
 
 
+# Inputs of at most this many channels (an RGB stem) take columns per image in NCHW order
+# (N, C*kH*kW, P): the NHWC columns' copies would move C values (12 bytes for RGB) at a
+# time, these move output rows, and y[n] (O, P) = w (O, K) @ col[n] is NCHW already, with no
+# transposing copy after the GEMM (2026-12-02, one BLAS thread, N=32, forward / weight
+# gradient ms): 3->16 32x32 1.44 / 1.31 -> 0.52 / 0.60, 4->16 32x32 1.66 / 1.33 -> 0.69 /
+# 0.75, 3->64 56x56 12.9 / 13.6 -> 6.0 / 10.0, 3->32 64x64/2 2.7 / 2.5 -> 1.4 / 1.3; at
+# 8 channels it was 2.6 / 3.3 -> 2.9 / 3.0, so not beyond 4.
+FEW_CHANNELS = 4
+
+
+def _few_channels(x: np.ndarray, groups: int, out_hw: Pair) -> bool:
+    return (groups == 1 and x.shape[1] <= FEW_CHANNELS and not is_channels_last(x)
+            and not _one_channel_small(x.shape[1], groups, out_hw))
+
+
+def _im2col_nkp(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                dilation: Pair) -> np.ndarray:
+    """Columns (n, C*kH*kW, P) of an NCHW chunk x, rows in w's (C, kH, kW) order: one copy
+    of a strided view of the zero-padded input."""
+    n, c, h, wd = x.shape
+    ph, pw = padding
+    xp = x
+    if ph or pw:
+        xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=x.dtype)
+        xp[:, :, ph:ph + h, pw:pw + wd] = x
+    s0, s1, s2, s3 = xp.strides
+    view = as_strided(xp, (n, c, *kernel, *out_hw),
+                      (s0, s1, s2 * dilation[0], s3 * dilation[1], s2 * stride[0],
+                       s3 * stride[1]), writeable=False)
+    return np.ascontiguousarray(view).reshape(n, c * kernel[0] * kernel[1], -1)
+
+
+def _few_channels_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
+                          padding: Pair, dilation: Pair) -> np.ndarray:
+    n, c = x.shape[:2]
+    o, _, kh, kw = w.shape
+    p = out_hw[0] * out_hw[1]
+    y = np.empty((n, o, p), dtype=x.dtype)
+    wmat = w.reshape(o, -1)
+    for n0, n1 in _chunks(n, p, c * kh * kw * x.itemsize):
+        col = _im2col_nkp(x[n0:n1], out_hw, (kh, kw), stride, padding, dilation)
+        np.matmul(wmat, col, out=y[n0:n1])
+    return y.reshape(n, o, *out_hw)
+
+
+def _few_channels_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
+                                  stride: Pair, padding: Pair,
+                                  dilation: Pair) -> np.ndarray:
+    """gw (O, K) = sum over images of gy[n] (O, P) @ col[n]^T (P, K)."""
+    n, c = x.shape[:2]
+    o, _, kh, kw = w_shape
+    oh, ow = gy.shape[2:]
+    g = gy.reshape(n, o, oh * ow)
+    gw = np.zeros((o, c * kh * kw), dtype=x.dtype)
+    for n0, n1 in _chunks(n, oh * ow, c * kh * kw * x.itemsize):
+        col = _im2col_nkp(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation)
+        gw += np.matmul(g[n0:n1], col.transpose(0, 2, 1)).sum(axis=0)
+    return gw.reshape(w_shape)
+
+
+# Kernel-row columns: stride 1, dilation 1, groups 1, 5-128 input channels (a CIFAR
+# ResNet's layers; the stride-1 data gradient, a forward of gy, counts O). The NHWC columns
+# hold each input value kH*kW times and their copies move C values (64 bytes at 16
+# channels) at a time; but in a padded NHWC buffer the kW taps of one kernel row are kW*C
+# consecutive values, so columns (n, Hp, OW, kW*C) hold each value only kW times, copied
+# kW*C at a time, and kernel row i is the contiguous block of rows [i*OW, i*OW + OH*OW) of
+# each image's columns: y is a sum of kH GEMMs (P, kW*C) @ (kW*C, O), and the weight
+# gradient one GEMM per kernel row (2026-12-02, one BLAS thread, N=32, 3x3, forward / data
+# gradient / weight gradient ms, full columns -> kernel rows): 16->16 32x32 5.07 / 4.99 /
+# 5.11 -> 3.88 / 3.85 / 4.04, 32->32 16x16 3.10 / 3.16 / 3.39 -> 2.28 / 3.00 / 2.37,
+# 64->64 8x8 2.50 / 2.55 / 2.41 -> 2.01 / 2.10 / 2.29, 128->128 8x8 18.3 / 14.8 / 14.0 ->
+# 15.0 / 14.8 / 10.8; but 256->256 7x7 27.7 / 34.0 / 31.3 -> 28.8 / 29.5 / 35.4 and 512 7x7
+# slower in all three: not beyond 128 (Winograd takes 64+ channels from 14x14 up).
+ROW_TAPS_MAX_CHANNELS = 128
+
+
+def _use_row_taps(c: int, kernel: Pair, stride: Pair, dilation: Pair, groups: int) -> bool:
+    return (groups == 1 and stride == (1, 1) and dilation == (1, 1) and kernel[0] > 1
+            and FEW_CHANNELS < c <= ROW_TAPS_MAX_CHANNELS)
+
+
+def _row_tap_columns(x: np.ndarray, padding: Pair, ow: int, kw: int) -> np.ndarray:
+    """Columns (n, Hp*OW, kW*C) of the chunk x (n, C, H, W), any layout: row r*OW + q of
+    image n holds the padded input's row r, columns q .. q + kW - 1, all channels."""
+    buf = _padded_nhwc(x, padding)  # (n, Hp, Wp, C), (W, C) contiguous
+    n, hp, _, c = buf.shape
+    s0, s1, s2, s3 = buf.strides
+    view = as_strided(buf, (n, hp, ow, kw * c), (s0, s1, s2, s3), writeable=False)
+    return np.ascontiguousarray(view).reshape(n, hp * ow, kw * c)
+
+
+def _row_taps_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair,
+                      padding: Pair) -> np.ndarray:
+    n, c = x.shape[:2]
+    o, _, kh, kw = w.shape
+    oh, ow = out_hw
+    p = oh * ow
+    # kernel row i as a (kW*C, O) matrix, rows in the columns' (kW, C) order
+    wr = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh, kw * c, o)
+    y = np.empty((n, p, o), dtype=x.dtype)
+    for n0, n1 in _chunks(n, (oh + kh - 1) * ow, kw * c * x.itemsize):
+        col = _row_tap_columns(x[n0:n1], padding, ow, kw)
+        yc = y[n0:n1]
+        np.matmul(col[:, :p], wr[0], out=yc)
+        tmp = np.empty_like(yc) if kh > 1 else yc
+        for i in range(1, kh):
+            np.matmul(col[:, i * ow:i * ow + p], wr[i], out=tmp)
+            yc += tmp
+    out = y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
+    return out if is_channels_last(x) else np.ascontiguousarray(out)
+
+
+def _row_taps_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
+                              padding: Pair) -> np.ndarray:
+    """gw[:, :, i, :] from sum over images of gy[n] (O, P) @ kernel row i's columns (P,
+    kW*C): an NCHW gy is read in place."""
+    n, c = x.shape[:2]
+    o, _, kh, kw = w_shape
+    oh, ow = gy.shape[2:]
+    p = oh * ow
+    g = gy.reshape(n, o, p) if not is_channels_last(gy) else \
+        gy.transpose(0, 2, 3, 1).reshape(n, p, o).transpose(0, 2, 1)
+    gw = np.zeros((kh, o, kw * c), dtype=x.dtype)
+    for n0, n1 in _chunks(n, (oh + kh - 1) * ow, kw * c * x.itemsize):
+        col = _row_tap_columns(x[n0:n1], padding, ow, kw)
+        for i in range(kh):
+            gw[i] += np.matmul(g[n0:n1], col[:, i * ow:i * ow + p]).sum(axis=0)
+    return np.ascontiguousarray(gw.reshape(kh, o, kw, c).transpose(1, 3, 0, 2))
+
+
 def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
     """w (O, C/G, kH, kW) -> (G, O/G, kH*kW*C/G) in the column order (kH, kW, C)."""
     o = w.shape[0]
@@ -200,10 +364,16 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
         return _depthwise_forward(x, w, (oh, ow), stride, padding, dilation, groups)
     if _use_winograd(x, w.shape, stride, dilation, groups, out_hw):
         return _winograd_forward(x, w, out_hw, padding)
+    if _is_strided_pointwise(w.shape, stride, padding, groups):
+        return _forward(_subsampled(x, stride), w, out_hw, (1, 1), padding, (1, 1), 1)
+    if _use_row_taps(c, (kh, kw), stride, dilation, groups):
+        return _row_taps_forward(x, w, out_hw, padding)
     if groups == 1 and is_channels_last(x):
         return _forward_nhwc(x, w, out_hw, stride, padding, dilation)
     if _is_pointwise(w.shape, stride, padding) and groups == 1:
         return np.matmul(w.reshape(o, c), x.reshape(n, c, h * wd)).reshape(n, o, oh, ow)
+    if _few_channels(x, groups, out_hw):
+        return _few_channels_forward(x, w, out_hw, stride, padding, dilation)
     if _one_channel_small(c, groups, out_hw):
         col = _im2col_kn(x, out_hw, (kh, kw), stride, padding, dilation)
         yt = (w.reshape(o, -1) @ col).reshape(o, n, oh * ow)
@@ -214,7 +384,7 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     flat_gemm = oh * ow < FORWARD_FLAT_PIXELS
     # (K, O/G) row-major: the layout blas_cpu's small-path row blocks take
     wt = [np.ascontiguousarray(wmat[g].T) for g in range(groups)] if flat_gemm else []
-    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * x.itemsize):
+    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * x.itemsize):
         col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, groups)
         # NOTE: one matmul per group: a 4-D broadcast matmul measured 1.6x slower. Images
         # up to FORWARD_FLAT_PIXELS use one flat GEMM over all pixels of the chunk and a
@@ -240,7 +410,7 @@ def _forward_nhwc(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padd
     if _is_pointwise(w.shape, stride, padding):
         blas_cpu.matmul_into(x.transpose(0, 2, 3, 1).reshape(-1, c), wt, y.reshape(-1, o))
         return y.transpose(0, 3, 1, 2)
-    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * x.itemsize):
+    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * x.itemsize):
         col = _im2col(x[n0:n1], out_hw, (kh, kw), stride, padding, dilation, 1)
         blas_cpu.matmul_into(col.reshape(-1, col.shape[3]), wt, y[n0:n1].reshape(-1, o))
     return y.transpose(0, 3, 1, 2)
@@ -260,12 +430,19 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
         return _depthwise_backward_weight(x, gy, w_shape, stride, padding, dilation, groups)
     if _use_winograd(x, w_shape, stride, dilation, groups, (oh, ow)):
         return _winograd_backward_weight(x, gy, padding)
+    if _is_strided_pointwise(w_shape, stride, padding, groups):
+        return conv2d_backward_weight(device, _subsampled(x, stride), gy, w_shape, (1, 1),
+                                      padding, (1, 1), 1)
+    if _use_row_taps(c, (kh, kw), stride, dilation, groups):
+        return _row_taps_backward_weight(x, gy, w_shape, padding)
     if groups == 1 and is_channels_last(gy):
         return _backward_weight_nhwc(x, gy, w_shape, stride, padding, dilation)
     if _is_pointwise(w_shape, stride, padding) and groups == 1:
         g = np.ascontiguousarray(gy.reshape(n, o, oh * ow).transpose(1, 0, 2))
         xt = np.ascontiguousarray(x.reshape(n, c, oh * ow).transpose(1, 0, 2))
         return (g.reshape(o, -1) @ xt.reshape(c, -1).T).reshape(w_shape)
+    if _few_channels(x, groups, (oh, ow)):
+        return _few_channels_backward_weight(x, gy, w_shape, stride, padding, dilation)
     if _one_channel_small(c, groups, (oh, ow)):
         col = _im2col_kn(x, (oh, ow), (kh, kw), stride, padding, dilation)
         gyt = np.ascontiguousarray(gy.reshape(n, o, oh * ow).transpose(1, 0, 2))
@@ -273,7 +450,7 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
     og = o // groups
     gw = np.zeros((groups, og, kh * kw * cg), dtype=x.dtype)
     gy_groups = gy.reshape(n, groups, og, oh * ow)
-    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * x.itemsize):
+    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * x.itemsize):
         col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, groups)
         g = np.ascontiguousarray(gy_groups[n0:n1].transpose(1, 2, 0, 3))
         if groups == 1:  # 2-D: blas_cpu may split the long reduction into small-path blocks
@@ -296,7 +473,7 @@ def _backward_weight_nhwc(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...
         xs = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(-1, c)
         return (g.reshape(-1, o).T @ xs).reshape(w_shape)
     gw = np.zeros((o, kh * kw * c), dtype=x.dtype)
-    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * x.itemsize):
+    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * x.itemsize):
         col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, 1)
         gw += g[n0:n1].reshape(-1, o).T @ col.reshape(-1, col.shape[3])
     return np.ascontiguousarray(gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
@@ -339,7 +516,7 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
     wmat = w.reshape(groups, og, cg * kh * kw)
     gy_groups = gy.reshape(n, groups, og, oh * ow)
     gx = np.empty(x_shape, dtype=gy.dtype)
-    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * gy.itemsize):
+    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * gy.itemsize):
         m = n1 - n0
         gcol = np.empty((m, groups, cg * kh * kw, oh * ow), dtype=gy.dtype)
         for g in range(groups):
@@ -388,7 +565,7 @@ def _backward_data_nhwc(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...],
     wmat = _weight_matrix(w, 1)[0]  # (O, kH*kW*C)
     g = gy.transpose(0, 2, 3, 1)
     gx = np.empty((n, h, wd, c), dtype=gy.dtype)
-    for n0, n1 in _chunks(n, oh * ow * kh * kw * c * gy.itemsize):
+    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * gy.itemsize):
         m = n1 - n0
         gcol = (g[n0:n1].reshape(-1, o) @ wmat).reshape(m, oh, ow, kh, kw, c)
         buf = np.zeros((m, h + 2 * ph, wd + 2 * pw, c), dtype=gy.dtype)

@@ -273,6 +273,98 @@ def test_conv2d_forward_per_image_and_flat_gemms(case, flat_pixels, monkeypatch)
     _check_cpu_against_reference(case, seed=6)
 
 
+@pytest.mark.parametrize("few", [0, 4])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_conv2d_few_channel_and_nhwc_columns(case, few, monkeypatch):
+    """Inputs of at most FEW_CHANNELS channels take per-image NCHW columns (forward and
+    weight gradient); with the threshold at 0 the same shapes take the NHWC columns, so
+    both column builders see every stride, padding and dilation of CASES."""
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "FEW_CHANNELS", few)
+    seen = []
+    for name in ("_few_channels_forward", "_few_channels_backward_weight"):
+        real = getattr(conv_cpu, name)
+        monkeypatch.setattr(conv_cpu, name,
+                            lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a))
+    _check_cpu_against_reference(case, seed=7)
+    xs, _, _, _, _, groups = case
+    few_path = groups == 1 and xs[1] <= few and case[1][1:] != (1, 1)
+    assert bool(seen) == few_path, seen
+    if few_path:
+        assert set(seen) == {"_few_channels_forward", "_few_channels_backward_weight"}
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", [((2, 5, 7, 6), (3, 1, 1), 2, 0, 1, 1),
+                                  ((1, 3, 9, 8), (4, 1, 1), (3, 2), 0, 2, 1)],
+                         ids=["s2", "s3x2-dilated"])
+def test_conv2d_strided_pointwise_reads_the_subsampled_input(case, channels_last,
+                                                              monkeypatch):
+    """A strided unpadded 1x1 kernel (a ResNet shortcut) is a GEMM on the pixels it reads:
+    forward and weight gradient go through _subsampled, NCHW and channels-last, against
+    the loop reference."""
+    from dlcore.ops import conv_cpu
+    seen = []
+    real = conv_cpu._subsampled
+    monkeypatch.setattr(conv_cpu, "_subsampled", lambda *a: seen.append(a[1]) or real(*a))
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    tx = on("cpu", x)
+    if channels_last:
+        tx = tx.contiguous(memory_format=dlcore.channels_last)
+    tx.requires_grad_()
+    tw = on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rand(*y.shape, seed=8)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    check(y, ry)
+    y.backward(on("cpu", gy))
+    check(tx.grad, rgx)
+    check(tw.grad, rgw)
+    assert seen == [stride, stride]
+
+
+# Kernel-row columns (stride 1, dilation 1, groups 1, FEW_CHANNELS < C <= ROW_TAPS_MAX_
+# CHANNELS): forward, weight gradient and the stride-1 data gradient (a forward of gy).
+ROW_TAP_CASES = [
+    ((2, 6, 7, 5), (5, 3, 3), 1, 1, 1, 1),          # odd sizes, same size
+    ((2, 5, 6, 8), (6, 2, 3), 1, (0, 1), 1, 1),     # 2x3 kernel, padding pair
+    ((1, 8, 6, 6), (6, 5, 5), 1, 2, 1, 1),          # 5x5
+    ((2, 5, 4, 6), (7, 3, 1), 1, (1, 0), 1, 1),     # one kernel column
+    ((2, 6, 3, 3), (5, 3, 3), 1, 0, 1, 1),          # one output pixel
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("taps", [0, 128])
+@pytest.mark.parametrize("case", ROW_TAP_CASES, ids=[f"rt{i}" for i in range(5)])
+def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, monkeypatch):
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", taps)
+    seen = []
+    for name in ("_row_taps_forward", "_row_taps_backward_weight"):
+        real = getattr(conv_cpu, name)
+        monkeypatch.setattr(conv_cpu, name,
+                            lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a))
+    x, w, stride, padding, dilation, groups = _arrays(case)
+    tx = on("cpu", x)
+    if channels_last:
+        tx = tx.contiguous(memory_format=dlcore.channels_last)
+    tx.requires_grad_()
+    tw = on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    gy = rand(*y.shape, seed=9)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    check(y, ry)
+    y.backward(on("cpu", gy))
+    check(tx.grad, rgx)
+    check(tw.grad, rgw)
+    if taps:  # forward, the data gradient's forward of gy, the weight gradient
+        assert seen.count("_row_taps_forward") == 2, seen
+        assert seen.count("_row_taps_backward_weight") == 1, seen
+    else:
+        assert not seen
+
+
 # Winograd F(2x2, 3x3) forward (3x3, stride 1, dilation 1, groups 1; conv_cpu.py), forced on
 # small shapes by lowering its thresholds. Backward data at stride 1 runs through the same
 # forward (flipped weight, padding 2 - p), backward weight stays on im2col.
