@@ -26,9 +26,10 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
   Winograd F(2x2, 3x3) forward (4/9 of the GEMM flops, a 4x input expansion instead of 9x;
   see the Winograd section for the measurements), either layout; backward data at stride
   1 uses it through the flipped forward, and the weight gradient by Winograd too.
-* stride 1, dilation 1, groups 1, 5-128 input channels (the early layers of a CIFAR
-  ResNet, and 3x3 layers on images too small for Winograd): kernel-row columns, each input
-  value held kW times instead of kH*kW, one GEMM per kernel row (see ROW_TAPS_*).
+* stride 1 (or 2, up to 64 channels), dilation 1, groups 1, 5-128 input channels (the
+  early layers of a CIFAR ResNet, and 3x3 layers on images too small for Winograd):
+  kernel-row columns, each input value held kW times instead of kH*kW (stride 1), one GEMM
+  per kernel row (see ROW_TAPS_*).
 * at most 4 input channels (an RGB stem): columns (N, K, P) per image in NCHW order, whose
   GEMM output is NCHW already (see FEW_CHANNELS).
 * 1x1, strided, no padding (a ResNet shortcut): the pixels read, subsampled, then the
@@ -264,8 +265,8 @@ def _few_channels_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[
     return gw.reshape(w_shape)
 
 
-# Kernel-row columns: stride 1, dilation 1, groups 1, 5-128 input channels (a CIFAR
-# ResNet's layers; the stride-1 data gradient, a forward of gy, counts O). The NHWC columns
+# Kernel-row columns: stride 1 (strided below), dilation 1, groups 1, 5-128 input channels
+# (a CIFAR ResNet's layers; the stride-1 data gradient, a forward of gy, counts O). The NHWC columns
 # hold each input value kH*kW times and their copies move C values (64 bytes at 16
 # channels) at a time; but in a padded NHWC buffer the kW taps of one kernel row are kW*C
 # consecutive values, so columns (n, Hp, OW, kW*C) hold each value only kW times, copied
@@ -278,59 +279,85 @@ def _few_channels_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[
 # 15.0 / 14.8 / 10.8; but 256->256 7x7 27.7 / 34.0 / 31.3 -> 28.8 / 29.5 / 35.4 and 512 7x7
 # slower in all three: not beyond 128 (Winograd takes 64+ channels from 14x14 up).
 ROW_TAPS_MAX_CHANNELS = 128
+# Strided, the columns are one matrix per row phase (see _row_tap_columns), and the copy
+# saves less (stride 2: about 2/3 of the full columns): 3x3/2, N=32, forward / weight
+# gradient ms, full columns -> kernel rows, best of 3x9: 16->32 32x32 2.06 / 2.42 -> 1.70 /
+# 1.89, 32->64 16x16 1.26 / 1.38 -> 1.26 / 1.19, 64->128 56x56 64.9 / 57.9 -> 61.9 / 53.1,
+# but 128->256 28x28 58.4 / 56.2 -> 59.8 / 60.1.
+ROW_TAPS_MAX_STRIDE = 2
+ROW_TAPS_STRIDED_MAX_CHANNELS = 64
 
 
 def _use_row_taps(c: int, kernel: Pair, stride: Pair, dilation: Pair, groups: int) -> bool:
-    return (groups == 1 and stride == (1, 1) and dilation == (1, 1) and kernel[0] > 1
-            and FEW_CHANNELS < c <= ROW_TAPS_MAX_CHANNELS)
+    most = ROW_TAPS_MAX_CHANNELS if stride == (1, 1) else ROW_TAPS_STRIDED_MAX_CHANNELS
+    return (groups == 1 and max(stride) <= ROW_TAPS_MAX_STRIDE and dilation == (1, 1)
+            and kernel[0] > 1 and FEW_CHANNELS < c <= most)
 
 
-def _row_tap_columns(x: np.ndarray, padding: Pair, ow: int, kw: int) -> np.ndarray:
-    """Columns (n, Hp*OW, kW*C) of the chunk x (n, C, H, W), any layout: row r*OW + q of
-    image n holds the padded input's row r, columns q .. q + kW - 1, all channels."""
+def _row_tap_columns(x: np.ndarray, padding: Pair, out_hw: Pair, kernel: Pair,
+                     stride: Pair) -> list[np.ndarray]:
+    """Kernel-row columns of the chunk x (n, C, H, W), any layout, one matrix (n, R*OW,
+    kW*C) per row phase a < sH: row r*OW + q holds padded input row a + r*sH, columns
+    q*sW .. q*sW + kW - 1, all channels. Kernel row i reads phase i % sH from row
+    (i // sH)*OW on (stride 1: one matrix, kernel row i from row i*OW)."""
     buf = _padded_nhwc(x, padding)  # (n, Hp, Wp, C), (W, C) contiguous
-    n, hp, _, c = buf.shape
+    n, _, _, c = buf.shape
     s0, s1, s2, s3 = buf.strides
-    view = as_strided(buf, (n, hp, ow, kw * c), (s0, s1, s2, s3), writeable=False)
-    return np.ascontiguousarray(view).reshape(n, hp * ow, kw * c)
+    (oh, ow), (kh, kw), (sh, sw) = out_hw, kernel, stride
+    cols = []
+    for a in range(min(sh, kh)):
+        rows = oh + (kh - 1 - a) // sh  # the last one read: a + sH*(rows-1) <= Hp - 1
+        view = as_strided(buf[:, a:], (n, rows, ow, kw * c), (s0, sh * s1, sw * s2, s3),
+                          writeable=False)
+        cols.append(np.ascontiguousarray(view).reshape(n, rows * ow, kw * c))
+    return cols
 
 
-def _row_taps_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair,
+def _row_taps_chunks(n: int, out_hw: Pair, kernel: Pair, stride: Pair,
+                     row_bytes: int) -> list[tuple[int, int]]:
+    return _chunks(n, (stride[0] * out_hw[0] + kernel[0]) * out_hw[1], row_bytes)
+
+
+def _row_taps_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
                       padding: Pair) -> np.ndarray:
     n, c = x.shape[:2]
     o, _, kh, kw = w.shape
     oh, ow = out_hw
+    sh = stride[0]
     p = oh * ow
     # kernel row i as a (kW*C, O) matrix, rows in the columns' (kW, C) order
     wr = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(kh, kw * c, o)
     y = np.empty((n, p, o), dtype=x.dtype)
-    for n0, n1 in _chunks(n, (oh + kh - 1) * ow, kw * c * x.itemsize):
-        col = _row_tap_columns(x[n0:n1], padding, ow, kw)
+    for n0, n1 in _row_taps_chunks(n, out_hw, (kh, kw), stride, kw * c * x.itemsize):
+        cols = _row_tap_columns(x[n0:n1], padding, out_hw, (kh, kw), stride)
         yc = y[n0:n1]
-        np.matmul(col[:, :p], wr[0], out=yc)
+        np.matmul(cols[0][:, :p], wr[0], out=yc)
         tmp = np.empty_like(yc) if kh > 1 else yc
         for i in range(1, kh):
-            np.matmul(col[:, i * ow:i * ow + p], wr[i], out=tmp)
+            r0 = (i // sh) * ow
+            np.matmul(cols[i % sh][:, r0:r0 + p], wr[i], out=tmp)
             yc += tmp
     out = y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
     return out if is_channels_last(x) else np.ascontiguousarray(out)
 
 
 def _row_taps_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
-                              padding: Pair) -> np.ndarray:
+                              stride: Pair, padding: Pair) -> np.ndarray:
     """gw[:, :, i, :] from sum over images of gy[n] (O, P) @ kernel row i's columns (P,
     kW*C): an NCHW gy is read in place."""
     n, c = x.shape[:2]
     o, _, kh, kw = w_shape
     oh, ow = gy.shape[2:]
+    sh = stride[0]
     p = oh * ow
     g = gy.reshape(n, o, p) if not is_channels_last(gy) else \
         gy.transpose(0, 2, 3, 1).reshape(n, p, o).transpose(0, 2, 1)
     gw = np.zeros((kh, o, kw * c), dtype=x.dtype)
-    for n0, n1 in _chunks(n, (oh + kh - 1) * ow, kw * c * x.itemsize):
-        col = _row_tap_columns(x[n0:n1], padding, ow, kw)
+    for n0, n1 in _row_taps_chunks(n, (oh, ow), (kh, kw), stride, kw * c * x.itemsize):
+        cols = _row_tap_columns(x[n0:n1], padding, (oh, ow), (kh, kw), stride)
         for i in range(kh):
-            gw[i] += np.matmul(g[n0:n1], col[:, i * ow:i * ow + p]).sum(axis=0)
+            r0 = (i // sh) * ow
+            gw[i] += np.matmul(g[n0:n1], cols[i % sh][:, r0:r0 + p]).sum(axis=0)
     return np.ascontiguousarray(gw.reshape(kh, o, kw, c).transpose(1, 3, 0, 2))
 
 
@@ -367,7 +394,7 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     if _is_strided_pointwise(w.shape, stride, padding, groups):
         return _forward(_subsampled(x, stride), w, out_hw, (1, 1), padding, (1, 1), 1)
     if _use_row_taps(c, (kh, kw), stride, dilation, groups):
-        return _row_taps_forward(x, w, out_hw, padding)
+        return _row_taps_forward(x, w, out_hw, stride, padding)
     if groups == 1 and is_channels_last(x):
         return _forward_nhwc(x, w, out_hw, stride, padding, dilation)
     if _is_pointwise(w.shape, stride, padding) and groups == 1:
@@ -434,7 +461,7 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
         return conv2d_backward_weight(device, _subsampled(x, stride), gy, w_shape, (1, 1),
                                       padding, (1, 1), 1)
     if _use_row_taps(c, (kh, kw), stride, dilation, groups):
-        return _row_taps_backward_weight(x, gy, w_shape, padding)
+        return _row_taps_backward_weight(x, gy, w_shape, stride, padding)
     if groups == 1 and is_channels_last(gy):
         return _backward_weight_nhwc(x, gy, w_shape, stride, padding, dilation)
     if _is_pointwise(w_shape, stride, padding) and groups == 1:

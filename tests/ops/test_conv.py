@@ -331,15 +331,20 @@ ROW_TAP_CASES = [
     ((1, 8, 6, 6), (6, 5, 5), 1, 2, 1, 1),          # 5x5
     ((2, 5, 4, 6), (7, 3, 1), 1, (1, 0), 1, 1),     # one kernel column
     ((2, 6, 3, 3), (5, 3, 3), 1, 0, 1, 1),          # one output pixel
+    ((2, 6, 9, 8), (5, 3, 3), 2, 1, 1, 1),          # stride 2 (two row phases)
+    ((1, 5, 10, 7), (6, 4, 3), (3, 2), (1, 2), 1, 1),  # strides (3, 2), 4x3 kernel
+    ((2, 5, 5, 6), (5, 2, 2), (2, 3), 0, 1, 1),     # stride above the kernel width
 ]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("taps", [0, 128])
-@pytest.mark.parametrize("case", ROW_TAP_CASES, ids=[f"rt{i}" for i in range(5)])
+@pytest.mark.parametrize("case", ROW_TAP_CASES, ids=[f"rt{i}" for i in range(8)])
 def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, monkeypatch):
     from dlcore.ops import conv_cpu
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", taps)
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_STRIDE", 3)
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_STRIDED_MAX_CHANNELS", taps)
     seen = []
     for name in ("_row_taps_forward", "_row_taps_backward_weight"):
         real = getattr(conv_cpu, name)
@@ -358,8 +363,8 @@ def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, mo
     y.backward(on("cpu", gy))
     check(tx.grad, rgx)
     check(tw.grad, rgw)
-    if taps:  # forward, the data gradient's forward of gy, the weight gradient
-        assert seen.count("_row_taps_forward") == 2, seen
+    if taps:  # forward, the data gradient's forward of gy (stride 1), the weight gradient
+        assert seen.count("_row_taps_forward") == (2 if stride == (1, 1) else 1), seen
         assert seen.count("_row_taps_backward_weight") == 1, seen
     else:
         assert not seen
