@@ -345,8 +345,10 @@ def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, mo
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", taps)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_STRIDE", 3)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_STRIDED_MAX_CHANNELS", taps)
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_COL2IM_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_COL2IM_MAX_CHANNELS", taps)
     seen = []
-    for name in ("_row_taps_forward", "_row_taps_backward_weight"):
+    for name in ("_row_taps_forward", "_row_taps_backward_weight", "_row_taps_backward_data"):
         real = getattr(conv_cpu, name)
         monkeypatch.setattr(conv_cpu, name,
                             lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a))
@@ -363,8 +365,9 @@ def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, mo
     y.backward(on("cpu", gy))
     check(tx.grad, rgx)
     check(tw.grad, rgw)
-    if taps:  # forward, the data gradient's forward of gy (stride 1), the weight gradient
+    if taps:  # forward, the data gradient (stride 1: a forward of gy), the weight gradient
         assert seen.count("_row_taps_forward") == (2 if stride == (1, 1) else 1), seen
+        assert seen.count("_row_taps_backward_data") == (0 if stride == (1, 1) else 1), seen
         assert seen.count("_row_taps_backward_weight") == 1, seen
     else:
         assert not seen
