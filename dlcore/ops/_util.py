@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -160,6 +163,19 @@ def sum_to(g: Tensor, shape: tuple[int, ...]) -> Tensor:
     if g._data.shape == shape:
         return g
     return SumTo.apply(g, shape=shape)
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside the dlcore package, as
+    PyTorch's warnings point at the user's line: a fixed ``stacklevel`` lands inside dlcore
+    when the call goes through a wrapper (the autocast decorator, a module's forward)."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _autocast_op(cast: Callable[..., tuple]) -> Callable[[F], F]:

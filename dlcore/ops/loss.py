@@ -13,7 +13,6 @@ public functions; the ``*Loss`` modules in :mod:`dlcore.nn.loss` call them.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ import numpy as np
 from .. import autograd
 from ..autograd import Function
 from ..tensor import Tensor
-from ._util import float32_op
+from ._util import float32_op, warn_user
 from .elementwise import softplus, where
 from .reduce import log_softmax, softmax
 from ..dtypes import is_floating
@@ -37,8 +36,7 @@ def _reduction(size_average: bool | None, reduce: bool | None, reduction: str,
     """The reduction, honouring PyTorch's deprecated ``size_average``/``reduce`` pair (kept
     so positional calls written for torch line up)."""
     if size_average is not None or reduce is not None:
-        warnings.warn(f"{op}: size_average and reduce are deprecated, use reduction",
-                      UserWarning, stacklevel=3)
+        warn_user(f"{op}: size_average and reduce are deprecated, use reduction")
         if reduce is False:
             return "none"
         return "sum" if size_average is False else "mean"
@@ -62,9 +60,9 @@ def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Te
     if not isinstance(target, Tensor):
         target = Tensor._make(input.device.xp.asarray(target, dtype=input.dtype), input.device)
     if target.shape != input.shape:
-        warnings.warn(f"{op}: using a target size ({tuple(target.shape)}) that is different to "
-                      f"the input size ({tuple(input.shape)}); this will likely lead to "
-                      "incorrect results due to broadcasting", UserWarning, stacklevel=3)
+        warn_user(f"{op}: using a target size ({tuple(target.shape)}) that is different to "
+                  f"the input size ({tuple(input.shape)}); this will likely lead to "
+                  "incorrect results due to broadcasting")
     return input, target
 
 

@@ -300,3 +300,19 @@ def test_cross_entropy_ignore_index_with_smoothing_matches_pytorch_figure():
     nll = -(rows[0, 0] + rows[1, 2]) / 2
     smooth = -rows.sum() / 3 / 2
     assert got == pytest.approx(0.7 * nll + 0.3 * smooth, rel=1e-12)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: F.mse_loss(dlcore.zeros(3, 1), dlcore.zeros(3)),
+    lambda: F.l1_loss(dlcore.zeros(3), dlcore.zeros(3), size_average=False),
+    lambda: F.smooth_l1_loss(dlcore.zeros(2, 1), dlcore.zeros(2)),
+    lambda: dlcore.nn.MSELoss()(dlcore.zeros(3, 1), dlcore.zeros(3)),
+], ids=["broadcast", "size_average", "smooth_l1_broadcast", "module_broadcast"])
+def test_loss_warnings_point_at_the_callers_line(call) -> None:
+    """The broadcasting and deprecated-argument warnings name the user's file (PyTorch's
+    do); through the autocast wrapper a fixed stacklevel had named dlcore/ops/_util.py."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    assert caught, "no warning"
+    assert {w.filename for w in caught} == {__file__}
