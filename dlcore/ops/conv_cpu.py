@@ -864,7 +864,12 @@ WINOGRAD = True  # False forces the im2col path (benchmarks, tests)
 # 512 7x7 (127 -> 141: a 7x7 output pads to 8x8 tiles, 31% wasted, and T is 512 rows).
 WINOGRAD_MIN_CHANNELS = 64  # C and O at least this
 WINOGRAD_MIN_PIXELS = 196  # output at least this many pixels per image (14x14)
-WINOGRAD_BYTES = 64 * 2**20  # largest V (16, T, C) or M (16, T, O) built at once (bytes)
+# Largest V (16, T, C) or M (16, T, O) built at once (bytes). Below glibc's 32 MiB ceiling on
+# its mmap threshold: a larger block is always mmapped afresh and every page of it faults
+# on first touch (64 MiB blocks made 64 ch 56x56 N=32 forward / data / weight gradients
+# 142 / 141 / 159-172 ms; 16 MiB: 134 / 132-137 / 149; with glibc told to keep freed
+# memory, 115-120 / 115 / 130-140 whatever the size: the rest is the fresh outputs' faults).
+WINOGRAD_BYTES = 16 * 2**20
 # The transforms run over a few images at a time so their temporaries stay in L2: one pass
 # over a whole chunk measured 1.6-1.9x slower (N=32, 128 ch 28x28: input 59 -> 33 ms).
 WINOGRAD_TRANSFORM_BYTES = 1 * 2**20  # one block of transformed tiles (bytes)
