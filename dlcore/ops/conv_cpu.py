@@ -286,12 +286,17 @@ ROW_TAPS_MAX_CHANNELS = 128
 # but 128->256 28x28 58.4 / 56.2 -> 59.8 / 60.1.
 ROW_TAPS_MAX_STRIDE = 2
 ROW_TAPS_STRIDED_MAX_CHANNELS = 64
+# ... and images of at least 8x8 outputs: at 4x4 (the digits' 16->32 layer, N=64) the kH
+# GEMMs per image cost more than the copies saved (weight gradient 216-223 -> 240-312 µs).
+ROW_TAPS_MIN_PIXELS = 64
 
 
-def _use_row_taps(c: int, kernel: Pair, stride: Pair, dilation: Pair, groups: int) -> bool:
+def _use_row_taps(c: int, kernel: Pair, stride: Pair, dilation: Pair, groups: int,
+                  out_hw: Pair) -> bool:
     most = ROW_TAPS_MAX_CHANNELS if stride == (1, 1) else ROW_TAPS_STRIDED_MAX_CHANNELS
     return (groups == 1 and max(stride) <= ROW_TAPS_MAX_STRIDE and dilation == (1, 1)
-            and kernel[0] > 1 and FEW_CHANNELS < c <= most)
+            and kernel[0] > 1 and FEW_CHANNELS < c <= most
+            and out_hw[0] * out_hw[1] >= ROW_TAPS_MIN_PIXELS)
 
 
 def _row_tap_columns(x: np.ndarray, padding: Pair, out_hw: Pair, kernel: Pair,
@@ -393,7 +398,7 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
         return _winograd_forward(x, w, out_hw, padding)
     if _is_strided_pointwise(w.shape, stride, padding, groups):
         return _forward(_subsampled(x, stride), w, out_hw, (1, 1), padding, (1, 1), 1)
-    if _use_row_taps(c, (kh, kw), stride, dilation, groups):
+    if _use_row_taps(c, (kh, kw), stride, dilation, groups, (oh, ow)):
         return _row_taps_forward(x, w, out_hw, stride, padding)
     if groups == 1 and is_channels_last(x):
         return _forward_nhwc(x, w, out_hw, stride, padding, dilation)
@@ -460,7 +465,7 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
     if _is_strided_pointwise(w_shape, stride, padding, groups):
         return conv2d_backward_weight(device, _subsampled(x, stride), gy, w_shape, (1, 1),
                                       padding, (1, 1), 1)
-    if _use_row_taps(c, (kh, kw), stride, dilation, groups):
+    if _use_row_taps(c, (kh, kw), stride, dilation, groups, (oh, ow)):
         return _row_taps_backward_weight(x, gy, w_shape, stride, padding)
     if groups == 1 and is_channels_last(gy):
         return _backward_weight_nhwc(x, gy, w_shape, stride, padding, dilation)

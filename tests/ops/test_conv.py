@@ -344,6 +344,7 @@ def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, mo
     from dlcore.ops import conv_cpu
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", taps)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_STRIDE", 3)
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_MIN_PIXELS", 1)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_STRIDED_MAX_CHANNELS", taps)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_COL2IM_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_COL2IM_MAX_CHANNELS", taps)
