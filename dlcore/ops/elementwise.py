@@ -256,7 +256,24 @@ def div(input: Any, other: Any) -> Tensor:
     if not isinstance(input, Tensor) and isinstance(other, Tensor) and \
             other._data.dtype.kind in "biu":
         other = cast(other, get_default_dtype())
+    if isinstance(input, Tensor) and isinstance(other, Tensor):
+        half = _half_over_integer(input._data.dtype, other._data.dtype)
+        if half is not None:
+            # PyTorch's true division reads an integer operand into float32, not into the
+            # 16-bit result type (ones(1, bfloat16) / tensor([257]) is 1/257 rounded once,
+            # not 1/256): divide in float32 and round the quotient once
+            f32 = np.dtype(np.float32)
+            return cast(_binary(cast(input, f32), cast(other, f32), Div, None), half)
     return _binary(input, other, Div, DivScalar, RDivScalar)
+
+
+def _half_over_integer(da: np.dtype, db: np.dtype) -> np.dtype | None:
+    """The float16/bfloat16 dtype of a division mixing it with an integer or bool tensor."""
+    for half, other in ((da, db), (db, da)):
+        if half.itemsize == 2 and is_floating(half) and half != BF16_WORDS \
+                and other.kind in "biu":
+            return half
+    return None
 
 
 def pow(input: Any, exponent: Any) -> Tensor:

@@ -135,8 +135,12 @@ class AMaxMin(Function):
         (x,) = self.saved_tensors
         out = _expand_back(self.output(), x.shape, self.dims, self.keepdim)
         mask = (x == out).to(g.dtype)
-        count = mask.sum(dim=self.dims, keepdim=True) if self.dims is not None else mask.sum()
         ge = _expand_back(g, x.shape, self.dims, self.keepdim)
+        wide = g.dtype.itemsize == 2 and is_floating(g.dtype)  # count ties in float32:
+        m = mask.to(np.float32) if wide else mask  # 257 bfloat16 ones sum to 256
+        count = m.sum(dim=self.dims, keepdim=True) if self.dims is not None else m.sum()
+        if wide:  # PyTorch: g / count in float32, rounded once
+            return (((ge * mask).to(np.float32) / count).to(g.dtype),)
         return (ge * mask / count,)
 
 

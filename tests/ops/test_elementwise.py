@@ -277,3 +277,22 @@ def test_comparison_with_a_uint16_numpy_array_compares_numbers() -> None:
     w = np.array([2, 3, 0], dtype=np.uint16)
     np.testing.assert_array_equal((x < w).numpy(), x.numpy() < w)
     np.testing.assert_array_equal(dlcore.eq(x, w).numpy(), x.numpy() == w)
+
+
+@pytest.mark.parametrize("dtype,n", [(dlcore.bfloat16, 257), (dlcore.float16, 2049)])
+def test_half_divided_by_an_integer_tensor_reads_the_integers_in_float32(dtype, n) -> None:
+    """PyTorch's true division of a 16-bit float tensor by an integer tensor computes in
+    float32 and rounds once: 1/257 rounded to bfloat16, not 1/256 (the integer rounded to
+    bfloat16 first); the gradient alike, and the quotient keeps the 16-bit dtype."""
+    import ml_dtypes
+    np_half = ml_dtypes.bfloat16 if dtype == dlcore.bfloat16 else np.float16
+    a = dlcore.ones(2, dtype=dtype, requires_grad=True)
+    b = dlcore.tensor([n, 3])
+    y = a / b
+    assert y.dtype == dtype
+    want = (np.float32(1) / np.array([n, 3], np.float32)).astype(np_half)
+    np.testing.assert_array_equal(y.numpy(), want)
+    y.sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), want)
+    np.testing.assert_array_equal((b / a.detach()).numpy(),
+                                  np.array([n, 3], np.float32).astype(np_half))

@@ -210,3 +210,16 @@ def test_var_without_degrees_of_freedom_is_nan_not_a_crash(device):
         assert np.isnan(v.item())
         v.backward()
     assert np.isnan(t.grad.numpy()).all()
+
+
+@pytest.mark.parametrize("dtype,n", [(dlcore.bfloat16, 257), (dlcore.float16, 2049)])
+def test_amax_backward_counts_many_half_ties_exactly(dtype, n) -> None:
+    """amax splits the gradient evenly over ties, counted and divided in float32 as in
+    PyTorch: 257 tied bfloat16 ones each get 1/257 rounded once (a bfloat16 count of 257
+    is 256)."""
+    import ml_dtypes
+    np_half = ml_dtypes.bfloat16 if dtype == dlcore.bfloat16 else np.float16
+    x = dlcore.ones(n, dtype=dtype, requires_grad=True)
+    x.amax().backward()
+    assert x.grad.dtype == dtype
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(n, np.float32(1) / n).astype(np_half))
