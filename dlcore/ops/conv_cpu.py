@@ -188,10 +188,10 @@ def _one_channel_small(c: int, groups: int, out_hw: Pair) -> bool:
     return c == 1 and groups == 1 and out_hw[0] * out_hw[1] < FLAT_GEMM_PIXELS
 
 
-def _im2col_kn(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
-               dilation: Pair) -> np.ndarray:
-    """Columns (C*kH*kW, N*P) of an NCHW x, rows in w's (C, kH, kW) order: one copy of a
-    strided view of the zero-padded NCHW input (x itself without padding)."""
+def _nchw_windows(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                  dilation: Pair) -> np.ndarray:
+    """Strided view (n, C, kH, kW, OH, OW) of the zero-padded NCHW x (x itself without
+    padding): what each output pixel reads, in w's (C, kH, kW) order. No copy."""
     n, c, h, wd = x.shape
     ph, pw = padding
     xp = x
@@ -199,10 +199,17 @@ def _im2col_kn(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding:
         xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=x.dtype)
         xp[:, :, ph:ph + h, pw:pw + wd] = x
     s0, s1, s2, s3 = xp.strides
-    view = as_strided(xp, (c, *kernel, n, *out_hw),
-                      (s1, s2 * dilation[0], s3 * dilation[1], s0, s2 * stride[0],
+    return as_strided(xp, (n, c, *kernel, *out_hw),
+                      (s0, s1, s2 * dilation[0], s3 * dilation[1], s2 * stride[0],
                        s3 * stride[1]), writeable=False)
-    return np.ascontiguousarray(view).reshape(c * kernel[0] * kernel[1], -1)
+
+
+def _im2col_kn(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+               dilation: Pair) -> np.ndarray:
+    """Columns (C*kH*kW, N*P) of an NCHW x, rows in w's (C, kH, kW) order: one copy."""
+    view = _nchw_windows(x, out_hw, kernel, stride, padding, dilation)
+    k = x.shape[1] * kernel[0] * kernel[1]
+    return np.ascontiguousarray(view.transpose(1, 2, 3, 0, 4, 5)).reshape(k, -1)
 
 
 # Inputs of at most this many channels (an RGB stem) take columns per image in NCHW order
@@ -222,19 +229,9 @@ def _few_channels(x: np.ndarray, groups: int, out_hw: Pair) -> bool:
 
 def _im2col_nkp(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
                 dilation: Pair) -> np.ndarray:
-    """Columns (n, C*kH*kW, P) of an NCHW chunk x, rows in w's (C, kH, kW) order: one copy
-    of a strided view of the zero-padded input."""
-    n, c, h, wd = x.shape
-    ph, pw = padding
-    xp = x
-    if ph or pw:
-        xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), dtype=x.dtype)
-        xp[:, :, ph:ph + h, pw:pw + wd] = x
-    s0, s1, s2, s3 = xp.strides
-    view = as_strided(xp, (n, c, *kernel, *out_hw),
-                      (s0, s1, s2 * dilation[0], s3 * dilation[1], s2 * stride[0],
-                       s3 * stride[1]), writeable=False)
-    return np.ascontiguousarray(view).reshape(n, c * kernel[0] * kernel[1], -1)
+    """Columns (n, C*kH*kW, P) of an NCHW chunk x, rows in w's (C, kH, kW) order: one copy."""
+    view = _nchw_windows(x, out_hw, kernel, stride, padding, dilation)
+    return np.ascontiguousarray(view).reshape(x.shape[0], x.shape[1] * kernel[0] * kernel[1], -1)
 
 
 def _few_channels_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,

@@ -256,7 +256,8 @@ def div(input: Any, other: Any) -> Tensor:
     if not isinstance(input, Tensor) and isinstance(other, Tensor) and \
             other._data.dtype.kind in "biu":
         other = cast(other, get_default_dtype())
-    if isinstance(input, Tensor) and isinstance(other, Tensor):
+    if isinstance(input, Tensor) and isinstance(other, Tensor) and \
+            input._data.dtype != other._data.dtype:
         half = _half_over_integer(input._data.dtype, other._data.dtype)
         if half is not None:
             # PyTorch's true division reads an integer operand into float32, not into the

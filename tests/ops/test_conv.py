@@ -221,10 +221,15 @@ PATH_CASES = [
 PATH_IDS = [f"path{i}" for i in range(len(PATH_CASES))]
 
 
-def _check_cpu_against_reference(case, seed):
-    """conv2d on the cpu, its output and both gradients, against the loop reference."""
+def _check_cpu_against_reference(case, seed, channels_last=False):
+    """conv2d on the cpu (input NCHW or channels-last), its output and both gradients,
+    against the loop reference."""
     x, w, stride, padding, dilation, groups = _arrays(case)
-    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    tx = on("cpu", x)
+    if channels_last:
+        tx = tx.contiguous(memory_format=dlcore.channels_last)
+    tx.requires_grad_()
+    tw = on("cpu", w, requires_grad=True)
     y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
     gy = rand(*y.shape, seed=seed)
     ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
@@ -307,19 +312,8 @@ def test_conv2d_strided_pointwise_reads_the_subsampled_input(case, channels_last
     seen = []
     real = conv_cpu._subsampled
     monkeypatch.setattr(conv_cpu, "_subsampled", lambda *a: seen.append(a[1]) or real(*a))
-    x, w, stride, padding, dilation, groups = _arrays(case)
-    tx = on("cpu", x)
-    if channels_last:
-        tx = tx.contiguous(memory_format=dlcore.channels_last)
-    tx.requires_grad_()
-    tw = on("cpu", w, requires_grad=True)
-    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    gy = rand(*y.shape, seed=8)
-    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
-    check(y, ry)
-    y.backward(on("cpu", gy))
-    check(tx.grad, rgx)
-    check(tw.grad, rgw)
+    _check_cpu_against_reference(case, seed=8, channels_last=channels_last)
+    stride = _pair(case[2])
     assert seen == [stride, stride]
 
 
@@ -353,19 +347,8 @@ def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, mo
         real = getattr(conv_cpu, name)
         monkeypatch.setattr(conv_cpu, name,
                             lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a))
-    x, w, stride, padding, dilation, groups = _arrays(case)
-    tx = on("cpu", x)
-    if channels_last:
-        tx = tx.contiguous(memory_format=dlcore.channels_last)
-    tx.requires_grad_()
-    tw = on("cpu", w, requires_grad=True)
-    y = conv2d(tx, tw, stride=stride, padding=padding, dilation=dilation, groups=groups)
-    gy = rand(*y.shape, seed=9)
-    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
-    check(y, ry)
-    y.backward(on("cpu", gy))
-    check(tx.grad, rgx)
-    check(tw.grad, rgw)
+    _check_cpu_against_reference(case, seed=9, channels_last=channels_last)
+    stride = _pair(case[2])
     if taps:  # forward, the data gradient (stride 1: a forward of gy), the weight gradient
         assert seen.count("_row_taps_forward") == (2 if stride == (1, 1) else 1), seen
         assert seen.count("_row_taps_backward_data") == (0 if stride == (1, 1) else 1), seen
