@@ -317,6 +317,30 @@ def test_conv2d_strided_pointwise_reads_the_subsampled_input(case, channels_last
     assert seen == [stride, stride]
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", [((2, 3, 4, 4), (5, 3, 3), 1, 1, 1, 1),
+                                  ((3, 2, 3, 4), (4, 2, 3), 1, (1, 0), 1, 1),
+                                  ((2, 2, 5, 4), (3, 3, 3), 1, 0, (2, 1), 1)],
+                         ids=["4x4", "2x3-kernel", "dilated"])
+def test_conv2d_expanding_tiny_data_gradient_runs_gemm_first(case, channels_last,
+                                                             monkeypatch):
+    """Stride-1 layers with fewer input than output channels on tiny images take the data
+    gradient GEMM first in NHWC (_backward_data_nhwc from an NCHW gy too), against the
+    loop reference; the thresholds are lowered so that small shapes take it."""
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "EXPANDING_TINY_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv_cpu, "EXPANDING_TINY_PIXELS", (1, 16))
+    monkeypatch.setattr(conv_cpu, "FEW_CHANNELS", 0)
+    seen = []
+    real = conv_cpu._backward_data_nhwc
+    monkeypatch.setattr(conv_cpu, "_backward_data_nhwc",
+                        lambda *a: seen.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(conv_cpu, "_backward_data_gemm_first",
+                        lambda *a: pytest.fail("the NCHW gemm-first path was taken"))
+    _check_cpu_against_reference(case, seed=10, channels_last=channels_last)
+    assert len(seen) == 1
+
+
 # Kernel-row columns (stride 1, dilation 1, groups 1, FEW_CHANNELS < C <= ROW_TAPS_MAX_
 # CHANNELS): forward, weight gradient and the stride-1 data gradient (a forward of gy).
 ROW_TAP_CASES = [
