@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import numpy as np
 
 from .. import autograd
 from ..tensor import Tensor
@@ -17,15 +18,20 @@ def _cubic_interpolate(x1: float, f1: float, g1: float, x2: float, f2: float, g2
     """The minimiser of the cubic through two points with their slopes, clipped to
     ``bounds`` (the bracket by default); the bracket's middle if the cubic has none."""
     xmin_bound, xmax_bound = bounds if bounds is not None else (min(x1, x2), max(x1, x2))
-    d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1 ** 2 - g1 * g2
-    if d2_square >= 0:
-        d2 = math.sqrt(d2_square)
-        if x1 <= x2:
-            min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
-        else:
-            min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
-        return min(max(min_pos, xmin_bound), xmax_bound)
+    # NOTE: IEEE arithmetic (NumPy float64 scalars), as PyTorch's tensor arithmetic: on a
+    # locally linear objective (equal slopes) the divisor is 0 and the minimiser +-inf, which
+    # the clip turns into a bound (Python floats raised ZeroDivisionError there)
+    x1, f1, g1, x2, f2, g2 = (np.float64(v) for v in (x1, f1, g1, x2, f2, g2))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
+        d2_square = d1 ** 2 - g1 * g2
+        if d2_square >= 0:
+            d2 = np.sqrt(d2_square)
+            if x1 <= x2:
+                min_pos = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
+            else:
+                min_pos = x1 - (x1 - x2) * ((g1 + d2 - d1) / (g1 - g2 + 2 * d2))
+            return float(min(max(min_pos, xmin_bound), xmax_bound))
     return (xmin_bound + xmax_bound) / 2.0
 
 

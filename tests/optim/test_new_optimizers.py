@@ -304,6 +304,30 @@ def test_lbfgs_needs_a_closure() -> None:
         opt.step()
 
 
+def test_lbfgs_strong_wolfe_on_a_linear_objective_extrapolates_to_the_bound() -> None:
+    """A locally linear loss has equal slopes at every trial, so the cubic's minimiser is
+    at infinity (its divisor g2 - g1 + 2*d2 is 0): PyTorch's tensor arithmetic gives -inf /
+    +inf and clips it to the extrapolation bound, 10x the step each time, so with
+    max_eval=10 the bracketing phase ends after 10 trials at t = 1e9 (torch 2.13: x = 1e9,
+    11 closure calls). Python float arithmetic raised ZeroDivisionError there."""
+    from dlcore.optim.lbfgs import _cubic_interpolate
+    assert _cubic_interpolate(0.0, 0.0, -1.0, 1.0, -1.0, -1.0, bounds=(1.01, 10.0)) == 10.0
+    x = Parameter(dlcore.tensor(np.array([0.0])))
+    opt = optim.LBFGS([x], max_iter=1, max_eval=10, line_search_fn="strong_wolfe")
+    calls = []
+
+    def closure() -> Any:
+        calls.append(1)
+        opt.zero_grad()
+        loss = (-x).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert x.numpy().tolist() == [1e9]
+    assert len(calls) == 11
+
+
 # ---- a PyTorch-style optimizer written by a user ---------------------------------------
 def _my_sgd(base: type, no_grad: Any) -> type:
     """The same source for both frameworks: SGD with momentum, state in self.state[p]."""
