@@ -190,6 +190,11 @@ def inspect(dataset: Any, features: int = 0, label: int | None = -1) -> DatasetR
     size = len(dataset)
     shape: tuple[int, ...] = ()
     lo = hi = nans = infs = np.zeros(0)
+    if size == 0 and isinstance(dataset, TensorDataset):  # no sample, but a known shape
+        shape = tuple(dataset.tensors[features].shape[1:])
+        width = int(np.prod(shape))
+        lo = hi = np.full(width, np.nan)
+        nans = infs = np.zeros(width, np.int64)
     nonfinite: list[int] = []
     groups: dict[bytes, list[int]] = {}
     labels: list[np.ndarray] = []

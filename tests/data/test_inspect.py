@@ -115,3 +115,14 @@ def test_inspect_without_labels_and_of_clean_data() -> None:
     assert report.label_counts is None and report.imbalance is None
     assert report.duplicates == [] and report.nonfinite_samples == []
     assert "non-finite: none" in str(report) and "duplicates: none" in str(report)
+
+
+def test_inspect_of_an_empty_tensor_dataset_keeps_its_feature_shape() -> None:
+    """No sample to read, but a TensorDataset's tensors still have their per-sample shape:
+    the report says (3,), 3 features, and no NaN/Inf (it said () and 1 per sample)."""
+    report = inspect(TensorDataset(dlcore.zeros(0, 3), dlcore.zeros(0, dtype=dlcore.int64)))
+    assert report.size == 0
+    assert report.feature_shape == (3,)
+    assert str(report).startswith("0 samples, features of shape (3,) (3 per sample)")
+    assert report.nan_counts.tolist() == [0, 0, 0]
+    assert report.duplicates == [] and report.nonfinite_samples == []
