@@ -78,12 +78,18 @@ class Pow(Function):
     def backward(self, g: Tensor) -> tuple:
         a, b = self.saved_tensors
         na, nb = self.needs_input_grad
-        ga = sum_to(g * b * a ** (b - 1), a.shape) if na else None
-        gb = None
-        if nb:
-            # d/db a^b = a^b log a; defined as 0 where a == 0 (PyTorch's convention)
-            safe = where(a == 0, 1.0, a)
-            gb = sum_to(where(a == 0, 0.0, g * a ** b * safe.log()), b.shape)
+        ga = gb = None
+        # NOTE: the masked-off lanes below hold 0 * inf (their where() drops them); NumPy's
+        # warnings about them would name no user operation
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if na:  # d/da a^b = b a^(b-1), 0 where b == 0 (PyTorch: a^0 is constant)
+                ga = sum_to(where(b == 0, 0.0, g * b * a ** (b - 1)), a.shape)
+            if nb:
+                # d/db a^b = a^b log a; defined as 0 where a == 0 and b >= 0 (PyTorch's
+                # convention: 0^b is constant 0 or 1 there); a == 0, b < 0 gives -inf
+                zero_flat = (a == 0) & (b >= 0)
+                safe = where(zero_flat, 1.0, a)
+                gb = sum_to(where(zero_flat, 0.0, g * a ** b * safe.log()), b.shape)
         return ga, gb
 
 
@@ -179,11 +185,18 @@ class RPowScalar(Function):
     save_output = True
 
     def forward(self, a: Any, c: Any) -> Any:
-        self.logc = math.log(c) if c > 0 else float("nan")
+        # d/da c^a = c^a log c: nan for c < 0; for c == 0, 0 where a >= 0 (0^a is flat)
+        # and -inf where a < 0, as PyTorch
+        self.logc = math.log(c) if c > 0 else (-math.inf if c == 0 else float("nan"))
+        self.flat = a >= 0 if c == 0 else None
         return narrow_to(c ** a, a.dtype)
 
     def backward(self, g: Tensor) -> tuple:
-        return (g * self.output() * self.logc,)
+        if self.flat is None:
+            return (g * self.output() * self.logc,)
+        with np.errstate(invalid="ignore"):  # 0 * -inf in the lanes where() drops
+            return (where(Tensor._make(self.flat, self.device), 0.0,
+                          g * self.output() * self.logc),)
 
 
 def _binary(a: Any, b: Any, tensor_fn: type[Function], scalar_fn: type[Function] | None,
@@ -440,6 +453,9 @@ class Relu(Function):
 
 class LeakyRelu(Function):
     def forward(self, a: Any, slope: float) -> Any:
+        if not is_floating(a.dtype):  # PyTorch: not implemented for integer tensors
+            raise NotImplementedError(f"leaky_relu: not implemented for {a.dtype} tensors "
+                                      "(floating-point inputs only, as PyTorch)")
         xp = self.device.xp
         positive = a > 0
         if xp is np and a.dtype.kind == "f":

@@ -296,3 +296,38 @@ def test_half_divided_by_an_integer_tensor_reads_the_integers_in_float32(dtype, 
     np.testing.assert_array_equal(a.grad.numpy(), want)
     np.testing.assert_array_equal((b / a.detach()).numpy(),
                                   np.array([n, 3], np.float32).astype(np_half))
+
+
+def test_pow_gradients_at_a_zero_base_follow_pytorch() -> None:
+    """d/db 0^b is 0 where b >= 0 (0^b is flat there) and -inf where b < 0 (0^b = inf,
+    log 0 = -inf); d/da a^0 is 0 even at a = 0 (b * a^(b-1) would be 0 * inf). PyTorch
+    2.13: a = 0, b = [-1, 0, 1, 2] gives a.grad [-inf, 0, 1, 0], b.grad [-inf, 0, 0, 0]; the
+    scalar base 0 alike, and a negative scalar base gives nan (log of a negative)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the forward's 0 ** -1
+        a = dlcore.tensor([0.0, 0.0, 0.0, 0.0], requires_grad=True)
+        b = dlcore.tensor([-1.0, 0.0, 1.0, 2.0], requires_grad=True)
+        (a ** b).sum().backward()
+        x = dlcore.tensor([-1.0, 0.0, 1.0, 2.0], requires_grad=True)
+        (0.0 ** x).sum().backward()
+        z = dlcore.tensor([-1.0, 0.0, 1.0, 2.0], requires_grad=True)
+        ((-2.0) ** z).sum().backward()
+    assert a.grad.tolist() == [-math.inf, 0.0, 1.0, 0.0]
+    assert b.grad.tolist() == [-math.inf, 0.0, 0.0, 0.0]
+    assert x.grad.tolist() == [-math.inf, 0.0, 0.0, 0.0]
+    assert np.isnan(z.grad.numpy()).all()
+    # away from zero: b a^(b-1) and a^b log a
+    a2 = dlcore.tensor([2.0, 3.0], requires_grad=True)
+    b2 = dlcore.tensor([0.0, 2.0], requires_grad=True)
+    (a2 ** b2).sum().backward()
+    np.testing.assert_allclose(a2.grad.numpy(), [0.0, 6.0])
+    np.testing.assert_allclose(b2.grad.numpy(), [math.log(2.0), 9 * math.log(3.0)], rtol=1e-6)
+
+
+def test_leaky_relu_rejects_integer_tensors() -> None:
+    """PyTorch: leaky_relu is not implemented for integer tensors (an int64 input with
+    slope 0.5 silently truncated the slope to 0: [-3, 0, 2] -> [0, 0, 2])."""
+    from dlcore.nn import functional as F
+    with pytest.raises(NotImplementedError, match="leaky_relu.*int64"):
+        F.leaky_relu(dlcore.tensor([-3, 0, 2]), 0.5)
