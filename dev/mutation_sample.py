@@ -16,6 +16,13 @@ mutant no test reaches ("no tests") counts as survived: the estimate is of the w
 not only of the covered part. Draw a fresh sample (another seed) after writing tests for the
 survivors of one: re-measuring the sample the tests were written for would overstate the
 rate.
+
+The mutation score proper leaves out the equivalent mutants (those no program can tell from
+the original). Which survivors are equivalent is a judgement made by reading each one, so
+it is recorded in a file, a name and its reason per line, and checked against the verdicts
+(a killed mutant cannot be equivalent):
+
+    python dev/mutation_sample.py report sample.txt --equivalent equivalent.txt
 """
 
 from __future__ import annotations
@@ -60,6 +67,20 @@ def _verdict(code: int | None) -> str:
     return NAMES.get(code, "suspicious")
 
 
+def _equivalents(path: Path) -> set[str]:
+    """Names in an equivalence file: the first word of each line that is not blank or a
+    ``#`` comment; every name must come with a reason (the rest of the line)."""
+    names = set()
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, reason = line.strip().partition(" ")
+        if not reason.strip():
+            raise SystemExit(f"{path}:{number}: {name} has no reason")
+        names.add(name)
+    return names
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -71,6 +92,10 @@ def main() -> None:
     r = sub.add_parser("report", help="kill rate of the mutants named in a sample file")
     r.add_argument("sample", type=Path)
     r.add_argument("--survivors", action="store_true", help="list the survivors' names")
+    r.add_argument("--equivalent", type=Path,
+                   help="file of mutants read and judged equivalent, one per line: the name, "
+                        "then the reason (no observable difference); the report adds the "
+                        "mutation score over the non-equivalent mutants")
     args = ap.parse_args()
     root = Path.cwd()
     mutants = all_mutants(root)
@@ -90,6 +115,20 @@ def main() -> None:
           ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     print(f"kill rate {killed}/{judged} = {100 * killed / max(judged, 1):.1f}% "
           f"(95% Wilson interval {100 * lo:.1f}-{100 * hi:.1f}%)")
+    if args.equivalent:
+        judged_equivalent = _equivalents(args.equivalent)
+        stray = sorted(judged_equivalent - set(names))
+        if stray:
+            raise SystemExit(f"{args.equivalent}: not in {args.sample}: {', '.join(stray)}")
+        wrongly = sorted(n for n in judged_equivalent if verdicts[n] == "killed")
+        if wrongly:  # a killed mutant is observably different: it cannot be equivalent
+            raise SystemExit(f"{args.equivalent}: killed, so not equivalent: {', '.join(wrongly)}")
+        k = len(judged_equivalent & {n for n, v in verdicts.items()
+                                     if v not in ("not checked", "skipped")})
+        lo, hi = wilson(killed, judged - k)
+        print(f"mutation score without the {k} equivalent: {killed}/{judged - k} = "
+              f"{100 * killed / max(judged - k, 1):.1f}% "
+              f"(95% Wilson interval {100 * lo:.1f}-{100 * hi:.1f}%)")
     by_module: dict[str, Counter] = defaultdict(Counter)
     for n, v in verdicts.items():
         by_module[n.split(".x_")[0].split(".xǁ")[0]][v] += 1
