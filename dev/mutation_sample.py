@@ -34,8 +34,10 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
+# -11: the test run died of SIGSEGV (a mutant building an impossible strided view): the
+# suite fails on the mutant, so it is detected, though mutmut calls it "suspicious".
 KILLED = {1: "killed", 3: "killed", 36: "timeout", 24: "timeout", -24: "timeout",
-          152: "timeout", 255: "timeout", 37: "type check"}
+          152: "timeout", 255: "timeout", 37: "type check", -11: "crashed"}
 NAMES = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", None: "not checked"}
 
 
