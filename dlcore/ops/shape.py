@@ -400,10 +400,14 @@ def chunk(input: Tensor, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     if chunks <= 0:
         raise ValueError(f"chunk: chunks must be positive, got {chunks}")
     n = input.shape[normalize_dim(dim, input.ndim, "chunk")]
-    return split(input, max(1, -(-n // chunks)), dim)
+    if n == 0:  # PyTorch: ``chunks`` empty pieces
+        return split(input, [0] * chunks, dim)
+    return split(input, -(-n // chunks), dim)
 
 
 def unbind(input: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
+    if input.shape[normalize_dim(dim, input.ndim, "unbind")] == 0:
+        return ()  # PyTorch: no slices of an empty dim
     return tuple(squeeze(t, dim) for t in split(input, 1, dim))
 
 

@@ -140,6 +140,15 @@ def test_views_share_data_with_base(device):
     assert t.numpy()[0, 1] == 5.0
 
 
+@pytest.mark.parametrize("shape,dim,chunks", [((0, 2), 0, 3), ((2, 0), 1, 2), ((0,), 0, 1)])
+def test_chunk_and_unbind_of_an_empty_dim_as_torch(device, shape, dim, chunks):
+    """PyTorch: chunk of a size-0 dim gives ``chunks`` empty pieces of the input's shape
+    (torch.zeros(0, 2).chunk(3) is three (0, 2) tensors), unbind gives none."""
+    x = on(device, np.zeros(shape))
+    assert [tuple(p.shape) for p in x.chunk(chunks, dim)] == [shape] * chunks
+    assert dlcore.unbind(x, dim) == ()
+
+
 def test_unbind(device):
     x = rand(3, 2, seed=6)
     for p, e in zip(dlcore.unbind(on(device, x), 1), [x[:, 0], x[:, 1]]):
