@@ -269,7 +269,37 @@ CPU_MAX_CASES = MAX_CASES + [
     ((2, 2), (3, 3), (0, 0), (1, 1), True, (2, 3, 10, 8)),
     ((2, 3), (1, 1), (0, 0), (2, 1), False, (2, 3, 8, 9)),
     ((17, 17), (1, 1), (8, 8), (1, 1), False, (1, 2, 18, 17)),
+    # tiling windows on small planes: the planes-last path (cropped rows/columns included)
+    ((2, 2), (2, 2), (0, 0), (1, 1), False, (3, 4, 8, 8)),
+    ((3, 3), (3, 3), (0, 0), (1, 1), False, (2, 3, 7, 8)),
+    ((2, 1), (2, 1), (0, 0), (1, 1), False, (2, 2, 5, 4)),
 ]
+PLANES_LAST_CASES = CPU_MAX_CASES[-3:]
+
+
+def test_cpu_max_pool_planes_last_cases_take_that_path():
+    """The last three cases run the planes-last path (so the reference test covers it); a
+    ceil-mode window that reads past the input, a larger plane and padding do not."""
+    def layout(k, s, p, d, ceil, shape):
+        out = tuple(_out(shape[2 + i], k[i], s[i], p[i], d[i], ceil) for i in range(2))
+        return pool_cpu.WindowLayout(shape, out, k, s, p, d)
+    assert all(pool_cpu._planes_last(layout(*case)) for case in PLANES_LAST_CASES)
+    for case in [((2, 2), (2, 2), (0, 0), (1, 1), True, (1, 1, 5, 5)),
+                 ((2, 2), (2, 2), (0, 0), (1, 1), False, (1, 1, 10, 10)),
+                 ((2, 2), (2, 2), (1, 1), (1, 1), False, (1, 1, 6, 6)),
+                 ((3, 3), (2, 2), (0, 0), (1, 1), False, (1, 1, 7, 7))]:
+        assert not pool_cpu._planes_last(layout(*case))
+
+
+def test_cpu_max_pool_planes_last_window_of_minus_inf_picks_its_first_tap():
+    """A window of -inf (no padding) wins at its first tap, and its gradient goes there."""
+    x = np.zeros((1, 2, 4, 4))
+    x[0, 1, 2:, :2] = -np.inf
+    y, saved, flat = pool_cpu.max_pool2d_forward_codes(x, (2, 2), (2, 2), (2, 2), (0, 0),
+                                                       (1, 1), flat=True)
+    assert saved.padding_wins and np.isneginf(y[0, 1, 1, 0]) and flat[0, 1, 1, 0] == 8
+    gx = pool_cpu.max_pool2d_backward_codes(np.ones((1, 2, 2, 2)), saved)
+    assert gx[0, 1, 2, 0] == 1.0 and gx[0, 1].sum() == 4.0
 
 
 @pytest.fixture
