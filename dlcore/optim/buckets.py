@@ -145,8 +145,16 @@ class Bucket:
 
     def grads_in_slots(self) -> bool:
         """Whether every parameter's ``.grad`` is its slot: the flat gradient buffer holds the
-        gradients of the whole bucket."""
-        return self.grads.filled == len(self.params)
+        gradients of the whole bucket. The count, then one identity test per parameter: a
+        gradient whose array was replaced in place (``p.grad.data = t``, ``p.grad.set_(t)``)
+        is still counted, and must be copied in, not read stale from the slot."""
+        if self.grads.filled != len(self.params):
+            return False
+        for p, slot in zip(self.params, self.slots):
+            g = p._grad
+            if g is None or g._data is not slot.view:
+                return False
+        return True
 
     def aligned(self, lo: int) -> int:
         """``ALIGNED16`` if the bucket's arrays, sliced from element ``lo``, all start on a

@@ -25,8 +25,9 @@ buffer: no gather, and no Python work per parameter beyond one identity pass ove
 (a parameter moved, cast or reassigned must be noticed).
 
 How a step knows, cheaply: each bucket counts its *filled* slots (autograd filled it, and
-``.grad`` has not been assigned since: ``Tensor.grad``'s setter tells the slot). All filled is
-the steady state. Otherwise the step falls back, per parameter: a ``.grad`` that is its slot's
+``.grad`` has not been assigned since: ``Tensor.grad``'s setter tells the slot). All filled,
+and every ``.grad``'s array still its slot's view (one identity test per parameter), is the
+steady state. Otherwise the step falls back, per parameter: a ``.grad`` that is its slot's
 view (identity of the array) is used where it is; any other (a tensor the user assigned, one
 from ``dlcore.autograd.grad``, a ``create_graph`` gradient, another dtype) is copied into its
 slot, and stays the user's tensor; a parameter whose ``.grad`` is None is skipped and its state
@@ -39,7 +40,8 @@ tensor that aliased a parameter's old array (``w = p.detach()`` taken *before* t
 was made) no longer sees updates; take such aliases afterwards, or read ``p``. If ``p.array``
 is replaced later (``module.load_state_dict`` copies in place, but a user may assign), the new
 values are adopted into the flat buffer at the next step. Replacing the *array* of a gradient
-in its slot (``p.grad.data = t``, ``p.grad.set_(t)``) is not noticed; assign ``p.grad = t``.
+in its slot (``p.grad.data = t``, ``p.grad.set_(t)``) is seen by the identity pass of
+``Bucket.grads_in_slots``, and the new values are copied in as a user's gradient.
 
 Nothing per step from the host (GradScaler without a sync, CUDA graphs). ``capturable=True``
 (Adam, AdamW, RMSprop, and Adagrad as a dlcore extension; PyTorch's option) keeps each

@@ -202,6 +202,26 @@ def test_an_assigned_gradient_is_copied_in_and_stays_the_users(device: str) -> N
         np.testing.assert_allclose(p.numpy(), _ref_adam(s, [g]), rtol=1e-12)
 
 
+@pytest.mark.parametrize("how", ["data", "set_"])
+def test_a_gradient_whose_array_was_replaced_in_place_is_used(device: str, how: str) -> None:
+    """Regression: ``p.grad.data = t`` (or ``p.grad.set_(t)``) after backward left the slot
+    counted as filled, and the step read the stale backward gradient (PyTorch uses t)."""
+    params = _params(device)
+    opt = optim.Adam(params, lr=1e-2)
+    start = [p.numpy().copy() for p in params]
+    w = _weights(1)
+    _loss(params, w).backward()  # every gradient in its slot
+    mine = dlcore.tensor(np.full(SHAPES[1], -0.25), device=device)
+    if how == "data":
+        params[1].grad.data = mine
+    else:
+        params[1].grad.set_(mine)
+    opt.step()
+    grads = [w[0] + start[0], np.full(SHAPES[1], -0.25), w[2] + start[2]]
+    for p, s, g in zip(params, start, grads):
+        np.testing.assert_allclose(p.numpy(), _ref_adam(s, [g]), rtol=1e-12)
+
+
 def test_a_gradient_of_another_dtype_is_cast_into_the_slot() -> None:
     p = Parameter(dlcore.ones(4))  # float32
     opt = optim.SGD([p], lr=0.5)
