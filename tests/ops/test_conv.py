@@ -341,6 +341,25 @@ def test_conv2d_expanding_tiny_data_gradient_runs_gemm_first(case, channels_last
     assert len(seen) == 1
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", [((2, 3, 4, 5), (9, 3, 3), 1, 1, 1, 1),
+                                  ((2, 3, 5, 6), (9, 3, 3), 1, (1, 2), (1, 2), 1),
+                                  ((1, 4, 3, 4), (9, 2, 3), 1, (0, 1), 1, 1)],
+                         ids=["same", "dilated", "2x3-kernel"])
+def test_conv2d_wide_layer_data_gradient_by_tap_gemms(case, channels_last, monkeypatch):
+    """Stride-1 layers with more output channels than ROW_TAPS_MAX_CHANNELS on images too
+    small for Winograd take the data gradient by one GEMM per kernel offset (NCHW gy too),
+    against the loop reference; the channel limit is lowered so small shapes take it."""
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", 8)
+    seen = []
+    real = conv_cpu._tap_gemms_backward_data
+    monkeypatch.setattr(conv_cpu, "_tap_gemms_backward_data",
+                        lambda *a: seen.append(a[0].shape) or real(*a))
+    _check_cpu_against_reference(case, seed=11, channels_last=channels_last)
+    assert len(seen) == 1
+
+
 # Kernel-row columns (stride 1, dilation 1, groups 1, FEW_CHANNELS < C <= ROW_TAPS_MAX_
 # CHANNELS): forward, weight gradient and the stride-1 data gradient (a forward of gy).
 ROW_TAP_CASES = [
