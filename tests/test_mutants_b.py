@@ -327,14 +327,18 @@ def test_rmsprop_keeps_only_the_state_its_options_use(kwargs: dict, keys: set[st
     assert set(opt.state_dict()["state"][0]) == keys
 
 
-def test_cosine_annealing_resumed_at_an_epoch_starts_on_the_cosine() -> None:
-    """CosineAnnealingLR built with last_epoch=k (resuming, initial_lr in the group) sets the
-    lr of epoch k + 1 at once: eta_min + (initial_lr - eta_min) * (1 + cos(pi t / T_max)) / 2,
-    then keeps to that curve."""
+def test_cosine_annealing_resumed_at_an_epoch_keeps_the_restored_lr_then_chains() -> None:
+    """CosineAnnealingLR built with last_epoch=k (resuming, initial_lr in the group) leaves
+    the restored lr as it is (PyTorch 2.13: the constructor's step is in _initial_mode), then
+    each step multiplies (lr - eta_min) by (1 + cos(pi t / T)) / (1 + cos(pi (t-1) / T)):
+    0.5, 0.42977..., 0.35192... with T_max 10, eta_min 0.1 (the values PyTorch 2.13 gives)."""
     opt = optim.SGD([Parameter(dlcore.zeros(1))], lr=0.5)
     opt.param_groups[0]["initial_lr"] = 1.0
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10, eta_min=0.1, last_epoch=2)
-    for t in (3, 4, 5):
-        want = 0.1 + 0.9 * (1 + math.cos(math.pi * t / 10)) / 2
+    assert sched.last_epoch == 3
+    want = 0.5
+    for t in (4, 5, 6):
         assert math.isclose(opt.param_groups[0]["lr"], want, rel_tol=1e-12), t
         sched.step()
+        ratio = (1 + math.cos(math.pi * t / 10)) / (1 + math.cos(math.pi * (t - 1) / 10))
+        want = 0.1 + ratio * (want - 0.1)

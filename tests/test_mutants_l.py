@@ -164,16 +164,15 @@ def test_one_cycle_takes_one_max_lr_per_group() -> None:
         sch.OneCycleLR(o, max_lr=[1.0, 0.5, 0.25], total_steps=10)
 
 
-def test_cosine_resumed_first_step_uses_the_closed_form_from_initial_lr() -> None:
-    """Resuming (last_epoch=0, the group already holding initial_lr 0.1 and a current lr of
-    0.05), the first step to epoch 1 is PyTorch's closed form from initial_lr,
-    0.1 * (1 + cos(pi / 4)) / 2 with T_max 4, not the recursive form from the current lr."""
+def test_cosine_resumed_keeps_the_current_lr() -> None:
+    """Resuming (last_epoch=0, the group holding initial_lr 0.1 and a current lr of 0.05),
+    the constructor's step to epoch 1 keeps 0.05, as PyTorch 2.13 (its _initial_mode; older
+    versions jumped to the closed form from initial_lr)."""
     o = optim.SGD([Parameter(dlcore.ones(2))], lr=0.05)
     o.param_groups[0]["initial_lr"] = 0.1
     s = sch.CosineAnnealingLR(o, T_max=4, last_epoch=0)
     assert s.last_epoch == 1
-    want = 0.1 * (1 + np.cos(np.pi / 4)) / 2
-    assert o.param_groups[0]["lr"] == pytest.approx(want, rel=1e-12)  # CosineAnnealingLR_9
+    assert o.param_groups[0]["lr"] == 0.05
 
 
 def test_linear_lr_epoch_jump_uses_the_closed_form() -> None:

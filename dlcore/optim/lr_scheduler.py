@@ -41,7 +41,15 @@ class LRScheduler:
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
         self._step_count = 0
-        self.step()
+        # PyTorch 2.13's _initial_mode: the constructor's step sets the lrs of epoch
+        # last_epoch + 1 but the chainable ExponentialLR, LinearLR and CosineAnnealingLR leave
+        # them as they are, so a resumed scheduler (last_epoch >= 0, the lrs restored) does
+        # not run one step ahead of itself.
+        self._is_initial = True
+        try:
+            self.step()
+        finally:
+            self._is_initial = False
 
     def get_lr(self) -> list[float]:
         """The next lr of every group, from the current ones (chainable form)."""
@@ -157,7 +165,7 @@ class ExponentialLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
-        if self.last_epoch == 0:
+        if self._is_initial:
             return self._group_lrs()
         return [lr * self.gamma for lr in self._group_lrs()]
 
@@ -177,7 +185,7 @@ class CosineAnnealingLR(LRScheduler):
     def get_lr(self) -> list[float]:
         t, T, lo = self.last_epoch, self.T_max, self.eta_min
         lrs = self._group_lrs()
-        if t == 0:
+        if self._is_initial:
             return lrs
         if self._step_count == 1 and t > 0:
             return [lo + (base - lo) * (1 + math.cos(t * math.pi / T)) / 2
@@ -213,7 +221,7 @@ class LinearLR(LRScheduler):
         lrs = self._group_lrs()
         if self.last_epoch == 0:
             return [lr * self.start_factor for lr in lrs]
-        if self.last_epoch > self.total_iters:
+        if self._is_initial or self.last_epoch > self.total_iters:
             return lrs
         delta = self.end_factor - self.start_factor
         factor = 1 + delta / (self.total_iters * self.start_factor +

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 
 import dlcore
@@ -159,3 +161,24 @@ def test_reduce_on_plateau_cooldown_and_min_lr():
     assert got == pytest.approx([0.1, 0.05, 0.05, 0.05, 0.03, 0.03, 0.03, 0.03])
     with pytest.raises(ValueError, match="Factor"):
         sch.ReduceLROnPlateau(o, factor=1.0)
+
+
+@pytest.mark.parametrize("make, lrs", [
+    (lambda o: sch.ExponentialLR(o, gamma=0.5, last_epoch=2), [0.3, 0.15, 0.075]),
+    (lambda o: sch.LinearLR(o, start_factor=0.5, total_iters=4, last_epoch=2),
+     [0.3, 0.3 * (1 + 0.5 / (4 * 0.5 + 3 * 0.5)), 0.3 * (1 + 0.5 / (4 * 0.5 + 3 * 0.5))]),
+    (lambda o: sch.StepLR(o, step_size=2, gamma=0.5, last_epoch=2), [0.3, 0.15, 0.15]),
+])
+def test_a_resumed_scheduler_does_not_run_a_step_ahead(make, lrs):
+    """PyTorch 2.13: building a chainable scheduler with last_epoch=k (initial_lr 1.0, the
+    restored lr 0.3) leaves the lr alone for ExponentialLR, LinearLR and CosineAnnealingLR
+    (the constructor's step runs in _initial_mode) and applies StepLR's rule at epoch k + 1
+    (3: no change); the values are PyTorch 2.13's, checked side by side."""
+    o = optim.SGD([Parameter(dlcore.zeros(1))], lr=0.3)
+    o.param_groups[0]["initial_lr"] = 1.0
+    s = make(o)
+    got = []
+    for _ in lrs:
+        got.append(o.param_groups[0]["lr"])
+        s.step()
+    np.testing.assert_allclose(got, lrs, rtol=1e-12)
