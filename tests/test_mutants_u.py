@@ -46,11 +46,11 @@ def test_binary_cross_entropy_target_of_another_shape_names_both_sizes(op: str,
                                                                         as_list: bool) -> None:
     """torch's wording: 'target size (...) must be the same as input size (...)', as a
     ValueError, both shapes printed, for a tensor target and for a nested-list one (converted
-    first, then refused)."""
+    first, then refused), with no broadcasting warning before it."""
     x = dlcore.full((2, 3), 0.5)
     target = [[1.0, 0.0, 1.0]] if as_list else dlcore.ones(1, 3)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the list's broadcasting warning is not pinned here
+        warnings.simplefilter("error")  # a warning would be raised instead of the ValueError
         with pytest.raises(ValueError, match=rf"^{op}: target size \(\(1, 3\)\) must be the "
                                              r"same as input size \(\(2, 3\)\)$"):
             getattr(F, op)(x, target)

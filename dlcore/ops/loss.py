@@ -68,12 +68,12 @@ def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Te
 
 def _same_shape_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Tensor]:
     """The binary cross entropies refuse broadcasting outright, as PyTorch's do (with no
-    broadcasting warning first: there is nothing to warn about)."""
-    if isinstance(target, Tensor) and isinstance(input, Tensor) and \
-            tuple(target.shape) != tuple(input.shape):
-        raise ValueError(f"{op}: target size ({tuple(target.shape)}) must be the same as "
-                         f"input size ({tuple(input.shape)})")
-    input, target = _pointwise_operands(input, target, op)
+    broadcasting warning first: there is nothing to warn about, for a Tensor target or a
+    nested list / number converted to one)."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
+    if not isinstance(target, Tensor):
+        target = Tensor._make(input.device.xp.asarray(target, dtype=input.dtype), input.device)
     if tuple(target.shape) != tuple(input.shape):
         raise ValueError(f"{op}: target size ({tuple(target.shape)}) must be the same as "
                          f"input size ({tuple(input.shape)})")
