@@ -1,4 +1,4 @@
-"""Behaviour pinned down for survivors of mutation sample s (mutmut over the digits loader,
+"""Behaviour pinned down for survivors of mutation sample 5 (letter s: the digits loader,
 inspect(), DataLoader, io, the optimizer kernels' check cases, Adadelta, the lr schedulers
 and the optimizer's bucket passes): each test checks something no test of the suite checked
 before, against an independent reference (PyTorch, NumPy, or values worked out by hand), and

@@ -1,9 +1,8 @@
-"""Behaviour pinned down for survivors of mutation sample 4 (letter u: error messages of
+"""Behaviour pinned down for survivors of mutation sample 5 (letter u): error messages of
 einsum, masked_fill, the binary cross entropies and transpose; topk with k = 0, split of an
-empty dim, transpose of a 1-d tensor past its dims, a pooling layout over part of the output
-grid, the rnn kernels' capped grid and the LSTM check case's objective): each test checks
-something no test of the suite checked before, against NumPy, PyTorch's documented semantics,
-a slow obvious implementation or values worked out by hand."""
+empty dim, transpose of a 1-d tensor past its dims and the LSTM check case's objective. Each
+test checks something no test of the suite checked before, against NumPy, PyTorch's
+documented semantics, a slow obvious implementation or values worked out by hand."""
 
 from __future__ import annotations
 
@@ -11,7 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import dlcore
 import dlcore.nn.functional as F
@@ -70,8 +68,6 @@ def test_transpose_of_a_vector_to_dim_1_is_out_of_range() -> None:
     """A 1-d tensor has dims 0 and -1 only: transpose(0, 1) is an IndexError as in torch
     ('Dimension out of range (expected to be in range of [-1, 0], but got 1)'); transpose(0, -1)
     returns the vector unchanged."""
-    with pytest.raises(IndexError):
-        torch.ones(3).transpose(0, 1)
     v = dlcore.tensor([1.0, 2.0, 3.0])
     with pytest.raises(IndexError, match=r"^transpose: dim 1 is out of range for a tensor "
                                          r"with 1 dims$"):
@@ -82,17 +78,14 @@ def test_transpose_of_a_vector_to_dim_1_is_out_of_range() -> None:
 def test_split_of_an_empty_dim_is_one_empty_chunk() -> None:
     """torch.split(torch.ones(0, 2), 2) is one (0, 2) chunk: splitting nothing gives one empty
     piece, not a piece of one row."""
-    want = torch.split(torch.ones(0, 2), 2)
     got = dlcore.split(dlcore.ones(0, 2), 2)
-    assert [tuple(t.shape) for t in got] == [tuple(t.shape) for t in want] == [(0, 2)]
+    assert [tuple(t.shape) for t in got] == [(0, 2)]
 
 
 def test_topk_with_k_zero_is_empty() -> None:
     """k = 0 is in range (torch.topk(x, 0) gives empty values and indices)."""
-    want = torch.topk(torch.tensor([3.0, 1.0, 2.0]), 0)
     got = dlcore.topk(dlcore.tensor([3.0, 1.0, 2.0]), 0)
-    assert tuple(got.values.shape) == tuple(want.values.shape) == (0,)
-    assert tuple(got.indices.shape) == tuple(want.indices.shape) == (0,)
+    assert tuple(got.values.shape) == tuple(got.indices.shape) == (0,)
 
 
 # ---- recurrent kernels ----------------------------------------------------------------------
