@@ -670,9 +670,21 @@ def _backward_data_gemm_first(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int,
 # (_backward_data_nhwc). Measured (2026-12-03, one BLAS thread, 2-core Intel VM, quiet, best
 # of 300, three runs): 512 ch 7x7 N=32 101-137 -> 77-78 ms; the flipped forward stays faster
 # where it has its own fast paths (16 ch 32x32 8.4 against 9.0, 32 ch 16x16 3.0 against 5.0).
+# So do 4x4-sized images whose output channels are at least 32 and not fewer than the input's
+# (measured 2026-12-03, quiet, best of 300, three runs, N=64 unless given, C->O: 16->32
+# 309-527 -> 291-399 µs, 64->64 2.2-3.1 -> 1.4-1.9 ms, N=32 128->128 4.0-5.1 -> 2.1 ms; but
+# slower at 16->16 (163-236 -> 246-256), 32->16, 8->8, 3x3 images (9 pixels: the padded
+# rows' share grows) and no better at 5x5 or 2x2).
+TAP_GEMMS_PIXELS = (12, 16)
+TAP_GEMMS_MIN_OUT_CHANNELS = 32
+
+
 def _use_tap_gemms(c: int, o: int, groups: int, stride: Pair, out_hw: Pair) -> bool:
-    return (groups == 1 and stride == (1, 1) and o > ROW_TAPS_MAX_CHANNELS
-            and out_hw[0] * out_hw[1] < WINOGRAD_MIN_PIXELS)
+    pixels = out_hw[0] * out_hw[1]
+    small = (TAP_GEMMS_PIXELS[0] <= pixels <= TAP_GEMMS_PIXELS[1]
+             and o >= max(c, TAP_GEMMS_MIN_OUT_CHANNELS))
+    wide = o > ROW_TAPS_MAX_CHANNELS and pixels < WINOGRAD_MIN_PIXELS
+    return groups == 1 and stride == (1, 1) and (small or wide)
 
 
 def _backward_data_nhwc(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], stride: Pair,

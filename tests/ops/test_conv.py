@@ -344,12 +344,15 @@ def test_conv2d_expanding_tiny_data_gradient_runs_gemm_first(case, channels_last
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("case", [((2, 3, 4, 5), (9, 3, 3), 1, 1, 1, 1),
                                   ((2, 3, 5, 6), (9, 3, 3), 1, (1, 2), (1, 2), 1),
-                                  ((1, 4, 3, 4), (9, 2, 3), 1, (0, 1), 1, 1)],
-                         ids=["same", "dilated", "2x3-kernel"])
+                                  ((1, 4, 3, 4), (9, 2, 3), 1, (0, 1), 1, 1),
+                                  ((2, 16, 4, 4), (32, 3, 3), 1, 1, 1, 1),
+                                  ((1, 16, 4, 3), (32, 3, 3), 1, 1, 1, 1)],
+                         ids=["same", "dilated", "2x3-kernel", "4x4", "4x3"])
 def test_conv2d_wide_layer_data_gradient_by_tap_gemms(case, channels_last, monkeypatch):
     """Stride-1 layers with more output channels than ROW_TAPS_MAX_CHANNELS on images too
-    small for Winograd take the data gradient by one GEMM per kernel offset (NCHW gy too),
-    against the loop reference; the channel limit is lowered so small shapes take it."""
+    small for Winograd, and 4x4-sized images with at least 32 output channels, take the data
+    gradient by one GEMM per kernel offset (NCHW gy too), against the loop reference; the
+    channel limit is lowered so small shapes take the first rule."""
     from dlcore.ops import conv_cpu
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", 8)
     seen = []
