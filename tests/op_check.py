@@ -79,3 +79,25 @@ def _inputs(arrays: Sequence[Any], device: str) -> list[Any]:
         else:
             out.append(a)
     return out
+
+
+def direct_conv2d(x: np.ndarray, w: np.ndarray, stride: tuple[int, int] = (1, 1),
+                  padding: tuple[int, int] = (0, 0), groups: int = 1) -> np.ndarray:
+    """Grouped conv2d (cross-correlation) in float64 by direct loops over the output
+    channels, input channels and kernel taps: the slow obvious reference."""
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    fg = f // groups
+    y = np.zeros((n, f, oh, ow))
+    for o in range(f):
+        g = o // fg
+        for ci in range(cg):
+            for i in range(kh):
+                for j in range(kw):
+                    y[:, o] += float(w[o, ci, i, j]) * xp[:, g * cg + ci,
+                                                          i:i + sh * (oh - 1) + 1:sh,
+                                                          j:j + sw * (ow - 1) + 1:sw]
+    return y

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from op_check import direct_conv2d
 
 import dlcore
 import dlcore.nn.functional as F
@@ -19,27 +20,6 @@ from dlcore.data import DistributedSampler, ShardDataset, random_split, write_sh
 from dlcore.data import datasets as builtin_datasets
 from dlcore.device import Device
 from dlcore.kernels import recorded_launches
-
-
-def _conv_ref(x: np.ndarray, w: np.ndarray, stride: tuple[int, int] = (1, 1),
-              padding: tuple[int, int] = (0, 0), groups: int = 1) -> np.ndarray:
-    """Direct grouped cross-correlation in float64, one output pixel at a time."""
-    n, c, h, wd = x.shape
-    f, cg, kh, kw = w.shape
-    ph, pw = padding
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    oh = (h + 2 * ph - kh) // stride[0] + 1
-    ow = (wd + 2 * pw - kw) // stride[1] + 1
-    fg = f // groups
-    y = np.zeros((n, f, oh, ow))
-    for o in range(f):
-        g = o // fg
-        for i in range(oh):
-            for j in range(ow):
-                patch = xp[:, g * cg:(g + 1) * cg, i * stride[0]:i * stride[0] + kh,
-                           j * stride[1]:j * stride[1] + kw]
-                y[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3))
-    return y
 
 
 # ---- data ---------------------------------------------------------------------------------
@@ -208,7 +188,7 @@ def test_conv2d_weight_gradient_differentiated_in_the_output_gradient() -> None:
                                             xp[:, :, i:i + 5:2, j:j + 5:2])
     np.testing.assert_allclose(gw.numpy(), want_gw, rtol=1e-10, atol=1e-12)
     (gv,) = dlcore.autograd.grad(gw.sum(), v)
-    ones = _conv_ref(xd, np.ones((1, 3, 3, 3)), (2, 2), (1, 1))
+    ones = direct_conv2d(xd, np.ones((1, 3, 3, 3)), (2, 2), (1, 1))
     np.testing.assert_allclose(gv.numpy(), np.broadcast_to(ones, y.shape), rtol=1e-10,
                                atol=1e-12)
 
@@ -270,7 +250,7 @@ def test_conv2d_3x3_on_channels_last_64_channels_keeps_channels_last() -> None:
     y = F.conv2d(x, dlcore.tensor(wd), padding=1)
     assert y.shape == (1, 64, 14, 14)
     assert y.is_contiguous(memory_format=dlcore.channels_last)
-    np.testing.assert_allclose(y.numpy(), _conv_ref(xd, wd, padding=(1, 1)), rtol=1e-9,
+    np.testing.assert_allclose(y.numpy(), direct_conv2d(xd, wd, padding=(1, 1)), rtol=1e-9,
                                atol=1e-11)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from op_check import direct_conv2d
 
 import dlcore
 import dlcore.nn.functional as F
@@ -28,26 +29,6 @@ EMU = Device("emu")
 
 def _host(a: Any) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def _direct_conv(x: np.ndarray, w: np.ndarray, padding: tuple[int, int],
-                 groups: int) -> np.ndarray:
-    """Stride-1, dilation-1 conv2d in float64 by direct loops over the taps."""
-    n, c, h, wd = x.shape
-    f, cg, kh, kw = w.shape
-    ph, pw = padding
-    ho, wo = h + 2 * ph - kh + 1, wd + 2 * pw - kw + 1
-    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
-    xp[:, :, ph:ph + h, pw:pw + wd] = x
-    fg = f // groups
-    y = np.zeros((n, f, ho, wo))
-    for o in range(f):
-        g = o // fg
-        for ci in range(cg):
-            for i in range(kh):
-                for j in range(kw):
-                    y[:, o] += w[o, ci, i, j] * xp[:, g * cg + ci, i:i + ho, j:j + wo]
-    return y
 
 
 def _peak_bytes(fn: Callable[[], Any]) -> int:
@@ -86,10 +67,10 @@ def test_cpu_depthwise_conv_over_several_plane_blocks_matches_direct_loops() -> 
     want_gw = np.array([[[[np.sum(xp[:, o, i:i + 32, j:j + 32] * gd[:, o]) for j in range(3)]
                           for i in range(3)]] for o in range(16)])
     assert x.grad is not None and w.grad is not None
-    np.testing.assert_allclose(y.numpy(), _direct_conv(xd, wd, (1, 1), 16), rtol=1e-12,
-                               atol=1e-12)
-    np.testing.assert_allclose(x.grad.numpy(), _direct_conv(gd, wd[:, :, ::-1, ::-1], (1, 1),
-                                                            16), rtol=1e-12, atol=1e-12)
+    want_y = direct_conv2d(xd, wd, padding=(1, 1), groups=16)
+    want_gx = direct_conv2d(gd, wd[:, :, ::-1, ::-1], padding=(1, 1), groups=16)
+    np.testing.assert_allclose(y.numpy(), want_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x.grad.numpy(), want_gx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(w.grad.numpy(), want_gw, rtol=1e-11, atol=1e-11)
 
 
@@ -116,7 +97,7 @@ def test_cpu_depthwise_data_gradient_computes_float32_in_float32_memory() -> Non
         assert gx.dtype == dtype
         # the adjoint of the padding-3 forward: gx[p] = sum over taps i of w[i] gy[p + 3 - i],
         # an unpadded correlation of gy without its border row/column with the flipped taps
-        want = _direct_conv(gy64[:, :, 1:-1, 1:-1], w64[:, :, ::-1, ::-1], (0, 0), c)
+        want = direct_conv2d(gy64[:, :, 1:-1, 1:-1], w64[:, :, ::-1, ::-1], groups=c)
         np.testing.assert_allclose(gx, want, rtol=1e-5, atol=1e-5)
     assert peaks[np.float32] < 0.56 * peaks[np.float64], peaks
 
@@ -192,8 +173,7 @@ def test_emu_depthwise_forward_on_a_6_wide_plane_matches_direct_loops(dtype: typ
         y = conv_cuda.conv2d_forward(EMU, x, w, (6, 6), (1, 1), (1, 1), (1, 1), 2)
     assert [rec.kernel.partition(":")[0] for rec in launches] == ["conv2d_depthwise.cu"]
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(_host(y), _direct_conv(x.astype(np.float64),
-                                                      w.astype(np.float64), (1, 1), 2),
+    np.testing.assert_allclose(_host(y), direct_conv2d(x, w, padding=(1, 1), groups=2),
                                rtol=tol, atol=tol)
 
 
