@@ -53,12 +53,19 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
     return loss
 
 
-def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Tensor]:
-    """Check types and warn, as PyTorch does, when broadcasting would pair wrong elements."""
+def _tensor_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Tensor]:
+    """``input`` must be a Tensor; a target that is not one (a number, a nested list)
+    becomes one of the input's dtype and device."""
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
     if not isinstance(target, Tensor):
         target = Tensor._make(input.device.xp.asarray(target, dtype=input.dtype), input.device)
+    return input, target
+
+
+def _pointwise_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, Tensor]:
+    """Check types and warn, as PyTorch does, when broadcasting would pair wrong elements."""
+    input, target = _tensor_operands(input, target, op)
     if target.shape != input.shape:
         warn_user(f"{op}: using a target size ({tuple(target.shape)}) that is different to "
                   f"the input size ({tuple(input.shape)}); this will likely lead to "
@@ -70,10 +77,7 @@ def _same_shape_operands(input: Tensor, target: Any, op: str) -> tuple[Tensor, T
     """The binary cross entropies refuse broadcasting outright, as PyTorch's do (with no
     broadcasting warning first: there is nothing to warn about, for a Tensor target or a
     nested list / number converted to one)."""
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{op}: input must be a Tensor, got {type(input).__name__}")
-    if not isinstance(target, Tensor):
-        target = Tensor._make(input.device.xp.asarray(target, dtype=input.dtype), input.device)
+    input, target = _tensor_operands(input, target, op)
     if tuple(target.shape) != tuple(input.shape):
         raise ValueError(f"{op}: target size ({tuple(target.shape)}) must be the same as "
                          f"input size ({tuple(input.shape)})")
