@@ -22,6 +22,19 @@ from dlcore.backends import cudnn  # noqa: E402
 from dlcore.device import device_count  # noqa: E402
 
 DEVICES = ("cpu", "emu", "cuda")
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto`` (pyproject's addopts): ``DLCORE_TEST_WORKERS`` if set, else one
+    per usable core, at most MAX_WORKERS. The cap: on a GPU machine every worker holds a CUDA
+    context on the same device, and the MPI tests start 2-3 ranks each, so more workers than
+    that add contention rather than speed."""
+    chosen = os.environ.get("DLCORE_TEST_WORKERS")
+    if chosen:
+        return int(chosen)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, MAX_WORKERS))
 
 
 def skip_unless_available(device: str) -> None:
