@@ -25,14 +25,13 @@ DEVICES = ("cpu", "emu", "cuda")
 MAX_WORKERS = 4
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """Workers for ``-n auto`` (pyproject's addopts): ``DLCORE_TEST_WORKERS`` if set, else one
-    per usable core, at most MAX_WORKERS. The cap: on a GPU machine every worker holds a CUDA
-    context on the same device, and the MPI tests start 2-3 ranks each, so more workers than
-    that add contention rather than speed."""
-    chosen = os.environ.get("DLCORE_TEST_WORKERS")
-    if chosen:
-        return int(chosen)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """Workers for ``-n auto`` (pyproject's addopts): one per usable core, at most
+    MAX_WORKERS; xdist's own ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still chooses (None defers to
+    xdist). The cap: on a GPU machine every worker holds a CUDA context on the same device,
+    and the MPI tests start 2-3 ranks each, so more workers add contention, not speed."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, MAX_WORKERS))
 

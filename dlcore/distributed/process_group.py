@@ -15,7 +15,8 @@ underneath it to start the ranks, broadcast NCCL's unique id from rank 0 and run
 Failure policy (issue 14: never a hang). Every collective polls a non-blocking request
 against a deadline (``timeout``, 300 s unless given) and raises :class:`DistBackendError`
 naming the collective, the rank and the timeout. ``init_process_group`` installs a
-``sys.excepthook`` that, after printing the traceback, calls ``MPI_Abort``: an uncaught
+``sys.excepthook`` that prints a summary line with the exception's message and the
+traceback, then calls ``MPI_Abort``: an uncaught
 exception on any rank (a timeout included) ends every rank at once. ``mpiexec`` itself ends
 the job when a rank exits with a non-zero status or is killed.
 """
@@ -28,6 +29,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import time
 from types import TracebackType
 from typing import Any
 
@@ -160,18 +162,30 @@ def _discover(rank: int, world_size: int, timeout: float) -> tuple[Any, int, int
     return backend, backend.rank, backend.world_size, backend.local_rank
 
 
+# Seconds the aborting rank waits after its last write: MPI_Abort makes MPICH's launcher kill
+# every rank at once, and on a loaded machine it did so before forwarding the rest of the
+# rank's stderr (measured: the traceback cut off mid-way, the exception's message line lost).
+# The wait gives the launcher time to read the pipes; the summary line goes out first anyway.
+ABORT_GRACE_S = 0.5
+
+
 def _abort_on_uncaught(exc_type: type[BaseException], exc: BaseException,
                        tb: TracebackType | None) -> None:
-    """sys.excepthook while a group exists: print, then end every rank (MPI_Abort)."""
+    """sys.excepthook while a group exists: one summary line with the exception's message,
+    the traceback, then end every rank (MPI_Abort)."""
     group = _group
     previous = _previous_excepthook or sys.__excepthook__
-    previous(exc_type, exc, tb)
     if group is None or group.world_size == 1:
+        previous(exc_type, exc, tb)
         return
+    sys.stdout.flush()
     sys.stderr.write(f"dlcore.distributed: uncaught {exc_type.__name__} on rank {group.rank} "
-                     f"of {group.world_size}; aborting all ranks (MPI_Abort)\n")
+                     f"of {group.world_size}: {exc}; aborting all ranks (MPI_Abort)\n")
+    sys.stderr.flush()
+    previous(exc_type, exc, tb)
     sys.stderr.flush()
     sys.stdout.flush()
+    time.sleep(ABORT_GRACE_S)
     group.mpi.abort(1)
 
 
