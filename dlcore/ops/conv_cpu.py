@@ -24,7 +24,7 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
 * 1x1, stride 1, no padding: the NCHW input already is the column matrix (one GEMM).
 * 3x3, stride 1, dilation 1, groups 1, >= 64 channels in and out, >= 14x14 output:
   Winograd F(2x2, 3x3) forward (4/9 of the GEMM flops, a 4x input expansion instead of 9x;
-  see the Winograd section for the measurements), either layout; backward data at stride
+  see conv_winograd_cpu.py), either layout; backward data at stride
   1 uses it through the flipped forward, and the weight gradient by Winograd too.
 * stride 1 (or 2, up to 64 channels), dilation 1, groups 1, 5-128 input channels (the
   early layers of a CIFAR ResNet, and 3x3 layers on images too small for Winograd):
@@ -65,6 +65,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..tensor import is_channels_last
 from . import blas_cpu
+from .conv_winograd_cpu import winograd_backward_weight as _winograd_backward_weight
+from .conv_winograd_cpu import winograd_forward as _winograd_forward
 
 Pair = tuple[int, int]
 
@@ -931,14 +933,7 @@ def _depthwise_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int
     return gw.reshape(n, o, kh * kw).sum(axis=0).reshape(o, 1, kh, kw)
 
 
-# ---- Winograd F(2x2, 3x3): 3x3, stride 1, dilation 1, groups 1 forward ---------------------
-#
-# Lavin & Gray 2016. Each 2x2 output tile is Y = A^T [(G g G^T) * (B^T d B)] A over the 4x4
-# input tile d (stride 2 between tiles): 16 multiplies per tile and channel pair instead of
-# 36, so the 16 GEMMs M[k] (T, O) = V[k] (T, C) @ U[k] (C, O) over the T tiles do 4/9 of the
-# im2col GEMM's flops, and the transformed input V is 16/4 = 4x the input, not 9x.
-# Everything is channels-last (C innermost), so every transform is an add or subtract of two
-# strided views whose innermost runs are C (or O) contiguous values: no loops over tiles.
+# ---- Winograd F(2x2, 3x3): where it is used (conv_winograd_cpu.py holds the algorithm) -----
 
 WINOGRAD = True  # False forces the im2col path (benchmarks, tests)
 # Where it is used, by measurement (one BLAS thread, 2026-12-02, N=32, C = O, padding 1,
@@ -949,20 +944,6 @@ WINOGRAD = True  # False forces the im2col path (benchmarks, tests)
 # 512 7x7 (127 -> 141: a 7x7 output pads to 8x8 tiles, 31% wasted, and T is 512 rows).
 WINOGRAD_MIN_CHANNELS = 64  # C and O at least this
 WINOGRAD_MIN_PIXELS = 196  # output at least this many pixels per image (14x14)
-# Largest V (16, T, C) or M (16, T, O) built at once (bytes). Below glibc's 32 MiB ceiling on
-# its mmap threshold: a larger block is always mmapped afresh and every page of it faults
-# on first touch (64 MiB blocks made 64 ch 56x56 N=32 forward / data / weight gradients
-# 142 / 141 / 159-172 ms; 16 MiB: 134 / 132-137 / 149; with glibc told to keep freed
-# memory, 115-120 / 115 / 130-140 whatever the size: the rest is the fresh outputs' faults).
-WINOGRAD_BYTES = 16 * 2**20
-# The transforms run over a few images at a time so their temporaries stay in L2: one pass
-# over a whole chunk measured 1.6-1.9x slower (N=32, 128 ch 28x28: input 59 -> 33 ms).
-WINOGRAD_TRANSFORM_BYTES = 1 * 2**20  # one block of transformed tiles (bytes)
-
-# G (4, 3) of F(2, 3); the weight transform G g G^T of all (O, C) pairs is one GEMM with
-# kron(G, G) (an einsum measured 130 ms for 512 channels).
-_WG = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-_WGG = np.kron(_WG, _WG)  # (16, 9): U[a*4+b] = sum_ij G[a, i] G[b, j] g[i, j]
 
 
 def _use_winograd(x: np.ndarray, w_shape: tuple[int, ...], stride: Pair, dilation: Pair,
@@ -975,158 +956,3 @@ def _use_winograd(x: np.ndarray, w_shape: tuple[int, ...], stride: Pair, dilatio
             and dilation == (1, 1) and x.dtype in (np.float32, np.float64)
             and min(c, o) >= WINOGRAD_MIN_CHANNELS
             and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PIXELS)
-
-
-def _winograd_weight(w: np.ndarray) -> np.ndarray:
-    """U (16, C, O) = G g G^T per (O, C) pair: one (16, 9) @ (9, O*C) GEMM in w's dtype, U
-    the transposed view of its (16, O, C) product (BLAS takes the transpose as a flag)."""
-    o, c = w.shape[:2]
-    u = _WGG.astype(w.dtype) @ w.reshape(o * c, 9).T  # (16, O*C)
-    return u.reshape(16, o, c).transpose(0, 2, 1)
-
-
-def _winograd_input(x: np.ndarray, padding: Pair, tiles: Pair, v: np.ndarray) -> None:
-    """v (4, 4, n, th, tw, C) = B^T d B over the 4x4 tiles d (stride 2) of the zero-padded
-    NHWC input x (n, C, H, W), padded on the bottom/right to whole tiles (odd outputs read
-    one zero row/col); B^T has the rows (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0),
-    (0, 1, 0, -1)."""
-    n, c, h, wd = x.shape
-    ph, pw = padding
-    th, tw = tiles
-    hp, wp = 2 * th + 2, 2 * tw + 2
-    buf = np.empty((n, hp, wp, c), dtype=x.dtype)
-    buf[:, :ph] = 0
-    buf[:, ph + h:] = 0
-    buf[:, :, :pw] = 0
-    buf[:, :, pw + wd:] = 0
-    buf[:, ph:ph + h, pw:pw + wd] = x.transpose(0, 2, 3, 1)
-    # down the rows: t = B^T d
-    r = [buf[:, i:i + 2 * th:2] for i in range(4)]  # (n, th, wp, C) each
-    t = np.empty((4, n, th, wp, c), dtype=x.dtype)
-    np.subtract(r[0], r[2], out=t[0])
-    np.add(r[1], r[2], out=t[1])
-    np.subtract(r[2], r[1], out=t[2])
-    np.subtract(r[1], r[3], out=t[3])
-    # across the columns: V = t B
-    for i in range(4):
-        q = [t[i, :, :, j:j + 2 * tw:2] for j in range(4)]  # (n, th, tw, C) each
-        np.subtract(q[0], q[2], out=v[i, 0])
-        np.add(q[1], q[2], out=v[i, 1])
-        np.subtract(q[2], q[1], out=v[i, 2])
-        np.subtract(q[1], q[3], out=v[i, 3])
-
-
-def _winograd_output(m: np.ndarray) -> np.ndarray:
-    """Y (n, 2*th, 2*tw, O) = A^T M A per tile, from M (4, 4, n, th, tw, O); A^T has the
-    rows (1, 1, 1, 0) and (0, 1, -1, -1)."""
-    n, th, tw, o = m.shape[2:]
-    s = np.empty((2, 4, n, th, tw, o), dtype=m.dtype)
-    np.add(m[0], m[1], out=s[0])
-    s[0] += m[2]
-    np.subtract(m[1], m[2], out=s[1])
-    s[1] -= m[3]
-    y = np.empty((n, th, 2, tw, 2, o), dtype=m.dtype)
-    for i in range(2):
-        yi = y[:, :, i]
-        np.add(s[i, 0], s[i, 1], out=yi[:, :, :, 0])
-        yi[:, :, :, 0] += s[i, 2]
-        np.subtract(s[i, 1], s[i, 2], out=yi[:, :, :, 1])
-        yi[:, :, :, 1] -= s[i, 3]
-    return y.reshape(n, 2 * th, 2 * tw, o)
-
-
-def _winograd_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, padding: Pair) -> np.ndarray:
-    """y = conv2d(x, w) for a 3x3, stride-1, dilation-1, groups-1 kernel by Winograd
-    F(2x2, 3x3): the input and output transforms a few images at a time, between them one
-    batched matmul over the 16 tile positions (16 GEMMs (T, C) @ (C, O), T the tiles of a
-    chunk of images). A channels-last x gives a channels-last y, an NCHW x an NCHW y.
-
-    Rounding (float32): max |y - y64| / max |y64| on random normal data (N=8, the ResNet
-    shapes C = O = 16..512, padding 1) measured 2.1e-7 (16 ch) .. 6.5e-7 (512 ch), against
-    im2col's 4.9e-7 .. 6.8e-7: the transforms add a few terms of both signs, but the GEMMs
-    sum C products instead of 9*C, so Winograd is lower up to 128 channels and at most 1.33x
-    im2col's above. float64 agrees with the direct loops to ~1e-15.
-    """
-    n, c = x.shape[:2]
-    o = w.shape[0]
-    oh, ow = out_hw
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    u = _winograd_weight(w)
-    nhwc = is_channels_last(x)
-    y = np.empty((n, oh, ow, o) if nhwc else (n, o, oh, ow), dtype=x.dtype)
-    per_image = 16 * th * tw * max(c, o) * x.itemsize
-    step = max(1, WINOGRAD_BYTES // per_image)
-    block = max(1, WINOGRAD_TRANSFORM_BYTES // per_image)
-    for n0 in range(0, n, step):
-        n1 = min(n, n0 + step)
-        v = np.empty((4, 4, n1 - n0, th, tw, c), dtype=x.dtype)
-        for b0 in range(n0, n1, block):
-            b1 = min(n1, b0 + block)
-            _winograd_input(x[b0:b1], padding, (th, tw), v[:, :, b0 - n0:b1 - n0])
-        m = np.matmul(v.reshape(16, -1, c), u).reshape(4, 4, n1 - n0, th, tw, o)
-        del v
-        for b0 in range(n0, n1, block):
-            b1 = min(n1, b0 + block)
-            yt = _winograd_output(m[:, :, b0 - n0:b1 - n0])[:, :oh, :ow]
-            y[b0:b1] = yt if nhwc else yt.transpose(0, 3, 1, 2)
-    return y.transpose(0, 3, 1, 2) if nhwc else y
-
-
-# The weight gradient by the same transform: y = A^T [U * V] A is linear in U, so per tile
-# dL/dU = (A gy A^T) * V and dL/dg = G^T dL/dU G. Summed over tiles this is 16 GEMMs
-# X[k] (C, O) = V[k] (T, C)^T @ M[k] (T, O), M = A gy A^T the transformed output gradient,
-# 4/9 of the im2col GEMM's flops; then gw = kron(G, G)^T X. A has the rows (1, 0), (1, 1),
-# (1, -1), (0, -1); the last row's sign is folded into kron(G, G)^T's columns (_WGG_BACK),
-# so M's transform is three copies and two adds/subtracts per direction.
-_WA_SIGN = np.array([1.0, 1.0, 1.0, -1.0])
-_WGG_BACK = (_WGG * np.kron(_WA_SIGN, _WA_SIGN)[:, None]).T  # (9, 16)
-
-
-def _winograd_grad_output(gy: np.ndarray, tiles: Pair, m: np.ndarray) -> None:
-    """m (4, 4, n, th, tw, O) = A gy A^T (last row of A sign-folded, see _WGG_BACK) over the
-    2x2 tiles of gy (n, O, OH, OW), zero-padded on the bottom/right to whole tiles."""
-    n, o, oh, ow = gy.shape
-    th, tw = tiles
-    buf = np.empty((n, 2 * th, 2 * tw, o), dtype=gy.dtype)
-    buf[:, oh:] = 0
-    buf[:, :, ow:] = 0
-    buf[:, :oh, :ow] = gy.transpose(0, 2, 3, 1)
-    r0, r1 = buf[:, 0::2], buf[:, 1::2]  # (n, th, 2*tw, O) each
-    t = (r0, np.add(r0, r1), np.subtract(r0, r1), r1)
-    for i in range(4):
-        q0, q1 = t[i][:, :, 0::2], t[i][:, :, 1::2]  # (n, th, tw, O) each
-        m[i, 0] = q0
-        np.add(q0, q1, out=m[i, 1])
-        np.subtract(q0, q1, out=m[i, 2])
-        m[i, 3] = q1
-
-
-def _winograd_backward_weight(x: np.ndarray, gy: np.ndarray, padding: Pair) -> np.ndarray:
-    """gw (O, C, 3, 3) of y = conv2d(x, w) for a 3x3, stride-1, dilation-1, groups-1 kernel
-    by Winograd F(2x2, 3x3) (see above), a chunk of images at a time, the transforms a few
-    images at a time (as the forward). float64 agrees with the im2col gradient to ~1.5e-15
-    of max |gw|; float32 measured 7.1e-7 (im2col 5.0e-7) at 64 ch 56x56.
-
-    Measured against the im2col gradient (one BLAS thread, 2026-12-02, N=32, C = O, padding
-    1, float32, one core busy with another job): 64 ch 56x56 131-140 -> 128-141 ms (equal:
-    the 16 (64, T) @ (T, 64) GEMMs run at ~60 GFLOP/s but the transforms take ~43 ms), 128
-    28x28 224-249 -> 124-162, 256 14x14 114-127 -> 54-69: WINOGRAD_MIN_* hold for it too."""
-    n, c = x.shape[:2]
-    o, oh, ow = gy.shape[1:]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    per_image = 16 * th * tw * max(c, o) * x.itemsize
-    step = max(1, WINOGRAD_BYTES // (2 * per_image))  # V and M live together
-    block = max(1, WINOGRAD_TRANSFORM_BYTES // per_image)
-    acc = np.zeros((16, c, o), dtype=x.dtype)
-    for n0 in range(0, n, step):
-        n1 = min(n, n0 + step)
-        v = np.empty((4, 4, n1 - n0, th, tw, c), dtype=x.dtype)
-        m = np.empty((4, 4, n1 - n0, th, tw, o), dtype=x.dtype)
-        for b0 in range(n0, n1, block):
-            b1 = min(n1, b0 + block)
-            _winograd_input(x[b0:b1], padding, (th, tw), v[:, :, b0 - n0:b1 - n0])
-            _winograd_grad_output(gy[b0:b1], (th, tw), m[:, :, b0 - n0:b1 - n0])
-        acc += np.matmul(v.reshape(16, -1, c).transpose(0, 2, 1), m.reshape(16, -1, o))
-        del v, m
-    gw = _WGG_BACK.astype(x.dtype) @ acc.reshape(16, c * o)  # (9, C*O)
-    return np.ascontiguousarray(gw.reshape(3, 3, c, o).transpose(3, 2, 0, 1))

@@ -508,6 +508,57 @@ def test_conv2d_winograd_rule(monkeypatch):
     assert not conv_cpu._use_winograd(x, ws, *args)
 
 
+# Bands (conv_winograd_cpu.py): tile rows of one image, whole images, the last band short,
+# and weight-gradient chunks of one image; (N, C, H, W), O, padding, tile rows per band.
+WINOGRAD_BAND_CASES = [
+    (((2, 3, 11, 9), 4, 1), 1),     # 6 tile rows, one per band
+    (((2, 3, 11, 9), 4, 1), 4),     # bands of 4 and 2 tile rows
+    (((3, 2, 9, 8), 3, 0), 3),      # 4 tile rows (7 output rows): bands of 3 and 1
+    (((3, 2, 7, 7), 5, 1), 8),      # two whole images per band, then one
+    (((2, 4, 8, 6), 5, 1), 1000),   # every image in one band
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case,rows", WINOGRAD_BAND_CASES,
+                         ids=[f"band{i}" for i in range(len(WINOGRAD_BAND_CASES))])
+def test_conv2d_winograd_bands(case, rows, channels_last, monkeypatch):
+    """Every banding of the images gives the reference forward and gradients (float64)."""
+    from dlcore.ops import conv_winograd_cpu
+    calls = _force_winograd(monkeypatch)
+    monkeypatch.setattr(conv_winograd_cpu, "_band_rows", lambda *a: rows)
+    monkeypatch.setattr(conv_winograd_cpu, "GRAD_CHUNK_BYTES", 1)  # one image per chunk
+    x, w, b, p = _winograd_arrays(case)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    if channels_last:
+        tx = tx.detach().to(memory_format=dlcore.channels_last).requires_grad_()
+    y = conv2d(tx, tw, on("cpu", b), padding=p)
+    gy = rand(*y.shape, seed=15)
+    y.backward(on("cpu", gy))
+    assert len(calls) == 3 and "gw" in calls
+    ry, rgx, rgw = ref_conv2d(x, w, gy, (1, 1), (p, p), (1, 1), 1)
+    check(y, ry + b.reshape(1, -1, 1, 1), rtol=1e-10, atol=1e-10)
+    check(tx.grad, rgx, rtol=1e-10, atol=1e-10)
+    check(tw.grad, rgw, rtol=1e-10, atol=1e-10)
+
+
+def test_conv2d_winograd_band_sizes():
+    """The banding rule of conv_winograd_cpu: 64 channels at 56x56 get a few tile rows of
+    one image per band (V near BAND_BYTES), 256 channels at 14x14 several whole images, and
+    no band exceeds BAND_MAX_BYTES."""
+    from dlcore.ops import conv_winograd_cpu as cw
+    row64 = 28 * 16 * 64 * 4  # bytes of V per tile row at 64 channels 56x56
+    rows64 = cw._band_rows((28, 28), 64, 64, 4)
+    assert 1 <= rows64 < 28 and cw.BAND_BYTES - row64 < rows64 * row64 <= cw.BAND_BYTES
+    row256 = 7 * 16 * 256 * 4
+    rows256 = cw._band_rows((7, 7), 256, 256, 4)
+    assert rows256 >= 2 * 7 and rows256 * row256 <= cw.BAND_MAX_BYTES
+    assert cw._band_rows((7, 7), 512, 512, 4) * 7 * 16 * 512 * 4 <= cw.BAND_MAX_BYTES
+    bands = list(cw._bands(0, 2, 6, 4))
+    assert bands == [(0, 1, 0, 4), (0, 1, 4, 6), (1, 2, 0, 4), (1, 2, 4, 6)]
+    assert list(cw._bands(1, 6, 3, 7)) == [(1, 3, 0, 3), (3, 5, 0, 3), (5, 6, 0, 3)]
+
+
 @pytest.mark.parametrize("k", [3, 1])
 def test_conv2d_with_no_input_channels_is_its_bias(device, k):
     """A (N, 0, H, W) input: the output is the bias on every pixel and the gradients are
