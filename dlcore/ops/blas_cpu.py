@@ -46,6 +46,13 @@ import numpy as np
 
 SMALL_MNK = 100 ** 3  # OpenBLAS's small-kernel limit on M*N*K
 SPLIT_MAX_MK = 8192  # column blocks: above this M*K they get narrower than 112 columns
+# ... and from half that M*K (blocks of 112-127 columns) only for at most 8 rows: on the
+# 2-vCPU Intel Xeon VM (2026-12-03, one thread, best of 3x300, µs) 112-column blocks made
+# (16, 512) @ (512, 2048) 1462-1713 against 762-873 as one GEMM (an LSTM's recurrent GEMM at
+# H=512, N=16: the layer's forward+backward 223 -> 191 ms), (16, 512) @ (512, 1536) 644-817
+# -> 559-598 and (32, 256) @ (256, 768) 226-238 -> 187-194, while 8 rows still gained
+# ((8, 1024) @ (1024, 3072) 3216-3689 split against 3572-4278).
+SPLIT_FULL_MAX_ROWS = 8
 ROW_SPLIT_MAX_N = 64  # row blocks: for products at most this wide (B of at most 64 columns)
 ROW_SPLIT_MIN_ROWS = 8  # ... whose blocks keep at least this many rows
 INNER_SPLIT_MAX_M = 32  # reduction blocks: for at most this many rows of A
@@ -71,7 +78,7 @@ def plan(a: np.ndarray, b: np.ndarray) -> tuple[str, int]:
     n = b.shape[1]
     if m * k * n <= SMALL_MNK or not (_row_major(a) and _row_major(b)):
         return "one", 0
-    if 2 <= m and m * k <= SPLIT_MAX_MK:
+    if 2 <= m and m * k <= (SPLIT_MAX_MK if m <= SPLIT_FULL_MAX_ROWS else SPLIT_MAX_MK // 2):
         return "cols", SMALL_MNK // (m * k) // 16 * 16
     if n <= ROW_SPLIT_MAX_N and SMALL_MNK // (k * n) >= ROW_SPLIT_MIN_ROWS:
         return "rows", SMALL_MNK // (k * n)

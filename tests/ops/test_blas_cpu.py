@@ -57,9 +57,20 @@ def test_float32_split_matches_float64() -> None:
     ((64, 256), (256, 1024), "M*K above SPLIT_MAX_MK, more than 32 rows, 1024 wide"),
     ((4096, 1152), (1152, 128), "128 wide: rows of 6"),
     ((64, 4096), (4096, 576), "64 rows: reduction blocks of 27"),
+    ((16, 512), (512, 2048), "16 rows at M*K 8192: 112-column blocks measured 2x slower"),
+    ((32, 256), (256, 768), "32 rows at M*K 8192"),
 ])
 def test_left_as_one_gemm(a_shape: tuple, b_shape: tuple, why: str) -> None:
     assert blas_cpu.split_columns(np.zeros(a_shape), np.zeros(b_shape)) == 0, why
+
+
+def test_column_blocks_at_the_limit_only_for_a_few_rows() -> None:
+    """M*K between SPLIT_MAX_MK/2 and SPLIT_MAX_MK (112-127 column blocks): split for up to
+    SPLIT_FULL_MAX_ROWS rows, one GEMM above; at or below half the limit, any row count."""
+    z = np.zeros
+    assert blas_cpu.plan(z((8, 1024)), z((1024, 3072))) == ("cols", 112)
+    assert blas_cpu.plan(z((16, 512)), z((512, 2048)))[0] == "one"
+    assert blas_cpu.plan(z((16, 256)), z((256, 1024))) == ("cols", 240)
 
 
 def test_layouts_the_small_path_does_not_take_are_not_split() -> None:
