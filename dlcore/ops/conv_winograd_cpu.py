@@ -196,11 +196,12 @@ def _grad_output_band(gy: np.ndarray, band: Band, tw: int, m: np.ndarray,
 
 
 def winograd_weight(w: np.ndarray) -> np.ndarray:
-    """U (16, C, O) = G g G^T per (O, C) pair: one (16, 9) @ (9, O*C) GEMM in w's dtype,
-    stored (16, C, O) row-major, the layout OpenBLAS's small-matrix path reads in place."""
+    """U (16, C, O) = G g G^T per (O, C) pair: one (16, 9) @ (9, C*O) GEMM in w's dtype on
+    w's (C, O) order, so U comes out (16, C, O) row-major, the layout OpenBLAS's small-matrix
+    path reads in place (reordering w copies 9 values per pair, reordering U would copy 16)."""
     o, c = w.shape[:2]
-    u = _GG.astype(w.dtype) @ w.reshape(o * c, 9).T  # (16, O*C)
-    return np.ascontiguousarray(u.reshape(16, o, c).transpose(0, 2, 1))
+    wt = w.transpose(1, 0, 2, 3).reshape(c * o, 9)  # (C*O, 9): a copy in (C, O) order
+    return (_GG.astype(w.dtype) @ wt.T).reshape(16, c, o)
 
 
 def winograd_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, padding: Pair) -> np.ndarray:
