@@ -459,10 +459,17 @@ class LeakyRelu(Function):
         xp = self.device.xp
         positive = a > 0
         if xp is np and a.dtype.kind == "f":
-            # NOTE: a two-entry table indexed by the mask's bytes: NumPy's where() branches per
-            # element and measured 4x slower on random signs (220 vs 53 us, 256x128 float32)
-            table = np.array([slope, 1], dtype=a.dtype)
-            self.scale = table.take(positive.view(np.uint8))
+            # NOTE: the slope's bits, with those that differ from 1.0's flipped where the
+            # mask is set: mask * (bits(slope) ^ bits(1)) ^ bits(slope) in unsigned integers
+            # of the float's width, exactly slope or 1, in two branch-free passes. NumPy's
+            # where() branches per element (256x128 float32, random signs: 220 us) and a
+            # two-entry table's take() converts the mask to intp indices first (64 us
+            # alone, 270 us inside the GAN step); this measured 24 us.
+            bits = np.dtype(f"u{a.dtype.itemsize}")
+            one, low = np.ones(1, a.dtype).view(bits)[0], np.full(1, slope, a.dtype).view(bits)[0]
+            scale = np.multiply(positive, bits.type(one ^ low), dtype=bits)
+            scale ^= low
+            self.scale = scale.view(a.dtype)
         else:
             self.scale = xp.where(positive, a.dtype.type(1), a.dtype.type(slope))
         return a * self.scale

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..autograd import Function, is_grad_enabled
 from ..tensor import Tensor
-from ._util import gemm, sum_to
+from ._util import gemm, narrow, sum_to, widen
 from .elementwise import where
 
 
@@ -34,6 +34,8 @@ class LinearFunction(Function):
     def backward(self, g: Tensor) -> tuple:
         x, w = self.saved_tensors[:2]
         need = self.needs_input_grad
+        if not is_grad_enabled():
+            return self._backward_arrays(g._data, x._data, w._data, need)
         gx = g @ w if need[0] else None
         gw = None
         if need[1]:
@@ -41,6 +43,19 @@ class LinearFunction(Function):
         if len(need) == 2:
             return gx, gw
         gb = g.reshape(-1, g.shape[-1]).sum(0) if need[2] else None
+        return gx, gw, gb
+
+    def _backward_arrays(self, g: Any, x: Any, w: Any, need: tuple[bool, ...]) -> tuple:
+        """The first-order backward on raw arrays (no graph to build): the same GEMMs and
+        sum as the composed form above, bit for bit, without its seven tensor ops and their
+        checks (a GAN step's twelve linear layers spent about 0.5 ms of 6 in them)."""
+        make, dev = Tensor._make, self.device
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = make(gemm(g, w), dev) if need[0] else None
+        gw = make(gemm(g2.T, x.reshape(-1, x.shape[-1])), dev) if need[1] else None
+        if len(need) == 2:
+            return gx, gw
+        gb = make(narrow(widen(g2).sum(axis=0), g.dtype), dev) if need[2] else None
         return gx, gw, gb
 
 

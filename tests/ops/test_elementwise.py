@@ -331,3 +331,21 @@ def test_leaky_relu_rejects_integer_tensors() -> None:
     from dlcore.nn import functional as F
     with pytest.raises(NotImplementedError, match="leaky_relu.*int64"):
         F.leaky_relu(dlcore.tensor([-3, 0, 2]), 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("slope", [0.01, 0.1, 0.2, 1 / 3, -0.5, 1.0, 3.0, 0.0])
+def test_leaky_relu_slope_bits_are_exact(dtype: type, slope: float) -> None:
+    """The CPU path builds the per-element scale from the bits of 1 and of the slope; value
+    and gradient equal np.where's exactly, for slopes whose sums with 1 - slope would round
+    (0.1, 1/3), negative and above-one slopes, and for NaN, +-0 and +-inf inputs."""
+    from dlcore.nn import functional as F
+    x = np.concatenate([np.random.default_rng(1).standard_normal(997),
+                        [0.0, -0.0, np.inf, -np.inf, np.nan]]).astype(dtype)
+    s = dtype(slope)
+    t = dlcore.tensor(x, requires_grad=True)
+    y = F.leaky_relu(t, slope)
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, in dlcore as in the reference
+        np.testing.assert_array_equal(y.numpy(), x * np.where(x > 0, dtype(1), s))
+    y.backward(dlcore.ones(*x.shape, dtype=t.dtype))
+    np.testing.assert_array_equal(t.grad.numpy(), np.where(x > 0, dtype(1), s))
