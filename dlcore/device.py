@@ -18,6 +18,7 @@ tensor's device. This module is the only importer of CuPy (the kernel loader and
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Any
@@ -293,8 +294,8 @@ class Device:
         """An uninitialised NumPy array in page-locked host memory (copies from it to this
         device are truly asynchronous). It returns to CuPy's pinned pool when freed."""
         memory = self._cuda_only("pinned_empty").cuda.alloc_pinned_memory(
-            int(np.prod(shape)) * np.dtype(dtype).itemsize)
-        return np.frombuffer(memory, dtype, int(np.prod(shape))).reshape(shape)
+            int(math.prod(shape)) * np.dtype(dtype).itemsize)
+        return np.frombuffer(memory, dtype, int(math.prod(shape))).reshape(shape)
 
     def _cuda_only(self, what: str) -> Any:
         if self.type != "cuda":

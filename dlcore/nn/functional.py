@@ -8,6 +8,7 @@ Shape letters: N batch, C channels, G groups.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -266,7 +267,7 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                                "channels")
     # (N, G, C/G, S): statistics over dims 2 and 3, weight and bias per channel
     per = c // num_groups
-    spatial = int(np.prod(input.shape[2:])) if input.ndim > 2 else 1
+    spatial = int(math.prod(input.shape[2:])) if input.ndim > 2 else 1
     x = input.reshape(n, num_groups, per, spatial)
     pshape = (num_groups, per, 1)
     w = weight.reshape(pshape) if weight is not None else None

@@ -9,6 +9,7 @@ last node advances. The NumPy twin, and the tests' oracle, is :mod:`.philox_cpu`
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ class PhiloxStream:
             raise TypeError(f"{kind} random numbers of dtype {dtype} inside CUDA graph capture "
                             "are not supported (graph-safe draws take float16, float32 or "
                             "float64)")
-        n = int(np.prod(shape))
+        n = int(math.prod(shape))
         blocks = (n + 3) // 4
         xp = self.device.xp
         with self.device:

@@ -3,6 +3,7 @@ logsumexp, softmax and log_softmax. ``dim`` is an int, a tuple of ints or None (
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 from typing import Any
 
@@ -54,7 +55,7 @@ class Sum(Function):
 class Mean(Function):
     def forward(self, x: Any, dims: tuple | None, keepdim: bool) -> Any:
         self.in_shape, self.dims, self.keepdim = x.shape, dims, keepdim
-        n = x.size if dims is None else int(np.prod([x.shape[d] for d in dims]))
+        n = x.size if dims is None else int(math.prod([x.shape[d] for d in dims]))
         self.n = n
         return narrow(widen(x).mean(axis=dims, keepdims=keepdim), x.dtype)
 
@@ -149,7 +150,7 @@ class Var(Function):
 
     def forward(self, x: Any, dims: tuple | None, correction: float, keepdim: bool) -> Any:
         self.dims, self.keepdim, self.correction = dims, keepdim, correction
-        n = x.size if dims is None else int(np.prod([x.shape[d] for d in dims]))
+        n = x.size if dims is None else int(math.prod([x.shape[d] for d in dims]))
         self.n = n
         return narrow(widen(x).var(axis=dims, ddof=correction, keepdims=keepdim), x.dtype)
 

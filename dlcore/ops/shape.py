@@ -7,6 +7,7 @@ is seen by the autograd guard of the base (and the other way round), as in PyTor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,7 +99,7 @@ def _shape_arg(shape: Sequence[Any]) -> tuple:
 
 def _checked_shape(input: Tensor, shape: tuple, op: str) -> None:
     n = input._data.size
-    known = int(np.prod([s for s in shape if s != -1])) if shape else 1
+    known = int(math.prod([s for s in shape if s != -1])) if shape else 1
     if shape.count(-1) > 1 or (-1 not in shape and known != n) or (
             -1 in shape and (known == 0 or n % known)):
         raise RuntimeError(f"{op}: shape {shape} is invalid for input of shape "
@@ -146,7 +147,7 @@ def flatten(input: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     if s > e:
         raise RuntimeError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
     shp = input.shape
-    return reshape(input, *shp[:s], int(np.prod(shp[s:e + 1])), *shp[e + 1:])
+    return reshape(input, *shp[:s], int(math.prod(shp[s:e + 1])), *shp[e + 1:])
 
 
 def unflatten(input: Tensor, dim: int, sizes: Sequence[int]) -> Tensor:
