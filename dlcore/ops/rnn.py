@@ -114,6 +114,8 @@ class RNNLayerFunction(Function):
         # the input projection of every step in one GEMM, with the biases folded in (GRU keeps
         # b_hn apart: the reset gate multiplies W_hn h + b_hn), rounded to dtype once
         gemm = gemm_dtype(xp, dtype)
+        if self.fused:
+            return self._forward_fused(x, h0, rest[0], w_ih, w_hh, params[2:])
         xg = (x.reshape(T * N, x.shape[2]).astype(gemm, copy=False)
               @ w_ih.T.astype(gemm, copy=False)).reshape(T, N, GH)
         b_hn = xp.zeros(H, dtype) if gru else None
@@ -126,8 +128,6 @@ class RNNLayerFunction(Function):
             else:
                 xg += b_hh.astype(gemm, copy=False)
         xg = xg.astype(dtype, copy=False)
-        if self.fused:
-            return self._forward_fused(xg, h0, rest[0], w_hh)
 
         # h_prev[t] (and c_prev[t]): the state entering the step at time t; the new state goes
         # straight into the slot of the next step to run, or into h_n after the last one.
@@ -170,13 +170,21 @@ class RNNLayerFunction(Function):
             self.guard_outputs = True  # backward reads y: an in-place change must raise
         return y, h_n
 
-    def _forward_fused(self, xg: Any, h0: Any, c0: Any, w_hh: Any) -> tuple:
-        """The LSTM forward through :func:`rnn_cpu.lstm_layer_forward` (``xg``, the input
-        projection with biases, becomes the gates buffer)."""
-        T, N, GH = xg.shape
-        H, dtype = GH // 4, xg.dtype
+    def _forward_fused(self, x: Any, h0: Any, c0: Any, w_ih: Any, w_hh: Any,
+                       biases: tuple) -> tuple:
+        """The LSTM forward through :func:`rnn_cpu.lstm_layer_forward`. The input projection
+        (the gates buffer) comes pre-scaled from the GEMM, the gate scale folded into W_ih^T
+        and into each bias: the scale is a power of two, so every rounding scales exactly
+        and the gates equal the unscaled projection plus b_ih plus b_hh, times the scale,
+        bit for bit, one pass over (T, N, 4H) fewer (the per-step cells' order; test_mutants_m
+        checks the equality)."""
+        T, N, _ = x.shape
+        H, GH, dtype = h0.shape[1], w_hh.shape[0], x.dtype
         scale = rnn_cpu.lstm_gate_scale(H, dtype)
-        xg *= scale
+        w_ih_t = w_ih.T * scale  # (I, 4H)
+        xg = (x.reshape(T * N, x.shape[2]) @ w_ih_t).reshape(T, N, GH)
+        for b in biases:  # b_ih, then b_hh
+            xg += b * scale
         w_hh_t = np.ascontiguousarray(w_hh.T, dtype=dtype)
         w_hh_t *= scale
         y, h_prev, c_prev, tanh_c = (np.empty((T, N, H), dtype) for _ in range(4))
@@ -258,7 +266,8 @@ class RNNLayerFunction(Function):
             grads[k + 1] = dhg2.T @ self.h_prev.reshape(T * N, H).astype(gemm, copy=False)
         if len(need) > k + 2:
             grads[k + 2] = dxg2.sum(0)
-            grads[k + 3] = dhg2.sum(0)
+            # RNN, LSTM: both biases meet the same pre-activation gradient
+            grads[k + 3] = grads[k + 2].copy() if dhg2 is dxg2 else dhg2.sum(0)
         return tuple(None if g is None or not n else
                      Tensor._make(g.astype(dtype, copy=False), self.device)
                      for g, n in zip(grads, need))
