@@ -7,6 +7,7 @@
 [2.0, 4.0, 6.0]
 """
 
+from . import host_memory  # noqa: F401  -- malloc's thresholds, before the first arrays
 from . import autograd, cuda, data, dtypes, io
 from ._version import __version__
 from . import accelerator, backends, utils

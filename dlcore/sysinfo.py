@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from . import cuda
+from . import cuda, host_memory
 from ._version import __version__
 from .device import cupy_import_error, cupy_module
+from .threads import get_num_threads
 
 
 def _cuda_version(code: int) -> str:
@@ -81,6 +82,8 @@ def collect() -> dict[str, Any]:
     report: dict[str, Any] = {"dlcore": __version__, "numpy": np.__version__,
                               "python": platform.python_version(),
                               "platform": platform.platform()}
+    report["blas_threads"] = get_num_threads()
+    report["host_malloc"] = host_memory.describe()
     cp = cupy_module()
     if cp is None:
         report["cupy"] = f"not importable ({cupy_import_error()})"

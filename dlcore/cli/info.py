@@ -11,7 +11,8 @@ from typing import Any
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"{key:<12} {report[key]}" for key in ("dlcore", "numpy", "python", "platform",
-                                                   "cupy", "cuda_runtime", "cuda_driver")
+                                                   "blas_threads", "host_malloc", "cupy",
+                                                   "cuda_runtime", "cuda_driver")
              if key in report]
     if report["gpu_unavailable_because"]:
         lines.append(f"GPU          none usable: {report['gpu_unavailable_because']}; dlcore "
