@@ -36,7 +36,9 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
   pointwise GEMM.
 * depthwise (C/G == 1): no GEMM has a useful shape, so y is a sum over the kernel offsets of
   shifted input planes times one weight per plane, a block of planes at a time so each
-  block stays in L2 (see the depthwise section).
+  block stays in L2 (see the depthwise section); stride 1 on narrow images (padded width
+  at most TOEPLITZ_MAX_WIDTH_PER_TAP kernel columns) as one GEMM per kernel row and channel
+  with a banded (Toeplitz) matrix of the row's weights instead (see DEPTHWISE_TOEPLITZ).
 * one input channel on small images (the digits' first layer): (kH*kW, N*P) columns (the
   NHWC ones would be copied one value at a time); backward data with 8*C <= O on small
   images: gcol = w^T @ gy then col2im (adds C*kH*kW values per pixel, not O*kH*kW).
@@ -821,10 +823,73 @@ def _is_small_grouped(cg: int, og: int, groups: int) -> bool:
     return groups > 1 and (cg == 1 or og == 1 and cg <= 8)
 
 
+# Stride-1 depthwise on narrow images by banded GEMMs: one kernel row i of channel c is a 1-D
+# convolution along the rows, which is a product with the (Wp, OW) Toeplitz matrix
+# T[q + j, q] = w[c, 0, i, j]. With the channel's padded planes of all N images stacked into
+# one (N*Hp, Wp) matrix, kernel row i is that matrix from row i on (the rows past each
+# image's OH valid ones are computed and dropped): y_c = sum over i of rows[i:] @ T_ci, kH
+# GEMMs per channel (np.matmul loops them over a block of channels in C) and kH - 1 adds,
+# for channels in blocks of about TOEPLITZ_BLOCK_BYTES so the planes and sums stay in L2. The
+# GEMMs do Wp multiply-adds per output where kW are needed, but at BLAS speed where the
+# per-tap path makes two NumPy passes per tap, so it wins while Wp is a few times kW.
+# Measured (2026-12-03, one BLAS thread, 2-core Intel VM, N=32, forward, best of 5 ms,
+# per-tap -> banded): 240 ch 28x28 5x5 170 -> 44, 240 14x14 5x5 94 -> 11, 256 14x14 3x3 23 ->
+# 8, 128 28x28 3x3 30 -> 14, 64 32x32 3x3 21 -> 10, 32 16x16 3x3 3.1 -> 0.8; about even at
+# 96 56x56 5x5 (130 -> 131, Wp = 12 kW) and slower at 128 56x56 3x3 (66 -> 77, Wp = 19 kW).
+# The stride-1 data gradient is a forward with the flipped kernel, so it takes the same path.
+DEPTHWISE_TOEPLITZ = True  # False forces the per-tap path (benchmarks, tests)
+TOEPLITZ_MAX_WIDTH_PER_TAP = 11  # padded width Wp at most this many kernel widths
+TOEPLITZ_BLOCK_BYTES = 1 * 2**20
+
+
+def _use_toeplitz(x: np.ndarray, w_shape: tuple[int, ...], stride: Pair, padding: Pair,
+                  dilation: Pair, groups: int) -> bool:
+    o, cg, _, kw = w_shape
+    return (DEPTHWISE_TOEPLITZ and cg == 1 and o == groups and stride == (1, 1)
+            and dilation == (1, 1) and x.dtype in (np.float32, np.float64)
+            and x.shape[3] + 2 * padding[1] <= TOEPLITZ_MAX_WIDTH_PER_TAP * kw)
+
+
+def _toeplitz_depthwise_forward(x: np.ndarray, w: np.ndarray, padding: Pair) -> np.ndarray:
+    """Depthwise (one weight plane per channel), stride 1: y (N, C, OH, OW) NCHW from any
+    layout of x, by the banded GEMMs above."""
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    (ph, pw) = padding
+    hp, wp = h + 2 * ph, wd + 2 * pw
+    oh, ow = hp - kh + 1, wp - kw + 1
+    rows = n * hp
+    per_channel = (rows * wp + 2 * rows * ow) * x.itemsize
+    cb = max(1, min(c, TOEPLITZ_BLOCK_BYTES // max(per_channel, 1)))
+    band = np.zeros((c, kh, wp, ow), x.dtype)  # band[c, i, q + j, q] = w[c, 0, i, j]
+    q = np.arange(ow)
+    for j in range(kw):
+        band[:, :, q + j, q] = w[:, 0, :, j, None]
+    y = np.empty((n, c, oh, ow), x.dtype)
+    # kh spare zero rows after the last image: kernel row i reads rows [i, i + rows)
+    buf = np.zeros((cb, rows + kh, wp), x.dtype)
+    acc = np.empty((cb, rows, ow), x.dtype)
+    tmp = np.empty_like(acc)
+    for c0 in range(0, c, cb):
+        c1 = min(c, c0 + cb)
+        m = c1 - c0
+        planes = buf[:m, :rows].reshape(m, n, hp, wp)
+        planes[:, :, ph:ph + h, pw:pw + wd] = x[:, c0:c1].transpose(1, 0, 2, 3)
+        a, t = acc[:m], tmp[:m]
+        np.matmul(buf[:m, :rows], band[c0:c1, 0], out=a)
+        for i in range(1, kh):
+            np.matmul(buf[:m, i:i + rows], band[c0:c1, i], out=t)
+            a += t
+        y[:, c0:c1] = a.reshape(m, n, hp, ow)[:, :, :oh].transpose(1, 0, 2, 3)
+    return y
+
+
 def _depthwise_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
                        padding: Pair, dilation: Pair, groups: int) -> np.ndarray:
     """y[n, g*og + o] = sum over c < cg and the taps of the shifted x[n, g*cg + c] times
     w[g*og + o, c, tap]; cg == 1 (depthwise) or og == 1."""
+    if _use_toeplitz(x, w.shape, stride, padding, dilation, groups):
+        return _toeplitz_depthwise_forward(x, w, padding)
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     og, planes = o // groups, n * groups

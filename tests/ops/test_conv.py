@@ -217,6 +217,9 @@ PATH_CASES = [
     ((2, 3, 9, 10), (3, 3, 3), (1, 2), 2, 2, 3),      # depthwise strided across, dilated
     ((1, 4, 10, 9), (8, 3, 1), (2, 1), (1, 0), 1, 4), # strided down, wide across
     ((2, 2, 12, 5), (2, 3, 3), 1, 0, 1, 2),           # no padding, narrow: not wide
+    ((2, 3, 6, 9), (3, 3, 5), 1, (1, 2), 1, 3),       # depthwise 3x5, padding pair
+    ((1, 2, 9, 9), (2, 7, 7), 1, 3, 1, 2),            # depthwise 7x7, one image
+    ((3, 4, 5, 4), (4, 2, 2), 1, 0, 1, 4),            # depthwise 2x2, no padding
 ]
 PATH_IDS = [f"path{i}" for i in range(len(PATH_CASES))]
 
@@ -239,13 +242,49 @@ def _check_cpu_against_reference(case, seed, channels_last=False):
     check(tw.grad, rgw)
 
 
+@pytest.mark.parametrize("toeplitz", [True, False])
 @pytest.mark.parametrize("block", [None, 1])
 @pytest.mark.parametrize("case", PATH_CASES, ids=PATH_IDS)
-def test_conv2d_cpu_paths_match_reference(case, block, monkeypatch):
+def test_conv2d_cpu_paths_match_reference(case, block, toeplitz, monkeypatch):
+    """With the banded-GEMM depthwise path (stride 1) on and off: off, the per-tap path runs
+    the stride-1 depthwise cases too."""
     from dlcore.ops import conv_cpu
-    if block is not None:  # one plane per block: every block boundary and buffer reuse
+    monkeypatch.setattr(conv_cpu, "DEPTHWISE_TOEPLITZ", toeplitz)
+    if block is not None:  # one plane (channel) per block: every block boundary and reuse
         monkeypatch.setattr(conv_cpu, "PLANE_BLOCK_BYTES", block)
+        monkeypatch.setattr(conv_cpu, "TOEPLITZ_BLOCK_BYTES", block)
     _check_cpu_against_reference(case, seed=5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", [c for c in PATH_CASES if c[2] == 1
+                                  and c[5] == c[0][1] == c[1][0] and c[4] == 1])
+def test_depthwise_toeplitz_path_is_taken(case, channels_last, monkeypatch):
+    """The stride-1 depthwise cases above take the banded GEMMs (forward, and the flipped
+    forward of the data gradient), from NCHW and channels-last inputs alike."""
+    from dlcore.ops import conv_cpu
+    calls = []
+    real = conv_cpu._toeplitz_depthwise_forward
+    monkeypatch.setattr(conv_cpu, "_toeplitz_depthwise_forward",
+                        lambda *a: calls.append(a[0].shape) or real(*a))
+    _check_cpu_against_reference(case, seed=6, channels_last=channels_last)
+    assert len(calls) == 2, calls  # forward, and backward data
+
+
+def test_depthwise_toeplitz_only_on_narrow_images() -> None:
+    """The banded GEMMs do Wp multiply-adds per output for kW useful ones: taken up to a
+    padded width of TOEPLITZ_MAX_WIDTH_PER_TAP kernel widths, not beyond, nor strided."""
+    from dlcore.ops import conv_cpu
+    x = np.zeros((1, 8, 4, 31), np.float32)  # padded width 33 = 11 * 3
+    assert conv_cpu._use_toeplitz(x, (8, 1, 3, 3), (1, 1), (1, 1), (1, 1), 8)
+    x = np.zeros((1, 8, 4, 32), np.float32)  # 34
+    assert not conv_cpu._use_toeplitz(x, (8, 1, 3, 3), (1, 1), (1, 1), (1, 1), 8)
+    x = np.zeros((1, 8, 4, 8), np.float32)
+    assert not conv_cpu._use_toeplitz(x, (8, 1, 3, 3), (2, 2), (1, 1), (1, 1), 8)
+    assert not conv_cpu._use_toeplitz(x, (16, 1, 3, 3), (1, 1), (1, 1), (1, 1), 8)  # x2
+    assert not conv_cpu._use_toeplitz(x, (8, 1, 3, 3), (1, 1), (1, 1), (2, 2), 8)
+    assert not conv_cpu._use_toeplitz(x.astype(np.float16), (8, 1, 3, 3), (1, 1), (1, 1),
+                                      (1, 1), 8)
 
 
 @pytest.mark.parametrize("case", PATH_CASES, ids=PATH_IDS)
