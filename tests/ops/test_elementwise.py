@@ -349,3 +349,27 @@ def test_leaky_relu_slope_bits_are_exact(dtype: type, slope: float) -> None:
         np.testing.assert_array_equal(y.numpy(), x * np.where(x > 0, dtype(1), s))
     y.backward(dlcore.ones(*x.shape, dtype=t.dtype))
     np.testing.assert_array_equal(t.grad.numpy(), np.where(x > 0, dtype(1), s))
+
+
+@pytest.mark.parametrize("n", [7, 1000])  # NumPy's SIMD body and its scalar tail
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_values_and_zero_signs_are_pytorchs(dtype: type, n: int) -> None:
+    """relu(x) is x where x >= 0 or NaN, else +0.0; -0.0 stays -0.0 (PyTorch's clamp_min
+    keeps it); the gradient is 1 above 0, else 0. Compared bit for bit with that rule, but
+    for float16 -0.0, which NumPy's half-precision maximum turns into +0.0."""
+    x = np.resize(np.array([-2.0, -0.0, 0.0, 1.5, np.nan, np.inf, -np.inf, -1e-30, 3.0]),
+                  n).astype(dtype)
+    want = np.where((x >= 0) | np.isnan(x), x, dtype(0))
+    if dtype == np.float16:
+        want = np.where(want == 0, dtype(0), want)
+    t = dlcore.tensor(x, requires_grad=True)
+    y = dlcore.relu(t)
+    np.testing.assert_array_equal(y.numpy().view(f"u{x.itemsize}"), want.view(f"u{x.itemsize}"))
+    y.backward(dlcore.ones(n, dtype=t.dtype))
+    np.testing.assert_array_equal(t.grad.numpy(), (x > 0).astype(dtype))
+
+
+def test_relu_of_integers_keeps_the_dtype() -> None:
+    got = dlcore.relu(dlcore.tensor([-3, 0, 2]))
+    assert got.dtype == dlcore.int64
+    np.testing.assert_array_equal(got.numpy(), [0, 0, 2])
