@@ -37,7 +37,7 @@ from dlcore.kernels import recorded_launches
 from dlcore.ops import conv_cuda
 from dlcore.ops.conv import conv2d, conv2d_out_size
 
-from .timing import time_host
+from .timing import time_host, time_pair
 
 # name, N, C, O, H, k, stride, padding, groups
 CASES = [
@@ -192,11 +192,14 @@ def _step_rows(device: str, quick: bool, torch_device: str | None) -> list[dict]
         small = shape[0] * shape[1] * shape[3] ** 2 < 2**16
         r, inner = (50, 10) if small else (reps, 1)
         step = _dlcore_step(device, *shape)
-        us = time_host(step, r, warmup=2, inner=inner)
+        if torch_device is None:
+            us, ref = time_host(step, r, warmup=2, inner=inner), None
+        else:  # samples alternate with PyTorch's (timing.time_pair)
+            us, ref = time_pair(step, _torch_step(torch_device, *shape), r, warmup=2,
+                                inner=inner)
         row = {"suite": "conv", "case": name + " fwd+bwd", "device": device, "median_us": us,
                "gflops": 3 * _direction_flops(*shape) / us / 1e3, "peak_mb": peak_mb(step)}
-        if torch_device is not None:
-            ref = time_host(_torch_step(torch_device, *shape), r, warmup=2, inner=inner)
+        if ref is not None:
             row.update(reference="torch-cpu" if torch_device == "cpu" else "torch-cudnn",
                        reference_us=ref, ratio=us / ref)
         rows.append(row)

@@ -22,7 +22,7 @@ import dlcore
 from dlcore import models, optim
 from dlcore.nn import functional as F
 
-from .timing import time_host
+from .timing import time_host, time_pair
 
 Step = Callable[[], None]
 
@@ -158,14 +158,25 @@ def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
     }
 
 
-def _time(step: Step, quick: bool) -> float:
-    """Median microseconds per step, repetitions sized to about 0.5 s (quick) or 2 s."""
+def _reps(step: Step, quick: bool) -> int:
+    """Repetitions sized to about 0.5 s (quick) or 2 s of ``step``."""
     step()
     t0 = time.perf_counter()
     step()
     once = time.perf_counter() - t0
-    reps = int(np.clip((0.5 if quick else 2.0) / max(once, 1e-6), 3, 200))
-    return time_host(step, reps, warmup=1, inner=1 if reps < 30 else 5)
+    return int(np.clip((0.5 if quick else 2.0) / max(once, 1e-6), 3, 200))
+
+
+def _time(step: Step, quick: bool, ref: Step | None = None) -> tuple[float, float | None]:
+    """Median microseconds per step, and per step of the reference ``ref`` when given (its
+    samples alternate with the step's: :func:`~dlcore.bench.timing.time_pair`)."""
+    reps = _reps(step, quick)
+    inner = 1 if reps < 30 else 5
+    if ref is None:
+        return time_host(step, reps, warmup=1, inner=inner), None
+    reps = min(reps, _reps(ref, quick))
+    inner = 1 if reps < 30 else 5
+    return time_pair(step, ref, reps, warmup=1, inner=inner)
 
 
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
@@ -175,11 +186,10 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
                    if device == "cpu" and importlib.util.find_spec("torch") else {})
     rows = []
     for name, (batch, build) in cases.items():
-        us = _time(build(), quick)
+        us, ref = _time(build(), quick, torch_cases[name]() if name in torch_cases else None)
         row: dict[str, Any] = {"suite": "models", "case": f"{name} N={batch} train step",
                                "device": device, "median_us": us, "samples_s": batch / us * 1e6}
-        if name in torch_cases:
-            ref = _time(torch_cases[name](), quick)
+        if ref is not None:
             row.update(reference="torch-cpu", reference_us=ref, ratio=us / ref)
         rows.append(row)
     return rows

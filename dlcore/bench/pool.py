@@ -32,7 +32,7 @@ from dlcore.device import Device
 from dlcore.ops import pool, pool_cuda
 
 from .conv import peak_mb
-from .timing import time_host
+from .timing import time_host, time_pair
 
 # name, (N, C, H, W), function name, kwargs
 CASES = [
@@ -106,12 +106,14 @@ def _step_rows(device: str, quick: bool) -> list[dict]:
                 continue  # the 56x56 case is the 112x112 one on the quick shape
         reps, inner = (20, 5) if quick else (5, 1)
         step, nbytes = _dlcore_step(device, shape, fn, kw)
-        us = time_host(step, reps, warmup=2, inner=inner)
+        if torch_ok:  # samples alternate with PyTorch's (timing.time_pair)
+            us, ref = time_pair(step, _torch_step(shape, fn, kw), reps, warmup=2, inner=inner)
+        else:
+            us, ref = time_host(step, reps, warmup=2, inner=inner), None
         gbps = nbytes / us / 1e3
         row = {"suite": "pool", "case": name + " fwd+bwd", "device": device, "median_us": us,
                "gbps": gbps, "note": f"{gbps:.3g} GB/s", "peak_mb": peak_mb(step)}
-        if torch_ok:
-            ref = time_host(_torch_step(shape, fn, kw), reps, warmup=2, inner=inner)
+        if ref is not None:
             row.update(reference="torch-cpu", reference_us=ref, ratio=us / ref)
         rows.append(row)
     return rows

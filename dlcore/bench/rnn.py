@@ -24,7 +24,7 @@ import numpy as np
 import dlcore
 from dlcore.nn.rnn import GRU, LSTM
 
-from .timing import time_host
+from .timing import time_host, time_pair
 
 T = 50
 GATES = {"lstm": 4, "gru": 3}
@@ -61,15 +61,24 @@ def _torch_step(mode: str, hidden: int, batch: int) -> Callable[[], None]:
     return step
 
 
-def _time(step: Callable[[], None], quick: bool) -> float:
-    """Median microseconds; repetitions sized so each case takes about a second or two."""
+def _reps(step: Callable[[], None], quick: bool) -> int:
+    """Repetitions sized so each case takes about a second or two."""
     t0 = time.perf_counter()
     step()
     once = time.perf_counter() - t0
-    budget = 0.5 if quick else 2.0
-    reps = int(np.clip(budget / max(once, 1e-6), 3, 200))
+    return int(np.clip((0.5 if quick else 2.0) / max(once, 1e-6), 3, 200))
+
+
+def _time(step: Callable[[], None], quick: bool,
+          ref: Callable[[], None] | None = None) -> tuple[float, float | None]:
+    """Median microseconds, and the reference's when given (alternating samples:
+    :func:`~dlcore.bench.timing.time_pair`)."""
+    reps = _reps(step, quick) if ref is None else min(_reps(step, quick), _reps(ref, quick))
     inner = 1 if reps < 30 else 5
-    return time_host(step, reps, warmup=1 if reps < 30 else 3, inner=inner)
+    warmup = 1 if reps < 30 else 3
+    if ref is None:
+        return time_host(step, reps, warmup=warmup, inner=inner), None
+    return time_pair(step, ref, reps, warmup=warmup, inner=inner)
 
 
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
@@ -79,14 +88,14 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     for mode in ("lstm", "gru"):
         for hidden in hiddens:
             for batch in batches:
-                us = _time(_dlcore_step(mode, hidden, batch, device), quick)
+                us, ref = _time(_dlcore_step(mode, hidden, batch, device), quick,
+                                _torch_step(mode, hidden, batch) if has_torch else None)
                 flops = 3 * 2 * T * batch * 2 * hidden * GATES[mode] * hidden
                 row: dict[str, Any] = {
                     "suite": "rnn", "case": f"{mode} H={hidden} N={batch} T={T} fwd+bwd",
                     "device": device, "median_us": us, "us_per_step": us / T,
                     "gflop_s": flops / us / 1e3}
-                if has_torch:
-                    ref = _time(_torch_step(mode, hidden, batch), quick)
+                if ref is not None:
                     row.update(reference="torch-cpu", reference_us=ref, ratio=us / ref)
                 rows.append(row)
     return rows

@@ -50,3 +50,28 @@ def time_host(fn: Callable[[], None], reps: int, warmup: int | None = None,
     if meter is not None and meter.joules is not None:
         _measured[us] = meter.joules / (len(samples) * inner)
     return us
+
+
+def time_pair(fn: Callable[[], None], ref: Callable[[], None], reps: int,
+              warmup: int | None = None, inner: int = 10) -> tuple[float, float]:
+    """Median host wall times (µs) of ``fn`` and of the reference ``ref``, their samples
+    taken alternately (``inner`` calls of one, then of the other): on a shared machine whose
+    speed drifts over seconds (the project's VMs: PyTorch's own step times moved 1.1-2.7x
+    within a day), two loops run one after the other see different machines and their ratio
+    moves with the drift; alternating samples see the same one. While energy is metered
+    (:func:`energy_per_case`) each loop has to be metered alone, so the two are timed one
+    after the other by :func:`time_host`."""
+    if _meter_device is not None:
+        return time_host(fn, reps, warmup, inner), time_host(ref, reps, warmup, inner)
+    for _ in range(warmup if warmup is not None else max(10, reps // 10)):
+        fn()
+        ref()
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(max(1, reps // inner)):
+        for f, out in ((fn, a), (ref, b)):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            out.append((time.perf_counter() - t0) / inner)
+    return statistics.median(a) * 1e6, statistics.median(b) * 1e6
