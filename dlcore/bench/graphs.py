@@ -90,7 +90,7 @@ def run(device: str = "cpu", quick: bool = False) -> list[dict]:
         for n in BATCHES if not quick else (1, 64):
             base = None
             for mode in modes:
-                us = _time(build(name, n, mode, device), quick)
+                us = _time(build(name, n, mode, device), quick)[0]
                 base = us if base is None else base
                 label = "lenet digits 1x8x8" if name == "lenet" else "lstm classifier T=8"
                 rows.append({"suite": "graphs", "case": f"{label} N={n} {mode} train step",
