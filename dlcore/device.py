@@ -304,11 +304,13 @@ class Device:
 
     # ---- random numbers -------------------------------------------------------------
     def new_generator(self, seed: int | None) -> Any:
-        """A new random generator for arrays of this device, seeded with ``seed``: NumPy's
-        PCG64 ``Generator`` on ``cpu`` and ``emu`` (so both draw the same numbers), a CuPy
-        ``RandomState`` behind the same four methods on ``cuda``."""
+        """A new random generator for host arrays, seeded with ``seed``: NumPy's PCG64
+        ``Generator``, on ``cpu`` and ``emu`` alike (so both draw the same numbers). A cuda
+        device's generator is :class:`dlcore.random.CudaGenerator` (its uniform and normal
+        draws run on the device's Philox kernels, a layer above this one)."""
         if self.type == "cuda":
-            return _CupyGenerator(self, seed)
+            raise ValueError("Device.new_generator: cuda generators are "
+                             "dlcore.random.CudaGenerator (dlcore.random.generator_for)")
         return np.random.Generator(np.random.PCG64(seed))
 
     def __repr__(self) -> str:
@@ -346,34 +348,6 @@ class _NullContext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-class _CupyGenerator:
-    """CuPy's ``RandomState`` with NumPy ``Generator``'s method names, drawing on its device.
-
-    NOTE: CuPy's generators expose no state, so this one has no ``bit_generator``:
-    ``dlcore.get_rng_state`` cannot capture it (it restarts from the seed)."""
-
-    def __init__(self, device: Device, seed: int | None) -> None:
-        self.device = device
-        with device.use():
-            self.state = device.xp.random.RandomState(seed)
-
-    def uniform(self, low: float, high: float, shape: tuple[int, ...]) -> Any:
-        with self.device.use():
-            return self.state.uniform(low, high, shape)
-
-    def normal(self, mean: float, std: float, shape: tuple[int, ...]) -> Any:
-        with self.device.use():
-            return self.state.normal(mean, std, shape)
-
-    def integers(self, low: int, high: int, shape: tuple[int, ...]) -> Any:
-        with self.device.use():
-            return self.state.randint(low, high, shape)
-
-    def permutation(self, n: int) -> Any:
-        with self.device.use():
-            return self.state.permutation(n)
 
 
 def _require_cuda(dev: Device) -> Any:

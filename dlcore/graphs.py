@@ -46,7 +46,7 @@ import numpy as np
 
 import itertools
 
-from . import autograd, kernels, random
+from . import autograd, cuda_blas, kernels, random
 from .ops.philox_cuda import PhiloxStream
 from .device import Device, capturing, get_default_device
 from .tensor import Tensor
@@ -299,6 +299,7 @@ class CUDAGraph:
         cp = dev.xp
         dev.synchronize()  # work queued before capture runs before it, as PyTorch does
         with dev.use():
+            cuda_blas.prepare(cp)  # the cuBLAS workspace exists before capture (cudaMalloc)
             self._pool = pool if pool is not None else cp.cuda.MemoryPool()
             self._stream = cp.cuda.Stream(non_blocking=True)
             self._allocator = cp.cuda.using_allocator(self._pool.malloc)

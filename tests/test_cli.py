@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,6 +60,42 @@ def test_check_reports_failures(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(check, "cases", lambda: {"broken kernel": broken})
     assert main(["check", "--device", "emu"]) == 1
     assert "broken kernel: forward" in capsys.readouterr().out
+
+
+def test_check_against_the_emulator_compares_same_kernel_outputs(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """``--reference emu``: integers exactly, floats to 1e-6 of their scale (or the case's
+    stated bound), NaN where both are NaN agrees; here the "device" is the emulator too, with
+    a planted difference per case."""
+    from dlcore.cli import check
+
+    def case(shift: float, index_shift: int) -> Any:
+        def run(device: dlcore.Device) -> dict[str, np.ndarray]:
+            base = np.array([100.0, -3.0, np.nan, 0.5], np.float32)
+            idx = np.array([0, 5, 7], np.int64)
+            calls.append(device)
+            if len(calls) % 2:  # the checked device runs first, the reference second
+                base = base + np.float32(shift) * np.array([1, 0, 0, 0], np.float32)
+                idx = idx + index_shift
+            return {"forward": base, "indices": idx}
+        return run
+
+    calls: list[dlcore.Device] = []
+    monkeypatch.setattr(check, "cases", lambda: {
+        "exact": case(0.0, 0),
+        "last bits": case(2 * 7.62939453125e-06, 0),  # two float32 ulps of 100: 1.5e-7
+        "off by 1e-4": case(1e-2, 0), "index moved": case(0.0, 1)})
+    rows = check.run_checks(dlcore.Device("emu"), "emu")
+    verdict = {(r["case"], r["quantity"]): r["ok"] for r in rows}
+    assert verdict == {("exact", "forward"): True, ("exact", "indices"): True,
+                       ("last bits", "forward"): True, ("last bits", "indices"): True,
+                       ("off by 1e-4", "forward"): False, ("off by 1e-4", "indices"): True,
+                       ("index moved", "forward"): True, ("index moved", "indices"): False}
+    assert all(d.type == "emu" for d in calls)
+    with pytest.raises(ValueError, match="reference"):
+        check.run_checks(dlcore.Device("emu"), "cuda")
+    assert main(["check", "--device", "emu", "--reference", "emu"]) == 1
+    assert "index moved: indices" in capsys.readouterr().out
 
 
 def test_bench_quick_one_suite_writes_json(tmp_path: Path,

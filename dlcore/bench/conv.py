@@ -79,8 +79,9 @@ def _torch_device(device: str) -> str | None:
 
     if not torch.cuda.is_available():
         return None
-    # NOTE: cuDNN may use TF32 for fp32 convolutions; compare fp32 with fp32.
-    torch.backends.cudnn.allow_tf32 = False
+    # NOTE: cuDNN under the same TF32 setting as dlcore's convolutions (both default to TF32
+    # tensor cores for float32, as PyTorch does): like with like
+    torch.backends.cudnn.allow_tf32 = bool(dlcore.backends.cudnn.allow_tf32)
     return device
 
 

@@ -51,6 +51,9 @@ def environment(device: str) -> dict[str, Any]:
     env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "device": device, "machine": platform.machine(), "processor": platform.processor(),
            **collect()}
+    # float32 convolutions on TF32 tensor cores (dlcore's and cuDNN's, set alike by the conv
+    # suite); float32 GEMMs are full float32 in both (cuBLAS without TF32)
+    env["conv_tf32"] = bool(dlcore.backends.cudnn.allow_tf32)
     try:
         import torch  # optional: a comparison, never a dependency
 

@@ -195,7 +195,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print("dlcore check: the cpu device is the reference; choose cuda or emu",
               file=sys.stderr)
         return 2
-    rows = run_checks(device)
+    rows = run_checks(device, args.reference)
     width = max(len(f"{r['case']}: {r['quantity']}") for r in rows)
     for r in rows:
         label = f"{r['case']}: {r['quantity']}"
@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="kernel-backed ops on a GPU (or emu) vs the CPU")
     check.add_argument("--device", default="auto", help="cuda[:i] or emu (default: cuda)")
+    check.add_argument("--reference", choices=["cpu", "emu"], default="cpu",
+                       help="compare with the NumPy path (cpu, default) or with the same "
+                            "kernels on the emulator (emu: integers exact, floats to 1e-6 of "
+                            "their scale)")
     return ap
 
 

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import importlib.util
+import os
 import re
+import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +45,102 @@ def _preload_nvrtc_wheel() -> None:
             return
 
 
+@dataclass(frozen=True)
+class HeaderSet:
+    """Where one CUDA version's headers are: ``dirs`` (searched in order), ``major`` (its
+    CUDA_VERSION's major, None where unknown) and ``origin`` (for messages)."""
+    origin: str
+    dirs: tuple[str, ...]
+    major: int | None
+
+    @property
+    def complete(self) -> bool:
+        """Holds ``cuda_fp16.h`` and ``crt/mma.h`` (what ``mma.h`` includes): the header a
+        kernel names and the one it reaches through another must come from one version."""
+        def has(rel: str) -> bool:
+            return any(Path(d, rel).is_file() for d in self.dirs)
+        return has("cuda_fp16.h") and has("crt/mma.h")
+
+
+def _cuda_major(dirs: Sequence[str]) -> int | None:
+    for d in dirs:
+        m = re.search(r"^#define CUDA_VERSION (\d+)", _read(Path(d, "cuda.h")), re.M)
+        if m:
+            return int(m.group(1)) // 1000
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _package_dirs(module: str) -> list[Path]:
+    try:
+        spec = importlib.util.find_spec(module)  # found, not imported
+    except (ImportError, ValueError):
+        spec = None
+    return [Path(root) for root in (spec.submodule_search_locations or [])] if spec else []
+
+
+def header_sets() -> list[HeaderSet]:
+    """Every CUDA header set on this machine, wheels first: the CUDA 12 wheels
+    (``nvidia-cuda-runtime-cu12`` plus ``nvidia-cuda-nvcc-cu12`` for ``crt/``), the CUDA 13
+    wheels (``nvidia/cu13/include``), then toolkits ($CUDA_PATH, $CUDA_HOME, the one ``nvcc``
+    on PATH belongs to, /usr/local/cuda)."""
+    sets = []
+    cu12 = [str(root / "include") for module in ("nvidia.cuda_runtime", "nvidia.cuda_nvcc")
+            for root in _package_dirs(module) if (root / "include").is_dir()]
+    cu13 = [str(root / "cu13" / "include") for root in _package_dirs("nvidia")
+            if (root / "cu13" / "include").is_dir()]
+    for origin, dirs in (("CUDA 12 wheels", cu12), ("CUDA 13 wheels", cu13)):
+        if dirs:
+            sets.append(HeaderSet(origin, tuple(dirs), _cuda_major(dirs)))
+    nvcc = shutil.which("nvcc")
+    roots = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"),
+             str(Path(nvcc).resolve().parent.parent) if nvcc else None, "/usr/local/cuda"]
+    seen: set[str] = set()
+    for root in roots:
+        if root and Path(root, "include").is_dir():
+            include = str(Path(root, "include").resolve())
+            if include not in seen:
+                seen.add(include)
+                sets.append(HeaderSet(f"toolkit {root}", (include,), _cuda_major([include])))
+    return sets
+
+
+def choose_header_set(sets: Sequence[HeaderSet], nvrtc_major: int | None) -> HeaderSet | None:
+    """The first complete set of NVRTC's major version, else the first complete set, else the
+    first set at all (NVRTC then names the missing header), else None."""
+    complete = [s for s in sets if s.complete]
+    for s in complete:
+        if s.major == nvrtc_major:
+            return s
+    pool = complete or list(sets)
+    return pool[0] if pool else None
+
+
+@functools.cache
 def cuda_include_dirs() -> tuple[str, ...]:
     """The CUDA headers kernels may include beyond NVRTC's built-in ones (``cuda_fp16.h``,
-    ``cuda_bf16.h``, ``mma.h``, ``cuda_pipeline.h``, ``cooperative_groups.h``), from the CUDA
-    wheels of the NVRTC major version (``nvidia-cuda-runtime-cu12``; ``nvidia-cuda-nvcc-cu12``
-    for the ``crt/`` headers that ``mma.h`` includes) plus the libcu++ that CuPy bundles
-    (``nv/target``, which ``cooperative_groups.h`` includes), so no toolkit install is needed.
-    Empty when those wheels are absent (a GPU machine's CuPy then uses the toolkit's own)."""
-    dirs = []
-    for module, sub in (("nvidia.cuda_runtime", "include"), ("nvidia.cuda_nvcc", "include"),
-                        ("cupy", "_core/include/cupy/_cccl/libcudacxx")):
-        try:
-            spec = importlib.util.find_spec(module)  # found, not imported
-        except (ImportError, ValueError):
-            spec = None
-        for root in (spec.submodule_search_locations or []) if spec else []:
-            include = Path(root, sub)
-            if include.is_dir():
-                dirs.append(str(include))
+    ``cuda_bf16.h``, ``mma.h``, ``cuda_pipeline.h``, ``cooperative_groups.h``), as one
+    version's set (:func:`choose_header_set` over :func:`header_sets`), plus the libcu++ that
+    CuPy bundles (``nv/target``, which ``cooperative_groups.h`` includes). The wheels of the
+    test extra make a toolkit unnecessary; a GPU machine whose CUDA wheels lack ``crt/`` (seen:
+    an H200 image's nvidia/cu13/include, with NVRTC 13.2 and a 13.0 toolkit) takes its
+    toolkit's headers. Empty when nothing is found (CuPy then adds its own CUDA path)."""
+    try:
+        nvrtc_major: int | None = nvrtc_bindings().getVersion()[0]
+    except Exception:  # no NVRTC here: any complete set will do
+        nvrtc_major = None
+    chosen = choose_header_set(header_sets(), nvrtc_major)
+    dirs = list(chosen.dirs) if chosen else []
+    for root in _package_dirs("cupy"):
+        include = root / "_core/include/cupy/_cccl/libcudacxx"
+        if include.is_dir():
+            dirs.append(str(include))
     return tuple(dirs)
 
 

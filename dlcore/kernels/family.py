@@ -89,6 +89,7 @@ class KernelFamily:
             ctype(d)  # every kernel dtype has a C type
         self.checks: dict[str, CheckCase] = {}
         self.tolerances: dict[str, tuple[float | None, float | None]] = {}
+        self.emu_tolerances: dict[str, float] = {}
         self._selected: dict[tuple[Any, np.dtype], Any] = {}  # (device, dtype) -> impl
         _FAMILIES[name] = self
 
@@ -115,18 +116,23 @@ class KernelFamily:
         self._selected[(device, dt)] = impl
         return impl
 
-    def check(self, name: str, rtol: float | None = None,
-              atol: float | None = None) -> Callable[[CheckCase], CheckCase]:
+    def check(self, name: str, rtol: float | None = None, atol: float | None = None,
+              emu_rtol: float | None = None) -> Callable[[CheckCase], CheckCase]:
         """Register a ``dlcore check`` case: ``case(device) -> {quantity: array}``, run on the
         checked device and on ``cpu`` and compared quantity by quantity, to float32's
         tolerances unless the case states its own (``rtol``, ``atol``: a 16-bit case's bound,
-        derived from its roundings where it is declared)."""
+        derived from its roundings where it is declared). ``emu_rtol``: the case's bound, as a
+        fraction of each output's largest magnitude, when the GPU is compared with the
+        emulator (``dlcore check --reference emu``), where a case does more than run the same
+        kernels (cuBLAS GEMMs beside them, 16-bit storage); 1e-6 otherwise."""
         def register(case: CheckCase) -> CheckCase:
             if name in self.checks:
                 raise ValueError(f"{self.name}: check case {name!r} registered twice")
             self.checks[name] = case
             if rtol is not None or atol is not None:
                 self.tolerances[name] = (rtol, atol)
+            if emu_rtol is not None:
+                self.emu_tolerances[name] = emu_rtol
             return case
         return register
 

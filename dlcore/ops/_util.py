@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .. import cuda_blas
+from ..device import cupy_module
 from ..precision import cast_float32, cast_low, is_active
 from ..autograd import Function
 from ..dtypes import BF16_WORDS, bfloat16, float32, is_floating, promote, scalar_result
@@ -35,7 +37,17 @@ def gemm(a: Any, b: Any, op: str = "matmul") -> Any:
         raise bfloat16_unsupported(op)
     if isinstance(a, np.ndarray):
         return blas_cpu.matmul(a, b)
-    return a @ b
+    return cuda_blas.matmul(cupy_module(), a, b)
+
+
+def device_matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
+    """``a @ b`` of one device's arrays (``xp`` its array module): NumPy's on ``cpu`` and
+    ``emu``, :func:`dlcore.cuda_blas.matmul` on ``cuda`` (cuBLAS called so that CUDA graphs
+    can capture it; CuPy's matmul refuses capture). Every GEMM of an op on device arrays
+    goes through here or :func:`gemm`."""
+    if xp is np:
+        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+    return cuda_blas.matmul(xp, a, b, out)
 
 
 # NOTE: on cuda a bfloat16 tensor holds uint16 words (CuPy has no bfloat16; dlcore.dtypes), so

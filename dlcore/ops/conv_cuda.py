@@ -10,7 +10,7 @@ of these that serves it (tests name the kernel through
 :func:`dlcore.kernels.recorded_launches`):
 
 1. 1x1 kernels at stride 1 without padding are plain GEMMs, ``w (F, C) @ x[n] (C, H*W)`` per
-   group: ``xp.matmul``, i.e. cuBLAS on ``cuda`` (NumPy's BLAS on ``emu``), no kernel of ours
+   group: ``device_matmul``, i.e. cuBLAS on ``cuda`` (NumPy's BLAS on ``emu``), no kernel of ours
    (float32 and float64; float16 goes to the tensor cores, which accumulate in float);
 2. depthwise convolutions (groups == C, one input channel per filter) in float32 and float64:
    :mod:`dlcore.ops.conv_depthwise_cuda` (``kernels/conv2d_depthwise.cu``: a plane tile in
@@ -30,6 +30,7 @@ import numpy as np
 
 from ..backends import cudnn
 from . import conv_depthwise_cuda, conv_gemm_cuda, conv_tc_cuda
+from ._util import device_matmul
 
 __all__ = ["KERNEL_DTYPES", "conv2d_backward_data", "conv2d_backward_weight", "conv2d_forward"]
 
@@ -46,7 +47,7 @@ def _is_pointwise(w_shape: tuple[int, ...], stride: Pair, padding: Pair) -> bool
     return tuple(w_shape[2:]) == (1, 1) and stride == (1, 1) and padding == (0, 0)
 
 
-POINTWISE = "cuBLAS"  # the route of 1x1 convolutions: xp.matmul
+POINTWISE = "cuBLAS"  # the route of 1x1 convolutions: device_matmul
 
 
 def _route(device: Any, dtype: Any, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
@@ -101,8 +102,8 @@ def conv2d_forward(device: Any, x: Any, w: Any, out_hw: Pair, stride: Pair, padd
             y = xp.zeros((n, f, *out_hw), dtype=x.dtype)
             return y if bias is None else y + bias.astype(x.dtype).reshape(1, f, 1, 1)
         fg = f // groups
-        y = xp.matmul(w.astype(x.dtype, copy=False).reshape(groups, fg, cg),
-                      xp.ascontiguousarray(x).reshape(n, groups, cg, h * wd))
+        y = device_matmul(xp, w.astype(x.dtype, copy=False).reshape(groups, fg, cg),
+                          xp.ascontiguousarray(x).reshape(n, groups, cg, h * wd))
         y = y.reshape(n, f, *out_hw)
         return y if bias is None else y + bias.astype(x.dtype).reshape(1, f, 1, 1)
 
@@ -123,8 +124,8 @@ def conv2d_backward_data(device: Any, gy: Any, w: Any, x_shape: tuple[int, ...],
             return xp.zeros(tuple(x_shape), dtype=gy.dtype)
         fg = f // groups
         wt = w.astype(gy.dtype, copy=False).reshape(groups, fg, cg).transpose(0, 2, 1)
-        return xp.matmul(wt, xp.ascontiguousarray(gy).reshape(n, groups, fg, h * wd)
-                         ).reshape(x_shape)
+        return device_matmul(xp, wt, xp.ascontiguousarray(gy).reshape(n, groups, fg, h * wd)
+                             ).reshape(x_shape)
 
 
 def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...], stride: Pair,
@@ -144,8 +145,8 @@ def conv2d_backward_weight(device: Any, x: Any, gy: Any, w_shape: tuple[int, ...
             return xp.zeros(tuple(w_shape), dtype=x.dtype)
         fg = f // groups
         # gw[g] = sum over n of gy[n, g] (Fg, P) @ x[n, g]^T (P, Cg), one batched GEMM
-        prod = xp.matmul(xp.ascontiguousarray(gy).astype(x.dtype, copy=False)
-                         .reshape(n, groups, fg, h * wd),
-                         xp.ascontiguousarray(x).reshape(n, groups, cg, h * wd)
-                         .transpose(0, 1, 3, 2))
+        prod = device_matmul(xp, xp.ascontiguousarray(gy).astype(x.dtype, copy=False)
+                             .reshape(n, groups, fg, h * wd),
+                             xp.ascontiguousarray(x).reshape(n, groups, cg, h * wd)
+                             .transpose(0, 1, 3, 2))
         return prod.sum(axis=0).reshape(w_shape)

@@ -4,6 +4,7 @@ logsumexp, softmax and log_softmax. ``dim`` is an int, a tuple of ints or None (
 from __future__ import annotations
 
 import math
+import warnings
 from collections import namedtuple
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 from ..autograd import Function, device_work
 from ..dtypes import get_default_dtype, is_floating, to_dtype
 from ..tensor import Tensor
-from ._util import (cast, float32_op, narrow, normalize_dim, normalize_dims,
+from ._util import (cast, float32_op, warn_user, narrow, normalize_dim, normalize_dims,
                     reject_bfloat16_words, sum_to, widen)
 from .elementwise import maximum, minimum
 from .index import scatter_add
@@ -152,7 +153,15 @@ class Var(Function):
         self.dims, self.keepdim, self.correction = dims, keepdim, correction
         n = x.size if dims is None else int(math.prod([x.shape[d] for d in dims]))
         self.n = n
-        return narrow(widen(x).var(axis=dims, ddof=correction, keepdims=keepdim), x.dtype)
+        if n - correction > 0:
+            return narrow(widen(x).var(axis=dims, ddof=correction, keepdims=keepdim), x.dtype)
+        # PyTorch's warning on every device (NumPy warns, CuPy does not: seen on an H200),
+        # and NumPy's own RuntimeWarning silenced so the user sees this one once
+        warn_user("var(): degrees of freedom is <= 0. Correction should be strictly less "
+                  "than the reduction factor (input numel divided by output numel).")
+        with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return narrow(widen(x).var(axis=dims, ddof=correction, keepdims=keepdim), x.dtype)
 
     def backward(self, g: Tensor) -> tuple:
         (x,) = self.saved_tensors

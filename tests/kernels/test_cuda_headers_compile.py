@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from dlcore.kernels.compile_check import compile_for_arch, cuda_include_dirs
+from pathlib import Path
+
+from dlcore.kernels.compile_check import (HeaderSet, choose_header_set, compile_for_arch,
+                                          cuda_include_dirs)
 from dlcore.kernels.sources import KernelSource
 
 CODE = r"""
@@ -51,7 +54,35 @@ extern "C" __global__ void staged(const float4* src, float4* dst) {
 @pytest.mark.parametrize("arch", [70, 80, 90])
 def test_cuda_headers_compile_from_the_wheels(arch: int) -> None:
     pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
-    assert len(cuda_include_dirs()) == 3, "nvidia-cuda-runtime/-nvcc wheels, CuPy (test extra)"
+    dirs = cuda_include_dirs()
+    assert any(Path(d, "crt/mma.h").is_file() for d in dirs), dirs  # one complete CUDA set
+    assert any(Path(d, "cuda_fp16.h").is_file() for d in dirs), dirs
+    assert any(d.endswith("libcudacxx") for d in dirs), dirs  # CuPy's nv/target
     cubin = compile_for_arch(KernelSource("headers.cu", CODE), arch)
     for name in (b"halves", b"tensor_core", b"staged"):
         assert name in cubin
+
+
+def _headers(root: Path, name: str, major: int, crt: bool) -> HeaderSet:
+    include = root / name / "include"
+    (include / "crt").mkdir(parents=True)
+    (include / "cuda_fp16.h").write_text("")
+    (include / "cuda.h").write_text(f"#define CUDA_VERSION {major}000\n")
+    if crt:
+        (include / "crt" / "mma.h").write_text("")
+    return HeaderSet(name, (str(include),), major)
+
+
+def test_header_set_lacking_crt_yields_to_a_complete_toolkit(tmp_path: Path) -> None:
+    """Seen on an H200 image: CuPy's CUDA 13 wheels hold mma.h but not the crt/mma.h it
+    includes (NVRTC: 'cannot open source file "crt/mma.h"'), while the 13.0 toolkit is
+    complete. Every tensor-core kernel failed to compile until the toolkit's set was used."""
+    wheels = _headers(tmp_path, "cu13", 13, crt=False)
+    old = _headers(tmp_path, "cu12", 12, crt=True)
+    toolkit = _headers(tmp_path, "toolkit", 13, crt=True)
+    assert not wheels.complete and toolkit.complete
+    assert choose_header_set([wheels, old, toolkit], nvrtc_major=13) == toolkit
+    assert choose_header_set([wheels, old, toolkit], nvrtc_major=12) == old
+    assert choose_header_set([wheels, old], nvrtc_major=13) == old  # complete beats matching
+    assert choose_header_set([wheels], nvrtc_major=13) == wheels  # NVRTC names what is missing
+    assert choose_header_set([], nvrtc_major=13) is None

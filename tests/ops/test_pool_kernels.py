@@ -164,7 +164,11 @@ def _close(actual: Any, expected: tuple[np.ndarray, np.ndarray], dtype: type) ->
         bound = BF16_ROUNDING * np.abs(value) + 2.0**-20 * mass
         err = np.abs(actual.astype(np.float64) - value)
         assert np.all(err <= bound), f"worst excess {np.max(err - bound)} over the bound"
-        assert np.any(err > 0)  # not computed in float32 or wider and left unrounded
+        # not computed in float32 or wider and left unrounded: wherever the exact value has
+        # no bfloat16 representation, some result must differ from it (an average over one
+        # element, as in the 1x1 and stride > kernel cases, is exact; seen failing on an H200)
+        unrepresentable = value != value.astype(BF16).astype(np.float64)
+        assert not unrepresentable.any() or np.any(err[unrepresentable] > 0)
         return
     # max pooling is exact; an average sums at most 49 values then scales once: a few
     # float32 ulps (2^-24 each) of values of order 1, well under 1e-6 (1e-13 for float64)
