@@ -30,6 +30,10 @@ PY=python3
   $PY -c "import cupy; print('cupy', cupy.__version__, 'cuda path', cupy.cuda.get_cuda_path()); \
 from dlcore.kernels import compile_check as c; print('header sets', c.header_sets()); \
 print('include dirs', c.cuda_include_dirs())"
+  # the resource report's ptxas log under this NVRTC (NVRTC 13's lacked kernels that NVRTC
+  # 12's names: tests/kernels/test_kernel_resources.py KeyError 'philox_advance', H200 run 2)
+  $PY -c "from dlcore.kernels.resources import compile_cubin as c; r = c('kernels/philox.cu', 90); \
+print('ptxas log of philox.cu sm_90:'); print(r.log); print('names', r.names)"
 } > "$O/env.txt" 2>&1
 DL="$PY -m dlcore"
 

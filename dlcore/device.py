@@ -373,6 +373,20 @@ def _require_cuda(dev: Device) -> Any:
 # not read a capturing device's memory (on cuda it would invalidate the capture; on emu it
 # would read values a real GPU has not computed yet), nor copy between it and another device.
 capturing: dict[Device, int] = {}
+# The emu devices whose captured graph is being replayed: the replay re-runs the recorded
+# dispatch points, which on a GPU would be kernels alone, so ops see host_checks() False then too
+replaying: set[Device] = set()
+
+
+def host_checks(device: Device) -> bool:
+    """Whether an op may validate its input by reading device values on the host (index
+    bounds, value ranges). Not while a graph is being captured on ``device``: the read would
+    end a CUDA capture (CuPy: "the current stream is capturing, so D2H transfers are
+    disallowed", seen on an H200) and see not-yet-computed values on emu. Captured ops then
+    keep their device work in bounds (clamped indices) instead of raising; as PyTorch, whose
+    captured checks are device-side asserts, a captured region is validated by running it
+    eagerly first (the warm-up steps graph capture asks for)."""
+    return not (capturing or replaying) or (device not in capturing and device not in replaying)
 
 
 def check_not_capturing(device: Device, op: str) -> None:

@@ -117,8 +117,12 @@ def promote(a: np.dtype, b: np.dtype) -> np.dtype:
         return a
     if fb and not fa:
         return b
-    # ml_dtypes registers bfloat16's promotions as PyTorch's: with float16 -> float32, with
-    # float32/float64 -> the wider.
+    if a == bfloat16 or b == bfloat16:
+        # PyTorch's: bfloat16 with float16 -> float32, with float32/float64 -> the wider.
+        # Spelled out: ml_dtypes 0.7 registers these with NumPy, 0.6 has no bfloat16/float16
+        # promotion at all (DTypePromotionError; seen on an H200 image's ml_dtypes 0.6.0)
+        other = b if a == bfloat16 else a
+        return float32 if other.itemsize <= 2 else other
     return np.promote_types(a, b)
 
 

@@ -48,7 +48,7 @@ import itertools
 
 from . import autograd, cuda_blas, kernels, random
 from .ops.philox_cuda import PhiloxStream
-from .device import Device, capturing, get_default_device
+from .device import Device, capturing, get_default_device, replaying
 from .tensor import Tensor
 
 __all__ = ["CUDAGraph", "graph", "graph_pool_handle", "is_current_stream_capturing",
@@ -343,12 +343,14 @@ class CUDAGraph:
             dev, rng = self._device, self._rng
             assert dev is not None and rng is not None
             random._streams[dev] = rng
+            replaying.add(dev)  # the re-run ops skip their host checks, as captured
             try:
                 for mark, unit in self._emu.units:
                     rng.consumed = mark  # a re-run op draws at the offsets it had
                     unit()
             finally:
                 random._streams.pop(dev, None)
+                replaying.discard(dev)
         else:
             assert self._device is not None
             with self._device.use():

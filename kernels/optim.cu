@@ -506,8 +506,11 @@ extern "C" __global__ void adagrad_step_half(__half* __restrict__ param,
 // once for all of an optimizer's buckets: amp_update_scale). UNSCALE_DEVICE_SCALE: inv_scale is
 // 1 / scale[0] in float32, correctly rounded (__frcp_rn: the bits of IEEE 1.0f / scale, and of
 // PyTorch's reciprocal through double, since double rounding is exact for a quotient of floats),
-// widened to A; else the host's inv_scale. NOTE: __launch_bounds__(256, 8) keeps these at 32
-// registers (100% occupancy on sm_80; the scale's branch cost 2-8 registers more without it).
+// widened to A; else the host's inv_scale. NOTE: __launch_bounds__(256, 6) caps these at 40
+// registers (75% occupancy, plenty for a streaming pass of 16-byte accesses): (256, 8), a
+// 32-register cap, fitted NVRTC 12 but made CUDA 13's ptxas spill 8 bytes in the double
+// instantiation on sm_80 (seen on an H200 image; the scale's branch costs 2-8 registers more
+// without a cap).
 #define UNSCALE_DEVICE_SCALE 2
 
 namespace optim {
@@ -542,13 +545,13 @@ __device__ __forceinline__ void unscale(T* __restrict__ grad, long long n, A inv
 // dlcore: instantiate unscale_grads<float>
 // dlcore: instantiate unscale_grads<double>
 template <typename T>
-__global__ void __launch_bounds__(256, 8) unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
+__global__ void __launch_bounds__(256, 6) unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
                               const float* __restrict__ scale, int* __restrict__ found_inf,
                               int flags) {
   optim::unscale(grad, n, inv_scale, scale, found_inf, flags);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 8)
+extern "C" __global__ void __launch_bounds__(256, 6)
     unscale_grads_half(__half* __restrict__ grad, long long n,
                                               float inv_scale, const float* __restrict__ scale,
                                               int* __restrict__ found_inf, int flags) {

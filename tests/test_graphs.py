@@ -289,3 +289,37 @@ def test_batchnorm_step_replays_running_statistics(dev: str) -> None:
     got = model.state_dict()
     for k, v in want.items():
         np.testing.assert_array_equal(got[k].numpy(), v, err_msg=k)
+
+
+def test_captured_ops_skip_host_checks_and_stay_in_bounds(dev: str) -> None:
+    """cross_entropy, gather and embedding check their indices on the host when eager; a
+    capture cannot read the device (on an H200 the check ended the capture: "the current
+    stream is capturing, so D2H transfers are disallowed"), so captured they skip the check,
+    and cross_entropy clamps an out-of-range target to a class instead of reading past the
+    row. prod's backward takes its zero-safe form there (it cannot look for zeros)."""
+    x = dl.randn(4, 3, device=dev, requires_grad=True)
+    bad = dl.tensor([0, 2, 1, 7], device=dev)
+    with pytest.raises(IndexError, match="target 7 is out of bounds"):
+        F.cross_entropy(x, bad)
+    emb = dl.randn(5, 2, device=dev)
+    with pytest.raises(IndexError, match="out of range"):
+        F.embedding(dl.tensor([9], device=dev), emb)
+    with pytest.raises(IndexError, match="out of range"):
+        dl.gather(x, 1, dl.tensor([[5]] * 4, device=dev))
+    p = dl.tensor([2.0, 0.0, 3.0], device=dev, requires_grad=True)
+    g = dl.cuda.CUDAGraph()
+    with dl.cuda.graph(g, device=dev):
+        loss = F.cross_entropy(x, bad)
+        loss.backward()
+        looked_up = F.embedding(dl.tensor([4, 0], device=dev), emb)
+        picked = dl.gather(x, 1, dl.tensor([[2]] * 4, device=dev))
+        prod = p.prod()
+        prod.backward()
+    g.replay()
+    clamped = F.cross_entropy(x.detach(), dl.tensor([0, 2, 1, 2], device=dev))  # 7 -> class 2
+    np.testing.assert_allclose(loss.item(), clamped.item(), rtol=1e-6)
+    assert np.isfinite(x.grad.numpy()).all()
+    np.testing.assert_array_equal(looked_up.numpy(), emb.numpy()[[4, 0]])
+    np.testing.assert_array_equal(picked.numpy(), x.detach().numpy()[:, [2]])
+    assert prod.item() == 0.0
+    np.testing.assert_array_equal(p.grad.numpy(), [0.0, 6.0, 0.0])

@@ -5,8 +5,9 @@ Cases: LeNet on digits (N=64, 1x8x8), ResNet-8 on 3x32x32 (N=32; quick: N=8), th
 classifier on digit rows (N=64, T=8), the GRU regressor on the adding problem (N=64,
 T=100) and one GAN step on ring points (discriminator and generator, N=256).
 ``samples_s`` is training samples per second. PyTorch runs the same architecture and step
-when importable (its CPU threads: ``$OMP_NUM_THREADS``, default all cores); these small
-models are dominated by per-op overhead, which is what the ratio shows.
+when importable: on the CPU beside ``cpu`` (its threads: ``$OMP_NUM_THREADS``, default all
+cores), on the GPU beside ``cuda`` (each step ending with a synchronize, as dlcore's); these
+small models are dominated by per-op overhead, which is what the ratio shows.
 """
 
 from __future__ import annotations
@@ -79,19 +80,25 @@ def _dlcore_cases(device: str, quick: bool) -> dict[str, tuple[int, Callable[[],
     }
 
 
-def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
-    """The same models and steps in PyTorch (CPU)."""
+def _torch_cases(n_resnet: int, device: str = "cpu") -> dict[str, Callable[[], Step]]:
+    """The same models and steps in PyTorch, on ``device`` ("cpu", or "cuda[:i]": each step
+    then ends with a synchronize, as dlcore's do)."""
     import torch  # optional: a comparison, never a dependency
     from torch import nn  # optional: a comparison, never a dependency
     from torch.nn import functional as F  # optional: a comparison, never a dependency
 
+    sync = ((lambda: torch.cuda.synchronize(device)) if device.startswith("cuda")
+            else (lambda: None))
+
     def supervised(model: Any, x: Any, y: Any, loss: Callable) -> Step:
+        model, x, y = model.to(device), x.to(device), y.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
         def step() -> None:
             opt.zero_grad()
             loss(model(x), y).backward()
             opt.step()
+            sync()
         return step
 
     class Block(nn.Module):
@@ -128,18 +135,21 @@ def _torch_cases(n_resnet: int) -> dict[str, Callable[[], Step]]:
                           nn.Linear(128, 2))
         d = nn.Sequential(nn.Linear(2, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128),
                           nn.LeakyReLU(0.2), nn.Linear(128, 1))
+        g, d = g.to(device), d.to(device)
         og, od = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
-        real, ones, zeros = torch.randn(256, 2), torch.ones(256, 1), torch.zeros(256, 1)
+        real = torch.randn(256, 2, device=device)
+        ones, zeros = torch.ones(256, 1, device=device), torch.zeros(256, 1, device=device)
         bce = F.binary_cross_entropy_with_logits
 
         def step() -> None:
-            fake = g(torch.randn(256, 2))
+            fake = g(torch.randn(256, 2, device=device))
             od.zero_grad()
             (bce(d(real), ones) + bce(d(fake.detach()), zeros)).backward()
             od.step()
             og.zero_grad()
             bce(d(fake), ones).backward()
             og.step()
+            sync()
         return step
 
     labels = lambda n: torch.randint(0, 10, (n,))  # noqa: E731
@@ -179,17 +189,31 @@ def _time(step: Step, quick: bool, ref: Step | None = None) -> tuple[float, floa
     return time_pair(step, ref, reps, warmup=1, inner=inner)
 
 
+def _torch_device(device: str) -> str | None:
+    """PyTorch's device for the reference column: the CPU beside cpu, the GPU beside cuda
+    (where torch sees one), none beside emu or without PyTorch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        import torch  # optional: a comparison, never a dependency
+
+        return device if torch.cuda.is_available() else None
+    return None
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[dict]:
     dlcore.manual_seed(0)
     cases = _dlcore_cases(device, quick)
-    torch_cases = (_torch_cases(8 if quick else 32)
-                   if device == "cpu" and importlib.util.find_spec("torch") else {})
+    torch_device = _torch_device(device)
+    torch_cases = _torch_cases(8 if quick else 32, torch_device) if torch_device else {}
     rows = []
     for name, (batch, build) in cases.items():
         us, ref = _time(build(), quick, torch_cases[name]() if name in torch_cases else None)
         row: dict[str, Any] = {"suite": "models", "case": f"{name} N={batch} train step",
                                "device": device, "median_us": us, "samples_s": batch / us * 1e6}
         if ref is not None:
-            row.update(reference="torch-cpu", reference_us=ref, ratio=us / ref)
+            row.update(reference=f"torch-{torch_device}", reference_us=ref, ratio=us / ref)
         rows.append(row)
     return rows

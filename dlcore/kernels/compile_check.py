@@ -27,7 +27,7 @@ from typing import Any
 from .errors import KernelCompileError
 from .sources import KernelSource, kernel_source, product_sources
 
-ARCHS = (70, 80, 90)
+ARCHS = (70, 80, 90)  # Volta, Ampere, Hopper: where NVRTC still targets them (see targets)
 
 # NVRTC has no option to silence this one, and dlcore supports sm_70 on purpose.
 _DEPRECATED_ARCH = re.compile(r"^nvrtc: warning : Architectures prior to .*$|"
@@ -187,9 +187,24 @@ def compile_for_arch(source: KernelSource, arch: int) -> bytes:
     return cubin
 
 
+@functools.cache
+def nvrtc_archs() -> tuple[int, ...]:
+    """The sm versions this NVRTC compiles for (``nvrtcGetSupportedArchs``). CUDA 13 dropped
+    Volta: NVRTC 13 answers sm_70 with "invalid value for --gpu-architecture" (seen on an
+    H200 image), while NVRTC 12 still builds it."""
+    return tuple(int(a) for a in nvrtc_bindings().getSupportedArchs())
+
+
+def targets(archs: Sequence[int] = ARCHS) -> tuple[int, ...]:
+    """``archs`` that this NVRTC supports."""
+    return tuple(a for a in archs if a in nvrtc_archs())
+
+
 def check(paths: Sequence[str | Path], archs: Sequence[int] = ARCHS) -> list[str]:
-    """Compile each source for each arch; return one line per failure (empty: all passed)."""
+    """Compile each source for each arch this NVRTC supports; return one line per failure
+    (empty: all passed)."""
     failures = []
+    archs = targets(archs)
     for path in paths:
         src = kernel_source(path)
         for arch in archs:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import device_work, no_grad
+from ..device import host_checks
 from ..ops import gelu, pad, sigmoid, softplus, tanh  # noqa: F401
 from ..ops import leaky_relu as _leaky_relu
 from ..ops import log_softmax as _log_softmax
@@ -281,7 +282,7 @@ def _check_indices(indices: Tensor, num: int, op: str, what: str) -> None:
     if not isinstance(indices, Tensor) or indices.dtype.kind not in "iu":
         got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
         raise TypeError(f"{op}: indices must be an integer tensor, got {got}")
-    if indices.numel():
+    if indices.numel() and host_checks(indices.device):  # not inside a graph capture
         lo, hi = int(indices._data.min()), int(indices._data.max())
         bad = lo if lo < 0 else hi
         if lo < 0 or hi >= num:

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import autograd
 from ..autograd import Function
+from ..device import host_checks
 from ..tensor import Tensor
 from ._util import as_tensor_like, normalize_dim, promote_pair, sum_to
 from .elementwise import where
@@ -174,7 +175,8 @@ def gather(input: Tensor, dim: int, index: Tensor) -> Tensor:
         # take_along_axis needs full-size other dims: work on the slice the index covers
         sl = tuple(slice(0, s) if i != d else slice(None) for i, s in enumerate(idx.shape))
         input = getitem(input, sl)
-    if idx.size and (int(idx.max()) >= input.shape[d] or int(idx.min()) < 0):
+    if idx.size and host_checks(input.device) and (int(idx.max()) >= input.shape[d]
+                                                   or int(idx.min()) < 0):
         raise IndexError(f"gather: index out of range for dim {d} of size {input.shape[d]}")
     return Gather.apply(input, index=idx, dim=d)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import autograd
 from ..autograd import Function
+from ..device import Device, host_checks
 from ..tensor import Tensor
 from ._util import float32_op, warn_user
 from .elementwise import softplus, where
@@ -126,16 +127,20 @@ def _class_weights(weight: Tensor | None, input: Tensor, n_classes: int, op: str
 
 
 def _picked_weights(target: Any, weight: Any, ignore_index: int, n_classes: int, dtype: Any,
-                    xp: Any, op: str) -> tuple[Any, Any, Any]:
-    """(safe targets, weight of each row's target or 0 where ignored, valid mask)."""
+                    xp: Any, op: str, device: Device) -> tuple[Any, Any, Any]:
+    """(safe targets, weight of each row's target or 0 where ignored, valid mask). Inside a
+    graph capture the bounds are not checked on the host (:func:`dlcore.device.host_checks`):
+    out-of-range targets are clamped to a class, so the captured reads stay in bounds."""
     valid = target != ignore_index
-    if target.size:
+    if target.size and host_checks(device):
         bad = valid & ((target < 0) | (target >= n_classes))
         if bool(bad.any()):
             value = int(target[bad][0])
             raise IndexError(f"{op}: target {value} is out of bounds for {n_classes} classes "
                              f"(ignore_index={ignore_index})")
     safe = xp.where(valid, target, 0)
+    if not host_checks(device):
+        safe = xp.clip(safe, 0, max(n_classes - 1, 0))
     picked = valid.astype(dtype) if weight is None else weight[safe] * valid
     return safe, picked, valid
 
@@ -158,7 +163,7 @@ class CrossEntropyIndices(Function):
         log_sums = xp.log(sums)[:, 0]
         probs /= sums
         safe, picked, valid = _picked_weights(target, weight, ignore_index, c, x.dtype, xp,
-                                              "cross_entropy")
+                                              "cross_entropy", self.device)
         logp_target = xp.take_along_axis(shifted, safe[:, None], axis=1)[:, 0] - log_sums
         with np.errstate(divide="ignore", invalid="ignore"):  # all-ignored mean is NaN
             nll_div = picked.sum() if reduction == "mean" else 1
@@ -259,7 +264,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     n_classes = rows.shape[1]
     w = _class_weights(weight, input, n_classes, op)
     xp = input.device.xp
-    safe, picked, _ = _picked_weights(t, w, ignore_index, n_classes, input.dtype, xp, op)
+    safe, picked, _ = _picked_weights(t, w, ignore_index, n_classes, input.dtype, xp, op,
+                                      input.device)
     chosen = rows.gather(1, _constant(safe[:, None], input)).reshape(-1)
     loss = -chosen * _constant(picked, input)
     if reduction == "none":
@@ -308,7 +314,8 @@ def binary_cross_entropy(input: Tensor, target: Tensor,
     op = "binary_cross_entropy"
     reduction = _reduction(size_average, reduce, reduction, op)
     input, target = _same_shape_operands(input, target, op)
-    if input._data.size and bool(((input._data < 0) | (input._data > 1)).any()):
+    if input._data.size and host_checks(input.device) and bool(
+            ((input._data < 0) | (input._data > 1)).any()):
         raise RuntimeError(f"{op}: all elements of input should be between 0 and 1")
     w = None
     if weight is not None:

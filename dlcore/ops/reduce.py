@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import Function, device_work
+from ..device import host_checks
 from ..dtypes import get_default_dtype, is_floating, to_dtype
 from ..tensor import Tensor
 from ._util import (cast, float32_op, warn_user, narrow, normalize_dim, normalize_dims,
@@ -76,7 +77,9 @@ class Prod(Function):
         (x,) = self.saved_tensors
         dims = None if self.dim is None else (self.dim,)
         ge = _expand_back(g, x.shape, dims, self.keepdim)
-        if not bool((x._data == 0).any()):
+        # the quotient when no factor is zero; the zero-safe products inside a graph capture
+        # (the host cannot look at x there)
+        if host_checks(self.device) and not bool((x._data == 0).any()):
             out = _expand_back(self.output(), x.shape, dims, self.keepdim)
             return (ge * out / x,)
         # with zeros: product of the others = exclusive cumprod from both sides

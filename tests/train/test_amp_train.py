@@ -17,7 +17,9 @@ from dlcore.amp import GradScaler
 from dlcore.cli import main
 from dlcore.train import classify, common
 
-ARGS = ["cnn", "--amp", "--epochs", "2", "--batch-size", "16"]  # 8 steps an epoch
+# 8 steps an epoch; on the CPU, whose --amp defaults these tests check (a GPU machine's
+# "auto" is cuda, where --amp means float16: seen on an H200)
+ARGS = ["cnn", "--device", "cpu", "--amp", "--epochs", "2", "--batch-size", "16"]
 
 
 def _train(out: Path, *args: str) -> dict:
@@ -143,9 +145,10 @@ def test_amp_on_a_device_without_float16_kernels_is_one_line(
                         "kernels take float32, float64")
 
     monkeypatch.setattr(classify.ClassifierTask, "step", no_float16)
-    assert main(["train", "cnn", "--amp", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert main(["train", "cnn", "--device", "cpu", "--amp", "--out", str(tmp_path),
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--amp on cpu: conv2d: dtype float16 is not supported" in err
     assert "train without --amp" in err and "Traceback" not in err
     with pytest.raises(TypeError):
-        main(["train", "cnn", "--out", str(tmp_path), "--no-progress"])
+        main(["train", "cnn", "--device", "cpu", "--out", str(tmp_path), "--no-progress"])
