@@ -10,6 +10,7 @@ power through :func:`nvml_handle`. NOTE: keep it free of imports from ``dlcore.c
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
@@ -77,12 +78,34 @@ def nvml_readings(nvml: Any, index: int) -> dict[str, Any]:
     return readings
 
 
+def blas_description() -> str:
+    """NumPy's BLAS, its version and the kernel set it runs (threadpoolctl), and whether the
+    environment chose that set: OpenBLAS's ``OPENBLAS_CORETYPE`` overrides its CPU detection,
+    and GEMM speed follows it (seen: a Zen 5 VM whose environment set Haswell, AVX2 only,
+    ran a 2048^3 float32 GEMM at 106 GFLOP/s on one core; OpenBLAS's own choice there,
+    SkylakeX, ran it at 196), so a CPU benchmark records it."""
+    from threadpoolctl import threadpool_info  # a core dependency (dlcore.threads)
+
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            text = f"{info.get('internal_api')} {info.get('version')}"
+            if info.get("architecture"):
+                text += f", {info['architecture']} kernels"
+            forced = os.environ.get("OPENBLAS_CORETYPE")
+            if info.get("internal_api") == "openblas":
+                text += (f" (OPENBLAS_CORETYPE={forced} in the environment)" if forced
+                         else " (OpenBLAS's own choice for this CPU)")
+            return text
+    return "none found by threadpoolctl"
+
+
 def collect() -> dict[str, Any]:
     """Everything ``dlcore info`` prints, as a dict (``dlcore bench`` stores it too)."""
     report: dict[str, Any] = {"dlcore": __version__, "numpy": np.__version__,
                               "python": platform.python_version(),
                               "platform": platform.platform()}
     report["blas_threads"] = get_num_threads()
+    report["blas"] = blas_description()
     report["host_malloc"] = host_memory.describe()
     cp = cupy_module()
     if cp is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [f"{key:<12} {report[key]}" for key in ("dlcore", "numpy", "python", "platform",
-                                                   "blas_threads", "host_malloc", "cupy",
+                                                   "blas_threads", "blas", "host_malloc", "cupy",
                                                    "cuda_runtime", "cuda_driver")
              if key in report]
     if report["gpu_unavailable_because"]:
