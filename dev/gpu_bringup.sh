@@ -103,6 +103,9 @@ echo "phase 1 done at $(( $(date +%s) - T0 ))s" >> "$O/env.txt"
 Q=--quick
 [ "$BENCH_MODE" = full ] && Q=
 B=/tmp/bench; mkdir -p $B
+# every convolution path on every bench shape (routing data: dev/conv_routes.py)
+timeout 60 $PY dev/conv_routes.py --json $B/conv_routes.json > $B/conv_routes.txt 2>&1
+echo "conv_routes rc=$? at $(( $(date +%s) - T0 ))s" >> $B/summary.txt
 SUITES=${SUITES:-conv pool rnn models overhead launch graphs optim load}
 # each suite's share of the time left, by weight: the rnn suite needed more than an equal
 # share on the H200 (killed at 38 s, 2026-12-04), models times PyTorch on the GPU too
