@@ -119,3 +119,29 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if plan(a, b)[0] == "one":
         return a @ b
     return matmul_into(a, b, np.empty((a.shape[0], b.shape[1]), dtype=a.dtype))
+
+
+# A transposing copy in square blocks: NumPy's own (np.ascontiguousarray(a.T)) walks the
+# source by columns and ran at 0.5 GB/s on a 4096 x 1024 float32 weight (30 ms, 2-core Zen 5
+# VM, 2026-12-04); 64 x 64 blocks, each read and written within cache, took 11.5 ms (1024 x 256:
+# 334 -> 143 us). The recurrent layers copy W_hh^T so every step.
+TRANSPOSE_BLOCK = 64
+TRANSPOSE_MIN_ELEMENTS = 1 << 16  # below this the plain copy is as fast
+
+
+def transposed(a: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    """``np.ascontiguousarray(a.T, dtype)`` for a 2-D array: the same values, C-contiguous,
+    copied block by block (see TRANSPOSE_BLOCK); a.T itself when that is already
+    C-contiguous in ``dtype`` (no copy, as ``np.ascontiguousarray``)."""
+    dt = a.dtype if dtype is None else np.dtype(dtype)
+    t = a.T
+    if a.ndim != 2 or t.flags.c_contiguous and t.dtype == dt or a.size < TRANSPOSE_MIN_ELEMENTS:
+        return np.ascontiguousarray(t, dtype=dt)
+    m, n = a.shape
+    out = np.empty((n, m), dtype=dt)
+    b = TRANSPOSE_BLOCK
+    for i in range(0, m, b):
+        rows = a[i:i + b]
+        for j in range(0, n, b):
+            out[j:j + b, i:i + b] = rows[:, j:j + b].T
+    return out

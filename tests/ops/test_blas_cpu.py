@@ -84,3 +84,22 @@ def test_layouts_the_small_path_does_not_take_are_not_split() -> None:
     # a non-contiguous output falls back to one matmul, still correct
     out = np.zeros((1024, 4)).T
     np.testing.assert_array_equal(blas_cpu.matmul_into(a, b, out), a @ b)
+
+
+@pytest.mark.parametrize("shape", [(4096, 1024), (300, 257), (64, 64), (1, 70000), (70000, 1),
+                                   (5, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_is_the_plain_transposing_copy(shape: tuple[int, int], dtype: type) -> None:
+    a = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    t = blas_cpu.transposed(a)
+    assert t.flags.c_contiguous and t.dtype == dtype
+    # a copy, unless a.T is already C-contiguous (one row or column), as np.ascontiguousarray
+    assert np.shares_memory(t, a) == a.T.flags.c_contiguous
+    np.testing.assert_array_equal(t, np.ascontiguousarray(a.T))
+    wide = blas_cpu.transposed(a, np.float64)
+    assert wide.dtype == np.float64
+    np.testing.assert_array_equal(wide, a.T.astype(np.float64))
+    # a transpose view of a C-contiguous array comes back as that array, uncopied
+    assert blas_cpu.transposed(t.T) is t or np.shares_memory(blas_cpu.transposed(t.T), t)
+    strided = a[::2].T if shape[0] > 1 else a.T
+    np.testing.assert_array_equal(blas_cpu.transposed(strided), np.ascontiguousarray(strided.T))
