@@ -193,6 +193,14 @@ def matmul(xp: Any, a: Any, b: Any, out: Any = None) -> Any:
     dtype). Falls back to ``xp.matmul`` where :func:`supported` says no."""
     if not supported(a, b):
         return xp.matmul(a, b) if out is None else xp.matmul(a, b, out=out)
+    device = getattr(a, "device", None)
+    if device is None or not hasattr(device, "__enter__"):  # the tests' host stand-in
+        return _matmul(xp, a, b, out)
+    with device:  # the operands' GPU: its handle, stream and memory (several GPUs)
+        return _matmul(xp, a, b, out)
+
+
+def _matmul(xp: Any, a: Any, b: Any, out: Any) -> Any:
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: operands {tuple(a.shape)} and {tuple(b.shape)}: inner "
                          f"dimensions {a.shape[-1]} and {b.shape[-2]} differ")
