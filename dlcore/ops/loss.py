@@ -21,7 +21,7 @@ from .. import autograd
 from ..autograd import Function
 from ..device import Device, host_checks
 from ..tensor import Tensor
-from ._util import float32_op, warn_user
+from ._util import device_matmul, float32_op, warn_user
 from .elementwise import softplus, where
 from .reduce import log_softmax, softmax
 from ..dtypes import is_floating
@@ -145,6 +145,14 @@ def _picked_weights(target: Any, weight: Any, ignore_index: int, n_classes: int,
     return safe, picked, valid
 
 
+def _matvec(xp: Any, a: Any, v: Any) -> Any:
+    """``a @ v`` (matrix, vector): NumPy's on the host; on cuda through cuBLAS as a one-column
+    GEMM (dlcore.cuda_blas: capturable, where CuPy's matrix-vector product refuses capture)."""
+    if xp is np:
+        return a @ v
+    return device_matmul(xp, a, v[:, None])[:, 0]
+
+
 class CrossEntropyIndices(Function):
     """Cross entropy of (M, C) logits against class indices, with class weights, ignored
     rows and label smoothing. Loss of row i: ``-sum_c a[i, c] * log_softmax(x)[i, c]``, where
@@ -176,7 +184,7 @@ class CrossEntropyIndices(Function):
                 smooth_div = picked.sum() if reduction == "mean" else 1
                 coef_s = valid.astype(x.dtype) * (label_smoothing / c / smooth_div)
                 w_sum = c if weight is None else weight.sum()
-                w_logp = (shifted.sum(axis=1) if weight is None else shifted @ weight) \
+                w_logp = (shifted.sum(axis=1) if weight is None else _matvec(xp, shifted, weight)) \
                     - log_sums * w_sum
                 rows = rows - coef_s * w_logp
         self.safe, self.weight, self.coef_y, self.coef_s = safe, weight, coef_y, coef_s
