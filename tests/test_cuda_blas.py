@@ -179,3 +179,14 @@ def test_integers_and_the_opt_out_use_the_array_module(fake: Any,
     cuda_blas.prepare(xp)
     cuda_blas.prepare(xp)  # once per handle
     assert lib.calls == ["workspace"]
+
+
+def test_dot_as_a_one_by_one_gemm(fake: Any) -> None:
+    """clip_grad_norm_'s squared norm on cuda: flat[None, :] @ flat[:, None] (views with a
+    zero stride on the added dim)."""
+    xp, lib = fake
+    flat = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    got = cuda_blas.matmul(xp, _wrap(flat)[None, :], _wrap(flat)[:, None])
+    assert got.shape == (1, 1) and lib.calls == ["workspace", "gemm"]
+    np.testing.assert_allclose(np.asarray(got)[0, 0], float(flat.astype(np.float64) @ flat),
+                               rtol=1e-6)

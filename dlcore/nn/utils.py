@@ -14,6 +14,7 @@ import numpy as np
 
 from ..autograd import device_work
 from ..device import check_not_capturing
+from ..ops._util import device_matmul
 from ..tensor import Tensor
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
@@ -29,7 +30,11 @@ def _norm(xp: Any, g: Any, norm_type: float) -> Any:
         return xp.abs(g).max() if g.size else xp.zeros((), g.dtype)
     if norm_type == 2.0:
         flat = g.reshape(-1)
-        return xp.sqrt(xp.dot(flat, flat))
+        if xp is np:
+            return xp.sqrt(xp.dot(flat, flat))
+        # cuda: a 1 x 1 GEMM through dlcore.cuda_blas, which CUDA graphs capture (CuPy's dot
+        # calls cuBLAS through its own wrapper, which refuses capture)
+        return xp.sqrt(device_matmul(xp, flat[None, :], flat[:, None])[0, 0])
     if norm_type == 0.0:
         return (g != 0).sum().astype(g.dtype)
     return (xp.abs(g) ** norm_type).sum() ** (1.0 / norm_type)
