@@ -506,14 +506,24 @@ extern "C" __global__ void adagrad_step_half(__half* __restrict__ param,
 // once for all of an optimizer's buckets: amp_update_scale). UNSCALE_DEVICE_SCALE: inv_scale is
 // 1 / scale[0] in float32, correctly rounded (__frcp_rn: the bits of IEEE 1.0f / scale, and of
 // PyTorch's reciprocal through double, since double rounding is exact for a quotient of floats),
-// widened to A; else the host's inv_scale. NOTE: __launch_bounds__(256, 6) caps these at 40
-// registers (75% occupancy, plenty for a streaming pass of 16-byte accesses): (256, 8), a
-// 32-register cap, fitted NVRTC 12 but made CUDA 13's ptxas spill 8 bytes in the double
-// instantiation on sm_80 (seen on an H200 image; the scale's branch costs 2-8 registers more
-// without a cap).
+// widened to A; else the host's inv_scale. NOTE: the launch bounds cap registers for full
+// occupancy where that fits: (256, 8), 32 registers, for float and __half (100% on sm_80/90);
+// (256, 6), 40 registers (75%), for double, where CUDA 13's ptxas spilled 8 bytes on sm_80 under
+// the 32-register cap (seen on an H200 image; NVRTC 12 fitted it). Without a cap the scale's
+// branch costs 2-8 registers more.
 #define UNSCALE_DEVICE_SCALE 2
 
 namespace optim {
+// blocks of 256 per SM asked of ptxas for unscale_grads<T> (see the NOTE above)
+template <typename T>
+struct UnscaleBlocks {
+  static constexpr int value = 8;
+};
+template <>
+struct UnscaleBlocks<double> {
+  static constexpr int value = 6;
+};
+
 template <typename T, typename A>
 __device__ __forceinline__ void unscale(T* __restrict__ grad, long long n, A inv_scale,
                                         const float* __restrict__ scale,
@@ -545,13 +555,14 @@ __device__ __forceinline__ void unscale(T* __restrict__ grad, long long n, A inv
 // dlcore: instantiate unscale_grads<float>
 // dlcore: instantiate unscale_grads<double>
 template <typename T>
-__global__ void __launch_bounds__(256, 6) unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
+__global__ void __launch_bounds__(256, optim::UnscaleBlocks<T>::value)
+    unscale_grads(T* __restrict__ grad, long long n, T inv_scale,
                               const float* __restrict__ scale, int* __restrict__ found_inf,
                               int flags) {
   optim::unscale(grad, n, inv_scale, scale, found_inf, flags);
 }
 
-extern "C" __global__ void __launch_bounds__(256, 6)
+extern "C" __global__ void __launch_bounds__(256, 8)
     unscale_grads_half(__half* __restrict__ grad, long long n,
                                               float inv_scale, const float* __restrict__ scale,
                                               int* __restrict__ found_inf, int flags) {
