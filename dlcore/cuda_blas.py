@@ -36,6 +36,12 @@ _GEMM_DEFAULT = -1
 _TYPES = {np.dtype(np.float16): (2, 68, ctypes.c_float),   # CUDA_R_16F, COMPUTE_32F
           np.dtype(np.float32): (0, 68, ctypes.c_float),   # CUDA_R_32F, COMPUTE_32F
           np.dtype(np.float64): (1, 70, ctypes.c_double)}  # CUDA_R_64F, COMPUTE_64F
+# alpha = 1 and beta = 0 in each compute type's scalar, made once (host pointer mode: cuBLAS
+# reads them at the call, a capture bakes the values in); kept alive with the module
+_ONE_ZERO: dict[Any, tuple[Any, Any]] = {
+    ctype: (ctype(1.0), ctype(0.0)) for ctype in (ctypes.c_float, ctypes.c_double)}
+_SCALARS = {dt: (ctypes.addressof(_ONE_ZERO[c][0]), ctypes.addressof(_ONE_ZERO[c][1]))
+            for dt, (_, _, c) in _TYPES.items()}
 _INT_MAX = 2**31 - 1
 
 _lib: Any = None
@@ -205,7 +211,8 @@ def _matmul(xp: Any, a: Any, b: Any, out: Any) -> Any:
         raise ValueError(f"matmul: operands {tuple(a.shape)} and {tuple(b.shape)}: inner "
                          f"dimensions {a.shape[-1]} and {b.shape[-2]} differ")
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    batch = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    batch = () if a.ndim == b.ndim == 2 else tuple(np.broadcast_shapes(a.shape[:-2],
+                                                                       b.shape[:-2]))
     shape = batch + (m, n)
     if out is None:
         out = xp.empty(shape, a.dtype)
@@ -219,9 +226,8 @@ def _matmul(xp: Any, a: Any, b: Any, out: Any) -> Any:
         return out
     lib = _library()
     handle = _handle(xp, lib, a, b)
-    dtype_id, compute, scalar = _TYPES[np.dtype(a.dtype)]
-    one, zero = scalar(1.0), scalar(0.0)
-    alpha, beta = ctypes.addressof(one), ctypes.addressof(zero)
+    dtype_id, compute, _ = _TYPES[a.dtype]
+    alpha, beta = _SCALARS[a.dtype]
     nb = math.prod(batch)
     if nb == 1:
         A, op_a, lda = _operand(xp, a.reshape(a.shape[-2:]))

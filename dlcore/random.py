@@ -5,9 +5,9 @@ devices draw the same numbers for the same seed (tests compare them); each CUDA 
 :class:`CudaGenerator`, created on first use with the last seed given: uniform and normal draws
 from Philox4x64-10 blocks on the device (kernels/philox.cu, the graph-safe streams' kernels),
 integers and permutations from a PCG64 on the host. Its whole state is a counter and a PCG64
-state, so :func:`get_rng_state` captures CUDA generators too and a resumed run draws the same
-numbers on a GPU as on the CPU. (CuPy's ``RandomState`` exposes no state: with it, a resumed
-run drew other numbers; seen on an H200.)
+state, so :func:`get_rng_state` captures CUDA generators too and a run resumed on a GPU draws
+the numbers the uninterrupted run would have. (CuPy's ``RandomState`` exposes no state: with
+it, a resumed run drew other numbers; seen on an H200.)
 """
 
 from __future__ import annotations

@@ -222,7 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, action="append", help="sm version, repeatable")
     args = parser.parse_args(argv)
     paths = args.sources or product_sources()
-    failures = check(paths, args.arch or ARCHS)
+    archs = args.arch or ARCHS
+    for arch in sorted(set(archs) - set(targets(archs))):
+        print(f"sm_{arch}: not a target of this NVRTC, skipped", file=sys.stderr)
+    failures = check(paths, archs)
     for f in failures:
         print(f, file=sys.stderr)
     print(f"{len(paths)} source(s), {len(failures)} failure(s)")
