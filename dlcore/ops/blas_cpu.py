@@ -34,6 +34,13 @@ runs at ~105 GFLOP/s where the packed one gives 50-100, so
   @ (4096, 144) 0.254 -> 0.200, (16, 8192) @ (8192, 27) 0.154 -> 0.102, (32, 4096) @
   (4096, 288) 0.935 -> 0.806 (64 rows: 0.8-1.0x, not split).
 
+A B used for many products (an LSTM's W_hh, once per step) is better packed once into
+contiguous 64-wide column blocks, the reduction cut into chunks where a block would leave the
+small path (:class:`PackedColumns`, table at PACK_WIDTH): (4, 1024) @ (1024, 4096) 1299 ->
+321 us, the LSTM H=1024 N=4 T=50 forward+backward 214 -> 72 ms. That one is taken only where
+threadpoolctl reports a kernel set with the small path (:func:`small_path`): with others
+(Haswell's) the blocks ran up to 23% slower than one GEMM.
+
 One row (GEMV either way) and products already in the small path are left alone. Elsewhere
 (no small path: another CPU or BLAS) the blocks are ordinary GEMMs, so the split costs
 Python calls (about a microsecond each), not arithmetic; a reduction split changes the
@@ -41,6 +48,8 @@ order of the sums (float rounding only).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -119,6 +128,109 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if plan(a, b)[0] == "one":
         return a @ b
     return matmul_into(a, b, np.empty((a.shape[0], b.shape[1]), dtype=a.dtype))
+
+
+# OpenBLAS kernel sets with the small path (x86-64: SkylakeX's kernels, which the Cooperlake
+# and SapphireRapids sets include); threadpoolctl names the set NumPy's OpenBLAS runs
+SMALL_PATH_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+# Packed blocks (PackedColumns): B stored as contiguous column blocks, 64 wide, and where a
+# block's m*k*64 would leave the small path, its reduction cut into chunks as well (partial
+# products summed). Measured (2026-12-04, 2-core Zen 5 VM, OpenBLAS 0.3.31 SkylakeX kernels,
+# one thread, float32, best of 3x30-40, us per product; "plan" is matmul_into on the plain
+# C-ordered B; "big": a block's m*k*width above SMALL_MNK, off the small path):
+#
+# =========================  ====  =========  =========  ====================
+# shape                      plan  64 wide    32 wide    64 wide, k in chunks
+# =========================  ====  =========  =========  ====================
+# (4, 1024) @ (1024, 4096)   1299        321        486
+# (8, 1024) @ (1024, 4096)   2107        479        652
+# (16, 1024) @ (1024, 4096)  1849  big: 1961        809  727 (2 chunks)
+# (4, 4096) @ (4096, 1024)    913  big: 1196        471  (not needed: 32 wide)
+# (16, 4096) @ (4096, 1024)  1459                   965  773 (8 chunks)
+# (32, 1024) @ (1024, 4096)  2108                  1601  1484 (4 chunks)
+# (32, 512) @ (512, 2048)     596                   307  322 (2 chunks)
+# (16, 256) @ (256, 1024)      97         44         56
+# (64, 256) @ (256, 1024)     176                   159  187 (2 chunks)
+# (64, 1024) @ (1024, 4096)  3195                  3155  3370 (8 chunks)
+# =========================  ====  =========  =========  ====================
+#
+# So: 64 wide, the fewest chunks that keep the small path, for at most PACK_MAX_ROWS rows; a
+# 32-wide single chunk where that alone fits (above that many rows it is the one gain, up to
+# 10%, and chunks lost); 16-wide blocks gained at most 8% and lost up to 20%, 128-wide ones
+# lost to 64 (600 against 321 at the first shape).
+PACK_WIDTH, PACK_NARROW = 64, 32
+PACK_MAX_ROWS = 32
+PACK_MIN_CHUNK = 64  # the shortest chunk of the reduction
+PACK_MNK = SMALL_MNK  # a block's m*k*width at most this: on the small path
+
+
+@functools.cache
+def small_path() -> bool:
+    """Whether NumPy's BLAS is an OpenBLAS running a kernel set with the small path."""
+    from threadpoolctl import threadpool_info  # a core dependency (dlcore.threads)
+
+    return any(info.get("internal_api") == "openblas"
+               and str(info.get("architecture", "")).lower() in SMALL_PATH_KERNELS
+               for info in threadpool_info() if info.get("user_api") == "blas")
+
+
+def pack_plan(m: int, k: int, n: int, dtype: np.dtype) -> tuple[int, int] | None:
+    """The blocks :class:`PackedColumns` takes for products ``(m, k) @ (k, n)`` with one B
+    used many times (a recurrent weight): ``(width, chunks)``, or None where packing does not
+    pay: no small path, one row (a GEMV), another dtype, or no blocks on the small path."""
+    if m < 2 or np.dtype(dtype) not in _FLOATS or not small_path():
+        return None
+    if n >= PACK_WIDTH and m <= PACK_MAX_ROWS:
+        for chunks in range(1, max(1, k // PACK_MIN_CHUNK) + 1):  # chunks of >= 64
+            if k % chunks == 0 and m * (k // chunks) * PACK_WIDTH <= PACK_MNK:
+                return PACK_WIDTH, chunks
+    if n >= PACK_NARROW and m * k * PACK_NARROW <= PACK_MNK:
+        return PACK_NARROW, 1
+    return None
+
+
+class PackedColumns:
+    """A matrix ``b`` (k, n) stored as contiguous blocks ``(chunks, n // width, k // chunks,
+    width)`` (plus the remaining columns, if any, as one C-ordered block), for many products
+    ``a @ b`` with a few rows of ``a``: each block is one small-path GEMM reading memory in
+    order (see PACK_WIDTH), all of them one batched ``np.matmul`` call, and the chunks'
+    partial products summed. The packing is one copy of ``b``; the products are those of
+    ``a @ b`` up to the order of each dot product's sums (float rounding)."""
+
+    def __init__(self, b: np.ndarray, plan: tuple[int, int]) -> None:
+        k, n = b.shape
+        width, chunks = plan
+        self.width, self.chunks, self.kc = width, chunks, k // chunks
+        self.nfull = n // width * width
+        self.blocks = np.ascontiguousarray(
+            b[:, :self.nfull].reshape(chunks, self.kc, n // width, width).transpose(0, 2, 1, 3))
+        self.tail = np.ascontiguousarray(b[:, self.nfull:]) if self.nfull < n else None
+        self._parts: np.ndarray | None = None
+
+    def matmul_into(self, a: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``a @ b`` into ``out`` (m, n), which must have unit steps along its rows."""
+        if out.strides[1] != out.itemsize:
+            raise ValueError(f"PackedColumns.matmul_into: out needs unit steps along its rows, "
+                             f"got strides {out.strides} for shape {out.shape}")
+        m, nb = a.shape[0], self.nfull // self.width
+        # (blocks, m, width) over out's own memory: each block's rows at out's row stride,
+        # which BLAS takes as its leading dimension (no buffer, no copy back)
+        view = np.lib.stride_tricks.as_strided(
+            out, (nb, m, self.width), (self.width * out.itemsize, out.strides[0], out.itemsize),
+            writeable=True)
+        if self.chunks == 1:
+            np.matmul(a, self.blocks[0], out=view)
+        else:
+            parts = self._parts
+            if parts is None or parts.shape[2] != m or parts.dtype != out.dtype:
+                parts = self._parts = np.empty((self.chunks, nb, m, self.width), out.dtype)
+            # a's chunks of the reduction, each against its blocks: (chunks, 1, m, kc)
+            np.matmul(a.reshape(m, self.chunks, self.kc).transpose(1, 0, 2)[:, None],
+                      self.blocks, out=parts)
+            np.sum(parts, axis=0, out=view)
+        if self.tail is not None:
+            np.matmul(a, self.tail, out=out[:, self.nfull:])
+        return out
 
 
 # A transposing copy in square blocks: NumPy's own (np.ascontiguousarray(a.T)) walks the

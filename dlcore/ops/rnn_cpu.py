@@ -237,12 +237,20 @@ def lstm_layer_forward(gates: np.ndarray, w_hh_t: np.ndarray, h0: np.ndarray,
     ig = np.empty((N, H), dtype)
     h, c = h0, c0
     c_prev[order[0]] = c0
-    flip = H >= FORWARD_FLIP_MIN_H and 1 < N <= FORWARD_FLIP_MAX_N  # N=1: GEMV either way
-    w = np.ascontiguousarray(w_hh_t.T) if flip else blas_cpu.transposed(w_hh_t.T)
+    # packed column blocks of W_hh^T where OpenBLAS's small path takes them (see
+    # blas_cpu.PACK_WIDTH); else the flipped product at H >= 1024, else matmul_into's plan
+    pack = blas_cpu.pack_plan(N, H, GH, dtype)
+    packed = blas_cpu.PackedColumns(w_hh_t, pack) if pack else None
+    flip = not packed and H >= FORWARD_FLIP_MIN_H and 1 < N <= FORWARD_FLIP_MAX_N  # N=1: GEMV
+    w = (w_hh_t if packed else np.ascontiguousarray(w_hh_t.T) if flip  # (unused if packed)
+         else blas_cpu.transposed(w_hh_t.T))
     hg = np.empty((GH, N) if flip else (N, GH), dtype)
     for k, t in enumerate(order):
         a = gates[t]
-        if flip:  # (W h^T)^T
+        if packed:
+            packed.matmul_into(h, hg)
+            a += hg
+        elif flip:  # (W h^T)^T
             np.matmul(w, h.T, out=hg)
             a += hg.T
         else:
@@ -292,8 +300,10 @@ def lstm_layer_backward(gy: np.ndarray, dh: np.ndarray, dc: np.ndarray, gates: n
     block = max(1, BACKWARD_BLOCK_BYTES // max(1, N * GH * gates.itemsize))  # N may be 0
     r_buf = np.empty((min(block, T), N, H), gates.dtype)
     tmp = np.empty_like(dh)
+    pack = blas_cpu.pack_plan(N, GH, H, gates.dtype)
+    packed = blas_cpu.PackedColumns(w_hh, pack) if pack else None
     split = H <= BACKWARD_SPLIT_MAX_H and blas_cpu.split_columns(dxg[0], w_hh) > 0
-    flip = H >= BACKWARD_FLIP_MIN_H and N > 1 and not split
+    flip = not packed and H >= BACKWARD_FLIP_MIN_H and N > 1 and not split
     # flipped: W_hh^T as a view; BLAS reads it transposed in place, as fast as a C-ordered
     # copy and with the same bits (2026-12-04: H=1024, N=4 and 16), without the 30 ms copy
     w = w_hh.T if flip else w_hh
@@ -327,7 +337,9 @@ def lstm_layer_backward(gy: np.ndarray, dh: np.ndarray, dc: np.ndarray, gates: n
             d3[k, :, :3] *= dc[:, None, :]
             d3[k, :, 3] *= dh
             dc *= f[k]
-            if flip:  # (W_hh^T dxg^T)^T
+            if packed:
+                packed.matmul_into(dxg[t], dh)
+            elif flip:  # (W_hh^T dxg^T)^T
                 np.matmul(w, dxg[t].T, out=dh_t)
                 np.copyto(dh, dh_t.T)
             else:

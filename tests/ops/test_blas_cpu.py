@@ -103,3 +103,75 @@ def test_transposed_is_the_plain_transposing_copy(shape: tuple[int, int], dtype:
     assert blas_cpu.transposed(t.T) is t or np.shares_memory(blas_cpu.transposed(t.T), t)
     strided = a[::2].T if shape[0] > 1 else a.T
     np.testing.assert_array_equal(blas_cpu.transposed(strided), np.ascontiguousarray(strided.T))
+
+
+# ---- packed blocks for a B used many times (the LSTM's recurrent weights) ------------------
+
+@pytest.mark.parametrize("m,k,n,plan", [(4, 256, 1024, (64, 1)), (3, 100, 200, (64, 1)),
+                                        (2, 96, 80, (32, 1)), (16, 512, 256, (64, 4)),
+                                        (5, 120, 130, (64, 3))])
+@pytest.mark.parametrize("views", [False, True])
+def test_packed_columns_equal_one_gemm(m: int, k: int, n: int, plan: tuple[int, int],
+                                       views: bool) -> None:
+    """Every block, the tail columns (n not a multiple of the width) and every chunk of the
+    reduction summed once, at the right place; B a transposed view (as the LSTM's W_hh^T)
+    and the output a window of a wider array (its row stride is BLAS's leading dimension)."""
+    a, b = _ints((m, k), 11), _ints((k, n), 12)
+    if views:
+        b = np.ascontiguousarray(b.T).T
+        big = np.full((m, n + 7), np.nan)
+        out = big[:, 3:3 + n]
+    else:
+        out = np.full((m, n), np.nan)
+    packed = blas_cpu.PackedColumns(b, plan)
+    for _ in range(2):  # the chunks' buffer is reused
+        assert packed.matmul_into(a, out) is out
+        np.testing.assert_array_equal(out, a @ b)
+    if views:
+        assert np.isnan(big[:, :3]).all() and np.isnan(big[:, 3 + n:]).all()
+    # another row count and dtype through the same packing
+    a2 = _ints((2, k), 13)
+    np.testing.assert_array_equal(packed.matmul_into(a2, np.empty((2, n))), a2 @ b)
+    with pytest.raises(ValueError, match="unit steps"):
+        packed.matmul_into(a, np.empty((n, m)).T)
+
+
+def test_pack_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measured rule (blas_cpu's table): 64 wide, the fewest chunks that keep each
+    block's m*k*64 on the small path, for at most 32 rows; else 32 wide in one chunk where
+    that fits; nothing for one row, other dtypes, or without the small path."""
+    monkeypatch.setattr(blas_cpu, "small_path", lambda: True)
+    f32 = np.float32
+    assert blas_cpu.pack_plan(4, 1024, 4096, f32) == (64, 1)
+    assert blas_cpu.pack_plan(16, 1024, 4096, f32) == (64, 2)
+    assert blas_cpu.pack_plan(16, 4096, 1024, f32) == (64, 8)
+    assert blas_cpu.pack_plan(32, 1024, 4096, f32) == (64, 4)
+    assert blas_cpu.pack_plan(64, 256, 1024, f32) == (32, 1)
+    assert blas_cpu.pack_plan(64, 1024, 4096, f32) is None
+    assert blas_cpu.pack_plan(1, 1024, 4096, f32) is None
+    assert blas_cpu.pack_plan(4, 1024, 4096, np.int64) is None
+    assert blas_cpu.pack_plan(4, 1024, 16, f32) is None  # narrower than any block
+    assert blas_cpu.PACK_MNK == blas_cpu.SMALL_MNK
+    for m, k, n in ((4, 1024, 4096), (16, 4096, 1024), (64, 256, 1024)):
+        width, chunks = blas_cpu.pack_plan(m, k, n, f32)
+        assert k % chunks == 0 and m * (k // chunks) * width <= blas_cpu.SMALL_MNK
+    monkeypatch.setattr(blas_cpu, "small_path", lambda: False)
+    assert blas_cpu.pack_plan(4, 1024, 4096, f32) is None
+
+
+@pytest.mark.parametrize("info,expected", [
+    ([{"user_api": "blas", "internal_api": "openblas", "architecture": "SkylakeX"}], True),
+    ([{"user_api": "blas", "internal_api": "openblas", "architecture": "Cooperlake"}], True),
+    ([{"user_api": "blas", "internal_api": "openblas", "architecture": "Haswell"}], False),
+    ([{"user_api": "blas", "internal_api": "mkl", "architecture": None}], False),
+    ([{"user_api": "openmp", "internal_api": "openmp"}], False),
+])
+def test_small_path_follows_the_kernel_set(monkeypatch: pytest.MonkeyPatch, info: list,
+                                           expected: bool) -> None:
+    import threadpoolctl
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: info)
+    blas_cpu.small_path.cache_clear()
+    try:
+        assert blas_cpu.small_path() is expected
+    finally:
+        blas_cpu.small_path.cache_clear()

@@ -192,6 +192,42 @@ def test_fused_lstm_matches_step_by_step_reference(monkeypatch: pytest.MonkeyPat
         assert_close(g, r)
 
 
+@pytest.mark.parametrize("chunks", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_lstm_with_packed_weights(monkeypatch: pytest.MonkeyPatch, chunks: bool,
+                                        reverse: bool) -> None:
+    """The packed recurrent GEMMs (blas_cpu.PackedColumns: taken where OpenBLAS has its small
+    path, so forced here): forward W_hh^T in 64-wide blocks, backward W_hh in 32-wide ones,
+    and with the small-path limit lowered both 64 wide with the reduction in chunks; against
+    the reference built from basic ops."""
+    from dlcore.ops import blas_cpu
+    monkeypatch.setattr(blas_cpu, "small_path", lambda: True)
+    N, H = 3, (64 if chunks else 32)
+    if chunks:
+        monkeypatch.setattr(blas_cpu, "PACK_MNK", N * 32 * 64)
+        monkeypatch.setattr(blas_cpu, "PACK_MIN_CHUNK", 8)
+        assert blas_cpu.pack_plan(N, H, 4 * H, np.float64) == (64, 2)
+        assert blas_cpu.pack_plan(N, 4 * H, H, np.float64) == (64, 8)
+    else:
+        assert blas_cpu.pack_plan(N, H, 4 * H, np.float64) == (64, 1)
+        assert blas_cpu.pack_plan(N, 4 * H, H, np.float64) == (32, 1)
+    calls = []
+    real = blas_cpu.PackedColumns.matmul_into
+    monkeypatch.setattr(blas_cpu.PackedColumns, "matmul_into",
+                        lambda self, a, out: calls.append(self.chunks) or real(self, a, out))
+    inputs = make_inputs("lstm", 5, N, 4, H, "cpu", seed=27)
+    for i in (3, 4):  # keep the gates off saturation at H=32-64
+        inputs[i] = on("cpu", inputs[i].numpy() / 4, requires_grad=True)
+    out = rnn_layer(*inputs, mode="lstm", reverse=reverse)
+    assert out[0].grad_fn.fused
+    ref = reference_layer(*inputs, mode="lstm", reverse=reverse)
+    for o, r in zip(out, ref):
+        assert_close(o, r)
+    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
+        assert_close(g, r)
+    assert len(calls) == 10  # every step of the forward and of the backward
+
+
 def test_fused_lstm_matches_per_step_cells() -> None:
     """Lengths all T take the per-step cells (the kernels' oracle), None the fused path: the
     same values, to float64 rounding."""
