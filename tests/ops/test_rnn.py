@@ -110,6 +110,33 @@ def test_layer_matches_step_by_step_reference(mode: str, T: int, N: int, I: int,
         assert_close(g, r)
 
 
+@pytest.mark.parametrize("mode,lengths", [("rnn_tanh", None), ("rnn_relu", [4, 1, 3]),
+                                          ("gru", None), ("gru", [2, 4, 4]),
+                                          ("lstm", [4, 2, 3])])
+def test_per_step_layers_with_packed_weights(monkeypatch: pytest.MonkeyPatch, mode: str,
+                                             lengths: Any) -> None:
+    """The per-step path (RNN, GRU, an LSTM with lengths) with its recurrent weights packed
+    (blas_cpu.PackedColumns, taken where OpenBLAS has its small path: forced here), forward
+    and backward, against the reference built from basic ops."""
+    from dlcore.ops import blas_cpu
+    monkeypatch.setattr(blas_cpu, "small_path", lambda: True)
+    N, H = 3, 64  # G*H >= 64 columns forward, H = 64 backward: both packed
+    calls = []
+    real = blas_cpu.PackedColumns.matmul_into
+    monkeypatch.setattr(blas_cpu.PackedColumns, "matmul_into",
+                        lambda self, a, out: calls.append(1) or real(self, a, out))
+    inputs = make_inputs(mode, 4, N, 3, H, "cpu", seed=29)
+    inputs[4] = on("cpu", inputs[4].numpy() / 8, requires_grad=True)  # W_hh: off saturation
+    out = rnn_layer(*inputs, mode=mode, lengths=lengths)
+    assert not out[0].grad_fn.fused
+    ref = reference_layer(*inputs, mode=mode, lengths=lengths)
+    for o, r in zip(out, ref):
+        assert_close(o, r)
+    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
+        assert_close(g, r)
+    assert len(calls) == 8  # every step of the forward and of the backward
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_gradcheck(mode: str) -> None:
     inputs = make_inputs(mode, 3, 2, 2, 2, "cpu", seed=3)
