@@ -56,9 +56,6 @@ BAND_BYTES = 768 * 2**10
 BAND_MIN_TILES_PER_WIDTH2 = 1 / 64
 # ... and at most this big (a larger block is mmapped afresh and faults on first touch).
 BAND_MAX_BYTES = 16 * 2**20
-# The weight gradient's 16 GEMMs V[k]^T (C, T) @ M[k] (T, O) sum over T: they run over a
-# chunk of whole images this big (V and M together), the transforms band by band into it.
-GRAD_CHUNK_BYTES = 16 * 2**20
 
 # F(2, 3): G (4, 3), B^T (4, 4), A^T (2, 4). kron(X, X) applies X along rows and columns of
 # a tile flattened row-major (index a*4 + b).
@@ -234,29 +231,32 @@ def winograd_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, padding: Pair) 
 
 def winograd_backward_weight(x: np.ndarray, gy: np.ndarray, padding: Pair) -> np.ndarray:
     """gw (O, C, 3, 3) of y = conv2d(x, w) for a 3x3, stride-1, dilation-1, groups-1
-    kernel: X[k] (C, O) = sum over tiles of V[k]^T M[k] (16 GEMMs per chunk of images,
-    4/9 of the im2col GEMM's flops), then gw = kron(G, G)^T X. float64 agrees with the
-    im2col gradient to ~1.5e-15 of max |gw|; float32 measured 7.1e-7 (im2col 5.0e-7) at
-    64 ch 56x56."""
+    kernel: X[k] (C, O) = sum over tiles of V[k]^T M[k] (16 GEMMs per band, 4/9 of the
+    im2col GEMM's flops), then gw = kron(G, G)^T X. Bands as the forward's (_band_rows): the
+    input and gradient transforms write V and M for a band and its GEMMs read them while they
+    are still in L2, the band's (16, C, O) product added to the sum. float64 agrees with the
+    im2col gradient to ~1.5e-15 of max |gw|; float32 measured 6.5e-7 (im2col 5.0e-7) at
+    64 ch 56x56.
+
+    Bands replaced chunks of whole images (16 MiB of V and M: two images at 64 ch 56x56),
+    whose V and M went out to memory and back (2026-12-04, 2-core Zen 5 VM, one BLAS thread,
+    N=32, C = O, best of 4x2 interleaved, ms, SkylakeX / Haswell kernels): 64 ch 56x56
+    75 / 82 -> 44 / 66, 128 ch 28x28 42 / 52 -> 32 / 45, 256 ch 14x14 35 / 44 -> 36 / 43
+    (its bands already held ~1000 tiles)."""
     n, c = x.shape[:2]
     o, oh, ow = gy.shape[1:]
     th, tw = (oh + 1) // 2, (ow + 1) // 2
-    step = max(1, GRAD_CHUNK_BYTES // (16 * th * tw * (c + o) * x.itemsize))
-    rows = _band_rows((th, tw), c, o, x.itemsize)
     acc = np.zeros((16, c, o), dtype=x.dtype)
+    part = np.empty_like(acc)
     scratch = _Scratch(x.dtype)
-    for n0 in range(0, n, step):
-        n1 = min(n, n0 + step)
-        tiles = (n1 - n0) * th * tw
+    for band in _bands(0, n, th, _band_rows((th, tw), c, o, x.itemsize)):
+        b0, b1, r0, r1 = band
+        tiles = (b1 - b0) * (r1 - r0) * tw
         v = scratch.get("v", (16, tiles, c))
         m = scratch.get("m", (16, tiles, o))
-        for band in _bands(n0, n1, th, min(rows, step * th)):
-            b0, b1, r0, r1 = band
-            t0 = ((b0 - n0) * th + r0) * tw
-            t1 = t0 + (b1 - b0) * (r1 - r0) * tw
-            _input_band(x, padding, band, tw,
-                        v[:, t0:t1].reshape(16, b1 - b0, r1 - r0, tw, c), scratch)
-            _grad_output_band(gy, band, tw, m[:, t0:t1].reshape(16, -1), scratch)
-        acc += np.matmul(v.transpose(0, 2, 1), m)
+        _input_band(x, padding, band, tw, v.reshape(16, b1 - b0, r1 - r0, tw, c), scratch)
+        _grad_output_band(gy, band, tw, m.reshape(16, -1), scratch)
+        np.matmul(v.transpose(0, 2, 1), m, out=part)
+        acc += part
     gw = _GG_BACK.astype(x.dtype) @ acc.reshape(16, c * o)  # (9, C*O)
     return np.ascontiguousarray(gw.reshape(3, 3, c, o).transpose(3, 2, 0, 1))

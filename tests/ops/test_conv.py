@@ -547,8 +547,8 @@ def test_conv2d_winograd_rule(monkeypatch):
     assert not conv_cpu._use_winograd(x, ws, *args)
 
 
-# Bands (conv_winograd_cpu.py): tile rows of one image, whole images, the last band short,
-# and weight-gradient chunks of one image; (N, C, H, W), O, padding, tile rows per band.
+# Bands (conv_winograd_cpu.py; the forward's and the weight gradient's alike): tile rows of
+# one image, whole images, the last band short; (N, C, H, W), O, padding, tile rows per band.
 WINOGRAD_BAND_CASES = [
     (((2, 3, 11, 9), 4, 1), 1),     # 6 tile rows, one per band
     (((2, 3, 11, 9), 4, 1), 4),     # bands of 4 and 2 tile rows
@@ -566,7 +566,6 @@ def test_conv2d_winograd_bands(case, rows, channels_last, monkeypatch):
     from dlcore.ops import conv_winograd_cpu
     calls = _force_winograd(monkeypatch)
     monkeypatch.setattr(conv_winograd_cpu, "_band_rows", lambda *a: rows)
-    monkeypatch.setattr(conv_winograd_cpu, "GRAD_CHUNK_BYTES", 1)  # one image per chunk
     x, w, b, p = _winograd_arrays(case)
     tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
     if channels_last:
