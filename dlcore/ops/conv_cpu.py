@@ -367,6 +367,112 @@ def _row_taps_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int,
     return np.ascontiguousarray(gw.reshape(kh, o, kw, c).transpose(1, 3, 0, 2))
 
 
+# NCHW kernel-row columns: an NCHW input of 5-32 channels into at most 32 (a CIFAR ResNet's
+# first stage), stride 1. The NHWC kernel-row columns above start with a transposing copy
+# of x into NHWC and end with one of y back to NCHW, and NumPy's transposing copies run
+# about 6x slower than a plain copy (a (32, 16, 32, 32) float32 array: 0.30 ms against
+# 0.05); at 16 channels those two took as long as the GEMMs. Here the columns keep x's
+# layout: (n, C, kW, Hp, OW), the padded input planes shifted by each kernel column, copied
+# a plane row (OW values) at a time, and kernel row i is rows i*OW .. i*OW + P of each
+# plane: a (C*kW, P) matrix with row stride Hp*OW, so y[n] (O, P) = sum over i of
+# w_i (O, C*kW) @ that matrix comes out NCHW, and the weight gradient reads gy in place.
+# Measured against the NHWC kernel rows (2026-12-04, 2-core Zen 5 VM, one BLAS thread, N=32,
+# 3x3 pad 1, best of 5x20, ms, SkylakeX / Haswell kernels): forward 16->16 32x32 2.53 /
+# 4.00 -> 1.36 / 2.53, 16->32 32x32 4.61 / 6.92 -> 3.65 / 4.62, 32->32 16x16 1.30 / 2.37
+# -> 1.12 / 2.11, 8->8 32x32 1.00 / 1.40 -> 0.54 / 1.01; but 64->64 8x8 1.00 / 1.96 ->
+# 1.23 / 2.13, so not beyond 32 channels either way.
+NCHW_ROW_TAPS_MAX_CHANNELS = 32
+# The weight gradient (gw_i^T (C*kW, O) = sum over images of cols_i @ gy[n]^T) only up to 16
+# input channels (the same day, ms): 16->16 32x32 1.74 / 3.26 -> 1.48 / 2.75, 8->8 32x32
+# 1.03 / 1.28 -> 0.56 / 1.05, 16->32 32x32 3.91 / 5.13 -> 3.96 / 4.48; but 32->32 16x16
+# 1.23 / 2.37 -> 1.83 / 2.24 and 32->16 0.85 / 1.46 -> 0.95 / 1.17 (SkylakeX slower).
+NCHW_ROW_TAPS_GRAD_MAX_CHANNELS = 16
+
+
+def _use_nchw_row_taps(x: np.ndarray, o: int, kernel: Pair, stride: Pair, dilation: Pair,
+                       groups: int, out_hw: Pair) -> bool:
+    return (groups == 1 and stride == (1, 1) and dilation == (1, 1) and kernel[0] > 1
+            and not is_channels_last(x)
+            and FEW_CHANNELS < x.shape[1] <= NCHW_ROW_TAPS_MAX_CHANNELS
+            and o <= NCHW_ROW_TAPS_MAX_CHANNELS
+            and out_hw[0] * out_hw[1] >= ROW_TAPS_MIN_PIXELS)
+
+
+def _nchw_row_tap_columns(x: np.ndarray, padding: Pair, out_hw: Pair, kernel: Pair,
+                          cols: np.ndarray) -> np.ndarray:
+    """Fill cols (n, C, kW, Hp, OW) from the NCHW chunk x (n, C, H, W): cols[.., j, r, q] =
+    padded x[.., r, q + j]. Returns the (n, C*kW, Hp*OW) view the GEMMs take."""
+    n, c, h, wd = x.shape
+    ph, pw = padding
+    ow = out_hw[1]
+    hp = cols.shape[3]
+    cols[:, :, :, :ph] = 0
+    cols[:, :, :, ph + h:] = 0
+    for j in range(kernel[1]):
+        lo, hi = max(0, pw - j), min(ow, wd + pw - j)  # output columns reading input columns
+        rows = cols[:, :, j, ph:ph + h]
+        if hi <= lo:
+            rows[...] = 0
+            continue
+        rows[..., lo:hi] = x[..., lo + j - pw:hi + j - pw]
+        rows[..., :lo] = 0
+        rows[..., hi:] = 0
+    return cols.reshape(n, c * kernel[1], hp * ow)
+
+
+def _nchw_row_taps_chunks(n: int, c: int, hp: int, out_hw: Pair, kernel: Pair,
+                          itemsize: int) -> list[tuple[int, int]]:
+    return _chunks(n, hp * out_hw[1], c * kernel[1] * itemsize)
+
+
+def _nchw_row_taps_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair,
+                           padding: Pair) -> np.ndarray:
+    n, c, h, _ = x.shape
+    o, _, kh, kw = w.shape
+    oh, ow = out_hw
+    p, hp = oh * ow, h + 2 * padding[0]
+    wr = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(kh, o, c * kw)
+    y = np.empty((n, o, p), dtype=x.dtype)
+    chunks = _nchw_row_taps_chunks(n, c, hp, out_hw, (kh, kw), x.itemsize)
+    step = chunks[0][1] - chunks[0][0]
+    cols = np.empty((step, c, kw, hp, ow), dtype=x.dtype)
+    tmp = np.empty((step, o, p), dtype=x.dtype)
+    for n0, n1 in chunks:
+        m = n1 - n0
+        flat = _nchw_row_tap_columns(x[n0:n1], padding, out_hw, (kh, kw), cols[:m])
+        yc = y[n0:n1]
+        np.matmul(wr[0], flat[:, :, :p], out=yc)
+        for i in range(1, kh):
+            np.matmul(wr[i], flat[:, :, i * ow:i * ow + p], out=tmp[:m])
+            yc += tmp[:m]
+    return y.reshape(n, o, oh, ow)
+
+
+def _nchw_row_taps_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
+                                   padding: Pair) -> np.ndarray:
+    """gw[:, :, i, :]^T from sum over images of kernel row i's columns (C*kW, P) @ gy[n]^T
+    (P, O): gy read in place, through its transposed view (the (O, P) @ (P, C*kW) order
+    measured slower: 2.5 against 1.8 ms at 32->32 16x16, N=32)."""
+    n, c, h, _ = x.shape
+    o, _, kh, kw = w_shape
+    oh, ow = gy.shape[2:]
+    p, hp = oh * ow, h + 2 * padding[0]
+    g = gy.reshape(n, o, p)
+    gwt = np.zeros((kh, c * kw, o), dtype=x.dtype)
+    chunks = _nchw_row_taps_chunks(n, c, hp, (oh, ow), (kh, kw), x.itemsize)
+    step = chunks[0][1] - chunks[0][0]
+    cols = np.empty((step, c, kw, hp, ow), dtype=x.dtype)
+    part = np.empty((step, c * kw, o), dtype=x.dtype)
+    for n0, n1 in chunks:
+        m = n1 - n0
+        flat = _nchw_row_tap_columns(x[n0:n1], padding, (oh, ow), (kh, kw), cols[:m])
+        gt = g[n0:n1].transpose(0, 2, 1)
+        for i in range(kh):
+            np.matmul(flat[:, :, i * ow:i * ow + p], gt, out=part[:m])
+            gwt[i] += part[:m].sum(axis=0)
+    return np.ascontiguousarray(gwt.reshape(kh, c, kw, o).transpose(3, 1, 0, 2))
+
+
 def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
     """w (O, C/G, kH, kW) -> (G, O/G, kH*kW*C/G) in the column order (kH, kW, C)."""
     o = w.shape[0]
@@ -399,6 +505,8 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
         return _winograd_forward(x, w, out_hw, padding)
     if _is_strided_pointwise(w.shape, stride, padding, groups):
         return _forward(_subsampled(x, stride), w, out_hw, (1, 1), padding, (1, 1), 1)
+    if _use_nchw_row_taps(x, o, (kh, kw), stride, dilation, groups, out_hw):
+        return _nchw_row_taps_forward(x, w, out_hw, padding)
     if _use_row_taps(c, (kh, kw), stride, dilation, groups, (oh, ow)):
         return _row_taps_forward(x, w, out_hw, stride, padding)
     if groups == 1 and is_channels_last(x):
@@ -466,6 +574,9 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
     if _is_strided_pointwise(w_shape, stride, padding, groups):
         return conv2d_backward_weight(device, _subsampled(x, stride), gy, w_shape, (1, 1),
                                       padding, (1, 1), 1)
+    if (_use_nchw_row_taps(x, o, (kh, kw), stride, dilation, groups, (oh, ow))
+            and c <= NCHW_ROW_TAPS_GRAD_MAX_CHANNELS and not is_channels_last(gy)):
+        return _nchw_row_taps_backward_weight(x, gy, w_shape, padding)
     if _use_row_taps(c, (kh, kw), stride, dilation, groups, (oh, ow)):
         return _row_taps_backward_weight(x, gy, w_shape, stride, padding)
     if groups == 1 and is_channels_last(gy):

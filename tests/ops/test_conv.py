@@ -421,6 +421,7 @@ ROW_TAP_CASES = [
 @pytest.mark.parametrize("case", ROW_TAP_CASES, ids=[f"rt{i}" for i in range(8)])
 def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, monkeypatch):
     from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "NCHW_ROW_TAPS_MAX_CHANNELS", 0)  # tested below
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", taps)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_STRIDE", 3)
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MIN_PIXELS", 1)
@@ -440,6 +441,63 @@ def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, mo
         assert seen.count("_row_taps_backward_weight") == 1, seen
     else:
         assert not seen
+
+
+# NCHW kernel-row columns (stride 1, dilation 1, groups 1, an NCHW input, FEW_CHANNELS < C
+# <= 32 into at most 32; the weight gradient up to 16 input channels): the stride-1 cases
+# above, and chunks of one image as well as all images in one.
+NCHW_ROW_TAP_CASES = [c for c in ROW_TAP_CASES if c[2] == 1] + [
+    ((3, 16, 9, 11), (16, 3, 3), 1, 1, 1, 1),      # 16 -> 16, the ResNet stage
+    ((2, 7, 6, 5), (9, 3, 5), 1, (2, 3), 1, 1),     # padding above the kernel's half
+]
+
+
+@pytest.mark.parametrize("one_image", [False, True])
+@pytest.mark.parametrize("case", NCHW_ROW_TAP_CASES,
+                         ids=[f"nrt{i}" for i in range(len(NCHW_ROW_TAP_CASES))])
+def test_conv2d_nchw_kernel_row_columns_match_reference(case, one_image, monkeypatch):
+    """Forward, the stride-1 data gradient (a forward of the NCHW gy, when its C and O fit)
+    and the weight gradient through the NCHW columns, against the loop reference."""
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_MIN_PIXELS", 1)
+    if one_image:
+        monkeypatch.setattr(conv_cpu, "COL_BYTES", 1)
+        monkeypatch.setattr(conv_cpu, "MIN_CHUNK_ROWS", 1)
+        assert len(conv_cpu._nchw_row_taps_chunks(3, 16, 11, (9, 11), (3, 3), 8)) == 3
+    seen = []
+    for name in ("_nchw_row_taps_forward", "_nchw_row_taps_backward_weight",
+                 "_row_taps_forward", "_row_taps_backward_weight"):
+        real = getattr(conv_cpu, name)
+        monkeypatch.setattr(conv_cpu, name,
+                            lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a))
+    _check_cpu_against_reference(case, seed=13)
+    c, o = case[0][1], case[1][0]
+    # the data gradient is the forward O -> C: NCHW columns again where O > 4 (FEW_CHANNELS)
+    assert seen.count("_nchw_row_taps_forward") == (2 if o > conv_cpu.FEW_CHANNELS else 1), seen
+    grad_nchw = c <= conv_cpu.NCHW_ROW_TAPS_GRAD_MAX_CHANNELS
+    assert seen.count("_nchw_row_taps_backward_weight") == grad_nchw, seen
+    assert seen.count("_row_taps_backward_weight") == (not grad_nchw), seen
+
+
+def test_conv2d_nchw_kernel_row_columns_route():
+    """Which layers take the NCHW columns: NCHW inputs of 5-32 channels into at most 32,
+    stride 1, at least ROW_TAPS_MIN_PIXELS outputs; not channels-last inputs, strides,
+    dilations, groups, wider layers or tiny images."""
+    from dlcore.ops import conv_cpu
+    use = conv_cpu._use_nchw_row_taps
+    x = np.zeros((2, 16, 32, 32), np.float32)
+    cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    k, one = (3, 3), (1, 1)
+    assert use(x, 16, k, one, one, 1, (32, 32))
+    assert use(x, 32, k, one, one, 1, (32, 32))
+    assert not use(x, 64, k, one, one, 1, (32, 32))
+    assert not use(cl, 16, k, one, one, 1, (32, 32))
+    assert not use(x, 16, k, (2, 2), one, 1, (16, 16))
+    assert not use(x, 16, k, one, (2, 2), 1, (28, 28))
+    assert not use(x, 16, k, one, one, 2, (32, 32))
+    assert not use(x, 16, k, one, one, 1, (4, 4))
+    assert not use(x[:, :4], 16, k, one, one, 1, (32, 32))  # an RGB-sized input: FEW_CHANNELS
+    assert not use(np.zeros((2, 64, 8, 8), np.float32), 64, k, one, one, 1, (8, 8))
 
 
 # Winograd F(2x2, 3x3) forward (3x3, stride 1, dilation 1, groups 1; conv_cpu.py), forced on
