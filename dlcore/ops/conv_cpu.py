@@ -368,8 +368,9 @@ def _row_taps_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int,
 
 
 # NCHW kernel-row columns: an NCHW input of 5-32 channels into at most 32 (a CIFAR ResNet's
-# first stage), stride 1. The NHWC kernel-row columns above start with a transposing copy
-# of x into NHWC and end with one of y back to NCHW, and NumPy's transposing copies run
+# first stage), stride 1 (and 2, below). The NHWC kernel-row columns above start with a
+# transposing copy of x into NHWC and end with one of y back to NCHW, and NumPy's
+# transposing copies run
 # about 6x slower than a plain copy (a (32, 16, 32, 32) float32 array: 0.30 ms against
 # 0.05); at 16 channels those two took as long as the GEMMs. Here the columns keep x's
 # layout: (n, C, kW, Hp, OW), the padded input planes shifted by each kernel column, copied
@@ -387,88 +388,120 @@ NCHW_ROW_TAPS_MAX_CHANNELS = 32
 # 1.03 / 1.28 -> 0.56 / 1.05, 16->32 32x32 3.91 / 5.13 -> 3.96 / 4.48; but 32->32 16x16
 # 1.23 / 2.37 -> 1.83 / 2.24 and 32->16 0.85 / 1.46 -> 0.95 / 1.17 (SkylakeX slower).
 NCHW_ROW_TAPS_GRAD_MAX_CHANNELS = 16
+# Stride 2 (one column buffer per row phase, as the NHWC kernel rows), up to 16 input
+# channels (ms, forward / weight gradient, SkylakeX; Haswell): 16->32/2 32x32 1.45 / 1.43 ->
+# 1.02 / 1.51; 1.97 / 1.93 -> 1.54 / 1.56, 8->16/2 0.60 / 0.62 -> 0.42 / 0.43; 0.76 / 0.69 ->
+# 0.57 / 0.61, but 32->64/2 16x16 0.71 / 0.77 -> 0.85 / 1.19 (64 outputs: beyond the limit
+# anyway).
+NCHW_ROW_TAPS_MAX_STRIDE = 2
+NCHW_ROW_TAPS_STRIDED_MAX_CHANNELS = 16
 
 
 def _use_nchw_row_taps(x: np.ndarray, o: int, kernel: Pair, stride: Pair, dilation: Pair,
                        groups: int, out_hw: Pair) -> bool:
-    return (groups == 1 and stride == (1, 1) and dilation == (1, 1) and kernel[0] > 1
-            and not is_channels_last(x)
-            and FEW_CHANNELS < x.shape[1] <= NCHW_ROW_TAPS_MAX_CHANNELS
+    return (groups == 1 and max(stride) <= NCHW_ROW_TAPS_MAX_STRIDE and dilation == (1, 1)
+            and kernel[0] > 1 and not is_channels_last(x)
+            and FEW_CHANNELS < x.shape[1] <= (NCHW_ROW_TAPS_MAX_CHANNELS if stride == (1, 1)
+                                              else NCHW_ROW_TAPS_STRIDED_MAX_CHANNELS)
             and o <= NCHW_ROW_TAPS_MAX_CHANNELS
             and out_hw[0] * out_hw[1] >= ROW_TAPS_MIN_PIXELS)
 
 
 def _nchw_row_tap_columns(x: np.ndarray, padding: Pair, out_hw: Pair, kernel: Pair,
-                          cols: np.ndarray) -> np.ndarray:
-    """Fill cols (n, C, kW, Hp, OW) from the NCHW chunk x (n, C, H, W): cols[.., j, r, q] =
-    padded x[.., r, q + j]. Returns the (n, C*kW, Hp*OW) view the GEMMs take."""
+                          stride: Pair, bufs: list[np.ndarray]) -> list[np.ndarray]:
+    """Fill one buffer (n, C, kW, R, OW) per row phase a < sH from the NCHW chunk x (n, C,
+    H, W): bufs[a][.., j, r, q] = padded x[.., a + r*sH, q*sW + j]. Kernel row i reads phase
+    i % sH from row (i // sH)*OW on. Returns the (n, C*kW, R*OW) views the GEMMs take."""
     n, c, h, wd = x.shape
-    ph, pw = padding
+    (ph, pw), (sh, sw) = padding, stride
     ow = out_hw[1]
-    hp = cols.shape[3]
-    cols[:, :, :, :ph] = 0
-    cols[:, :, :, ph + h:] = 0
-    for j in range(kernel[1]):
-        lo, hi = max(0, pw - j), min(ow, wd + pw - j)  # output columns reading input columns
-        rows = cols[:, :, j, ph:ph + h]
-        if hi <= lo:
-            rows[...] = 0
-            continue
-        rows[..., lo:hi] = x[..., lo + j - pw:hi + j - pw]
-        rows[..., :lo] = 0
-        rows[..., hi:] = 0
-    return cols.reshape(n, c * kernel[1], hp * ow)
+    flats = []
+    for a, buf in enumerate(bufs):
+        rows = buf.shape[3]
+        # the rows r whose padded row a + r*sH is an input row, and the input rows they read
+        r0 = max(0, -((a - ph) // sh))
+        r1 = max(r0, min(rows, (h - 1 + ph - a) // sh + 1))
+        buf[:, :, :, :r0] = 0
+        buf[:, :, :, r1:] = 0
+        src_rows = x[:, :, a + r0 * sh - ph:a + (r1 - 1) * sh - ph + 1:sh] if r1 > r0 else None
+        for j in range(kernel[1]):
+            # output columns q whose padded column q*sW + j is an input column
+            lo = max(0, -((j - pw) // sw))
+            hi = max(lo, min(ow, (wd - 1 + pw - j) // sw + 1))
+            dst = buf[:, :, j, r0:r1]
+            if src_rows is None:
+                continue
+            if hi > lo:
+                s0 = lo * sw + j - pw
+                dst[..., lo:hi] = src_rows[..., s0:s0 + (hi - lo - 1) * sw + 1:sw]
+            dst[..., :lo] = 0
+            dst[..., hi:] = 0
+        flats.append(buf.reshape(n, c * kernel[1], rows * ow))
+    return flats
 
 
-def _nchw_row_taps_chunks(n: int, c: int, hp: int, out_hw: Pair, kernel: Pair,
+def _nchw_row_tap_buffers(n: int, c: int, out_hw: Pair, kernel: Pair, stride: Pair,
+                          dtype: np.dtype) -> list[np.ndarray]:
+    """One (n, C, kW, R_a, OW) buffer per row phase a: R_a = OH + (kH - 1 - a) // sH rows."""
+    (oh, ow), (kh, kw), sh = out_hw, kernel, stride[0]
+    return [np.empty((n, c, kw, oh + (kh - 1 - a) // sh, ow), dtype=dtype)
+            for a in range(min(sh, kh))]
+
+
+def _nchw_row_taps_chunks(n: int, c: int, out_hw: Pair, kernel: Pair, stride: Pair,
                           itemsize: int) -> list[tuple[int, int]]:
-    return _chunks(n, hp * out_hw[1], c * kernel[1] * itemsize)
+    rows = stride[0] * out_hw[0] + kernel[0]  # over all phases, at most
+    return _chunks(n, rows * out_hw[1], c * kernel[1] * itemsize)
 
 
-def _nchw_row_taps_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair,
+def _nchw_row_taps_forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
                            padding: Pair) -> np.ndarray:
-    n, c, h, _ = x.shape
+    n, c = x.shape[:2]
     o, _, kh, kw = w.shape
     oh, ow = out_hw
-    p, hp = oh * ow, h + 2 * padding[0]
+    sh, p = stride[0], oh * ow
     wr = np.ascontiguousarray(w.transpose(2, 0, 1, 3)).reshape(kh, o, c * kw)
     y = np.empty((n, o, p), dtype=x.dtype)
-    chunks = _nchw_row_taps_chunks(n, c, hp, out_hw, (kh, kw), x.itemsize)
+    chunks = _nchw_row_taps_chunks(n, c, out_hw, (kh, kw), stride, x.itemsize)
     step = chunks[0][1] - chunks[0][0]
-    cols = np.empty((step, c, kw, hp, ow), dtype=x.dtype)
+    bufs = _nchw_row_tap_buffers(step, c, out_hw, (kh, kw), stride, x.dtype)
     tmp = np.empty((step, o, p), dtype=x.dtype)
     for n0, n1 in chunks:
         m = n1 - n0
-        flat = _nchw_row_tap_columns(x[n0:n1], padding, out_hw, (kh, kw), cols[:m])
+        flats = _nchw_row_tap_columns(x[n0:n1], padding, out_hw, (kh, kw), stride,
+                                      [b[:m] for b in bufs])
         yc = y[n0:n1]
-        np.matmul(wr[0], flat[:, :, :p], out=yc)
-        for i in range(1, kh):
-            np.matmul(wr[i], flat[:, :, i * ow:i * ow + p], out=tmp[:m])
-            yc += tmp[:m]
+        for i in range(kh):
+            r0 = (i // sh) * ow
+            np.matmul(wr[i], flats[i % sh][:, :, r0:r0 + p], out=yc if i == 0 else tmp[:m])
+            if i:
+                yc += tmp[:m]
     return y.reshape(n, o, oh, ow)
 
 
 def _nchw_row_taps_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
-                                   padding: Pair) -> np.ndarray:
+                                   stride: Pair, padding: Pair) -> np.ndarray:
     """gw[:, :, i, :]^T from sum over images of kernel row i's columns (C*kW, P) @ gy[n]^T
     (P, O): gy read in place, through its transposed view (the (O, P) @ (P, C*kW) order
     measured slower: 2.5 against 1.8 ms at 32->32 16x16, N=32)."""
-    n, c, h, _ = x.shape
+    n, c = x.shape[:2]
     o, _, kh, kw = w_shape
     oh, ow = gy.shape[2:]
-    p, hp = oh * ow, h + 2 * padding[0]
+    sh, p = stride[0], oh * ow
     g = gy.reshape(n, o, p)
     gwt = np.zeros((kh, c * kw, o), dtype=x.dtype)
-    chunks = _nchw_row_taps_chunks(n, c, hp, (oh, ow), (kh, kw), x.itemsize)
+    chunks = _nchw_row_taps_chunks(n, c, (oh, ow), (kh, kw), stride, x.itemsize)
     step = chunks[0][1] - chunks[0][0]
-    cols = np.empty((step, c, kw, hp, ow), dtype=x.dtype)
+    bufs = _nchw_row_tap_buffers(step, c, (oh, ow), (kh, kw), stride, x.dtype)
     part = np.empty((step, c * kw, o), dtype=x.dtype)
     for n0, n1 in chunks:
         m = n1 - n0
-        flat = _nchw_row_tap_columns(x[n0:n1], padding, (oh, ow), (kh, kw), cols[:m])
+        flats = _nchw_row_tap_columns(x[n0:n1], padding, (oh, ow), (kh, kw), stride,
+                                      [b[:m] for b in bufs])
         gt = g[n0:n1].transpose(0, 2, 1)
         for i in range(kh):
-            np.matmul(flat[:, :, i * ow:i * ow + p], gt, out=part[:m])
+            r0 = (i // sh) * ow
+            np.matmul(flats[i % sh][:, :, r0:r0 + p], gt, out=part[:m])
             gwt[i] += part[:m].sum(axis=0)
     return np.ascontiguousarray(gwt.reshape(kh, c, kw, o).transpose(3, 1, 0, 2))
 
@@ -506,7 +539,7 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     if _is_strided_pointwise(w.shape, stride, padding, groups):
         return _forward(_subsampled(x, stride), w, out_hw, (1, 1), padding, (1, 1), 1)
     if _use_nchw_row_taps(x, o, (kh, kw), stride, dilation, groups, out_hw):
-        return _nchw_row_taps_forward(x, w, out_hw, padding)
+        return _nchw_row_taps_forward(x, w, out_hw, stride, padding)
     if _use_row_taps(c, (kh, kw), stride, dilation, groups, (oh, ow)):
         return _row_taps_forward(x, w, out_hw, stride, padding)
     if groups == 1 and is_channels_last(x):
@@ -576,7 +609,7 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
                                       padding, (1, 1), 1)
     if (_use_nchw_row_taps(x, o, (kh, kw), stride, dilation, groups, (oh, ow))
             and c <= NCHW_ROW_TAPS_GRAD_MAX_CHANNELS and not is_channels_last(gy)):
-        return _nchw_row_taps_backward_weight(x, gy, w_shape, padding)
+        return _nchw_row_taps_backward_weight(x, gy, w_shape, stride, padding)
     if _use_row_taps(c, (kh, kw), stride, dilation, groups, (oh, ow)):
         return _row_taps_backward_weight(x, gy, w_shape, stride, padding)
     if groups == 1 and is_channels_last(gy):

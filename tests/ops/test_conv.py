@@ -443,10 +443,11 @@ def test_conv2d_kernel_row_columns_match_reference(case, taps, channels_last, mo
         assert not seen
 
 
-# NCHW kernel-row columns (stride 1, dilation 1, groups 1, an NCHW input, FEW_CHANNELS < C
-# <= 32 into at most 32; the weight gradient up to 16 input channels): the stride-1 cases
-# above, and chunks of one image as well as all images in one.
-NCHW_ROW_TAP_CASES = [c for c in ROW_TAP_CASES if c[2] == 1] + [
+# NCHW kernel-row columns (stride 1 or 2, dilation 1, groups 1, an NCHW input, FEW_CHANNELS
+# < C <= 32 (strided: 16) into at most 32; the weight gradient up to 16 input channels): the
+# cases above (the stride limit raised for (3, 2)), and chunks of one image as well as all
+# images in one.
+NCHW_ROW_TAP_CASES = ROW_TAP_CASES + [
     ((3, 16, 9, 11), (16, 3, 3), 1, 1, 1, 1),      # 16 -> 16, the ResNet stage
     ((2, 7, 6, 5), (9, 3, 5), 1, (2, 3), 1, 1),     # padding above the kernel's half
 ]
@@ -460,10 +461,11 @@ def test_conv2d_nchw_kernel_row_columns_match_reference(case, one_image, monkeyp
     and the weight gradient through the NCHW columns, against the loop reference."""
     from dlcore.ops import conv_cpu
     monkeypatch.setattr(conv_cpu, "ROW_TAPS_MIN_PIXELS", 1)
+    monkeypatch.setattr(conv_cpu, "NCHW_ROW_TAPS_MAX_STRIDE", 3)
     if one_image:
         monkeypatch.setattr(conv_cpu, "COL_BYTES", 1)
         monkeypatch.setattr(conv_cpu, "MIN_CHUNK_ROWS", 1)
-        assert len(conv_cpu._nchw_row_taps_chunks(3, 16, 11, (9, 11), (3, 3), 8)) == 3
+        assert len(conv_cpu._nchw_row_taps_chunks(3, 16, (9, 11), (3, 3), (1, 1), 8)) == 3
     seen = []
     for name in ("_nchw_row_taps_forward", "_nchw_row_taps_backward_weight",
                  "_row_taps_forward", "_row_taps_backward_weight"):
@@ -471,18 +473,20 @@ def test_conv2d_nchw_kernel_row_columns_match_reference(case, one_image, monkeyp
         monkeypatch.setattr(conv_cpu, name,
                             lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a))
     _check_cpu_against_reference(case, seed=13)
-    c, o = case[0][1], case[1][0]
-    # the data gradient is the forward O -> C: NCHW columns again where O > 4 (FEW_CHANNELS)
-    assert seen.count("_nchw_row_taps_forward") == (2 if o > conv_cpu.FEW_CHANNELS else 1), seen
+    c, o, stride = case[0][1], case[1][0], _pair(case[2])
+    # stride 1: the data gradient is the forward O -> C, NCHW columns again where O > 4
+    # (FEW_CHANNELS); strided, it is col2im
+    again = stride == (1, 1) and o > conv_cpu.FEW_CHANNELS
+    assert seen.count("_nchw_row_taps_forward") == 1 + again, seen
     grad_nchw = c <= conv_cpu.NCHW_ROW_TAPS_GRAD_MAX_CHANNELS
     assert seen.count("_nchw_row_taps_backward_weight") == grad_nchw, seen
     assert seen.count("_row_taps_backward_weight") == (not grad_nchw), seen
 
 
 def test_conv2d_nchw_kernel_row_columns_route():
-    """Which layers take the NCHW columns: NCHW inputs of 5-32 channels into at most 32,
-    stride 1, at least ROW_TAPS_MIN_PIXELS outputs; not channels-last inputs, strides,
-    dilations, groups, wider layers or tiny images."""
+    """Which layers take the NCHW columns: NCHW inputs of 5-32 channels (stride 2: 5-16)
+    into at most 32, at least ROW_TAPS_MIN_PIXELS outputs; not channels-last inputs, larger
+    strides, dilations, groups, wider layers or tiny images."""
     from dlcore.ops import conv_cpu
     use = conv_cpu._use_nchw_row_taps
     x = np.zeros((2, 16, 32, 32), np.float32)
@@ -492,7 +496,9 @@ def test_conv2d_nchw_kernel_row_columns_route():
     assert use(x, 32, k, one, one, 1, (32, 32))
     assert not use(x, 64, k, one, one, 1, (32, 32))
     assert not use(cl, 16, k, one, one, 1, (32, 32))
-    assert not use(x, 16, k, (2, 2), one, 1, (16, 16))
+    assert use(x, 32, k, (2, 2), one, 1, (16, 16))
+    assert not use(np.zeros((2, 32, 16, 16), np.float32), 32, k, (2, 2), one, 1, (8, 8))
+    assert not use(x, 16, k, (3, 3), one, 1, (11, 11))
     assert not use(x, 16, k, one, (2, 2), 1, (28, 28))
     assert not use(x, 16, k, one, one, 2, (32, 32))
     assert not use(x, 16, k, one, one, 1, (4, 4))
