@@ -678,15 +678,17 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
     flip_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
     fits = oh + dh * (kh - 1) - 2 * ph == h and ow + dw * (kw - 1) - 2 * pw == wd
     small = oh * ow < FLAT_GEMM_PIXELS
-    if groups == 1 and 8 * c <= o and small and not is_channels_last(gy):
-        return _backward_data_gemm_first(gy, w, x_shape, stride, padding, dilation)
-    if _expanding_tiny(c, o, groups, stride, (oh, ow)):
-        gx = _backward_data_nhwc(_as_channels_last(gy), w, x_shape, stride, padding, dilation)
-        return gx if is_channels_last(gy) else np.ascontiguousarray(gx)
-    if _use_tap_gemms(c, o, groups, stride, (oh, ow)):
-        gx = _backward_data_nhwc(_as_channels_last(gy), w, x_shape, stride, padding, dilation)
-        return gx if is_channels_last(gy) else np.ascontiguousarray(gx)
-    if stride == (1, 1) and min(flip_pad) >= 0 and fits:
+    flipped = stride == (1, 1) and min(flip_pad) >= 0 and fits
+    # where the flipped forward runs by Winograd it goes first (TAP_GEMMS_WIDE_MAX_PIXELS)
+    if not (flipped and _use_winograd(gy, (c, o, kh, kw), (1, 1), dilation, groups, (h, wd))):
+        if groups == 1 and 8 * c <= o and small and not is_channels_last(gy):
+            return _backward_data_gemm_first(gy, w, x_shape, stride, padding, dilation)
+        if (_expanding_tiny(c, o, groups, stride, (oh, ow))
+                or _use_tap_gemms(c, o, groups, stride, (oh, ow))):
+            gx = _backward_data_nhwc(_as_channels_last(gy), w, x_shape, stride, padding,
+                                     dilation)
+            return gx if is_channels_last(gy) else np.ascontiguousarray(gx)
+    if flipped:
         og = o // groups
         wf = w[:, :, ::-1, ::-1].reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)
         wf = np.ascontiguousarray(wf).reshape(groups * cg, og, kh, kw)
@@ -825,13 +827,18 @@ def _backward_data_gemm_first(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int,
 # rows' share grows) and no better at 5x5 or 2x2).
 TAP_GEMMS_PIXELS = (12, 16)
 TAP_GEMMS_MIN_OUT_CHANNELS = 32
+# "too small for Winograd" above meant below 14x14 when it was measured; where the flipped
+# forward now takes Winograd (>= 64 channels both ways, from 4x4) conv2d_backward_data
+# goes there first (512 ch 7x7 N=32, 2026-12-04, Zen 5 VM: 37.5 -> 32.7 ms with SkylakeX
+# kernels, 71 -> 51 with Haswell's)
+TAP_GEMMS_WIDE_MAX_PIXELS = 196
 
 
 def _use_tap_gemms(c: int, o: int, groups: int, stride: Pair, out_hw: Pair) -> bool:
     pixels = out_hw[0] * out_hw[1]
     small = (TAP_GEMMS_PIXELS[0] <= pixels <= TAP_GEMMS_PIXELS[1]
              and o >= max(c, TAP_GEMMS_MIN_OUT_CHANNELS))
-    wide = o > ROW_TAPS_MAX_CHANNELS and pixels < WINOGRAD_MIN_PIXELS
+    wide = o > ROW_TAPS_MAX_CHANNELS and pixels < TAP_GEMMS_WIDE_MAX_PIXELS
     return groups == 1 and stride == (1, 1) and (small or wide)
 
 
@@ -1151,8 +1158,15 @@ WINOGRAD = True  # False forces the im2col path (benchmarks, tests)
 # 256 14x14 (149 -> 106, 183 -> 120); slower at 16 ch 32x32 (13.0 -> 17.3: the GEMMs'
 # reduction is only C = 16 long) and 32 16x16 (6.7 -> 8.9), even at 64 8x8 (3.0 -> 3.4) and
 # 512 7x7 (127 -> 141: a 7x7 output pads to 8x8 tiles, 31% wasted, and T is 512 rows).
+# Since the weight gradient runs band by band (conv_winograd_cpu, 2026-12-04) Winograd also
+# wins on small images (the same 2-core Zen 5 VM, one BLAS thread, N=32 (64 at 4x4), C = O,
+# forward + data gradient + weight gradient, best of 5x5, ms, im2col / kernel rows ->
+# Winograd, SkylakeX kernels; Haswell): 64 ch 8x8 2.59 -> 2.52; 4.83 -> 3.61, 128 ch 8x8
+# 11.7 -> 7.7; 18.2 -> 11.0, 256 ch 7x7 30.7 -> 28.6; 54.6 -> 43.8, 512 ch 7x7 117 -> 102;
+# 216 -> 151, 64 ch 4x4 1.63 -> 1.64; 2.83 -> 2.24. So from 4x4 outputs; 32 channels stay
+# off (16x16, forward: 1.07 -> 1.31 with SkylakeX).
 WINOGRAD_MIN_CHANNELS = 64  # C and O at least this
-WINOGRAD_MIN_PIXELS = 196  # output at least this many pixels per image (14x14)
+WINOGRAD_MIN_PIXELS = 16  # output at least this many pixels per image (4x4)
 
 
 def _use_winograd(x: np.ndarray, w_shape: tuple[int, ...], stride: Pair, dilation: Pair,

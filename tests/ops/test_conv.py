@@ -536,6 +536,32 @@ def _force_winograd(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("out_channels", [12, 5])
+def test_conv2d_data_gradient_takes_winograd_before_tap_gemms(out_channels, monkeypatch):
+    """A wide layer on a small image (more than ROW_TAPS_MAX_CHANNELS outputs: tap GEMMs
+    before) whose flipped forward runs by Winograd takes that instead, and the 4x4 rule's
+    layer alike; values against the reference."""
+    from dlcore.ops import conv_cpu
+    calls = _force_winograd(monkeypatch)
+    monkeypatch.setattr(conv_cpu, "ROW_TAPS_MAX_CHANNELS", 4)
+    monkeypatch.setattr(conv_cpu, "TAP_GEMMS_MIN_OUT_CHANNELS", 1)
+    taps = []
+    real = conv_cpu._tap_gemms_backward_data
+    monkeypatch.setattr(conv_cpu, "_tap_gemms_backward_data",
+                        lambda *a: taps.append(1) or real(*a))
+    x, w, b, p = _winograd_arrays(((2, 5, 4, 4), out_channels, 1))
+    assert conv_cpu._use_tap_gemms(5, out_channels, 1, (1, 1), (4, 4))
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, padding=p)
+    gy = rand(*y.shape, seed=17)
+    y.backward(on("cpu", gy))
+    assert not taps and calls.count("gw") == 1 and len(calls) == 3  # forward, data, weight
+    ry, rgx, rgw = ref_conv2d(x, w, gy, (1, 1), (p, p), (1, 1), 1)
+    check(y, ry, rtol=1e-10, atol=1e-10)
+    check(tx.grad, rgx, rtol=1e-10, atol=1e-10)
+    check(tw.grad, rgw, rtol=1e-10, atol=1e-10)
+
+
 def _winograd_arrays(case, dtype=np.float64):
     xs, o, padding = case
     x = rand(*xs, seed=11).astype(dtype)
@@ -594,7 +620,7 @@ def test_conv2d_winograd_gradcheck(monkeypatch):
 
 
 def test_conv2d_winograd_rule(monkeypatch):
-    """Used only where measured faster (>= 64 channels, >= 14x14), off with WINOGRAD."""
+    """Used only where measured faster (>= 64 channels, >= 4x4), off with WINOGRAD."""
     from dlcore.ops import conv_cpu
     x = np.zeros((1, 64, 14, 14), np.float32)
     w = np.zeros((64, 64, 3, 3), np.float32)
@@ -603,7 +629,9 @@ def test_conv2d_winograd_rule(monkeypatch):
     monkeypatch.setattr(conv_cpu, "WINOGRAD", True)
     assert conv_cpu._use_winograd(x, ws, *args)
     assert not conv_cpu._use_winograd(x[:, :32], (32, 32, 3, 3), *args)
-    assert not conv_cpu._use_winograd(x, ws, (1, 1), (1, 1), 1, (7, 7))
+    assert conv_cpu._use_winograd(x, ws, (1, 1), (1, 1), 1, (7, 7))
+    assert conv_cpu._use_winograd(x, ws, (1, 1), (1, 1), 1, (4, 4))
+    assert not conv_cpu._use_winograd(x, ws, (1, 1), (1, 1), 1, (3, 3))
     assert not conv_cpu._use_winograd(x, ws, (2, 2), (1, 1), 1, (14, 14))
     assert not conv_cpu._use_winograd(x, (64, 64, 2, 3), *args)
     assert not conv_cpu._use_winograd(x.astype(np.float16), ws, *args)
