@@ -200,7 +200,7 @@ class PackedColumns:
     def __init__(self, b: np.ndarray, plan: tuple[int, int]) -> None:
         k, n = b.shape
         width, chunks = plan
-        self.dtype, self.shape = b.dtype, b.shape
+        self.dtype = b.dtype  # what rnn._matmul_into checks of a recurrent weight
         self.width, self.chunks, self.kc = width, chunks, k // chunks
         self.nfull = n // width * width
         self.blocks = np.ascontiguousarray(

@@ -423,20 +423,20 @@ def _nchw_row_tap_columns(x: np.ndarray, padding: Pair, out_hw: Pair, kernel: Pa
         r1 = max(r0, min(rows, (h - 1 + ph - a) // sh + 1))
         buf[:, :, :, :r0] = 0
         buf[:, :, :, r1:] = 0
-        src_rows = x[:, :, a + r0 * sh - ph:a + (r1 - 1) * sh - ph + 1:sh] if r1 > r0 else None
+        flats.append(buf.reshape(n, c * kernel[1], rows * ow))
+        if r1 == r0:  # every row of this phase is padding
+            continue
+        src_rows = x[:, :, a + r0 * sh - ph:a + (r1 - 1) * sh - ph + 1:sh]
         for j in range(kernel[1]):
             # output columns q whose padded column q*sW + j is an input column
             lo = max(0, -((j - pw) // sw))
             hi = max(lo, min(ow, (wd - 1 + pw - j) // sw + 1))
             dst = buf[:, :, j, r0:r1]
-            if src_rows is None:
-                continue
             if hi > lo:
                 s0 = lo * sw + j - pw
                 dst[..., lo:hi] = src_rows[..., s0:s0 + (hi - lo - 1) * sw + 1:sw]
             dst[..., :lo] = 0
             dst[..., hi:] = 0
-        flats.append(buf.reshape(n, c * kernel[1], rows * ow))
     return flats
 
 

@@ -85,6 +85,28 @@ def assert_close(a: Any, b: Any, tol: float = 1e-10) -> None:
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=tol, atol=tol)
 
 
+def assert_matches_reference(out: tuple, inputs: list, **options: Any) -> None:
+    """Outputs and every input's gradient against the reference built from basic ops."""
+    ref = reference_layer(*inputs, **options)
+    for o, r in zip(out, ref):
+        assert o.shape == r.shape
+        assert_close(o, r)
+    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
+        assert_close(g, r)
+
+
+def count_packed_products(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Force blas_cpu's packed recurrent weights (taken where OpenBLAS has its small path,
+    which CI's kernel set lacks) and record each packed product's chunk count."""
+    from dlcore.ops import blas_cpu
+    monkeypatch.setattr(blas_cpu, "small_path", lambda: True)
+    calls: list = []
+    real = blas_cpu.PackedColumns.matmul_into
+    monkeypatch.setattr(blas_cpu.PackedColumns, "matmul_into",
+                        lambda self, a, out: calls.append(self.chunks) or real(self, a, out))
+    return calls
+
+
 CASES = [  # mode, T, N, I, H, reverse, lengths, bias
     ("rnn_tanh", 4, 3, 2, 3, False, None, True),
     ("rnn_relu", 4, 3, 2, 3, True, [4, 1, 2], True),
@@ -102,12 +124,7 @@ def test_layer_matches_step_by_step_reference(mode: str, T: int, N: int, I: int,
                                               reverse: bool, lengths: Any, bias: bool) -> None:
     inputs = make_inputs(mode, T, N, I, H, "cpu", bias)
     out = rnn_layer(*inputs, mode=mode, reverse=reverse, lengths=lengths)
-    ref = reference_layer(*inputs, mode=mode, reverse=reverse, lengths=lengths)
-    for o, r in zip(out, ref):
-        assert o.shape == r.shape
-        assert_close(o, r)
-    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
-        assert_close(g, r)
+    assert_matches_reference(out, inputs, mode=mode, reverse=reverse, lengths=lengths)
 
 
 @pytest.mark.parametrize("mode,lengths", [("rnn_tanh", None), ("rnn_relu", [4, 1, 3]),
@@ -118,22 +135,13 @@ def test_per_step_layers_with_packed_weights(monkeypatch: pytest.MonkeyPatch, mo
     """The per-step path (RNN, GRU, an LSTM with lengths) with its recurrent weights packed
     (blas_cpu.PackedColumns, taken where OpenBLAS has its small path: forced here), forward
     and backward, against the reference built from basic ops."""
-    from dlcore.ops import blas_cpu
-    monkeypatch.setattr(blas_cpu, "small_path", lambda: True)
+    calls = count_packed_products(monkeypatch)
     N, H = 3, 64  # G*H >= 64 columns forward, H = 64 backward: both packed
-    calls = []
-    real = blas_cpu.PackedColumns.matmul_into
-    monkeypatch.setattr(blas_cpu.PackedColumns, "matmul_into",
-                        lambda self, a, out: calls.append(1) or real(self, a, out))
     inputs = make_inputs(mode, 4, N, 3, H, "cpu", seed=29)
     inputs[4] = on("cpu", inputs[4].numpy() / 8, requires_grad=True)  # W_hh: off saturation
     out = rnn_layer(*inputs, mode=mode, lengths=lengths)
     assert not out[0].grad_fn.fused
-    ref = reference_layer(*inputs, mode=mode, lengths=lengths)
-    for o, r in zip(out, ref):
-        assert_close(o, r)
-    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
-        assert_close(g, r)
+    assert_matches_reference(out, inputs, mode=mode, lengths=lengths)
     assert len(calls) == 8  # every step of the forward and of the backward
 
 
@@ -212,11 +220,7 @@ def test_fused_lstm_matches_step_by_step_reference(monkeypatch: pytest.MonkeyPat
     inputs = make_inputs("lstm", 6, 3, 4, 5, "cpu", seed=21)  # N > 1: flips
     out = rnn_layer(*inputs, mode="lstm", reverse=reverse)
     assert out[0].grad_fn.fused
-    ref = reference_layer(*inputs, mode="lstm", reverse=reverse)
-    for o, r in zip(out, ref):
-        assert_close(o, r)
-    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
-        assert_close(g, r)
+    assert_matches_reference(out, inputs, mode="lstm", reverse=reverse)
 
 
 @pytest.mark.parametrize("chunks", [False, True])
@@ -228,7 +232,7 @@ def test_fused_lstm_with_packed_weights(monkeypatch: pytest.MonkeyPatch, chunks:
     and with the small-path limit lowered both 64 wide with the reduction in chunks; against
     the reference built from basic ops."""
     from dlcore.ops import blas_cpu
-    monkeypatch.setattr(blas_cpu, "small_path", lambda: True)
+    calls = count_packed_products(monkeypatch)
     N, H = 3, (64 if chunks else 32)
     if chunks:
         monkeypatch.setattr(blas_cpu, "PACK_MNK", N * 32 * 64)
@@ -238,20 +242,12 @@ def test_fused_lstm_with_packed_weights(monkeypatch: pytest.MonkeyPatch, chunks:
     else:
         assert blas_cpu.pack_plan(N, H, 4 * H, np.float64) == (64, 1)
         assert blas_cpu.pack_plan(N, 4 * H, H, np.float64) == (32, 1)
-    calls = []
-    real = blas_cpu.PackedColumns.matmul_into
-    monkeypatch.setattr(blas_cpu.PackedColumns, "matmul_into",
-                        lambda self, a, out: calls.append(self.chunks) or real(self, a, out))
     inputs = make_inputs("lstm", 5, N, 4, H, "cpu", seed=27)
     for i in (3, 4):  # keep the gates off saturation at H=32-64
         inputs[i] = on("cpu", inputs[i].numpy() / 4, requires_grad=True)
     out = rnn_layer(*inputs, mode="lstm", reverse=reverse)
     assert out[0].grad_fn.fused
-    ref = reference_layer(*inputs, mode="lstm", reverse=reverse)
-    for o, r in zip(out, ref):
-        assert_close(o, r)
-    for g, r in zip(grads_of(out, inputs), grads_of(ref, inputs)):
-        assert_close(g, r)
+    assert_matches_reference(out, inputs, mode="lstm", reverse=reverse)
     assert len(calls) == 10  # every step of the forward and of the backward
 
 
