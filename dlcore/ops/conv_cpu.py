@@ -13,7 +13,12 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
   ``ascontiguousarray``, whose innermost runs are C contiguous values. That copy measured
   27 ms for N=32, C=64, 56x56, 3x3 against 53 ms for the NCHW (Caffe) column layout, 76 ms
   for a loop of slice assignments over the kernel offsets, and the GEMM on it is 2-D
-  row-major, so BLAS sees one large product.
+  row-major, so BLAS sees one large product. From 8 channels (groups 1) the same columns
+  are gathered by one ``take`` from the channels-last pixels plus a zero pixel instead
+  (no padded buffer: see TAKE_MIN_CHANNELS).
+* the smallest images (1x1, 2x2; 3x3-5x5 with few channels, see UNROLLED_*): the whole
+  convolution as one GEMM per direction with the unrolled (O*OP, IP*C) weight matrix
+  (conv_unrolled_cpu.py): no columns, no col2im, more multiply-adds (its zeros).
 * forward: y[n] = w (O, K) @ col[n].T (P, K)^T, written straight into the NCHW output
   (BLAS takes the transposed operand as a flag, no copy).
 * backward weight: gw = gy (O, N*P) @ col (N*P, K); the column matrix is rebuilt rather than
@@ -67,6 +72,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..tensor import is_channels_last
 from . import blas_cpu
+from . import conv_unrolled_cpu as unrolled
 from .conv_winograd_cpu import winograd_backward_weight as _winograd_backward_weight
 from .conv_winograd_cpu import winograd_forward as _winograd_forward
 
@@ -173,12 +179,44 @@ def _window_view(buf: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
     return as_strided(buf, shape, strides, writeable=False)
 
 
+# Groups 1 and at least this many channels: the columns are gathered C values at a time by
+# one ``take`` from the channels-last pixels (plus one zero pixel that every padding tap
+# reads) instead of a padded NHWC copy and a copy of its window view: the zeroed border and
+# the second pass go (2026-12-04, Zen 5 VM, N*C*HxW 3x3 pad 1, best of 5, µs, window ->
+# take): 64*16*4x4 30 -> 20, 64*32*4x4 38 -> 26, 32*16*16x16 185 -> 159, 32*32*16x16 246
+# -> 193, 32*64*7x7 91 -> 68, 8*64*56x56 6307 -> 5922, 4*128*28x28 409 -> 386; but at 3
+# channels (12-byte blocks) 127 -> 161.
+TAKE_MIN_CHANNELS = 8
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_index(in_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                 dilation: Pair) -> np.ndarray:
+    """(OH*OW*kH*kW,) intp, row-major over (oh, ow, i, j): the input pixel h*W + w that tap
+    (i, j) of output pixel (oh, ow) reads, or H*W (the zero pixel) where it reads padding."""
+    (h, w), (oh, ow), (kh, kw) = in_hw, out_hw, kernel
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    rows = (np.arange(oh)[:, None] * sh - ph + np.arange(kh)[None, :] * dh)[:, None, :, None]
+    cols = (np.arange(ow)[:, None] * sw - pw + np.arange(kw)[None, :] * dw)[None, :, None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    index = np.where(inside, rows * w + cols, h * w)
+    index = np.ascontiguousarray(index, dtype=np.intp).reshape(-1)
+    index.setflags(write=False)
+    return index
+
+
 def _im2col(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
             dilation: Pair, groups: int) -> np.ndarray:
     """Column matrices (G, n, P, kH*kW*C/G) of the input chunk x (n, C, H, W)."""
-    n, c = x.shape[:2]
-    win = _window_view(_padded_nhwc(x, padding), out_hw, kernel, stride, dilation)
+    n, c, h, wd = x.shape
     p = out_hw[0] * out_hw[1]
+    if groups == 1 and c >= TAKE_MIN_CHANNELS:
+        pixels = np.empty((n, h * wd + 1, c), dtype=x.dtype)  # channels-last, + zero pixel
+        pixels[:, :h * wd] = x.reshape(n, c, h * wd).transpose(0, 2, 1)
+        pixels[:, h * wd] = 0
+        index = _pixel_index((h, wd), out_hw, kernel, stride, padding, dilation)
+        return pixels.take(index, axis=1).reshape(1, n, p, -1)
+    win = _window_view(_padded_nhwc(x, padding), out_hw, kernel, stride, dilation)
     if groups == 1:
         return np.ascontiguousarray(win).reshape(1, n, p, -1)
     win = win.reshape(*win.shape[:5], groups, c // groups).transpose(5, 0, 1, 2, 3, 4, 6)
@@ -506,6 +544,64 @@ def _nchw_row_taps_backward_weight(x: np.ndarray, gy: np.ndarray, w_shape: tuple
     return np.ascontiguousarray(gwt.reshape(kh, c, kw, o).transpose(3, 1, 0, 2))
 
 
+# ---- the smallest images: one dense GEMM with the unrolled weight (conv_unrolled_cpu) --------
+#
+# Where it is used, by measurement (2026-12-04, 2-core Zen 5 VM, one BLAS thread, 3x3 pad 1,
+# best of 5, µs, the other paths -> unrolled, SkylakeX kernels; Haswell where it decides).
+# "Waste" is IP / (kH*kW), the unrolled GEMM's multiply-adds over the direct ones; "per
+# image" is T's bytes over the batch (gathering T costs about its size in copies, once per
+# call). Forward / data gradient / weight gradient:
+#   waste <= 0.5 wins at every size tried: 64 ch 2x2 N=64 158 / 180 / 165 -> 82 / 75 / 68,
+#     128 ch 2x2 508 / 565 / 500 -> 285 / 257 / 256, 512 ch 2x2 (T 16 MiB) 10.8 / 7.8 /
+#     8.1 ms -> 6.7 / 5.7 / 5.4, 256 ch 1x1 1056 / 690 / 637 -> 217 / 202 / 90; but the
+#     weight gradient's GEMM reduces over the batch: 256 ch 2x2 at N=16 686 -> 838.
+#   3x3 images (waste 1) and 4x4 (1.8) only with a small T per image: 32 ch 3x3 N=64 (5
+#     KiB/image) 99 / 110 / 109 -> 91 / 72 / 69, 16 ch 4x4 (4 KiB) 79 / 86 / 84 -> 74 / 59 /
+#     60, 8->16 4x4 (2 KiB) 54 / 70 / 55 -> 40 / 32 / 34, 8 ch 5x5 (2.4 KiB, waste 2.8) 61 /
+#     69 / 58 -> 49 / 38 / 41; but 16->32 4x4 (8 KiB) forward 99 -> 143, 64 ch 3x3 (20 KiB)
+#     300 -> 335, 16 ch 4x4 at N=8 (32 KiB) 22 -> 43.
+#   The data gradient gains more (the other paths' col2im or tap GEMMs cost most there):
+#     from any T at waste 1 (64 ch 3x3 N=64 321 -> 246, N=16 162 -> 112, 128 ch 3x3 1030 ->
+#     971) and, where O >= C, up to a 512 KiB T at waste <= 2 (16->32 4x4 N=64 139 -> 112,
+#     32->64 4x4/2 132 -> 122, N=16 58 -> 53); with O < C the flipped forward is quicker
+#     (32->16 4x4 106 -> 118), as at a 1 MiB T (32 ch 4x4: Haswell 316 -> 344, 16->32 5x5
+#     202 -> 253).
+UNROLLED = True  # False forces the other paths (benchmarks, tests)
+UNROLLED_MAX_BYTES = 32 * 2**20  # T at most this (memory, not speed: 512 ch 2x2 is 16 MiB)
+UNROLLED_ANY_WASTE = 0.5  # at most this waste, any T
+UNROLLED_MAX_WASTE = 3.0  # ... otherwise at most this, with a T of at most ...
+UNROLLED_PER_IMAGE_BYTES = 6 * 2**10  # ... this many bytes per image
+UNROLLED_GRAD_MIN_BATCH = 32  # the weight gradient's GEMM reduces over the batch
+UNROLLED_DATA_ANY_WASTE = 1.0  # the data gradient: at most this waste, any T, and ...
+UNROLLED_DATA_MAX_WASTE = 2.0  # ... with O >= C, at most this waste and a T of at most ...
+UNROLLED_DATA_MAX_BYTES = 512 * 2**10  # ... this
+
+
+def _use_unrolled(direction: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                  out_hw: Pair, groups: int, nchw: np.ndarray) -> bool:
+    """Whether ``direction`` ("forward", "data" or "weight") runs as one GEMM with the
+    unrolled weight (see UNROLLED_*); ``nchw`` is the array that must not be channels-last
+    (x for forward and weight gradient, gy for the data gradient: the GEMMs take it as
+    (N, C*H*W) rows)."""
+    n, c, h, wd = x_shape
+    o, cg, kh, kw = w_shape
+    if (not UNROLLED or groups != 1 or is_channels_last(nchw)
+            or 0 in (n, c, h, wd, o, out_hw[0], out_hw[1])):
+        return False
+    size = o * out_hw[0] * out_hw[1] * h * wd * c * nchw.itemsize
+    if size > UNROLLED_MAX_BYTES:
+        return False
+    waste = h * wd / (kh * kw)
+    small = waste <= UNROLLED_MAX_WASTE and size <= UNROLLED_PER_IMAGE_BYTES * n
+    if direction == "data":
+        return (small or waste <= UNROLLED_DATA_ANY_WASTE
+                or (o >= c and waste <= UNROLLED_DATA_MAX_WASTE
+                    and size <= UNROLLED_DATA_MAX_BYTES))
+    if direction == "weight" and n < UNROLLED_GRAD_MIN_BATCH:
+        return False
+    return small or waste <= UNROLLED_ANY_WASTE
+
+
 def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
     """w (O, C/G, kH, kW) -> (G, O/G, kH*kW*C/G) in the column order (kH, kW, C)."""
     o = w.shape[0]
@@ -534,6 +630,8 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     oh, ow = out_hw
     if _is_small_grouped(cg, o // groups, groups):
         return _depthwise_forward(x, w, (oh, ow), stride, padding, dilation, groups)
+    if _use_unrolled("forward", x.shape, w.shape, out_hw, groups, x):
+        return unrolled.forward(x, w, out_hw, stride, padding, dilation)
     if _use_winograd(x, w.shape, stride, dilation, groups, out_hw):
         return _winograd_forward(x, w, out_hw, padding)
     if _is_strided_pointwise(w.shape, stride, padding, groups):
@@ -602,6 +700,8 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
     oh, ow = gy.shape[2:]
     if cg == 1 and groups > 1:
         return _depthwise_backward_weight(x, gy, w_shape, stride, padding, dilation, groups)
+    if _use_unrolled("weight", x.shape, w_shape, (oh, ow), groups, x):
+        return unrolled.backward_weight(x, gy, w_shape, stride, padding, dilation)
     if _use_winograd(x, w_shape, stride, dilation, groups, (oh, ow)):
         return _winograd_backward_weight(x, gy, padding)
     if _is_strided_pointwise(w_shape, stride, padding, groups):
@@ -679,6 +779,8 @@ def conv2d_backward_data(device: Any, gy: np.ndarray, w: np.ndarray, x_shape: tu
     fits = oh + dh * (kh - 1) - 2 * ph == h and ow + dw * (kw - 1) - 2 * pw == wd
     small = oh * ow < FLAT_GEMM_PIXELS
     flipped = stride == (1, 1) and min(flip_pad) >= 0 and fits
+    if _use_unrolled("data", x_shape, w.shape, (oh, ow), groups, gy):
+        return unrolled.backward_data(gy, w, x_shape, stride, padding, dilation)
     # where the flipped forward runs by Winograd it goes first (TAP_GEMMS_WIDE_MAX_PIXELS)
     if not (flipped and _use_winograd(gy, (c, o, kh, kw), (1, 1), dilation, groups, (h, wd))):
         if groups == 1 and 8 * c <= o and small and not is_channels_last(gy):

@@ -13,6 +13,33 @@ import dlcore.nn.functional as F
 from dlcore.ops.conv import conv1d, conv2d, conv_transpose2d
 
 
+@pytest.fixture(autouse=True)
+def _other_paths(request, monkeypatch):
+    """The unrolled-weight GEMM (conv_cpu.UNROLLED_*) would take most of this file's small
+    shapes on the cpu; it is off here so that the path tests reach the paths they name,
+    except in the tests that ask for the ``unrolled`` fixture (which forces it)."""
+    from dlcore.ops import conv_cpu
+    if "unrolled" not in request.fixturenames:
+        monkeypatch.setattr(conv_cpu, "UNROLLED", False)
+
+
+@pytest.fixture
+def unrolled(monkeypatch):
+    """Every groups-1 NCHW convolution on the cpu by the unrolled weight, all directions."""
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "UNROLLED", True)
+    for name in ("UNROLLED_ANY_WASTE", "UNROLLED_DATA_ANY_WASTE"):
+        monkeypatch.setattr(conv_cpu, name, float("inf"))
+    monkeypatch.setattr(conv_cpu, "UNROLLED_GRAD_MIN_BATCH", 0)
+    calls = []
+    from dlcore.ops import conv_unrolled_cpu as cu
+    for name in ("forward", "backward_data", "backward_weight"):
+        real = getattr(cu, name)
+        monkeypatch.setattr(cu, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    return calls
+
+
 def ref_conv2d(x, w, gy, stride, padding, dilation, groups):
     """Direct loops over groups, output pixels and kernel offsets (vectorised only over
     batch and channels): y, and the gradients gx, gw of <gy, y>."""
@@ -704,3 +731,134 @@ def test_conv2d_with_no_input_channels_is_its_bias(device, k):
     y.backward(on(device, np.ones((2, 3, 3, 3))))
     assert tuple(x.grad.shape) == (2, 0, 3, 3) and tuple(w.grad.shape) == (3, 0, k, k)
     np.testing.assert_array_equal(b.grad.numpy(), [18.0, 18.0, 18.0])
+
+
+# ---- the unrolled weight (conv_unrolled_cpu): one GEMM per direction on small images ------
+
+UNROLLED_CASES = [c for c in CASES + PATH_CASES + ROW_TAP_CASES if c[5] == 1] + [
+    ((3, 6, 1, 1), (5, 3, 3), 1, 1, 1, 1),          # 1x1 image: one pixel pair (pairwise fold)
+    ((2, 4, 2, 1), (3, 3, 3), 1, 1, 1, 1),          # four pairs
+    ((2, 3, 2, 2), (4, 3, 3), 2, 1, 1, 1),          # four pairs, the last tap among them
+    ((2, 3, 4, 4), (5, 3, 3), 2, 2, 2, 1),          # strided, dilated, wide padding
+]
+
+
+@pytest.mark.parametrize("case", UNROLLED_CASES,
+                         ids=[f"un{i}" for i in range(len(UNROLLED_CASES))])
+def test_conv2d_unrolled_matches_reference(case, unrolled):
+    """Forward, data and weight gradient by the unrolled weight against the loop reference,
+    each direction taken once."""
+    _check_cpu_against_reference(case, seed=14)
+    assert sorted(unrolled) == ["backward_data", "backward_weight", "forward"]
+
+
+def test_conv2d_unrolled_transpose_and_gradcheck(unrolled):
+    """conv_transpose2d with output_padding (x has rows no window reads: the data gradient
+    leaves zeros there) and float64 gradcheck, both through the unrolled GEMMs."""
+    x = rand(2, 3, 3, 3, seed=15)
+    w = rand(3, 2, 3, 3, seed=16)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv_transpose2d(tx, tw, stride=2, padding=1, output_padding=1)
+    assert tuple(y.shape) == (2, 2, 6, 6)
+    # conv_transpose2d is the data gradient of conv2d: the reference's gx for gy = x
+    _, rgx, _ = ref_conv2d(np.zeros((2, 2, 6, 6)), w, x, (2, 2), (1, 1), (1, 1), 1)
+    check(y, rgx)
+    assert "backward_data" in unrolled
+    assert grad_ok(lambda a, b: conv2d(a, b, padding=1), [rand(2, 3, 3, 3, seed=17),
+                                                          rand(4, 3, 3, 3, seed=18)], "cpu")
+
+
+def test_conv2d_unrolled_tap_map_against_loops():
+    """tap_map against the definition, looped: output pixel (a, b) reads input pixel (r, s)
+    through tap (i, j) iff r = a*sH - pH + i*dH and s = b*sW - pW + j*dW."""
+    from dlcore.ops import conv_unrolled_cpu as cu
+    for (h, w), (kh, kw), s, p, d in [((4, 4), (3, 3), (1, 1), (1, 1), (1, 1)),
+                                      ((5, 7), (2, 3), (2, 1), (0, 2), (2, 1)),
+                                      ((3, 2), (3, 1), (3, 1), (2, 0), (1, 1))]:
+        oh = (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1
+        ow = (w + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+        want = np.full((oh, ow, h, w), kh * kw)
+        for a in range(oh):
+            for b in range(ow):
+                for i in range(kh):
+                    for j in range(kw):
+                        r, c = a * s[0] - p[0] + i * d[0], b * s[1] - p[1] + j * d[1]
+                        if 0 <= r < h and 0 <= c < w:
+                            want[a, b, r, c] = i * kw + j
+        got = cu.tap_map((h, w), (oh, ow), (kh, kw), s, p, d)
+        np.testing.assert_array_equal(got, want.reshape(-1))
+
+
+def test_conv2d_unrolled_low_precision(unrolled):
+    """float16 and float32 through the unrolled GEMMs (float16 widened to float32, as on
+    every cpu path), against the float64 reference."""
+    case = ((4, 8, 4, 4), (16, 3, 3), 1, 1, 1, 1)
+    x, w, stride, padding, dilation, groups = _arrays(case, seed=19)
+    gy = rand(4, 16, 4, 4, seed=20)
+    ry, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    for dtype, tol in ((np.float32, 1e-5), (np.float16, 1e-2)):
+        tx = on("cpu", x.astype(dtype), requires_grad=True)
+        tw = on("cpu", w.astype(dtype), requires_grad=True)
+        y = conv2d(tx, tw, padding=1)
+        y.backward(on("cpu", gy.astype(dtype)))
+        assert y.dtype == tx.dtype and tx.grad.dtype == tx.dtype
+        scale = max(np.abs(ry).max(), 1.0)
+        check(y, ry, rtol=tol, atol=tol * scale, dtype=dtype)
+        check(tx.grad, rgx, rtol=tol, atol=tol * np.abs(rgx).max(), dtype=dtype)
+        check(tw.grad, rgw, rtol=tol, atol=tol * np.abs(rgw).max(), dtype=dtype)
+
+
+def test_conv2d_unrolled_route(monkeypatch):
+    """Which layers take the unrolled GEMM (the measured rules of conv_cpu.UNROLLED_*): 2x2
+    and 1x1 images at any width; 4x4 with a small T per image; the data gradient also at
+    3x3 images of any width and, for O >= C, 4x4 with T up to 512 KiB; not groups,
+    channels-last arrays, larger images, a T beyond UNROLLED_MAX_BYTES, and the weight
+    gradient not below UNROLLED_GRAD_MIN_BATCH images."""
+    from dlcore.ops import conv_cpu
+    monkeypatch.setattr(conv_cpu, "UNROLLED", True)
+    from dlcore.tensor import is_channels_last as is_cl
+    use = conv_cpu._use_unrolled
+    k3, nchw = (3, 3), np.zeros((1, 2, 2, 2), np.float32)
+    cl = np.zeros((1, 2, 2, 2), np.float32).transpose(0, 3, 1, 2)
+    assert is_cl(cl)
+    for d in ("forward", "data", "weight"):
+        assert use(d, (64, 128, 2, 2), (128, 128, *k3), (2, 2), 1, nchw)
+        assert use(d, (64, 256, 1, 1), (256, 256, *k3), (1, 1), 1, nchw)
+        assert use(d, (64, 16, 4, 4), (16, 16, *k3), (4, 4), 1, nchw)  # 4 KiB per image
+        assert not use(d, (64, 16, 4, 4), (16, 16, *k3), (4, 4), 2, nchw)
+        assert not use(d, (64, 16, 4, 4), (16, 16, *k3), (4, 4), 1, cl)
+        assert not use(d, (64, 16, 8, 8), (16, 16, *k3), (8, 8), 1, nchw)
+        assert not use(d, (64, 1024, 2, 2), (1024, 1024, *k3), (2, 2), 1, nchw)  # 64 MiB
+    # 16->32 4x4, N=64: 8 KiB per image: only the data gradient (O >= C, 512 KiB)
+    assert not use("forward", (64, 16, 4, 4), (32, 16, *k3), (4, 4), 1, nchw)
+    assert not use("weight", (64, 16, 4, 4), (32, 16, *k3), (4, 4), 1, nchw)
+    assert use("data", (64, 16, 4, 4), (32, 16, *k3), (4, 4), 1, nchw)
+    assert not use("data", (64, 32, 4, 4), (16, 32, *k3), (4, 4), 1, nchw)  # O < C
+    assert use("data", (64, 64, 3, 3), (64, 64, *k3), (3, 3), 1, nchw)
+    assert not use("forward", (64, 64, 3, 3), (64, 64, *k3), (3, 3), 1, nchw)
+    assert not use("weight", (16, 128, 2, 2), (128, 128, *k3), (2, 2), 1, nchw)
+    assert use("forward", (16, 128, 2, 2), (128, 128, *k3), (2, 2), 1, nchw)
+
+
+def test_conv2d_take_columns_match_window_copy(monkeypatch):
+    """The gathered columns (TAKE_MIN_CHANNELS and up) equal the padded window copy's, bit
+    for bit, over strides, paddings (wider than the kernel's reach too), dilations and
+    layouts; and a whole convolution through them matches the reference."""
+    from dlcore.ops import conv_cpu
+    rng = np.random.default_rng(21)
+    for xs, k, s, p, d in [((2, 8, 5, 6), (3, 3), (1, 1), (1, 1), (1, 1)),
+                           ((1, 9, 7, 4), (2, 3), (2, 1), (0, 2), (2, 1)),
+                           ((2, 8, 3, 3), (3, 3), (1, 1), (3, 3), (1, 1))]:
+        x = rng.standard_normal(xs).astype(np.float32)
+        oh = (xs[2] + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+        ow = (xs[3] + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+        for arr in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
+            got = conv_cpu._im2col(arr, (oh, ow), k, s, p, d, 1)
+            monkeypatch.setattr(conv_cpu, "TAKE_MIN_CHANNELS", 10**9)
+            want = conv_cpu._im2col(arr, (oh, ow), k, s, p, d, 1)
+            monkeypatch.setattr(conv_cpu, "TAKE_MIN_CHANNELS", 8)
+            np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(conv_cpu, "TAKE_MIN_CHANNELS", 1)
+    for case in CASES:
+        if case[5] == 1:
+            _check_cpu_against_reference(case, seed=22)
