@@ -66,7 +66,7 @@ ROW_SPLIT_MAX_N = 64  # row blocks: for products at most this wide (B of at most
 ROW_SPLIT_MIN_ROWS = 8  # ... whose blocks keep at least this many rows
 INNER_SPLIT_MAX_M = 32  # reduction blocks: for at most this many rows of A
 INNER_SPLIT_MIN_K = 100  # ... whose blocks keep at least this much of the reduction
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _row_major(x: np.ndarray) -> bool:
@@ -81,7 +81,7 @@ def plan(a: np.ndarray, b: np.ndarray) -> tuple[str, int]:
     the axis to split into small-path blocks and the block size: ``"cols"`` (of b and out;
     2-8192/K rows of a), ``"rows"`` (of a and out; b at most 64 columns) or ``"inner"`` (the
     reduction, partial products summed; at most 32 rows of a)."""
-    if a.ndim != 2 or b.ndim != 2 or a.dtype not in _FLOATS or b.dtype != a.dtype:
+    if a.ndim != 2 or b.ndim != 2 or a.dtype not in FLOATS or b.dtype != a.dtype:
         return "one", 0
     m, k = a.shape
     n = b.shape[1]
@@ -178,7 +178,7 @@ def pack_plan(m: int, k: int, n: int, dtype: np.dtype) -> tuple[int, int] | None
     """The blocks :class:`PackedColumns` takes for products ``(m, k) @ (k, n)`` with one B
     used many times (a recurrent weight): ``(width, chunks)``, or None where packing does not
     pay: no small path, one row (a GEMV), another dtype, or no blocks on the small path."""
-    if m < 2 or np.dtype(dtype) not in _FLOATS or not small_path():
+    if m < 2 or np.dtype(dtype) not in FLOATS or not small_path():
         return None
     if n >= PACK_WIDTH and m <= PACK_MAX_ROWS:
         for chunks in range(1, max(1, k // PACK_MIN_CHUNK) + 1):  # chunks of >= 64

@@ -862,3 +862,27 @@ def test_conv2d_take_columns_match_window_copy(monkeypatch):
     for case in CASES:
         if case[5] == 1:
             _check_cpu_against_reference(case, seed=22)
+
+
+@pytest.mark.parametrize("small_path", [True, False])
+def test_conv2d_weight_gradient_by_image_blocks(small_path, monkeypatch):
+    """The generic weight gradient in blocks of whole images (small-path kernel sets only;
+    small_path forced both ways, since CI's kernels decide otherwise): against the
+    reference, and the block rule (a divisor of the chunk, at least two blocks of two, none
+    beyond 32 output channels or without the small path)."""
+    from dlcore.ops import blas_cpu, conv_cpu
+    monkeypatch.setattr(blas_cpu, "small_path", lambda: small_path)
+    blocks = []
+    real = conv_cpu._weight_gradient_images
+    monkeypatch.setattr(conv_cpu, "_weight_gradient_images",
+                        lambda *a: blocks.append(real(*a)) or blocks[-1])
+    for case in [((6, 6, 4, 4), (5, 3, 3), 1, 1, 1, 1), ((4, 5, 5, 3), (3, 2, 3), 2, 1, 1, 1)]:
+        _check_cpu_against_reference(case, seed=23)
+    assert blocks and all(b == 0 for b in blocks) != small_path
+    f32 = np.dtype(np.float32)
+    if small_path:
+        assert real(64, 32, 16, 144, f32) == 8 and real(7, 4, 4, 4, f32) == 0
+        assert real(6, 4, 4, 4, f32) == 3 and real(64, 33, 16, 144, f32) == 0
+        assert real(2, 4, 4, 4, f32) == 0 and real(64, 32, 16, 144, np.dtype(np.float16)) == 0
+    else:
+        assert real(64, 32, 16, 144, f32) == 0
