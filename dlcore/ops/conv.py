@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..autograd import Function
+from ..autograd import Function, is_grad_enabled
 from ..kernels import KernelFamily
 from ..kernels.family import FLOAT_DTYPES_BF16
 from ..tensor import Tensor
@@ -54,6 +54,11 @@ class Conv2d(Function):
     epilogue); gradients are ConvBackwardData / ConvBackwardWeight nodes and a sum for b."""
 
     save_inputs = True
+    columns: Any = None  # the cpu forward's column matrix, for the weight gradient
+
+    def _free(self) -> None:
+        super()._free()
+        self.columns = None
 
     def forward(self, x: Any, w: Any, b: Any = None, *, args: tuple) -> Any:
         self.args = args  # (stride, padding, dilation, groups)
@@ -61,13 +66,22 @@ class Conv2d(Function):
         out_hw = tuple(conv2d_out_size(x.shape[2 + i], w.shape[2 + i], stride[i], padding[i],
                                        dilation[i]) for i in range(2))
         impl = CONV2D.select(self.device, x.dtype, "conv2d")
+        if impl is conv_cpu and is_grad_enabled():
+            # the cpu forward's column matrix where the weight gradient can reuse it
+            # (conv_cpu.SAVED_COLUMNS_MAX_BYTES); dropped with the node
+            kept: list = []
+            y = impl.conv2d_forward(self.device, x, w, out_hw, *args, bias=b,
+                                    keep_columns=kept)
+            self.columns = kept[0] if kept else None
+            return y
         return impl.conv2d_forward(self.device, x, w, out_hw, *args, bias=b)
 
     def backward(self, gy: Tensor) -> tuple:
         x, w = self.saved_tensors[:2]
         nx, nw = self.needs_input_grad[:2]
         gx = ConvBackwardData.apply(gy, w, x_shape=x.shape, args=self.args) if nx else None
-        gw = ConvBackwardWeight.apply(x, gy, w_shape=w.shape, args=self.args) if nw else None
+        gw = (ConvBackwardWeight.apply(x, gy, w_shape=w.shape, args=self.args,
+                                       columns=self.columns) if nw else None)
         if len(self.needs_input_grad) == 2:
             return gx, gw
         gb = gy.sum(dim=(0, 2, 3)) if self.needs_input_grad[2] else None
@@ -97,9 +111,13 @@ class ConvBackwardWeight(Function):
 
     save_inputs = True
 
-    def forward(self, x: Any, gy: Any, w_shape: tuple, args: tuple) -> Any:
+    def forward(self, x: Any, gy: Any, w_shape: tuple, args: tuple,
+                columns: Any = None) -> Any:
         self.args = args
         impl = CONV2D.select(self.device, x.dtype, "conv2d backward")
+        if columns is not None and impl is conv_cpu:
+            return impl.conv2d_backward_weight(self.device, x, gy, w_shape, *args,
+                                               columns=columns)
         return impl.conv2d_backward_weight(self.device, x, gy, w_shape, *args)
 
     def backward(self, ggw: Tensor) -> tuple:

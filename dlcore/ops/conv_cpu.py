@@ -22,7 +22,8 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
 * forward: y[n] = w (O, K) @ col[n].T (P, K)^T, written straight into the NCHW output
   (BLAS takes the transposed operand as a flag, no copy).
 * backward weight: gw = gy (O, N*P) @ col (N*P, K); the column matrix is rebuilt rather than
-  saved (saving it would keep kH*kW times the input alive per layer).
+  saved (saving it would keep kH*kW times the input alive per layer), except where the
+  forward's is one chunk of at most SAVED_COLUMNS_MAX_BYTES (small layers: kept on the node).
 * backward data: stride 1 is a forward convolution of gy with the flipped weight; other
   strides build gcol = w^T @ gy and scatter it back (col2im) with one strided add per
   kernel offset.
@@ -102,6 +103,14 @@ def _float16_in_float32(fn: F) -> F:
         return fn(device, *wide, **kwargs).astype(low)
     return wrapper  # type: ignore[return-value]
 
+
+# The forward's column matrix, where it is one chunk of at most this many bytes, is kept for
+# the weight gradient instead of being built again (at most one chunk per layer alive until
+# backward, as the L2-sized chunks already bound; the design's rule "rebuild, don't save"
+# stands for larger layers). Measured (2026-12-04, Zen 5 VM, SkylakeX kernels, one thread):
+# the digits 16->32 4x4 layer's weight gradient (N=64, 590 KB of columns) saves its ~20 µs
+# im2col.
+SAVED_COLUMNS_MAX_BYTES = 1 * 2**20
 
 # Largest column matrix built at once (bytes; an image whose columns are larger is one
 # chunk). It was 256 MiB, a memory cap only; at one core's L2 the im2col copy and the GEMM
@@ -611,20 +620,23 @@ def _weight_matrix(w: np.ndarray, groups: int) -> np.ndarray:
 @_float16_in_float32
 def conv2d_forward(device: Any, x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair,
                    padding: Pair, dilation: Pair, groups: int,
-                   bias: np.ndarray | None = None) -> np.ndarray:
+                   bias: np.ndarray | None = None,
+                   keep_columns: list | None = None) -> np.ndarray:
     """y (N, O, *out_hw) = conv2d(x, w) + bias: im2col + GEMM (depthwise: shifted
-    multiply-adds); the bias is added in place to the fresh output."""
+    multiply-adds); the bias is added in place to the fresh output. ``keep_columns``, a
+    list, receives the column matrix where the forward built one the weight gradient can
+    take as it is (see SAVED_COLUMNS_MAX_BYTES)."""
     if x.shape[1] == 0:  # no input channels: every output is its bias (PyTorch: an error)
         y = np.zeros((x.shape[0], w.shape[0], *out_hw), dtype=x.dtype)
     else:
-        y = _forward(x, w, out_hw, stride, padding, dilation, groups)
+        y = _forward(x, w, out_hw, stride, padding, dilation, groups, keep_columns)
     if bias is not None:
         y += bias.astype(y.dtype, copy=False).reshape(1, -1, 1, 1)
     return y
 
 
 def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: Pair,
-             dilation: Pair, groups: int) -> np.ndarray:
+             dilation: Pair, groups: int, keep_columns: list | None = None) -> np.ndarray:
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     oh, ow = out_hw
@@ -656,8 +668,12 @@ def _forward(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padding: 
     flat_gemm = oh * ow < FORWARD_FLAT_PIXELS
     # (K, O/G) row-major: the layout blas_cpu's small-path row blocks take
     wt = [np.ascontiguousarray(wmat[g].T) for g in range(groups)] if flat_gemm else []
-    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * x.itemsize):
+    chunks = _chunks(n, oh * ow, kh * kw * c * x.itemsize)
+    for n0, n1 in chunks:
         col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, groups)
+        if (keep_columns is not None and groups == 1 and len(chunks) == 1
+                and col.nbytes <= SAVED_COLUMNS_MAX_BYTES):
+            keep_columns.append(col)
         # NOTE: one matmul per group: a 4-D broadcast matmul measured 1.6x slower. Images
         # up to FORWARD_FLAT_PIXELS use one flat GEMM over all pixels of the chunk and a
         # transposed copy to NCHW: N products with only P columns each starve BLAS.
@@ -691,8 +707,9 @@ def _forward_nhwc(x: np.ndarray, w: np.ndarray, out_hw: Pair, stride: Pair, padd
 @_float16_in_float32
 def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: tuple[int, ...],
                            stride: Pair, padding: Pair, dilation: Pair,
-                           groups: int) -> np.ndarray:
-    """gw = gy (O, N*P) @ col (N*P, K) per group, the column matrix rebuilt per chunk."""
+                           groups: int, columns: np.ndarray | None = None) -> np.ndarray:
+    """gw = gy (O, N*P) @ col (N*P, K) per group, the column matrix rebuilt per chunk (or
+    ``columns``, the forward's, kept by conv2d_forward's ``keep_columns``)."""
     if x.shape[1] == 0 or gy.size == 0:  # nothing to sum: a zero gradient
         return np.zeros(w_shape, dtype=x.dtype)
     n, c = x.shape[:2]
@@ -727,8 +744,13 @@ def conv2d_backward_weight(device: Any, x: np.ndarray, gy: np.ndarray, w_shape: 
     og = o // groups
     gw = np.zeros((groups, og, kh * kw * cg), dtype=x.dtype)
     gy_groups = gy.reshape(n, groups, og, oh * ow)
-    for n0, n1 in _chunks(n, oh * ow, kh * kw * c * x.itemsize):
-        col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, groups)
+    chunks = _chunks(n, oh * ow, kh * kw * c * x.itemsize)
+    for n0, n1 in chunks:
+        if (columns is not None and len(chunks) == 1 and groups == 1
+                and columns.shape == (1, n, oh * ow, kh * kw * c)):
+            col = columns
+        else:
+            col = _im2col(x[n0:n1], (oh, ow), (kh, kw), stride, padding, dilation, groups)
         images = _weight_gradient_images(n1 - n0, og, oh * ow, col.shape[-1], x.dtype)
         if groups == 1 and images:
             # one small-path product per block of images, gy copied straight into the blocks

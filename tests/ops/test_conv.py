@@ -886,3 +886,38 @@ def test_conv2d_weight_gradient_by_image_blocks(small_path, monkeypatch):
         assert real(2, 4, 4, 4, f32) == 0 and real(64, 32, 16, 144, np.dtype(np.float16)) == 0
     else:
         assert real(64, 32, 16, 144, f32) == 0
+
+
+def test_conv2d_weight_gradient_reuses_the_forward_columns(monkeypatch):
+    """A one-chunk cpu forward keeps its column matrix on the node and the weight gradient
+    takes it instead of building it again (im2col once per step), with the reference's
+    values; twice with retain_graph; not under no_grad, not beyond SAVED_COLUMNS_MAX_BYTES,
+    and dropped when the graph is freed."""
+    from dlcore.ops import conv_cpu
+    builds = []
+    real = conv_cpu._im2col
+    # columns of x (6 channels; the data gradient's flipped forward builds gy's, 7)
+    monkeypatch.setattr(conv_cpu, "_im2col",
+                        lambda *a: builds.append(a[0].shape[1]) or real(*a))
+    case = ((3, 6, 5, 4), (7, 3, 3), 1, 1, 1, 1)  # the generic columns path
+    x, w, stride, padding, dilation, groups = _arrays(case, seed=24)
+    gy = rand(3, 7, 5, 4, seed=25)
+    _, rgx, rgw = ref_conv2d(x, w, gy, stride, padding, dilation, groups)
+    tx, tw = on("cpu", x, requires_grad=True), on("cpu", w, requires_grad=True)
+    y = conv2d(tx, tw, padding=1)
+    assert builds == [6] and y.grad_fn.columns is not None
+    y.backward(on("cpu", gy), retain_graph=True)
+    assert builds.count(6) == 1
+    check(tw.grad, rgw)
+    check(tx.grad, rgx)
+    y.backward(on("cpu", gy))
+    check(tw.grad, 2 * rgw)
+    assert y.grad_fn.columns is None  # freed with the graph
+    with dlcore.no_grad():
+        conv2d(tx, tw, padding=1)
+    builds.clear()
+    monkeypatch.setattr(conv_cpu, "SAVED_COLUMNS_MAX_BYTES", 8)
+    y = conv2d(tx, tw, padding=1)
+    assert y.grad_fn.columns is None
+    y.backward(on("cpu", gy))
+    assert builds.count(6) == 2  # forward and weight gradient each built theirs
