@@ -15,7 +15,7 @@ Formulation (chosen by measurement on a 2-core VM, see dlcore/bench/conv.py):
   for a loop of slice assignments over the kernel offsets, and the GEMM on it is 2-D
   row-major, so BLAS sees one large product. From 8 channels (groups 1) the same columns
   are gathered by one ``take`` from the channels-last pixels plus a zero pixel instead
-  (no padded buffer: see TAKE_MIN_CHANNELS).
+  (no padded buffer: see TAKE_MIN_CHANNELS; the index is conv_unrolled_cpu.pixel_index).
 * the smallest images (1x1, 2x2; 3x3-5x5 with few channels, see UNROLLED_*): the whole
   convolution as one GEMM per direction with the unrolled (O*OP, IP*C) weight matrix
   (conv_unrolled_cpu.py): no columns, no col2im, more multiply-adds (its zeros).
@@ -198,22 +198,6 @@ def _window_view(buf: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair,
 TAKE_MIN_CHANNELS = 8
 
 
-@functools.lru_cache(maxsize=64)
-def _pixel_index(in_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
-                 dilation: Pair) -> np.ndarray:
-    """(OH*OW*kH*kW,) intp, row-major over (oh, ow, i, j): the input pixel h*W + w that tap
-    (i, j) of output pixel (oh, ow) reads, or H*W (the zero pixel) where it reads padding."""
-    (h, w), (oh, ow), (kh, kw) = in_hw, out_hw, kernel
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    rows = (np.arange(oh)[:, None] * sh - ph + np.arange(kh)[None, :] * dh)[:, None, :, None]
-    cols = (np.arange(ow)[:, None] * sw - pw + np.arange(kw)[None, :] * dw)[None, :, None, :]
-    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    index = np.where(inside, rows * w + cols, h * w)
-    index = np.ascontiguousarray(index, dtype=np.intp).reshape(-1)
-    index.setflags(write=False)
-    return index
-
-
 def _im2col(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
             dilation: Pair, groups: int) -> np.ndarray:
     """Column matrices (G, n, P, kH*kW*C/G) of the input chunk x (n, C, H, W)."""
@@ -223,7 +207,7 @@ def _im2col(x: np.ndarray, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pa
         pixels = np.empty((n, h * wd + 1, c), dtype=x.dtype)  # channels-last, + zero pixel
         pixels[:, :h * wd] = x.reshape(n, c, h * wd).transpose(0, 2, 1)
         pixels[:, h * wd] = 0
-        index = _pixel_index((h, wd), out_hw, kernel, stride, padding, dilation)
+        index = unrolled.pixel_index((h, wd), out_hw, kernel, stride, padding, dilation)
         return pixels.take(index, axis=1).reshape(1, n, p, -1)
     win = _window_view(_padded_nhwc(x, padding), out_hw, kernel, stride, dilation)
     if groups == 1:

@@ -28,25 +28,37 @@ Pair = tuple[int, int]
 
 
 @functools.lru_cache(maxsize=64)
+def pixel_index(in_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
+                dilation: Pair) -> np.ndarray:
+    """(OH*OW*kH*kW,) intp, row-major over (oh, ow, i, j): the input pixel h*W + w that tap
+    (i, j) of output pixel (oh, ow) reads, or H*W where it reads padding. The one statement
+    of a window's geometry on the cpu: :func:`tap_map` inverts it, and conv_cpu's im2col
+    gathers its columns with it (H*W being a zero pixel there)."""
+    (h, w), (oh, ow), (kh, kw) = in_hw, out_hw, kernel
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    rows = (np.arange(oh)[:, None] * sh - ph + np.arange(kh)[None, :] * dh)[:, None, :, None]
+    cols = (np.arange(ow)[:, None] * sw - pw + np.arange(kw)[None, :] * dw)[None, :, None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    index = np.where(inside, rows * w + cols, h * w)
+    index = np.ascontiguousarray(index, dtype=np.intp).reshape(-1)
+    index.setflags(write=False)
+    return index
+
+
+@functools.lru_cache(maxsize=64)
 def tap_map(in_hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, padding: Pair,
             dilation: Pair) -> np.ndarray:
     """(OP*IP,) intp, row-major over (oh, ow, h, w): the tap i*kW + j through which output
     pixel (oh, ow) reads input pixel (h, w), kH*kW where it reads none (padding, or a pixel
     outside the window). At most one tap reads a pixel for an output (dilation >= 1)."""
-
-    def one_axis(size: int, out: int, k: int, s: int, p: int, d: int) -> tuple[np.ndarray,
-                                                                              np.ndarray]:
-        # offset of input position from the window's start: it must be i*d, 0 <= i < k
-        off = np.arange(size)[None, :] - np.arange(out)[:, None] * s + p  # (out, size)
-        valid = (off >= 0) & (off < k * d) & (off % d == 0)
-        return off // d, valid
-
-    (h, w), (oh, ow), (kh, kw) = in_hw, out_hw, kernel
-    i, vi = one_axis(h, oh, kh, stride[0], padding[0], dilation[0])
-    j, vj = one_axis(w, ow, kw, stride[1], padding[1], dilation[1])
-    taps = np.where(vi[:, None, :, None] & vj[None, :, None, :],
-                    i[:, None, :, None] * kw + j[None, :, None, :], kh * kw)
-    taps = np.ascontiguousarray(taps, dtype=np.intp).reshape(-1)
+    count = kernel[0] * kernel[1]
+    pixels = in_hw[0] * in_hw[1]
+    outs = out_hw[0] * out_hw[1]
+    reads = pixel_index(in_hw, out_hw, kernel, stride, padding, dilation).reshape(outs, count)
+    # one extra column takes every padding tap's write (input pixel H*W), then is dropped
+    table = np.full((outs, pixels + 1), count, dtype=np.intp)
+    table[np.arange(outs)[:, None], reads] = np.arange(count)[None, :]
+    taps = np.ascontiguousarray(table[:, :pixels]).reshape(-1)
     taps.setflags(write=False)
     return taps
 
